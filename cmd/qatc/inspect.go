@@ -1,0 +1,237 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/advancedclimatesystems/gonnx/onnx"
+	"github.com/qatc/qatc/graph"
+	"github.com/urfave/cli/v2"
+)
+
+func inspectCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "inspect",
+		Usage:     "describe a model: inputs, outputs, opsets, operators, parameters",
+		ArgsUsage: "MODEL",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "json", Usage: "print one JSON document"},
+			&cli.IntFlag{Name: "top", Value: 10, Usage: "how many of the largest initializers to list"},
+		},
+		Action: func(c *cli.Context) error {
+			path, err := oneArg(c, "MODEL")
+			if err != nil {
+				return err
+			}
+			m, err := graph.Load(path)
+			if err != nil {
+				return err
+			}
+			s := summarize(m, c.Int("top"))
+			if c.Bool("json") {
+				return writeJSON(c.App.Writer, s)
+			}
+			s.print(c.App.Writer)
+			return nil
+		},
+	}
+}
+
+// oneArg returns the command's single positional argument.
+func oneArg(c *cli.Context, what string) (string, error) {
+	if c.NArg() != 1 {
+		return "", usagef("%s takes one %s argument, got %d (see qatc %s --help)", c.Command.Name, what, c.NArg(), c.Command.Name)
+	}
+	return c.Args().First(), nil
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// modelSummary is what inspect prints about any model.
+type modelSummary struct {
+	Inputs       []valueSummary    `json:"inputs"`
+	Outputs      []valueSummary    `json:"outputs"`
+	Opsets       map[string]int64  `json:"opsets"`
+	IRVersion    int64             `json:"ir_version"`
+	Producer     string            `json:"producer"`
+	Nodes        int               `json:"nodes"`
+	OpCounts     map[string]int    `json:"op_counts"`
+	Parameters   int64             `json:"parameters"`
+	ParamBytes   int64             `json:"parameter_bytes"`
+	Initializers int               `json:"initializers"`
+	Largest      []tensorEntry     `json:"largest_initializers"`
+	Metadata     map[string]string `json:"metadata,omitempty"`
+}
+
+type valueSummary struct {
+	Name  string `json:"name"`
+	Type  string `json:"type"`
+	Shape string `json:"shape"`
+}
+
+type tensorEntry struct {
+	Name     string  `json:"name"`
+	Type     string  `json:"type"`
+	Shape    []int64 `json:"shape"`
+	Elements int64   `json:"elements"`
+	Bytes    int64   `json:"bytes"`
+}
+
+func summarize(m *graph.Model, top int) *modelSummary {
+	g := m.Graph()
+	s := &modelSummary{
+		Opsets:    map[string]int64{},
+		IRVersion: m.Proto.IrVersion,
+		Producer:  strings.TrimSpace(m.Proto.ProducerName + " " + m.Proto.ProducerVersion),
+		Nodes:     len(g.Node),
+		OpCounts:  map[string]int{},
+	}
+	for _, o := range m.Proto.OpsetImport {
+		d := o.Domain
+		if d == "" {
+			d = "ai.onnx"
+		}
+		s.Opsets[d] = o.Version
+	}
+	for _, v := range g.Input {
+		if m.Initializer(v.Name) == nil {
+			s.Inputs = append(s.Inputs, describeValue(v))
+		}
+	}
+	for _, v := range g.Output {
+		s.Outputs = append(s.Outputs, describeValue(v))
+	}
+	for _, n := range g.Node {
+		op := n.OpType
+		if n.Domain != "" && n.Domain != "ai.onnx" {
+			op = n.Domain + "." + op
+		}
+		s.OpCounts[op]++
+	}
+	var all []tensorEntry
+	for _, t := range g.Initializer {
+		e := tensorEntry{Name: t.Name, Type: graph.TensorType(t).String(), Shape: t.Dims, Elements: graph.NumElements(t.Dims)}
+		e.Bytes = (e.Elements*int64(graph.TensorType(t).Bits()) + 7) / 8
+		all = append(all, e)
+		s.Parameters += e.Elements
+		s.ParamBytes += e.Bytes
+	}
+	s.Initializers = len(all)
+	sort.SliceStable(all, func(i, j int) bool { return all[i].Elements > all[j].Elements })
+	if top < len(all) {
+		all = all[:top]
+	}
+	s.Largest = all
+	if len(m.Proto.MetadataProps) > 0 {
+		s.Metadata = map[string]string{}
+		for _, p := range m.Proto.MetadataProps {
+			v := p.Value
+			if len(v) > 200 {
+				v = v[:200] + "…"
+			}
+			s.Metadata[p.Key] = v
+		}
+	}
+	return s
+}
+
+func describeValue(v *onnx.ValueInfoProto) valueSummary {
+	out := valueSummary{Name: v.Name, Type: "?", Shape: "?"}
+	tt := v.GetType().GetTensorType()
+	if tt == nil {
+		return out
+	}
+	out.Type = graph.DataType(tt.ElemType).String()
+	if tt.Shape == nil {
+		return out
+	}
+	dims := make([]string, len(tt.Shape.Dim))
+	for i, d := range tt.Shape.Dim {
+		switch {
+		case d.GetDimParam() != "":
+			dims[i] = d.GetDimParam()
+		case d.GetValue() != nil:
+			dims[i] = fmt.Sprint(d.GetDimValue())
+		default:
+			dims[i] = "?"
+		}
+	}
+	out.Shape = "[" + strings.Join(dims, ", ") + "]"
+	return out
+}
+
+func (s *modelSummary) print(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	defer tw.Flush()
+	fmt.Fprintf(tw, "producer\t%s\nir version\t%d\n", s.Producer, s.IRVersion)
+	var ops []string
+	for d, v := range s.Opsets {
+		ops = append(ops, fmt.Sprintf("%s %d", d, v))
+	}
+	sort.Strings(ops)
+	fmt.Fprintf(tw, "opsets\t%s\n\n", strings.Join(ops, ", "))
+	fmt.Fprintln(tw, "input\ttype\tshape")
+	for _, v := range s.Inputs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", v.Name, v.Type, v.Shape)
+	}
+	fmt.Fprintln(tw, "\noutput\ttype\tshape")
+	for _, v := range s.Outputs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", v.Name, v.Type, v.Shape)
+	}
+	fmt.Fprintf(tw, "\nnodes\t%d\n", s.Nodes)
+	type kv struct {
+		op string
+		n  int
+	}
+	var counts []kv
+	for op, n := range s.OpCounts {
+		counts = append(counts, kv{op, n})
+	}
+	sort.Slice(counts, func(i, j int) bool {
+		if counts[i].n != counts[j].n {
+			return counts[i].n > counts[j].n
+		}
+		return counts[i].op < counts[j].op
+	})
+	for _, c := range counts {
+		fmt.Fprintf(tw, "  %s\t%d\n", c.op, c.n)
+	}
+	fmt.Fprintf(tw, "\nparameters\t%d (%s in %d initializers)\n", s.Parameters, humanBytes(s.ParamBytes), s.Initializers)
+	fmt.Fprintln(tw, "\nlargest initializer\ttype\tshape\telements")
+	for _, t := range s.Largest {
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%d\n", t.Name, t.Type, t.Shape, t.Elements)
+	}
+	if len(s.Metadata) > 0 {
+		fmt.Fprintln(tw, "\nmetadata\tvalue")
+		keys := make([]string, 0, len(s.Metadata))
+		for k := range s.Metadata {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			fmt.Fprintf(tw, "%s\t%s\n", k, s.Metadata[k])
+		}
+	}
+}
+
+// humanBytes formats a byte count with a binary unit.
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for v := n / unit; v >= unit; v /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -1,0 +1,166 @@
+// Command qatc does quantization-aware training of transformer models on
+// their ONNX graphs: insert quantizers, fine-tune them with onnxruntime,
+// export int8 models, inspect and evaluate them.
+//
+// Every command is a thin layer over the project's packages (graph, passes,
+// runtime, train, export, eval); see DESIGN.md for the data flow.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+// Exit codes, as the design fixes them.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// usageError marks an error in how the command was called (exit 2).
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+
+func main() {
+	os.Exit(run(os.Args, os.Stdout, os.Stderr))
+}
+
+// run executes qatc with args and returns the exit code; main is the only
+// caller that exits, so tests can call run directly.
+func run(args []string, stdout, stderr io.Writer) (code int) {
+	debug := false
+	for _, a := range args[1:] {
+		if a == "--debug" {
+			debug = true
+		}
+	}
+	app := newApp(stdout, stderr)
+	defer func() {
+		if r := recover(); r != nil {
+			if debug {
+				panic(r)
+			}
+			fmt.Fprintf(stderr, "qatc: internal error: %v (run again with --debug for a stack trace, and please report it)\n", r)
+			code = exitFailure
+		}
+	}()
+	err := app.Run(reorderArgs(app, args))
+	if err == nil {
+		return exitOK
+	}
+	var ue usageError
+	if errors.As(err, &ue) || isFlagError(err) {
+		fmt.Fprintf(stderr, "qatc: %s\n", oneLine(err.Error()))
+		return exitUsage
+	}
+	fmt.Fprintf(stderr, "qatc: %s\n", oneLine(err.Error()))
+	return exitFailure
+}
+
+// isFlagError recognises urfave/cli's own usage errors.
+func isFlagError(err error) bool {
+	s := err.Error()
+	return strings.HasPrefix(s, "flag provided but not defined") ||
+		strings.HasPrefix(s, "invalid value") ||
+		strings.HasPrefix(s, "Required flag") ||
+		strings.HasPrefix(s, "flag needs an argument") ||
+		strings.HasPrefix(s, "No help topic")
+}
+
+// oneLine folds a multi-line message so that every error is one line.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", "; ")), " ")
+}
+
+func newApp(stdout, stderr io.Writer) *cli.App {
+	app := &cli.App{
+		Name:            "qatc",
+		Usage:           "quantization-aware training and int8 export of transformer ONNX models",
+		Writer:          stdout,
+		ErrWriter:       stderr,
+		HideHelpCommand: true,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "debug", Usage: "show stack traces on internal errors"},
+		},
+		Commands: commands(),
+		// Errors are printed once, by run.
+		ExitErrHandler: func(*cli.Context, error) {},
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return usageError{err.Error()}
+		},
+	}
+	for _, c := range app.Commands {
+		c.OnUsageError = app.OnUsageError
+	}
+	return app
+}
+
+// commands lists the registered commands; only working commands are here.
+func commands() []*cli.Command {
+	return []*cli.Command{
+		inspectCommand(),
+		runCommand(),
+		compareCommand(),
+	}
+}
+
+// reorderArgs moves a command's flags before its positional arguments, so
+// that "qatc inspect MODEL --json" works as the design writes it (the flag
+// package stops at the first positional argument).
+func reorderArgs(app *cli.App, args []string) []string {
+	out := []string{args[0]}
+	i := 1
+	for i < len(args) && strings.HasPrefix(args[i], "-") { // global flags
+		out = append(out, args[i])
+		i++
+	}
+	if i >= len(args) {
+		return out
+	}
+	cmd := app.Command(args[i])
+	out = append(out, args[i])
+	i++
+	if cmd == nil {
+		return append(out, args[i:]...)
+	}
+	takesValue := map[string]bool{}
+	for _, f := range cmd.Flags {
+		_, isBool := f.(*cli.BoolFlag)
+		for _, n := range f.Names() {
+			takesValue[n] = !isBool
+		}
+	}
+	var flags, positional []string
+	for ; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			positional = append(positional, args[i+1:]...)
+			break
+		}
+		if !strings.HasPrefix(a, "-") || a == "-" {
+			positional = append(positional, a)
+			continue
+		}
+		flags = append(flags, a)
+		name := strings.TrimLeft(a, "-")
+		if !strings.Contains(name, "=") && takesValue[name] && i+1 < len(args) {
+			flags = append(flags, args[i+1])
+			i++
+		}
+	}
+	out = append(out, flags...)
+	if len(positional) > 0 {
+		out = append(out, "--")
+		out = append(out, positional...)
+	}
+	return out
+}

@@ -1,0 +1,176 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/qatc/qatc/runtime"
+)
+
+const models = "../../../shared/models/"
+
+// qatc runs the command line in-process and returns exit code, stdout and
+// stderr.
+func qatc(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := run(append([]string{"qatc"}, args...), &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func TestRunMatchesPyTorch(t *testing.T) {
+	for _, model := range []string{"torch_transformer_opset14.onnx", "torch_transformer_opset17.onnx"} {
+		code, out, errOut := qatc(t, "run", models+model,
+			"--input", "src_ids="+models+"torch_transformer_src_ids.npy",
+			"--input", "tgt_ids="+models+"torch_transformer_tgt_ids.npy",
+			"--expect", "logits="+models+"torch_transformer_logits.npy", "--atol", "1e-4")
+		if code != 0 || !strings.Contains(out, "ok (max abs err") {
+			t.Errorf("%s: exit %d\n%s%s", model, code, out, errOut)
+		}
+	}
+}
+
+func TestRunExpectFailsAndSaves(t *testing.T) {
+	dir := t.TempDir()
+	// Perturb the reference so that the check must fail at a known element.
+	ref, err := runtime.ReadNpy(models + "torch_transformer_logits.npy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := ref.Float32s()
+	v[1*7*1000+3*1000+42] += 0.5
+	bad := filepath.Join(dir, "bad.npy")
+	if err := runtime.WriteNpy(bad, ref); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := qatc(t, "run", models+"torch_transformer_opset17.onnx",
+		"--input", "src_ids="+models+"torch_transformer_src_ids.npy",
+		"--input", "tgt_ids="+models+"torch_transformer_tgt_ids.npy",
+		"--expect", "logits="+bad, "--atol", "1e-4", "--save", filepath.Join(dir, "out"))
+	if code != 1 || !strings.Contains(out, "FAIL at [1 3 42]") {
+		t.Errorf("exit %d, want 1 with the worst element [1 3 42]\n%s%s", code, out, errOut)
+	}
+	saved, err := runtime.ReadNpy(filepath.Join(dir, "out", "logits.npy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := saved.Shape; len(got) != 3 || got[2] != 1000 {
+		t.Errorf("saved logits shape %v", got)
+	}
+}
+
+func TestInspect(t *testing.T) {
+	code, out, errOut := qatc(t, "inspect", models+"torch_transformer_opset14.onnx", "--json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var s modelSummary
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		t.Fatal(err)
+	}
+	// 2+2 layers of d=64, FFN 256, vocabulary 1000; the tied table is
+	// written twice by the exporter (64000 elements each).
+	if s.Parameters != 365824 || s.OpCounts["MatMul"] != 29 || s.OpCounts["Gemm"] != 6 {
+		t.Errorf("parameters %d, MatMul %d, Gemm %d", s.Parameters, s.OpCounts["MatMul"], s.OpCounts["Gemm"])
+	}
+	if len(s.Inputs) != 2 || s.Inputs[0].Shape != "[batch, src_len]" || s.Outputs[0].Shape != "[batch, tgt_len, 1000]" {
+		t.Errorf("inputs %+v outputs %+v", s.Inputs, s.Outputs)
+	}
+	code, out, _ = qatc(t, "inspect", models+"torch_transformer_opset17.onnx")
+	if code != 0 || !strings.Contains(out, "LayerNormalization  12") {
+		t.Errorf("text inspect: exit %d\n%s", code, out)
+	}
+}
+
+func TestCompareIdenticalModels(t *testing.T) {
+	code, out, errOut := qatc(t, "compare", models+"torch_transformer_opset14.onnx", models+"torch_transformer_opset17.onnx", "--json", "--batch", "2", "--len", "5")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var r struct {
+		Outputs []struct {
+			Output string
+			Shape  []int64
+			MaxAbs float64 `json:"max_abs_error"`
+			Top1   float64 `json:"top1_agreement"`
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatal(err, out)
+	}
+	if len(r.Outputs) != 1 || r.Outputs[0].Top1 != 1 || r.Outputs[0].MaxAbs > 1e-4 || r.Outputs[0].Shape[1] != 5 {
+		t.Errorf("compare: %+v", r.Outputs)
+	}
+}
+
+// Every bad input is one line on stderr, a non-zero exit, no stack trace.
+func TestBadInputs(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, data []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	model, err := os.ReadFile(models + "torch_transformer_opset17.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	empty := write("empty.onnx", nil)
+	random := write("random.onnx", bytes.Repeat([]byte{0xde, 0xad, 0xbe, 0xef, 0x17}, 999))
+	truncated := write("truncated.onnx", model[:len(model)/2])
+	floatIDs := filepath.Join(dir, "float_ids.npy")
+	if err := runtime.WriteNpy(floatIDs, runtime.Float32([]int64{2, 9}, make([]float32, 18))); err != nil {
+		t.Fatal(err)
+	}
+	rank1 := filepath.Join(dir, "rank1.npy")
+	if err := runtime.WriteNpy(rank1, runtime.Int64([]int64{18}, make([]int64, 18))); err != nil {
+		t.Fatal(err)
+	}
+	notNpy := write("not.npy", []byte("hello"))
+	good := models + "torch_transformer_opset17.onnx"
+	tgt := "tgt_ids=" + models + "torch_transformer_tgt_ids.npy"
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no model", []string{"inspect"}, 2, "takes one MODEL"},
+		{"unknown flag", []string{"inspect", good, "--frobnicate"}, 2, "frobnicate"},
+		{"missing file", []string{"inspect", filepath.Join(dir, "nope.onnx")}, 1, "nope.onnx"},
+		{"empty file", []string{"inspect", empty}, 1, "empty"},
+		{"random bytes", []string{"inspect", random}, 1, "random.onnx"},
+		{"truncated", []string{"inspect", truncated}, 1, "truncated.onnx"},
+		{"run random bytes", []string{"run", random, "--input", tgt}, 1, "random.onnx"},
+		{"wrong dtype", []string{"run", good, "--input", "src_ids=" + floatIDs, "--input", tgt}, 1, "src_ids"},
+		{"wrong rank", []string{"run", good, "--input", "src_ids=" + rank1, "--input", tgt}, 1, "src_ids"},
+		{"not npy", []string{"run", good, "--input", "src_ids=" + notNpy, "--input", tgt}, 1, "not.npy"},
+		{"missing input", []string{"run", good, "--input", tgt}, 1, "src_ids"},
+		{"bad input syntax", []string{"run", good, "--input", "src_ids"}, 2, "NAME=FILE"},
+		{"unknown expected output", []string{"run", good, "--input", "src_ids=" + models + "torch_transformer_src_ids.npy", "--input", tgt, "--expect", "probs=" + notNpy}, 1, "probs"},
+		{"compare one model", []string{"compare", good}, 2, "two models"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, errOut := qatc(t, tc.args...)
+			if code != tc.code {
+				t.Errorf("exit %d, want %d; stderr %q", code, tc.code, errOut)
+			}
+			if strings.Count(strings.TrimRight(errOut, "\n"), "\n") != 0 || !strings.HasPrefix(errOut, "qatc: ") {
+				t.Errorf("stderr is not one qatc line: %q", errOut)
+			}
+			if !strings.Contains(errOut, tc.want) {
+				t.Errorf("stderr %q does not mention %q", errOut, tc.want)
+			}
+			if strings.Contains(errOut, "goroutine") {
+				t.Errorf("stack trace in %q", errOut)
+			}
+		})
+	}
+}
