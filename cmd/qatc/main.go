@@ -110,6 +110,7 @@ func commands() []*cli.Command {
 		inspectCommand(),
 		runCommand(),
 		compareCommand(),
+		insertCommand(),
 	}
 }
 

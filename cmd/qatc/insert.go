@@ -1,0 +1,271 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/passes/calibrate"
+	"github.com/qatc/qatc/passes/quantize"
+	"github.com/qatc/qatc/train"
+	"github.com/urfave/cli/v2"
+)
+
+func insertCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "insert",
+		Usage:     "annotate an fp32 model with quantizers (QuantizeLinear/DequantizeLinear) on weights and activations",
+		ArgsUsage: "MODEL",
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "the QAT model to write", Required: true},
+			&cli.BoolFlag{Name: "in-place", Usage: "allow -o to name the input model"},
+			&cli.StringFlag{Name: "quant-params", Usage: "NeurST's quant_params YAML flow string, e.g. \"{'quant_strategy':'min/max','quant_bits':8,'quant_weight_clip_max':1.0,'quant_act_clip_max':16.0}\""},
+			&cli.IntFlag{Name: "bits", Usage: "weight and activation bits (2-8; default 8)"},
+			&cli.IntFlag{Name: "weight-bits", Usage: "weight bits (2-8), overrides --bits"},
+			&cli.IntFlag{Name: "act-bits", Usage: "activation bits (2-8), overrides --bits"},
+			&cli.Float64Flag{Name: "weight-clip-max", Usage: "initial weight clip (NeurST: 1.0)"},
+			&cli.Float64Flag{Name: "act-clip-max", Usage: "initial activation clip (NeurST: 16.0)"},
+			&cli.BoolFlag{Name: "per-channel", Usage: "one weight clip per output channel"},
+			&cli.StringFlag{Name: "weight-granularity", Usage: "tensor, channel or block"},
+			&cli.IntFlag{Name: "block-size", Usage: "block length along the input axis for --weight-granularity block (32, 64, 128)"},
+			&cli.StringFlag{Name: "weight-init", Usage: "weight clips start at: value (--weight-clip-max), max, percentile or mse of |w|"},
+			&cli.StringSliceFlag{Name: "include", Usage: "quantize only tensors or nodes matching this regular expression (repeatable)"},
+			&cli.StringSliceFlag{Name: "exclude", Usage: "do not quantize tensors or nodes matching this regular expression (repeatable)"},
+			&cli.StringFlag{Name: "recipe", Usage: "YAML file of rules: match, kind, bits, clip, per_channel"},
+			&cli.BoolFlag{Name: "dry-run", Usage: "list the quantizers that would be inserted and write nothing"},
+			&cli.StringFlag{Name: "calib-src", Usage: "source sentences for calibration (one per line)"},
+			&cli.StringFlag{Name: "calib-tgt", Usage: "target sentences for calibration (default: the source file, for the decoder's inputs)"},
+			&cli.StringFlag{Name: "calib-method", Usage: "minmax, percentile or mse (with --calib-src; also starts weight clips at max |w|)"},
+			&cli.IntFlag{Name: "calib-batches", Value: 16, Usage: "calibration batches"},
+			&cli.Float64Flag{Name: "calib-percentile", Value: calibrate.DefaultPercentile, Usage: "percentile for --calib-method percentile"},
+			&cli.IntFlag{Name: "batch-tokens", Value: 4096, Usage: "padded tokens per calibration batch"},
+			&cli.IntFlag{Name: "threads", Usage: "intra-op threads (0: onnxruntime's default)"},
+			&cli.BoolFlag{Name: "json", Usage: "print the quantization record as JSON"},
+		}, dataFlags()...),
+		Action: insertAction,
+	}
+}
+
+// dataFlags are the flags every command reading sentence files shares.
+func dataFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "spm", Usage: "SentencePiece model: data files hold text (default: space-separated token ids)"},
+		&cli.StringFlag{Name: "src-input", Usage: "the model's source-ids input (default: found by shape)"},
+		&cli.StringFlag{Name: "tgt-input", Usage: "the model's target-ids input (default: found by shape)"},
+		&cli.StringFlag{Name: "logits-output", Usage: "the model's logits output (default: found by shape)"},
+		&cli.Int64Flag{Name: "pad-id", Value: 0, Usage: "padding id"},
+		&cli.Int64Flag{Name: "bos-id", Value: 2, Usage: "begin-of-sentence id"},
+		&cli.Int64Flag{Name: "eos-id", Value: 3, Usage: "end-of-sentence id"},
+	}
+}
+
+// quantParams builds the insert parameters from the flags: NeurST's string
+// first, then the individual flags on top.
+func quantParams(c *cli.Context) (quantize.Params, error) {
+	p := quantize.DefaultParams()
+	if s := c.String("quant-params"); s != "" {
+		var err error
+		if p, err = quantize.ParseNeurST(s); err != nil {
+			return p, usagef("--quant-params: %v", err)
+		}
+	}
+	if c.IsSet("bits") {
+		p.WeightBits, p.ActBits = c.Int("bits"), c.Int("bits")
+	}
+	if c.IsSet("weight-bits") {
+		p.WeightBits = c.Int("weight-bits")
+	}
+	if c.IsSet("act-bits") {
+		p.ActBits = c.Int("act-bits")
+	}
+	for _, b := range []struct {
+		flag string
+		v    int
+	}{{"bits", c.Int("bits")}, {"weight-bits", p.WeightBits}, {"act-bits", p.ActBits}} {
+		if c.IsSet(b.flag) && (b.v < 2 || b.v > 8) {
+			return p, usagef("--%s %d: bits must be between 2 and 8", b.flag, b.v)
+		}
+	}
+	if c.IsSet("weight-clip-max") {
+		p.WeightClipMax = float32(c.Float64("weight-clip-max"))
+		if p.WeightClipMax <= 0 {
+			return p, usagef("--weight-clip-max %g: a clip must be positive", c.Float64("weight-clip-max"))
+		}
+	}
+	if c.IsSet("act-clip-max") {
+		p.ActClipMax = float32(c.Float64("act-clip-max"))
+		if p.ActClipMax <= 0 {
+			return p, usagef("--act-clip-max %g: a clip must be positive", c.Float64("act-clip-max"))
+		}
+	}
+	p.PerChannel = c.Bool("per-channel")
+	if g := c.String("weight-granularity"); g != "" {
+		p.Granularity = g
+	}
+	p.BlockSize = c.Int("block-size")
+	p.WeightInit = c.String("weight-init")
+	if p.WeightInit == "" && c.String("calib-method") != "" {
+		p.WeightInit = quantize.InitMax
+	}
+	p.Include = c.StringSlice("include")
+	p.Exclude = c.StringSlice("exclude")
+	if path := c.String("recipe"); path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return p, fmt.Errorf("--recipe: %w", err)
+		}
+		if p.Recipe, err = quantize.ParseRecipe(data); err != nil {
+			return p, fmt.Errorf("--recipe %s: %w", path, err)
+		}
+	}
+	return p, nil
+}
+
+// checkOutput refuses to overwrite the input unless --in-place is given.
+func checkOutput(c *cli.Context, in, out string) error {
+	a, errA := filepath.Abs(in)
+	b, errB := filepath.Abs(out)
+	if errA == nil && errB == nil && a == b && !c.Bool("in-place") {
+		return usagef("-o %s is the input model; give another path, or --in-place to replace it", out)
+	}
+	if dir := filepath.Dir(out); dir != "" {
+		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+			return fmt.Errorf("-o %s: directory %s does not exist", out, dir)
+		}
+	}
+	return nil
+}
+
+// readData reads a parallel file pair with the command's data flags.
+func readData(c *cli.Context, src, tgt string, vocab int) (*train.Dataset, error) {
+	opts := train.DataOptions{
+		Vocab:   vocab,
+		Special: train.Special{Pad: c.Int64("pad-id"), BOS: c.Int64("bos-id"), EOS: c.Int64("eos-id")},
+	}
+	if path := c.String("spm"); path != "" {
+		tok, err := train.LoadSentencePiece(path)
+		if err != nil {
+			return nil, err
+		}
+		opts.Tokenizer = tok
+	}
+	return train.ReadParallel(src, tgt, opts)
+}
+
+// modelRoles finds the seq2seq roles, honouring the role flags.
+func modelRoles(c *cli.Context, m *graph.Model) (train.Roles, error) {
+	return train.FindRoles(m, train.Roles{Src: c.String("src-input"), Tgt: c.String("tgt-input"), Logits: c.String("logits-output")})
+}
+
+func insertAction(c *cli.Context) error {
+	path, err := oneArg(c, "MODEL")
+	if err != nil {
+		return err
+	}
+	out := c.String("output")
+	if err := checkOutput(c, path, out); err != nil {
+		return err
+	}
+	p, err := quantParams(c)
+	if err != nil {
+		return err
+	}
+	method := c.String("calib-method")
+	if method != "" && c.String("calib-src") == "" {
+		return usagef("--calib-method needs --calib-src (and optionally --calib-tgt) to calibrate on")
+	}
+	if c.String("calib-src") != "" && method == "" {
+		method = calibrate.MinMax
+	}
+	m, err := graph.Load(path)
+	if err != nil {
+		return err
+	}
+	if c.Bool("dry-run") {
+		plan, err := quantize.Plan(m, p)
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		if c.Bool("json") {
+			return writeJSON(c.App.Writer, plan)
+		}
+		printPlan(c, plan)
+		return nil
+	}
+	// Calibration runs the fp32 model, so it reads the activations before
+	// the quantizers exist.
+	var collector *calibrate.Collector
+	if src := c.String("calib-src"); src != "" {
+		plan, err := quantize.Plan(m, p)
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		collector = calibrate.NewCollector(&quantize.Record{Quantizers: plan})
+		roles, err := modelRoles(c, m)
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		tgt := c.String("calib-tgt")
+		if tgt == "" {
+			tgt = src
+		}
+		data, err := readData(c, src, tgt, roles.Vocab)
+		if err != nil {
+			return err
+		}
+		prog := newProgress(c.App.ErrWriter, "calibrating")
+		err = train.Calibrate(m, data, collector, train.CalibrationOptions{
+			Roles: roles, Batches: c.Int("calib-batches"), BatchTokens: c.Int("batch-tokens"),
+			Threads: c.Int("threads"), Progress: prog.update,
+		})
+		prog.done()
+		if err != nil {
+			return err
+		}
+	}
+	rec, err := quantize.Insert(m, p)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if collector != nil {
+		if err := calibrate.Calibrate(m, rec, collector, method, c.Float64("calib-percentile")); err != nil {
+			return err
+		}
+	}
+	if err := m.Save(out); err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return writeJSON(c.App.Writer, rec)
+	}
+	counts := map[string]int{}
+	for _, q := range rec.Quantizers {
+		counts[q.Kind]++
+	}
+	var parts []string
+	for _, k := range []string{quantize.KindWeight, quantize.KindAct, quantize.KindReLU, quantize.KindSoftmax} {
+		if counts[k] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", counts[k], k))
+		}
+	}
+	how := fmt.Sprintf("clips from init values (weights %g, activations %g)", p.WeightClipMax, p.ActClipMax)
+	if collector != nil {
+		how = "activation clips calibrated by " + method
+	}
+	fmt.Fprintf(c.App.Writer, "wrote %s: %d quantizers (%s), W%dA%d, %s\n", out, len(rec.Quantizers), strings.Join(parts, ", "), p.WeightBits, p.ActBits, how)
+	return nil
+}
+
+func printPlan(c *cli.Context, plan []quantize.Quantizer) {
+	rows := make([][]string, len(plan))
+	for i, q := range plan {
+		axis := "-"
+		if q.Axis != nil {
+			axis = fmt.Sprint(*q.Axis)
+		}
+		rows[i] = []string{q.Tensor, q.Kind, fmt.Sprint(q.Bits), axis, strings.Join(q.Consumers, " ")}
+	}
+	writeTable(c.App.Writer, []string{"tensor", "kind", "bits", "axis", "consumers"}, rows)
+}

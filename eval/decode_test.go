@@ -1,0 +1,340 @@
+package eval
+
+import (
+	"fmt"
+	"math"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/runtime"
+)
+
+// Token ids of the bigram test model.
+const (
+	tA, tB, tC, tD, tE, tF = 4, 5, 6, 7, 8, 9
+	bigramVocab            = 10
+)
+
+// impossible is the logit of a token the bigram model never emits: its
+// probability, e^-10000 relative to the others, is 0 in float64.
+const impossible = -1e4
+
+// bigramModel builds a seq2seq graph whose logits at each target position
+// depend only on the previous token and the source's first token:
+//
+//	logits[b, t, :] = next[tgt[b, t], :] + bias[src[b, 0], :]
+//
+// next holds log-probabilities: after BOS, A 0.6 and B 0.4; after A, C 0.6
+// and D 0.4; after any other token EOS for sure. bias is zero except for a
+// source starting with E, which makes F win every step (so decoding runs
+// to the length limit). Greedy decoding of a source starting with A reads
+// A C (probability 0.36); the best sequence is B (0.4), which beam search
+// finds. With swap, C and D trade places after A (greedy reads A D).
+func bigramModel(t *testing.T, swap bool) *graph.Model {
+	t.Helper()
+	const v = bigramVocab
+	next := make([]float32, v*v)
+	bias := make([]float32, v*v)
+	for i := range next {
+		next[i] = impossible
+	}
+	for prev := 0; prev < v; prev++ {
+		next[prev*v+3] = 0 // EOS
+	}
+	set := func(prev int, probs map[int]float64) {
+		for k := 0; k < v; k++ {
+			next[prev*v+k] = impossible
+		}
+		for k, p := range probs {
+			next[prev*v+k] = float32(math.Log(p))
+		}
+	}
+	set(2, map[int]float64{tA: 0.6, tB: 0.4})
+	if swap {
+		set(tA, map[int]float64{tC: 0.4, tD: 0.6})
+	} else {
+		set(tA, map[int]float64{tC: 0.6, tD: 0.4})
+	}
+	bias[tE*v+tF] = 2e4
+
+	m := graph.New("bigram", 17)
+	m.AddInput("src_ids", graph.Int64, []int64{-1, -1}, "batch", "src_len")
+	m.AddInput("tgt_ids", graph.Int64, []int64{-1, -1}, "batch", "tgt_len")
+	m.AddInitializer(graph.FloatTensor("next", []int64{v, v}, next))
+	m.AddInitializer(graph.FloatTensor("bias", []int64{v, v}, bias))
+	m.AddInitializer(graph.Int64Tensor("zero", []int64{1}, []int64{0}))
+	m.AddInitializer(graph.Int64Tensor("one", []int64{1}, []int64{1}))
+	m.Op("Gather", "", []string{"next", "tgt_ids"}, []string{"bigram"}, graph.AttrInt("axis", 0))
+	m.Op("Slice", "", []string{"src_ids", "zero", "one", "one"}, []string{"first"})
+	m.Op("Gather", "", []string{"bias", "first"}, []string{"src_bias"}, graph.AttrInt("axis", 0))
+	m.Op("Add", "", []string{"bigram", "src_bias"}, []string{"logits"})
+	m.AddOutput("logits", graph.Float, []int64{-1, -1, v}, "batch", "tgt_len")
+	return m
+}
+
+func openBigram(t *testing.T) *Seq2Seq {
+	t.Helper()
+	s, err := runtime.Open(bigramModel(t, false), &runtime.Options{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	m, err := NewSeq2Seq("bigram", s, Roles{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestDecodeBigram(t *testing.T) {
+	m := openBigram(t)
+	if m.Roles != (Roles{"src_ids", "tgt_ids", "logits"}) {
+		t.Fatalf("roles %+v", m.Roles)
+	}
+	if v, err := m.Vocab(DefaultSpecial()); err != nil || v != bigramVocab {
+		t.Fatalf("vocab %d, %v", v, err)
+	}
+	src := [][]int64{{tA, 3}}
+	lp := func(p float64) float64 { return math.Log(p) }
+	for _, tc := range []struct {
+		name    string
+		opts    DecodeOptions
+		ids     []int64
+		logProb float64
+		score   float64
+	}{
+		// Greedy follows the locally best token: A (0.6), C (0.6), EOS.
+		{"greedy", DecodeOptions{}, []int64{tA, tC}, lp(0.36), lp(0.36)},
+		// A beam of 2 keeps B, whose EOS (total 0.4) beats A C EOS (0.36).
+		{"beam 2", DecodeOptions{Beam: 2}, []int64{tB}, lp(0.4), lp(0.4)},
+		{"beam 4", DecodeOptions{Beam: 4}, []int64{tB}, lp(0.4), lp(0.4)},
+		// With α = 1 the scores are logP·6/(5+L), L counting EOS:
+		// B EOS: ln 0.4·6/7 = -0.785; A C EOS: ln 0.36·6/8 = -0.766, so
+		// the longer hypothesis wins.
+		{"beam 2 α=1", DecodeOptions{Beam: 2, LengthPenalty: 1}, []int64{tA, tC}, lp(0.36), lp(0.36) * 6 / 8},
+		// At α = 0.6 (LightSeq's default) B still wins:
+		// ln 0.4·(7/6)^-0.6 = -0.835 > ln 0.36·(8/6)^-0.6 = -0.861.
+		{"beam 2 α=0.6", DecodeOptions{Beam: 2, LengthPenalty: 0.6}, []int64{tB}, lp(0.4), lp(0.4) * math.Pow(7.0/6, -0.6)},
+		// Greedy scores with the penalty too, but never changes its path.
+		{"greedy α=1", DecodeOptions{LengthPenalty: 1}, []int64{tA, tC}, lp(0.36), lp(0.36) * 6 / 8},
+	} {
+		hyps, err := Decode(m, src, tc.opts)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		h := hyps[0]
+		if !reflect.DeepEqual(h.IDs, tc.ids) || !h.Finished ||
+			math.Abs(h.LogProb-tc.logProb) > 1e-6 || math.Abs(h.Score-tc.score) > 1e-6 {
+			t.Errorf("%s: got %+v, want ids %v log-prob %.6f score %.6f", tc.name, h, tc.ids, tc.logProb, tc.score)
+		}
+	}
+}
+
+// A source starting with E makes F the best token at every step, so
+// decoding stops at the length limit, without EOS.
+func TestDecodeMaxLength(t *testing.T) {
+	m := openBigram(t)
+	src := [][]int64{{tE, tA, 3}} // 3 tokens
+	for _, tc := range []struct {
+		opts DecodeOptions
+		n    int
+	}{
+		{DecodeOptions{}, 3 + DefaultMaxExtra},
+		{DecodeOptions{MaxExtra: 4}, 7},
+		{DecodeOptions{MaxLen: 5}, 5},
+		{DecodeOptions{MaxExtra: 4, MaxLen: 6}, 6},
+		{DecodeOptions{MaxExtra: 4, MaxLen: 60}, 7},
+		{DecodeOptions{Beam: 3, MaxExtra: 2}, 5},
+	} {
+		hyps, err := Decode(m, src, tc.opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := hyps[0]
+		if len(h.IDs) != tc.n || h.Finished {
+			t.Errorf("%+v: got %d tokens (finished %v), want %d unfinished", tc.opts, len(h.IDs), h.Finished, tc.n)
+		}
+		for _, id := range h.IDs {
+			if id != tF {
+				t.Errorf("%+v: ids %v, want all %d", tc.opts, h.IDs, tF)
+				break
+			}
+		}
+	}
+}
+
+// Batched decoding (sorted by length, padded, finished rows leaving the
+// batch) gives each sentence what decoding it alone gives, in input order.
+func TestDecodeBatchOrder(t *testing.T) {
+	m := openBigram(t)
+	srcs := [][]int64{{tA, 3}, {tE, 3}, {tB, tC, tD, 3}, {tE, tE, tE, tE, tE, 3}, {3}, {}}
+	for _, beam := range []int{1, 3} {
+		var done []int
+		opts := DecodeOptions{Beam: beam, MaxExtra: 3, BatchSize: 4, Progress: func(d, n int) { done = append(done, d, n) }}
+		got, err := Decode(m, srcs, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(done, []int{4, 6, 6, 6}) {
+			t.Errorf("beam %d: progress %v, want [4 6 6 6]", beam, done)
+		}
+		opts.Progress = nil
+		for i, s := range srcs {
+			alone, err := Decode(m, [][]int64{s}, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got[i], alone[0]) {
+				t.Errorf("beam %d, sentence %d: batched %+v, alone %+v", beam, i, got[i], alone[0])
+			}
+		}
+		if want := []int64{tF, tF, tF, tF, tF}; !reflect.DeepEqual(got[1].IDs, want) {
+			t.Errorf("beam %d: sentence 1 = %v, want %v (source 2 tokens + 3)", beam, got[1].IDs, want)
+		}
+	}
+}
+
+func TestDecodeOptionErrors(t *testing.T) {
+	m := openBigram(t)
+	for _, o := range []DecodeOptions{
+		{Beam: -1}, {LengthPenalty: -0.5}, {MaxExtra: -1}, {BatchSize: -2},
+		{Special: Special{Pad: 0, BOS: 3, EOS: 3}},
+		{Special: Special{Pad: 0, BOS: 2, EOS: 99}},
+	} {
+		if _, err := Decode(m, [][]int64{{tA, 3}}, o); err == nil {
+			t.Errorf("%+v: no error", o)
+		} else {
+			t.Logf("%+v: %v", o, err)
+		}
+	}
+}
+
+// The PyTorch reference model: roles found by shape and name, the first
+// decoding step's logits equal PyTorch's at position 0 (the decoder is
+// causal), batched greedy decoding equals sentence-by-sentence decoding
+// despite padding, and beam search's log-probability is the one a
+// teacher-forced pass over its output computes.
+func TestDecodeTorchTransformer(t *testing.T) {
+	dir := "../../shared/models"
+	s, err := runtime.OpenFile(filepath.Join(dir, "torch_transformer_opset17.onnx"), &runtime.Options{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	m, err := NewSeq2Seq("torch_transformer_opset17.onnx", s, Roles{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Roles != (Roles{"src_ids", "tgt_ids", "logits"}) {
+		t.Fatalf("roles %+v", m.Roles)
+	}
+	if v, _ := m.Vocab(DefaultSpecial()); v != 1000 {
+		t.Fatalf("vocab %d, want 1000", v)
+	}
+	src, err := runtime.ReadNpy(filepath.Join(dir, "torch_transformer_src_ids.npy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := runtime.ReadNpy(filepath.Join(dir, "torch_transformer_logits.npy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, cols := int(src.Shape[0]), int(src.Shape[1])
+	first, v, err := m.NextLogits(src, runtime.Int64([]int64{int64(rows), 1}, []int64{2, 2}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps := int(ref.Shape[1])
+	worst := 0.0
+	for r := 0; r < rows; r++ {
+		want := ref.Float32s()[r*steps*v : r*steps*v+v]
+		for k := range want {
+			worst = math.Max(worst, math.Abs(float64(first[r*v+k]-want[k])))
+		}
+	}
+	if worst > 1e-4 {
+		t.Errorf("first-step logits differ from PyTorch's by %g", worst)
+	}
+
+	// The sources without their padding.
+	var srcs [][]int64
+	for r := 0; r < rows; r++ {
+		row := src.Int64s()[r*cols : (r+1)*cols]
+		n := len(row)
+		for n > 0 && row[n-1] == 0 {
+			n--
+		}
+		srcs = append(srcs, row[:n])
+	}
+	for _, beam := range []int{1, 4} {
+		opts := DecodeOptions{Beam: beam, MaxExtra: 6, LengthPenalty: 0.6}
+		got, err := Decode(m, srcs, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range srcs {
+			alone, err := Decode(m, srcs[i:i+1], opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got[i].IDs, alone[0].IDs) || math.Abs(got[i].LogProb-alone[0].LogProb) > 1e-4 {
+				t.Errorf("beam %d, sentence %d: batched %+v, alone %+v", beam, i, got[i], alone[0])
+			}
+			// Teacher-forced log-probability of the hypothesis.
+			seq := append([]int64{2}, got[i].IDs...)
+			out, err := s.Run(map[string]*runtime.Tensor{
+				"src_ids": runtime.Int64([]int64{1, int64(len(srcs[i]))}, srcs[i]),
+				"tgt_ids": runtime.Int64([]int64{1, int64(len(seq))}, seq),
+			}, "logits")
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := out["logits"].Float32s()
+			lp := 0.0
+			targets := append(append([]int64(nil), got[i].IDs...), 3)
+			if !got[i].Finished {
+				targets = targets[:len(targets)-1]
+			}
+			for p, tok := range targets {
+				row := l[p*v : (p+1)*v]
+				lp += float64(row[tok]) - logSumExp(row)
+			}
+			if math.Abs(lp-got[i].LogProb) > 1e-4 {
+				t.Errorf("beam %d, sentence %d: log-prob %.6f, teacher-forced %.6f", beam, i, got[i].LogProb, lp)
+			}
+			n := len(targets)
+			if want := lp * math.Pow((5+float64(n))/6, -0.6); math.Abs(want-got[i].Score) > 1e-4 {
+				t.Errorf("beam %d, sentence %d: score %.6f, want %.6f", beam, i, got[i].Score, want)
+			}
+			t.Logf("beam %d, sentence %d: %v (log-prob %.4f, finished %v)", beam, i, got[i].IDs, got[i].LogProb, got[i].Finished)
+		}
+	}
+}
+
+// BenchmarkDecodeTorch decodes the reference model's two sources (up to 15
+// tokens each, as the random model never emits EOS), greedily and with a
+// beam of 4, one thread.
+func BenchmarkDecodeTorch(b *testing.B) {
+	dir := "../../shared/models"
+	s, err := runtime.OpenFile(filepath.Join(dir, "torch_transformer_opset17.onnx"), &runtime.Options{Threads: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	m, err := NewSeq2Seq("torch", s, Roles{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srcs := [][]int64{{5, 6, 7, 8, 9, 10, 11, 12, 3}, {20, 21, 22, 23, 24, 3}}
+	for _, beam := range []int{1, 4} {
+		b.Run(fmt.Sprintf("beam%d", beam), func(b *testing.B) {
+			for range b.N {
+				if _, err := Decode(m, srcs, DecodeOptions{Beam: beam, MaxExtra: 6}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

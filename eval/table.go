@@ -1,0 +1,143 @@
+package eval
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
+
+// WriteTable writes header and rows as aligned columns separated by two
+// spaces: numeric cells right-aligned, others left-aligned, a dashed rule
+// under the header.
+func WriteTable(w io.Writer, header []string, rows [][]string) error {
+	width := make([]int, len(header))
+	numeric := make([]bool, len(header))
+	for i, h := range header {
+		width[i] = utf8.RuneCountInString(h)
+		numeric[i] = len(rows) > 0
+	}
+	for _, r := range rows {
+		if len(r) != len(header) {
+			return fmt.Errorf("table: a row has %d cells for %d columns", len(r), len(header))
+		}
+		for i, c := range r {
+			width[i] = max(width[i], utf8.RuneCountInString(c))
+			numeric[i] = numeric[i] && isNumber(c)
+		}
+	}
+	var b strings.Builder
+	line := func(cells []string) {
+		for i, c := range cells {
+			pad := strings.Repeat(" ", width[i]-utf8.RuneCountInString(c))
+			if i > 0 {
+				b.WriteString("  ")
+			}
+			if numeric[i] {
+				b.WriteString(pad + c)
+			} else if i < len(cells)-1 {
+				b.WriteString(c + pad)
+			} else {
+				b.WriteString(c)
+			}
+		}
+		b.WriteByte('\n')
+	}
+	line(header)
+	rule := make([]string, len(header))
+	for i := range rule {
+		rule[i] = strings.Repeat("-", width[i])
+	}
+	line(rule)
+	for _, r := range rows {
+		line(r)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// isNumber reports whether a cell reads as a number (signs, units such as
+// "MB" or "%" and a leading "+" allowed), for right alignment.
+func isNumber(s string) bool {
+	s = strings.TrimSpace(s)
+	if s == "" || s == "-" {
+		return s == "-"
+	}
+	if i := strings.IndexByte(s, ' '); i > 0 {
+		s = s[:i]
+	}
+	s = strings.TrimRight(s, "%x")
+	_, err := strconv.ParseFloat(strings.TrimPrefix(s, "+"), 64)
+	return err == nil
+}
+
+// FormatBytes formats a size in bytes with a binary unit, e.g. "9.54 MiB".
+func FormatBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	v, u := float64(n), ""
+	for _, s := range []string{"KiB", "MiB", "GiB", "TiB"} {
+		v /= unit
+		u = s
+		if v < unit {
+			break
+		}
+	}
+	return fmt.Sprintf("%.2f %s", v, u)
+}
+
+// EvalTable returns the header and cells of the evaluation table: model,
+// BLEU, ΔBLEU, chrF, size, decoding time, ms/sentence and sentences/s.
+func EvalTable(rows []Row) ([]string, [][]string) {
+	header := []string{"model", "BLEU", "ΔBLEU", "chrF", "size", "decode s", "ms/sent", "sent/s"}
+	cells := make([][]string, len(rows))
+	for i, r := range rows {
+		delta := "-"
+		if i > 0 {
+			delta = fmt.Sprintf("%+.2f", r.DeltaBLEU)
+		}
+		chrf := "-"
+		if r.ChrF != nil {
+			chrf = fmt.Sprintf("%.2f", r.ChrF.Score)
+		}
+		cells[i] = []string{
+			r.Model, fmt.Sprintf("%.2f", r.BLEU.Score), delta, chrf, FormatBytes(r.SizeBytes),
+			fmt.Sprintf("%.2f", r.DecodeSeconds), fmt.Sprintf("%.1f", r.MsPerSentence), fmt.Sprintf("%.1f", r.SentencesPerSecond),
+		}
+	}
+	return header, cells
+}
+
+// WriteEvalTable writes rows as an aligned table followed by the BLEU
+// signature line.
+func WriteEvalTable(w io.Writer, rows []Row) error {
+	h, c := EvalTable(rows)
+	if err := WriteTable(w, h, c); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(w, "BLEU: sacreBLEU %s\nchrF: sacreBLEU %s\n", BLEUSignature, ChrFSignature)
+	return err
+}
+
+// BenchTable returns the header and cells of the benchmark table.
+func BenchTable(rs []BenchResult) ([]string, [][]string) {
+	header := []string{"model", "batch", "src", "tgt", "threads", "median ms", "p90 ms", "sent/s", "tok/s", "peak RSS"}
+	cells := make([][]string, len(rs))
+	for i, r := range rs {
+		cells[i] = []string{
+			r.Model, strconv.Itoa(r.Batch), strconv.Itoa(r.SrcLen), strconv.Itoa(r.TgtLen), strconv.Itoa(r.Threads),
+			fmt.Sprintf("%.2f", r.MedianMs), fmt.Sprintf("%.2f", r.P90Ms),
+			fmt.Sprintf("%.1f", r.SentencesPerSec), fmt.Sprintf("%.0f", r.TokensPerSec), FormatBytes(r.PeakRSSBytes),
+		}
+	}
+	return header, cells
+}
+
+// WriteBenchTable writes benchmark results as an aligned table.
+func WriteBenchTable(w io.Writer, rs []BenchResult) error {
+	h, c := BenchTable(rs)
+	return WriteTable(w, h, c)
+}
