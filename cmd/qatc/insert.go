@@ -179,6 +179,11 @@ func insertAction(c *cli.Context) error {
 	if c.String("calib-src") != "" && method == "" {
 		method = calibrate.MinMax
 	}
+	switch method {
+	case "", calibrate.MinMax, calibrate.Percentile, calibrate.MSE:
+	default:
+		return usagef("--calib-method %q: want minmax, percentile or mse", method)
+	}
 	m, err := graph.Load(path)
 	if err != nil {
 		return err

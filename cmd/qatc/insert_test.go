@@ -1,0 +1,156 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/passes/quantize"
+)
+
+// fixtureText writes the shared fixture's sentences (pads dropped, the
+// target's BOS dropped) as id files for calibration.
+func fixtureText(t *testing.T, dir string) (src, tgt string) {
+	src, tgt = filepath.Join(dir, "fx.src"), filepath.Join(dir, "fx.tgt")
+	if err := os.WriteFile(src, []byte("5 447 904 924 239 317 387 657 135\n700 984 817 296 963 545\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tgt, []byte("620 382 109 606 68 295\n206 600 237 290\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return src, tgt
+}
+
+func relErr(t *testing.T, a, b string) float64 {
+	t.Helper()
+	code, out, errOut := qatc(t, "compare", a, b, "--json",
+		"--input", "src_ids="+models+"torch_transformer_src_ids.npy",
+		"--input", "tgt_ids="+models+"torch_transformer_tgt_ids.npy")
+	if code != 0 {
+		t.Fatalf("compare: exit %d: %s", code, errOut)
+	}
+	var r struct{ Outputs []struct{ RelErr float64 `json:"relative_error"` } }
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatal(err)
+	}
+	return r.Outputs[0].RelErr
+}
+
+func TestInsertAndCalibrate(t *testing.T) {
+	dir := t.TempDir()
+	src, tgt := fixtureText(t, dir)
+	for _, model := range []string{"torch_transformer_opset14.onnx", "torch_transformer_opset17.onnx"} {
+		fp32 := models + model
+		plain := filepath.Join(dir, "plain-"+model)
+		calib := filepath.Join(dir, "calib-"+model)
+		if code, out, errOut := qatc(t, "insert", fp32, "-o", plain); code != 0 || !strings.Contains(out, "68 quantizers (22 weight, 36 act, 4 relu, 6 softmax)") {
+			t.Fatalf("insert: exit %d\n%s%s", code, out, errOut)
+		}
+		if code, _, errOut := qatc(t, "insert", fp32, "-o", calib, "--calib-src", src, "--calib-tgt", tgt, "--calib-method", "minmax", "--weight-init", "value"); code != 0 {
+			t.Fatalf("insert with calibration: exit %d: %s", code, errOut)
+		}
+		// NeurST's init clips (act 16) lose about 8%; calibrated activation
+		// ranges bring the error under 5%.
+		ePlain, eCalib := relErr(t, fp32, plain), relErr(t, fp32, calib)
+		t.Logf("%s: relative logits error %.4f with NeurST inits, %.4f calibrated (minmax)", model, ePlain, eCalib)
+		if eCalib > 0.05 || eCalib >= ePlain {
+			t.Errorf("%s: calibrated error %.4f (inits %.4f), want ≤ 0.05 and below the uncalibrated one", model, eCalib, ePlain)
+		}
+		m, err := graph.Load(calib)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec, err := quantize.ReadRecord(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.Calibration == nil || rec.Calibration.Method != "minmax" || len(rec.Quantizers) != 68 {
+			t.Errorf("record: calibration %+v, %d quantizers", rec.Calibration, len(rec.Quantizers))
+		}
+	}
+}
+
+// Bad insert inputs: one line, exit 1 or 2, the input untouched and no
+// output written.
+func TestInsertBadInputs(t *testing.T) {
+	dir := t.TempDir()
+	src, _ := fixtureText(t, dir)
+	fp32 := filepath.Join(dir, "model.onnx")
+	data, err := os.ReadFile(models + "torch_transformer_opset17.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(fp32, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	qat := filepath.Join(dir, "qat.onnx")
+	if code, _, errOut := qatc(t, "insert", fp32, "-o", qat); code != 0 {
+		t.Fatal(errOut)
+	}
+	write := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	badKind := write("bad-kind.yaml", "rules:\n  - match: 'linear1'\n    kind: gaussian\n")
+	beyond := write("beyond.src", "5 447 4470\n")
+	out := filepath.Join(dir, "out.onnx")
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"unknown recipe kind", []string{"--recipe", badKind}, 1, "gaussian"},
+		{"regex matches nothing", []string{"--include", "lienar1"}, 1, "close candidates"},
+		{"clip not positive", []string{"--weight-clip-max", "0"}, 2, "positive"},
+		{"act clip negative", []string{"--act-clip-max", "-3"}, 2, "positive"},
+		{"bits too high", []string{"--bits", "9"}, 2, "between 2 and 8"},
+		{"bits too low", []string{"--weight-bits", "1"}, 2, "between 2 and 8"},
+		{"unknown strategy", []string{"--quant-params", "{'quant_strategy':'ema','quant_bits':8}"}, 2, "ema"},
+		{"ids beyond the vocabulary", []string{"--calib-src", beyond}, 1, "4470"},
+		{"calibration method without data", []string{"--calib-method", "mse"}, 2, "--calib-src"},
+		{"unknown calibration method", []string{"--calib-src", src, "--calib-method", "kl"}, 2, "kl"},
+	}
+	before := sha256.Sum256(data)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, errOut := qatc(t, append([]string{"insert", fp32, "-o", out}, tc.args...)...)
+			if code != tc.code || strings.Count(strings.TrimSpace(errOut), "\n") != 0 || !strings.Contains(errOut, tc.want) {
+				t.Errorf("exit %d (want %d), stderr %q (want it to mention %q)", code, tc.code, errOut, tc.want)
+			}
+			if _, err := os.Stat(out); err == nil {
+				t.Errorf("output written despite the error")
+			}
+		})
+	}
+	t.Run("already quantized", func(t *testing.T) {
+		code, _, errOut := qatc(t, "insert", qat, "-o", out)
+		if code != 1 || !strings.Contains(errOut, "already has 68 quantizers") {
+			t.Errorf("exit %d: %q", code, errOut)
+		}
+	})
+	t.Run("output is the input", func(t *testing.T) {
+		code, _, errOut := qatc(t, "insert", fp32, "-o", fp32)
+		if code != 2 || !strings.Contains(errOut, "--in-place") {
+			t.Errorf("exit %d: %q", code, errOut)
+		}
+	})
+	after, err := os.ReadFile(fp32)
+	if err != nil || sha256.Sum256(after) != before {
+		t.Errorf("the input model changed")
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 6 {
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		t.Errorf("stray files: %v", names)
+	}
+}
