@@ -7,5 +7,14 @@
 // kept current by the rewriting helpers; code that edits the protobuf
 // directly calls Reindex afterwards.
 //
+// Load reads external data into the tensors, so a loaded model always holds
+// its bytes inline; Save writes external data again when asked or when the
+// tensors pass protobuf's 2 GiB limit. External-data locations are resolved
+// inside the model's directory only.
+//
+// InferShapes gives every value an element type and, for the supported op
+// set, a rank with static or named dimensions; Validate reports structural
+// problems with one-line messages naming the node and value.
+//
 // graph runs nothing and knows nothing about quantization.
 package graph

@@ -3,6 +3,7 @@ package graph
 import (
 	"fmt"
 	"sort"
+	"strconv"
 
 	"github.com/advancedclimatesystems/gonnx/onnx"
 )
@@ -208,3 +209,18 @@ func NodeName(n *onnx.NodeProto) string {
 	}
 	return n.OpType
 }
+
+// printable returns s, or s escaped as a Go string literal (without the
+// quotes) when it holds characters that would break a one-line message.
+func printable(s string) string {
+	for _, r := range s {
+		if !strconv.IsPrint(r) {
+			q := strconv.Quote(s)
+			return q[1 : len(q)-1]
+		}
+	}
+	return s
+}
+
+// nodeRef names n in a one-line message.
+func nodeRef(n *onnx.NodeProto) string { return printable(NodeName(n)) }

@@ -203,7 +203,7 @@ func (m *Model) TopoSort() error {
 		if !progress {
 			for _, n := range g.Node {
 				if !placed[n] {
-					return fmt.Errorf("graph has a cycle through node %s", NodeName(n))
+					return fmt.Errorf("graph has a cycle through node %s", nodeRef(n))
 				}
 			}
 		}

@@ -33,7 +33,11 @@ func relErr(t *testing.T, a, b string) float64 {
 	if code != 0 {
 		t.Fatalf("compare: exit %d: %s", code, errOut)
 	}
-	var r struct{ Outputs []struct{ RelErr float64 `json:"relative_error"` } }
+	var r struct {
+		Outputs []struct {
+			RelErr float64 `json:"relative_error"`
+		}
+	}
 	if err := json.Unmarshal([]byte(out), &r); err != nil {
 		t.Fatal(err)
 	}
