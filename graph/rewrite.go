@@ -170,11 +170,23 @@ func filter[T any](list []T, keep func(T) bool) []T {
 // valid. It fails on a cycle, naming a node on it.
 func (m *Model) TopoSort() error {
 	g := m.Proto.Graph
+	producer := make(map[string]*onnx.NodeProto, len(g.Node))
+	for _, n := range g.Node {
+		for _, o := range n.Output {
+			if _, dup := producer[o]; o != "" && !dup {
+				producer[o] = n
+			}
+		}
+	}
+	// pending counts each node's inputs (one per use, subgraph reads
+	// included) whose producer is not placed yet; users mirrors it.
 	pending := make(map[*onnx.NodeProto]int, len(g.Node))
+	users := make(map[*onnx.NodeProto][]*onnx.NodeProto, len(g.Node))
 	for _, n := range g.Node {
 		for _, in := range nodeInputs(n) {
-			if p := m.producer[in]; p != nil && p != n {
+			if p := producer[in]; p != nil && p != n {
 				pending[n]++
+				users[p] = append(users[p], n)
 			}
 		}
 	}
@@ -190,22 +202,21 @@ func (m *Model) TopoSort() error {
 			placed[n] = true
 			order = append(order, n)
 			progress = true
-			for _, o := range n.Output {
-				for _, c := range m.consumers[o] {
-					for _, in := range nodeInputs(c) {
-						if in == o && c != n {
-							pending[c]--
-						}
-					}
-				}
+			for _, u := range users[n] {
+				pending[u]--
 			}
 		}
 		if !progress {
-			for _, n := range g.Node {
-				if !placed[n] {
-					return fmt.Errorf("graph has a cycle through node %s", nodeRef(n))
+			c := cycleNode(g.Node, producer)
+			if c == nil {
+				for _, n := range g.Node {
+					if !placed[n] {
+						c = n
+						break
+					}
 				}
 			}
+			return fmt.Errorf("graph has a cycle through node %s", nodeRef(c))
 		}
 	}
 	g.Node = order

@@ -47,7 +47,7 @@ func (t DataType) String() string {
 	return fmt.Sprintf("dtype(%d)", int32(t))
 }
 
-// Size returns the element size in bits (0 for strings and unknown types).
+// Bits returns the element size in bits (0 for strings and unknown types).
 func (t DataType) Bits() int {
 	switch t {
 	case Uint4, Int4:

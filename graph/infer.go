@@ -1,0 +1,1440 @@
+package graph
+
+import (
+	"fmt"
+
+	"github.com/advancedclimatesystems/gonnx/onnx"
+)
+
+// InferShapes returns the element type and shape of every value of the main
+// graph: graph inputs, initializers and node outputs. Ranks are inferred for
+// the op set qatc supports; dimensions are static where they follow from
+// the graph, carry the graph inputs' dim params (such as "batch") where
+// they equal one, and are unknown otherwise. Small integer tensors (the
+// Shape/Gather/Concat arithmetic exporters emit) are evaluated
+// symbolically so that Reshape and Expand get static ranks. A value
+// produced by an op that is not supported has an unknown rank (or the
+// one the model's value_info records) and no error. The only error is a
+// graph that cannot be ordered (a cycle).
+func (m *Model) InferShapes() (map[string]TensorInfo, error) {
+	in, err := m.infer()
+	if err != nil {
+		return nil, err
+	}
+	return in.info, nil
+}
+
+// infer runs shape inference over the main graph.
+func (m *Model) infer() (*inferer, error) {
+	order, err := m.topoOrder()
+	if err != nil {
+		return nil, err
+	}
+	in := &inferer{m: m, info: map[string]TensorInfo{}, val: map[string]*symTensor{}}
+	g := m.Proto.Graph
+	for _, v := range g.Input {
+		in.info[v.Name] = valueInfoType(v)
+	}
+	for _, t := range g.Initializer {
+		in.info[t.Name] = tensorInfo(t)
+		in.val[t.Name] = tensorSym(t)
+	}
+	declared := map[string]*onnx.ValueInfoProto{}
+	for _, v := range g.ValueInfo {
+		declared[v.Name] = v
+	}
+	for _, n := range order {
+		in.node(n)
+		for _, o := range n.Output {
+			if o == "" {
+				continue
+			}
+			ti, ok := in.info[o]
+			if v := declared[o]; v != nil && (!ok || !ti.RankKnown) {
+				vt := valueInfoType(v)
+				if vt.Elem == Undefined {
+					vt.Elem = ti.Elem
+				}
+				in.info[o] = vt
+			} else if !ok {
+				in.info[o] = TensorInfo{}
+			}
+		}
+	}
+	return in, nil
+}
+
+// ValueNames returns the name of every value that nodes produce, in
+// topological order (graph outputs included, graph inputs and
+// initializers not).
+func (m *Model) ValueNames() []string {
+	order, err := m.topoOrder()
+	if err != nil {
+		order = m.Proto.Graph.Node
+	}
+	var names []string
+	for _, n := range order {
+		for _, o := range n.Output {
+			if o != "" {
+				names = append(names, o)
+			}
+		}
+	}
+	return names
+}
+
+// topoOrder returns the nodes in an order where each follows its inputs'
+// producers, without changing the graph.
+func (m *Model) topoOrder() ([]*onnx.NodeProto, error) {
+	g := m.Proto.Graph
+	producer := make(map[string]*onnx.NodeProto, len(g.Node))
+	for _, n := range g.Node {
+		for _, o := range n.Output {
+			if o != "" {
+				if _, dup := producer[o]; !dup {
+					producer[o] = n
+				}
+			}
+		}
+	}
+	placed := make(map[*onnx.NodeProto]bool, len(g.Node))
+	order := make([]*onnx.NodeProto, 0, len(g.Node))
+	inOrder := true
+	for _, n := range g.Node {
+		for _, x := range nodeInputs(n) {
+			if p := producer[x]; p != nil && !placed[p] {
+				inOrder = false
+			}
+		}
+		placed[n] = true
+		order = append(order, n)
+	}
+	if inOrder {
+		return order, nil
+	}
+	if c := cycleNode(g.Node, producer); c != nil {
+		return nil, fmt.Errorf("graph has a cycle through node %s", nodeRef(c))
+	}
+	// Depth-first: emit a node after the producers of its inputs.
+	clear(placed)
+	order = order[:0]
+	var visit func(n *onnx.NodeProto)
+	visit = func(n *onnx.NodeProto) {
+		placed[n] = true
+		for _, x := range nodeInputs(n) {
+			if p := producer[x]; p != nil && !placed[p] {
+				visit(p)
+			}
+		}
+		order = append(order, n)
+	}
+	for _, n := range g.Node {
+		if !placed[n] {
+			visit(n)
+		}
+	}
+	return order, nil
+}
+
+// valueInfoType converts a declared tensor type.
+func valueInfoType(v *onnx.ValueInfoProto) TensorInfo {
+	tt := v.GetType().GetTensorType()
+	if tt == nil {
+		return TensorInfo{}
+	}
+	ti := TensorInfo{Elem: DataType(tt.ElemType)}
+	if tt.Shape == nil {
+		return ti
+	}
+	ti.RankKnown = true
+	ti.Dims = make([]Dim, len(tt.Shape.Dim))
+	for i, d := range tt.Shape.Dim {
+		switch x := d.Value.(type) {
+		case *onnx.TensorShapeProto_Dimension_DimValue:
+			if x.DimValue >= 0 {
+				ti.Dims[i] = Dim{Value: x.DimValue}
+				continue
+			}
+			ti.Dims[i] = Dim{Value: -1}
+		case *onnx.TensorShapeProto_Dimension_DimParam:
+			ti.Dims[i] = Dim{Value: -1, Param: x.DimParam}
+		default:
+			ti.Dims[i] = Dim{Value: -1}
+		}
+	}
+	return ti
+}
+
+// tensorInfo is a constant tensor's type.
+func tensorInfo(t *onnx.TensorProto) TensorInfo {
+	return TensorInfo{Elem: TensorType(t), RankKnown: true, Dims: staticDims(t.Dims)}
+}
+
+func staticDims(dims []int64) []Dim {
+	out := make([]Dim, len(dims))
+	for i, d := range dims {
+		out[i] = Dim{Value: d}
+		if d < 0 {
+			out[i] = Dim{Value: -1}
+		}
+	}
+	return out
+}
+
+// tensorSym tracks a small constant integer tensor, or returns nil.
+func tensorSym(t *onnx.TensorProto) *symTensor {
+	switch TensorType(t) {
+	case Int64, Int32, Int8, Uint8, Bool:
+	default:
+		return nil
+	}
+	for _, d := range t.Dims {
+		if d < 0 || d > maxSymElems {
+			return nil
+		}
+	}
+	if NumElements(t.Dims) > maxSymElems || HasExternalData(t) {
+		return nil
+	}
+	vals, err := Int64s(t)
+	if err != nil {
+		return nil
+	}
+	return constSym(t.Dims, vals)
+}
+
+// inferer carries shape inference's state through the graph.
+type inferer struct {
+	m    *Model
+	info map[string]TensorInfo
+	val  map[string]*symTensor
+}
+
+// in returns the info of n's input i; ok is false when the input is
+// absent or nothing is known about it.
+func (s *inferer) in(n *onnx.NodeProto, i int) (TensorInfo, bool) {
+	if i >= len(n.Input) || n.Input[i] == "" {
+		return TensorInfo{}, false
+	}
+	ti, ok := s.info[n.Input[i]]
+	return ti, ok
+}
+
+func (s *inferer) has(n *onnx.NodeProto, i int) bool {
+	return i < len(n.Input) && n.Input[i] != ""
+}
+
+// inVal returns the tracked contents of n's input i, or nil.
+func (s *inferer) inVal(n *onnx.NodeProto, i int) *symTensor {
+	if i >= len(n.Input) || n.Input[i] == "" {
+		return nil
+	}
+	return s.val[n.Input[i]]
+}
+
+// inInts returns the known integer contents of n's input i.
+func (s *inferer) inInts(n *onnx.NodeProto, i int) ([]int64, bool) {
+	return s.inVal(n, i).ints()
+}
+
+func (s *inferer) set(n *onnx.NodeProto, i int, ti TensorInfo) {
+	if i < len(n.Output) && n.Output[i] != "" {
+		s.info[n.Output[i]] = ti
+	}
+}
+
+func (s *inferer) setVal(n *onnx.NodeProto, i int, v *symTensor) {
+	if v == nil || len(v.elems) > maxSymElems || i >= len(n.Output) || n.Output[i] == "" {
+		return
+	}
+	s.val[n.Output[i]] = v
+}
+
+// ranked returns a TensorInfo with the given dims.
+func ranked(elem DataType, dims []Dim) TensorInfo {
+	return TensorInfo{Elem: elem, RankKnown: true, Dims: dims}
+}
+
+// maxRank bounds ranks taken from the length of a shape tensor, so that a
+// malformed model cannot make inference allocate without bound.
+const maxRank = 64
+
+// shapeLen returns the length of the 1-D shape tensor described by ti.
+func shapeLen(ti TensorInfo) (int, bool) {
+	if !ti.RankKnown || len(ti.Dims) != 1 || !ti.Dims[0].Static() || ti.Dims[0].Value > maxRank {
+		return 0, false
+	}
+	return int(ti.Dims[0].Value), true
+}
+
+// unknownDims returns r unknown dimensions.
+func unknownDims(r int) []Dim {
+	d := make([]Dim, r)
+	for i := range d {
+		d[i] = Dim{Value: -1}
+	}
+	return d
+}
+
+func cloneDims(d []Dim) []Dim { return append([]Dim(nil), d...) }
+
+// normAxis maps a possibly negative axis into [0, r).
+func normAxis(a int64, r int) (int, bool) {
+	if a < 0 {
+		a += int64(r)
+	}
+	if a < 0 || a >= int64(r) {
+		return 0, false
+	}
+	return int(a), true
+}
+
+// sameDim merges two views of one dimension.
+func sameDim(a, b Dim) Dim {
+	switch {
+	case a.Static():
+		return a
+	case b.Static():
+		return b
+	case a.Param != "":
+		return a
+	}
+	return b
+}
+
+// broadcast returns the numpy-style broadcast of shapes, assuming the
+// model is valid (a static dim other than 1 wins over an unknown one).
+func broadcast(shapes ...[]Dim) []Dim {
+	r := 0
+	for _, s := range shapes {
+		r = max(r, len(s))
+	}
+	out := make([]Dim, r)
+	for i := range out {
+		var d Dim
+		first := true
+		for _, s := range shapes {
+			j := i - (r - len(s))
+			if j < 0 {
+				continue
+			}
+			e := s[j]
+			switch {
+			case first:
+				d, first = e, false
+			case e.Static() && e.Value == 1:
+			case d.Static() && d.Value == 1:
+				d = e
+			case d.Static():
+			case e.Static():
+				d = e
+			case d.Param != "" && d.Param == e.Param:
+			default:
+				d = Dim{Value: -1}
+			}
+		}
+		out[i] = d
+	}
+	return out
+}
+
+// node infers the outputs of n.
+func (s *inferer) node(n *onnx.NodeProto) {
+	domain := n.Domain
+	if domain == "ai.onnx" {
+		domain = ""
+	}
+	opset := s.m.Opset(domain)
+	x, xok := s.in(n, 0)
+	same := func() {
+		if xok {
+			s.set(n, 0, x)
+		}
+	}
+	if domain == "com.microsoft" {
+		switch n.OpType {
+		case "Gelu", "FastGelu", "BiasGelu", "QuickGelu":
+			same()
+		case "MatMulNBits":
+			if xok && x.RankKnown && len(x.Dims) >= 1 {
+				d := cloneDims(x.Dims)
+				d[len(d)-1] = Dim{Value: IntAttr(n, "N", -1)}
+				if d[len(d)-1].Value < 0 {
+					d[len(d)-1] = Dim{Value: -1}
+				}
+				s.set(n, 0, ranked(x.Elem, d))
+			}
+		}
+		return
+	}
+	if domain != "" {
+		return
+	}
+	switch n.OpType {
+	case "Identity":
+		same()
+		s.setVal(n, 0, s.inVal(n, 0))
+	case "Neg":
+		same()
+		if v := s.inVal(n, 0); v != nil {
+			s.setVal(n, 0, symBinary(constSym(nil, []int64{0}), v, symArith("Sub")))
+		}
+	case "Abs", "Reciprocal", "Sqrt", "Erf", "Tanh", "Sigmoid", "Relu", "Gelu", "Exp", "Log",
+		"Softmax", "LogSoftmax", "Round", "Floor", "Ceil", "Clip", "Trilu", "CumSum",
+		"ScatterND", "ScatterElements", "LeakyRelu", "Elu", "Selu", "HardSigmoid", "HardSwish",
+		"Softplus", "Softsign", "Sin", "Cos", "Sign", "Hardmax", "Mish", "Celu", "ThresholdedRelu",
+		"LpNormalization", "InstanceNormalization", "MeanVarianceNormalization":
+		same()
+	case "IsNaN", "IsInf":
+		if xok {
+			s.set(n, 0, ranked(Bool, x.Dims))
+			if !x.RankKnown {
+				s.set(n, 0, TensorInfo{Elem: Bool})
+			}
+		}
+	case "Not":
+		same()
+		if v := s.inVal(n, 0); v != nil {
+			s.setVal(n, 0, symBinary(v, constSym(nil, []int64{0}), symCompare("Equal")))
+		}
+	case "Dropout":
+		same()
+		if xok {
+			mask := x
+			mask.Elem = Bool
+			s.set(n, 1, mask)
+		}
+	case "Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Sum", "Mean", "PRelu", "BitShift",
+		"BitwiseAnd", "BitwiseOr", "BitwiseXor":
+		s.elementwise(n, x.Elem)
+		switch n.OpType {
+		case "Add", "Sub", "Mul", "Div", "Max", "Min":
+			if len(n.Input) == 2 {
+				s.setVal(n, 0, symBinary(s.inVal(n, 0), s.inVal(n, 1), symArith(n.OpType)))
+			}
+		case "Sum":
+			if len(n.Input) == 1 {
+				s.setVal(n, 0, s.inVal(n, 0))
+			}
+		}
+	case "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor":
+		s.elementwise(n, Bool)
+		switch n.OpType {
+		case "Equal", "Less", "Greater":
+			s.setVal(n, 0, symBinary(s.inVal(n, 0), s.inVal(n, 1), symCompare(n.OpType)))
+		case "And", "Or":
+			s.setVal(n, 0, symBinary(s.inVal(n, 0), s.inVal(n, 1), symLogic(n.OpType)))
+		}
+	case "Where":
+		y, _ := s.in(n, 1)
+		s.elementwise(n, y.Elem)
+		s.setVal(n, 0, symWhere(s.inVal(n, 0), s.inVal(n, 1), s.inVal(n, 2)))
+	case "MatMul", "MatMulInteger", "QLinearMatMul":
+		ai, bi, elem := 0, 1, x.Elem
+		switch n.OpType {
+		case "MatMulInteger":
+			elem = Int32
+		case "QLinearMatMul":
+			ai, bi = 0, 3
+			zp, _ := s.in(n, 7)
+			elem = zp.Elem
+		}
+		a, aok := s.in(n, ai)
+		b, bok := s.in(n, bi)
+		if aok && bok {
+			if d, ok := matmulDims(a, b); ok {
+				s.set(n, 0, ranked(elem, d))
+				return
+			}
+		}
+		s.set(n, 0, TensorInfo{Elem: elem})
+	case "Gemm":
+		b, bok := s.in(n, 1)
+		out := TensorInfo{Elem: x.Elem}
+		if xok && bok && x.RankKnown && b.RankKnown && len(x.Dims) == 2 && len(b.Dims) == 2 {
+			m, k := x.Dims[0], x.Dims[1]
+			if IntAttr(n, "transA", 0) != 0 {
+				m = k
+			}
+			nn := b.Dims[1]
+			if IntAttr(n, "transB", 0) != 0 {
+				nn = b.Dims[0]
+			}
+			out = ranked(x.Elem, []Dim{m, nn})
+		} else if xok || bok {
+			out = ranked(x.Elem, unknownDims(2))
+		}
+		s.set(n, 0, out)
+	case "Transpose":
+		if !xok {
+			return
+		}
+		if !x.RankKnown {
+			s.set(n, 0, TensorInfo{Elem: x.Elem})
+			return
+		}
+		r := len(x.Dims)
+		perm := IntsAttr(n, "perm")
+		if perm == nil {
+			for i := r - 1; i >= 0; i-- {
+				perm = append(perm, int64(i))
+			}
+		}
+		if len(perm) != r {
+			s.set(n, 0, TensorInfo{Elem: x.Elem})
+			return
+		}
+		d := make([]Dim, r)
+		for i, p := range perm {
+			a, ok := normAxis(p, r)
+			if !ok {
+				s.set(n, 0, TensorInfo{Elem: x.Elem})
+				return
+			}
+			d[i] = x.Dims[a]
+		}
+		s.set(n, 0, ranked(x.Elem, d))
+	case "Reshape":
+		s.reshape(n, x, xok)
+	case "Flatten":
+		if !xok || !x.RankKnown {
+			s.set(n, 0, ranked(x.Elem, unknownDims(2)))
+			return
+		}
+		axis := IntAttr(n, "axis", 1)
+		if axis < 0 {
+			axis += int64(len(x.Dims))
+		}
+		if axis < 0 || axis > int64(len(x.Dims)) {
+			s.set(n, 0, ranked(x.Elem, unknownDims(2)))
+			return
+		}
+		s.set(n, 0, ranked(x.Elem, []Dim{product(x.Dims[:axis]), product(x.Dims[axis:])}))
+	case "Squeeze":
+		s.squeeze(n, x, xok, opset)
+	case "Unsqueeze":
+		s.unsqueeze(n, x, xok, opset)
+	case "Concat":
+		s.concat(n)
+	case "Split":
+		s.split(n, x, xok, opset)
+	case "Slice":
+		s.slice(n, x, xok, opset)
+	case "Gather":
+		s.gather(n, x, xok)
+	case "GatherElements":
+		if idx, ok := s.in(n, 1); ok {
+			idx.Elem = x.Elem
+			s.set(n, 0, idx)
+		}
+	case "Expand":
+		s.expand(n, x, xok)
+	case "Tile":
+		if !xok || !x.RankKnown {
+			s.set(n, 0, TensorInfo{Elem: x.Elem})
+			return
+		}
+		d := unknownDims(len(x.Dims))
+		if reps, ok := s.inInts(n, 1); ok && len(reps) == len(d) {
+			for i, r := range reps {
+				switch {
+				case r == 1:
+					d[i] = x.Dims[i]
+				case x.Dims[i].Static() && r >= 0:
+					d[i] = Dim{Value: x.Dims[i].Value * r}
+				}
+			}
+		}
+		s.set(n, 0, ranked(x.Elem, d))
+	case "Pad":
+		if xok && x.RankKnown {
+			s.set(n, 0, ranked(x.Elem, unknownDims(len(x.Dims))))
+		} else {
+			s.set(n, 0, TensorInfo{Elem: x.Elem})
+		}
+	case "Cast":
+		to := DataType(IntAttr(n, "to", 0))
+		if xok {
+			x.Elem = to
+			s.set(n, 0, x)
+		} else {
+			s.set(n, 0, TensorInfo{Elem: to})
+		}
+		if v := s.inVal(n, 0); v != nil {
+			switch to {
+			case Int64, Int32, Int16, Int8, Uint8, Uint16, Uint32, Uint64:
+				s.setVal(n, 0, v)
+			case Bool:
+				s.setVal(n, 0, symBinary(symBinary(v, constSym(nil, []int64{0}), symCompare("Equal")), constSym(nil, []int64{0}), symCompare("Equal")))
+			}
+		}
+	case "CastLike":
+		y, _ := s.in(n, 1)
+		x.Elem = y.Elem
+		s.set(n, 0, x)
+		if v := s.inVal(n, 0); v != nil && y.Elem == Int64 {
+			s.setVal(n, 0, v)
+		}
+	case "Constant":
+		s.constant(n)
+	case "ConstantOfShape":
+		s.constantOfShape(n)
+	case "Shape":
+		s.shape(n, x, xok)
+	case "Size":
+		s.set(n, 0, ranked(Int64, []Dim{}))
+		if xok && x.RankKnown {
+			if p := product(x.Dims); p.Static() {
+				s.setVal(n, 0, constSym(nil, []int64{p.Value}))
+			}
+		}
+	case "Range":
+		s.rangeOp(n, x)
+	case "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+		"ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare":
+		axesInput := opset >= 18 || (n.OpType == "ReduceSum" && opset >= 13)
+		s.reduce(n, x, xok, axesInput, x.Elem)
+	case "ArgMax", "ArgMin":
+		if xok && x.RankKnown {
+			s.reduceAxes(n, x, []int64{IntAttr(n, "axis", 0)}, Int64)
+		} else {
+			s.set(n, 0, TensorInfo{Elem: Int64})
+		}
+	case "LayerNormalization":
+		same()
+		stash := DataType(IntAttr(n, "stash_type", int64(Float)))
+		if xok && x.RankKnown {
+			if a, ok := normAxis(IntAttr(n, "axis", -1), len(x.Dims)); ok {
+				d := cloneDims(x.Dims)
+				for i := a; i < len(d); i++ {
+					d[i] = Dim{Value: 1}
+				}
+				s.set(n, 1, ranked(stash, d))
+				s.set(n, 2, ranked(stash, d))
+			}
+		}
+	case "QuantizeLinear":
+		elem := Uint8
+		if zp, ok := s.in(n, 2); ok {
+			elem = zp.Elem
+		} else if dt := IntAttr(n, "output_dtype", 0); dt != 0 {
+			elem = DataType(dt)
+		}
+		x.Elem = elem
+		s.set(n, 0, x)
+	case "DequantizeLinear":
+		sc, _ := s.in(n, 1)
+		x.Elem = sc.Elem
+		if x.Elem == Undefined {
+			x.Elem = Float
+		}
+		s.set(n, 0, x)
+	case "DynamicQuantizeLinear":
+		x.Elem = Uint8
+		s.set(n, 0, x)
+		s.set(n, 1, ranked(Float, []Dim{}))
+		s.set(n, 2, ranked(Uint8, []Dim{}))
+	case "NonZero":
+		if xok && x.RankKnown {
+			s.set(n, 0, ranked(Int64, []Dim{{Value: int64(len(x.Dims))}, {Value: -1}}))
+		} else {
+			s.set(n, 0, ranked(Int64, unknownDims(2)))
+		}
+	}
+}
+
+// product multiplies dimensions: static when all are, the single named
+// dimension when the rest are 1, else unknown.
+func product(ds []Dim) Dim {
+	p := int64(1)
+	param := ""
+	for _, d := range ds {
+		switch {
+		case d.Static():
+			p *= d.Value
+		case d.Param != "" && param == "":
+			param = d.Param
+		default:
+			return Dim{Value: -1}
+		}
+	}
+	if param != "" {
+		if p == 1 {
+			return Dim{Value: -1, Param: param}
+		}
+		return Dim{Value: -1}
+	}
+	return Dim{Value: p}
+}
+
+// elementwise sets a broadcasting op's output from all its inputs.
+func (s *inferer) elementwise(n *onnx.NodeProto, elem DataType) {
+	var shapes [][]Dim
+	for i := range n.Input {
+		ti, ok := s.in(n, i)
+		if !ok || !ti.RankKnown {
+			s.set(n, 0, TensorInfo{Elem: elem})
+			return
+		}
+		shapes = append(shapes, ti.Dims)
+	}
+	if len(shapes) == 0 {
+		return
+	}
+	s.set(n, 0, ranked(elem, broadcast(shapes...)))
+}
+
+func symWhere(c, a, b *symTensor) *symTensor {
+	ab := symBinary(a, b, func(x, y sym) sym { return sym{} })
+	if ab == nil {
+		return nil
+	}
+	ca := symBinary(c, ab, func(x, y sym) sym { return x })
+	if ca == nil || len(ca.elems) != len(ab.elems) {
+		return nil
+	}
+	av := symBinary(a, ab, func(x, y sym) sym { return x })
+	bv := symBinary(b, ab, func(x, y sym) sym { return x })
+	out := &symTensor{dims: ab.dims, elems: make([]sym, len(ab.elems))}
+	for i, cond := range ca.elems {
+		switch {
+		case !cond.known:
+		case cond.v != 0:
+			out.elems[i] = av.elems[i]
+		default:
+			out.elems[i] = bv.elems[i]
+		}
+	}
+	return out
+}
+
+// matmulDims is numpy matmul's shape rule.
+func matmulDims(a, b TensorInfo) ([]Dim, bool) {
+	if !a.RankKnown || !b.RankKnown || len(a.Dims) == 0 || len(b.Dims) == 0 {
+		return nil, false
+	}
+	ad, bd := a.Dims, b.Dims
+	if len(ad) == 1 && len(bd) == 1 {
+		return []Dim{}, true
+	}
+	if len(ad) == 1 {
+		return append(cloneDims(bd[:len(bd)-2]), bd[len(bd)-1]), true
+	}
+	if len(bd) == 1 {
+		return cloneDims(ad[:len(ad)-1]), true
+	}
+	batch := broadcast(ad[:len(ad)-2], bd[:len(bd)-2])
+	return append(batch, ad[len(ad)-2], bd[len(bd)-1]), true
+}
+
+func (s *inferer) reshape(n *onnx.NodeProto, x TensorInfo, xok bool) {
+	shapeInfo, _ := s.in(n, 1)
+	r, ok := shapeLen(shapeInfo)
+	if !ok {
+		s.set(n, 0, TensorInfo{Elem: x.Elem})
+		return
+	}
+	v := s.inVal(n, 1)
+	if v == nil || len(v.elems) != r {
+		s.set(n, 0, ranked(x.Elem, unknownDims(r)))
+		return
+	}
+	allowZero := IntAttr(n, "allowzero", 0) != 0
+	d := make([]Dim, r)
+	infer := -1
+	for i, e := range v.elems {
+		switch {
+		case e.known && e.v == 0 && !allowZero:
+			if xok && x.RankKnown && i < len(x.Dims) {
+				d[i] = x.Dims[i]
+			} else {
+				d[i] = Dim{Value: -1}
+			}
+		case e.known && e.v == -1:
+			infer = i
+			d[i] = Dim{Value: -1}
+		default:
+			d[i] = e.dim()
+		}
+	}
+	if infer >= 0 && xok && x.RankKnown {
+		rest := append(cloneDims(d[:infer]), d[infer+1:]...)
+		d[infer] = quotient(x.Dims, rest)
+	}
+	s.set(n, 0, ranked(x.Elem, d))
+}
+
+// quotient returns product(num)/product(den), cancelling named
+// dimensions that appear in both.
+func quotient(num, den []Dim) Dim {
+	params := map[string]int{}
+	pn, pd := int64(1), int64(1)
+	for _, d := range num {
+		switch {
+		case d.Static():
+			pn *= d.Value
+		case d.Param != "":
+			params[d.Param]++
+		default:
+			return Dim{Value: -1}
+		}
+	}
+	for _, d := range den {
+		switch {
+		case d.Static():
+			pd *= d.Value
+		case d.Param != "":
+			params[d.Param]--
+		default:
+			return Dim{Value: -1}
+		}
+	}
+	left := ""
+	for p, c := range params {
+		switch {
+		case c == 0:
+		case c == 1 && left == "":
+			left = p
+		default:
+			return Dim{Value: -1}
+		}
+	}
+	if pd == 0 || pn%pd != 0 {
+		return Dim{Value: -1}
+	}
+	if left != "" {
+		if pn == pd {
+			return Dim{Value: -1, Param: left}
+		}
+		return Dim{Value: -1}
+	}
+	return Dim{Value: pn / pd}
+}
+
+// axesOf returns an op's axes, from attribute "axes" before opset
+// sinceInput and from input 1 from then on; ok is false when they are
+// given but not known.
+func (s *inferer) axesOf(n *onnx.NodeProto, opset, sinceInput int64, input int) (axes []int64, given, ok bool) {
+	if opset < sinceInput {
+		a := Attr(n, "axes")
+		return IntsAttr(n, "axes"), a != nil, true
+	}
+	if !s.has(n, input) {
+		return nil, false, true
+	}
+	axes, ok = s.inInts(n, input)
+	return axes, true, ok
+}
+
+func (s *inferer) squeeze(n *onnx.NodeProto, x TensorInfo, xok bool, opset int64) {
+	if !xok || !x.RankKnown {
+		s.set(n, 0, TensorInfo{Elem: x.Elem})
+		return
+	}
+	axes, given, ok := s.axesOf(n, opset, 13, 1)
+	if !ok {
+		s.set(n, 0, TensorInfo{Elem: x.Elem})
+		return
+	}
+	drop := make([]bool, len(x.Dims))
+	if !given {
+		for i, d := range x.Dims {
+			if !d.Static() {
+				s.set(n, 0, TensorInfo{Elem: x.Elem})
+				return
+			}
+			drop[i] = d.Value == 1
+		}
+	}
+	for _, a := range axes {
+		i, ok := normAxis(a, len(x.Dims))
+		if !ok {
+			s.set(n, 0, TensorInfo{Elem: x.Elem})
+			return
+		}
+		drop[i] = true
+	}
+	d := []Dim{}
+	for i, dd := range x.Dims {
+		if !drop[i] {
+			d = append(d, dd)
+		}
+	}
+	s.set(n, 0, ranked(x.Elem, d))
+	if v := s.inVal(n, 0); v != nil {
+		var vd []int64
+		for i, dd := range v.dims {
+			if i >= len(drop) || !drop[i] {
+				vd = append(vd, dd)
+			}
+		}
+		s.setVal(n, 0, &symTensor{dims: vd, elems: v.elems})
+	}
+}
+
+func (s *inferer) unsqueeze(n *onnx.NodeProto, x TensorInfo, xok bool, opset int64) {
+	axes, _, ok := s.axesOf(n, opset, 13, 1)
+	if !xok || !x.RankKnown || !ok {
+		s.set(n, 0, TensorInfo{Elem: x.Elem})
+		return
+	}
+	r := len(x.Dims) + len(axes)
+	ins := make([]bool, r)
+	for _, a := range axes {
+		i, ok := normAxis(a, r)
+		if !ok || ins[i] {
+			s.set(n, 0, TensorInfo{Elem: x.Elem})
+			return
+		}
+		ins[i] = true
+	}
+	d := make([]Dim, r)
+	j := 0
+	for i := range d {
+		if ins[i] {
+			d[i] = Dim{Value: 1}
+			continue
+		}
+		d[i] = x.Dims[j]
+		j++
+	}
+	s.set(n, 0, ranked(x.Elem, d))
+	if v := s.inVal(n, 0); v != nil {
+		if len(v.dims) == len(x.Dims) {
+			vd := make([]int64, 0, r)
+			j := 0
+			for i := range d {
+				if ins[i] {
+					vd = append(vd, 1)
+					continue
+				}
+				vd = append(vd, v.dims[j])
+				j++
+			}
+			s.setVal(n, 0, &symTensor{dims: vd, elems: v.elems})
+		}
+	}
+}
+
+func (s *inferer) concat(n *onnx.NodeProto) {
+	var elem DataType
+	var ins []TensorInfo
+	for i := range n.Input {
+		ti, ok := s.in(n, i)
+		if !ok {
+			return
+		}
+		if elem == Undefined {
+			elem = ti.Elem
+		}
+		ins = append(ins, ti)
+	}
+	if len(ins) == 0 {
+		return
+	}
+	r := -1
+	for _, ti := range ins {
+		if ti.RankKnown {
+			r = len(ti.Dims)
+		}
+	}
+	if r < 0 {
+		s.set(n, 0, TensorInfo{Elem: elem})
+		return
+	}
+	axis, ok := normAxis(IntAttr(n, "axis", 0), r)
+	if !ok {
+		s.set(n, 0, TensorInfo{Elem: elem})
+		return
+	}
+	d := unknownDims(r)
+	var along []Dim
+	first := true
+	for _, ti := range ins {
+		if !ti.RankKnown {
+			along = append(along, Dim{Value: -1})
+			continue
+		}
+		if len(ti.Dims) != r {
+			s.set(n, 0, TensorInfo{Elem: elem})
+			return
+		}
+		for i, dd := range ti.Dims {
+			if i == axis {
+				continue
+			}
+			if first {
+				d[i] = dd
+			} else {
+				d[i] = sameDim(d[i], dd)
+			}
+		}
+		first = false
+		along = append(along, ti.Dims[axis])
+	}
+	d[axis] = sum(along)
+	s.set(n, 0, ranked(elem, d))
+
+	// Concatenate tracked vectors.
+	var elems []sym
+	for i := range n.Input {
+		v := s.inVal(n, i)
+		if v == nil || len(v.dims) != 1 {
+			return
+		}
+		elems = append(elems, v.elems...)
+	}
+	s.setVal(n, 0, &symTensor{dims: []int64{int64(len(elems))}, elems: elems})
+}
+
+// sum adds dimensions: static when all are, a named dimension plus zeros
+// keeps its name.
+func sum(ds []Dim) Dim {
+	total := int64(0)
+	param := ""
+	for _, d := range ds {
+		switch {
+		case d.Static():
+			total += d.Value
+		case d.Param != "" && param == "":
+			param = d.Param
+		default:
+			return Dim{Value: -1}
+		}
+	}
+	if param != "" {
+		if total == 0 {
+			return Dim{Value: -1, Param: param}
+		}
+		return Dim{Value: -1}
+	}
+	return Dim{Value: total}
+}
+
+func (s *inferer) split(n *onnx.NodeProto, x TensorInfo, xok bool, opset int64) {
+	outs := len(n.Output)
+	if !xok || !x.RankKnown {
+		for i := 0; i < outs; i++ {
+			s.set(n, i, TensorInfo{Elem: x.Elem})
+		}
+		return
+	}
+	axis, ok := normAxis(IntAttr(n, "axis", 0), len(x.Dims))
+	if !ok {
+		for i := 0; i < outs; i++ {
+			s.set(n, i, TensorInfo{Elem: x.Elem})
+		}
+		return
+	}
+	var sizes []int64
+	known := true
+	if opset < 13 {
+		sizes = IntsAttr(n, "split")
+	} else if s.has(n, 1) {
+		sizes, known = s.inInts(n, 1)
+	}
+	for i := 0; i < outs; i++ {
+		d := cloneDims(x.Dims)
+		switch {
+		case known && len(sizes) == outs:
+			d[axis] = Dim{Value: sizes[i]}
+		case known && sizes == nil && x.Dims[axis].Static() && outs > 0:
+			total := x.Dims[axis].Value
+			chunk := (total + int64(outs) - 1) / int64(outs)
+			sz := min(chunk, max(total-int64(i)*chunk, 0))
+			if total%int64(outs) == 0 || opset >= 18 {
+				d[axis] = Dim{Value: sz}
+			} else {
+				d[axis] = Dim{Value: -1}
+			}
+		default:
+			d[axis] = Dim{Value: -1}
+		}
+		s.set(n, i, ranked(x.Elem, d))
+	}
+}
+
+func (s *inferer) slice(n *onnx.NodeProto, x TensorInfo, xok bool, opset int64) {
+	if !xok || !x.RankKnown {
+		s.set(n, 0, TensorInfo{Elem: x.Elem})
+		return
+	}
+	r := len(x.Dims)
+	// Parameters as tracked elements: ends are often a dimension of
+	// another tensor (x[:len]).
+	var starts, ends, axes, steps []sym
+	ok := true
+	if opset < 10 {
+		starts = constSym(nil, IntsAttr(n, "starts")).elems
+		ends = constSym(nil, IntsAttr(n, "ends")).elems
+		if a := Attr(n, "axes"); a != nil {
+			axes = constSym(nil, a.Ints).elems
+		}
+	} else {
+		get := func(i int) []sym {
+			if !s.has(n, i) {
+				return nil
+			}
+			if v := s.inVal(n, i); v != nil {
+				return v.elems
+			}
+			ok = false
+			return nil
+		}
+		starts, ends, axes, steps = get(1), get(2), get(3), get(4)
+	}
+	unknownAll := func() {
+		d := cloneDims(x.Dims)
+		if ax := axes; ax != nil {
+			for _, a := range ax {
+				i, ok := normAxis(a.v, r)
+				if !a.known || !ok {
+					s.set(n, 0, ranked(x.Elem, unknownDims(r)))
+					return
+				}
+				d[i] = Dim{Value: -1}
+			}
+			s.set(n, 0, ranked(x.Elem, d))
+			return
+		}
+		s.set(n, 0, ranked(x.Elem, unknownDims(r)))
+	}
+	if !ok || len(starts) != len(ends) || (axes != nil && len(axes) != len(starts)) || (steps != nil && len(steps) != len(starts)) {
+		unknownAll()
+		return
+	}
+	type span struct {
+		start, end, step int64
+		known            bool
+	}
+	d := cloneDims(x.Dims)
+	spans := map[int]span{}
+	for i := range starts {
+		a := known(int64(i))
+		if axes != nil {
+			a = axes[i]
+		}
+		step := known(1)
+		if steps != nil {
+			step = steps[i]
+		}
+		ax, ok := normAxis(a.v, r)
+		if !a.known || !ok || !step.known || step.v == 0 {
+			unknownAll()
+			return
+		}
+		st, en := starts[i], ends[i]
+		switch {
+		case st.known && en.known:
+			spans[ax] = span{st.v, en.v, step.v, true}
+			d[ax] = sliceDim(x.Dims[ax], st.v, en.v, step.v)
+		case st.known && st.v == 0 && step.v == 1 && en.param != "":
+			// x[:n] with n a named dimension no larger than x's.
+			d[ax] = Dim{Value: -1, Param: en.param}
+			spans[ax] = span{}
+		default:
+			d[ax] = Dim{Value: -1}
+			spans[ax] = span{}
+		}
+	}
+	s.set(n, 0, ranked(x.Elem, d))
+
+	// Slice a tracked vector.
+	if v := s.inVal(n, 0); v != nil && len(v.dims) == 1 {
+		sp, ok := spans[0]
+		if !ok {
+			s.setVal(n, 0, v)
+			return
+		}
+		if !sp.known {
+			return
+		}
+		lo, hi := clampSlice(int64(len(v.elems)), sp.start, sp.end, sp.step)
+		var elems []sym
+		for i := lo; (sp.step > 0 && i < hi) || (sp.step < 0 && i > hi); i += sp.step {
+			elems = append(elems, v.elems[i])
+			if len(elems) > maxSymElems {
+				return
+			}
+		}
+		s.setVal(n, 0, &symTensor{dims: []int64{int64(len(elems))}, elems: elems})
+	}
+}
+
+// clampSlice applies ONNX Slice's clamping of start and end to a dim of
+// size n.
+func clampSlice(n, start, end, step int64) (int64, int64) {
+	if start < 0 {
+		start += n
+	}
+	if end < 0 {
+		end += n
+	}
+	if step > 0 {
+		start = min(max(start, 0), n)
+		end = min(max(end, 0), n)
+	} else {
+		start = min(max(start, 0), n-1)
+		end = min(max(end, -1), n-1)
+	}
+	return start, end
+}
+
+// sliceDim is the size of a sliced dimension.
+func sliceDim(d Dim, start, end, step int64) Dim {
+	if !d.Static() {
+		// Taking everything keeps the dimension.
+		if step == 1 && start == 0 && end >= 1<<31-1 {
+			return d
+		}
+		return Dim{Value: -1}
+	}
+	lo, hi := clampSlice(d.Value, start, end, step)
+	if step > 0 {
+		if hi <= lo {
+			return Dim{Value: 0}
+		}
+		return Dim{Value: (hi - lo + step - 1) / step}
+	}
+	if lo <= hi {
+		return Dim{Value: 0}
+	}
+	return Dim{Value: (lo - hi - step - 1) / -step}
+}
+
+func (s *inferer) gather(n *onnx.NodeProto, x TensorInfo, xok bool) {
+	idx, iok := s.in(n, 1)
+	if !xok || !iok || !x.RankKnown || !idx.RankKnown {
+		s.set(n, 0, TensorInfo{Elem: x.Elem})
+		return
+	}
+	axis, ok := normAxis(IntAttr(n, "axis", 0), len(x.Dims))
+	if !ok {
+		s.set(n, 0, TensorInfo{Elem: x.Elem})
+		return
+	}
+	d := cloneDims(x.Dims[:axis])
+	d = append(d, idx.Dims...)
+	d = append(d, x.Dims[axis+1:]...)
+	s.set(n, 0, ranked(x.Elem, d))
+
+	v := s.inVal(n, 0)
+	ids, ok := s.inInts(n, 1)
+	if v == nil || !ok || len(v.dims) != 1 || axis != 0 {
+		return
+	}
+	elems := make([]sym, len(ids))
+	for i, id := range ids {
+		if id < 0 {
+			id += int64(len(v.elems))
+		}
+		if id < 0 || id >= int64(len(v.elems)) {
+			return
+		}
+		elems[i] = v.elems[id]
+	}
+	vd := s.inVal(n, 1).dims
+	s.setVal(n, 0, &symTensor{dims: append([]int64(nil), vd...), elems: elems})
+}
+
+func (s *inferer) expand(n *onnx.NodeProto, x TensorInfo, xok bool) {
+	shapeInfo, _ := s.in(n, 1)
+	r, ok := shapeLen(shapeInfo)
+	if !xok || !ok || !x.RankKnown {
+		s.set(n, 0, TensorInfo{Elem: x.Elem})
+		return
+	}
+	target := unknownDims(r)
+	if v := s.inVal(n, 1); v != nil && len(v.elems) == r {
+		for i, e := range v.elems {
+			target[i] = e.dim()
+		}
+	}
+	s.set(n, 0, ranked(x.Elem, broadcast(x.Dims, target)))
+	if v := s.inVal(n, 0); v != nil {
+		if dims, ok := s.inInts(n, 1); ok && len(v.elems) == 1 && len(dims) <= 1 {
+			cnt := NumElements(dims)
+			if cnt >= 0 && cnt <= maxSymElems {
+				elems := make([]sym, cnt)
+				for i := range elems {
+					elems[i] = v.elems[0]
+				}
+				s.setVal(n, 0, &symTensor{dims: dims, elems: elems})
+			}
+		}
+	}
+}
+
+func (s *inferer) constant(n *onnx.NodeProto) {
+	for _, a := range n.Attribute {
+		switch a.Name {
+		case "value":
+			if a.T != nil {
+				s.set(n, 0, tensorInfo(a.T))
+				s.setVal(n, 0, tensorSym(a.T))
+			}
+		case "value_float":
+			s.set(n, 0, ranked(Float, []Dim{}))
+		case "value_floats":
+			s.set(n, 0, ranked(Float, []Dim{{Value: int64(len(a.Floats))}}))
+		case "value_int":
+			s.set(n, 0, ranked(Int64, []Dim{}))
+			s.setVal(n, 0, constSym(nil, []int64{a.I}))
+		case "value_ints":
+			s.set(n, 0, ranked(Int64, []Dim{{Value: int64(len(a.Ints))}}))
+			s.setVal(n, 0, constSym([]int64{int64(len(a.Ints))}, a.Ints))
+		case "value_string":
+			s.set(n, 0, ranked(String, []Dim{}))
+		case "value_strings":
+			s.set(n, 0, ranked(String, []Dim{{Value: int64(len(a.Strings))}}))
+		case "sparse_value":
+			if st := a.SparseTensor; st != nil && st.Values != nil {
+				s.set(n, 0, ranked(TensorType(st.Values), staticDims(st.Dims)))
+			}
+		}
+	}
+}
+
+func (s *inferer) constantOfShape(n *onnx.NodeProto) {
+	elem := Float
+	var fill *symTensor
+	if a := Attr(n, "value"); a != nil && a.T != nil {
+		elem = TensorType(a.T)
+		fill = tensorSym(a.T)
+	}
+	shapeInfo, _ := s.in(n, 0)
+	r, ok := shapeLen(shapeInfo)
+	if !ok {
+		s.set(n, 0, TensorInfo{Elem: elem})
+		return
+	}
+	d := unknownDims(r)
+	if v := s.inVal(n, 0); v != nil && len(v.elems) == r {
+		for i, e := range v.elems {
+			d[i] = e.dim()
+		}
+	}
+	s.set(n, 0, ranked(elem, d))
+	if dims, ok := s.inInts(n, 0); ok && fill != nil && len(fill.elems) == 1 {
+		cnt := NumElements(dims)
+		if cnt >= 0 && cnt <= maxSymElems {
+			elems := make([]sym, cnt)
+			for i := range elems {
+				elems[i] = fill.elems[0]
+			}
+			s.setVal(n, 0, &symTensor{dims: dims, elems: elems})
+		}
+	}
+}
+
+func (s *inferer) shape(n *onnx.NodeProto, x TensorInfo, xok bool) {
+	if !xok || !x.RankKnown {
+		s.set(n, 0, ranked(Int64, unknownDims(1)))
+		return
+	}
+	r := int64(len(x.Dims))
+	start, end := IntAttr(n, "start", 0), IntAttr(n, "end", r)
+	if start < 0 {
+		start += r
+	}
+	if end < 0 {
+		end += r
+	}
+	start, end = min(max(start, 0), r), min(max(end, 0), r)
+	if end < start {
+		end = start
+	}
+	elems := make([]sym, 0, end-start)
+	for _, d := range x.Dims[start:end] {
+		elems = append(elems, symDim(d))
+	}
+	s.set(n, 0, ranked(Int64, []Dim{{Value: int64(len(elems))}}))
+	s.setVal(n, 0, &symTensor{dims: []int64{int64(len(elems))}, elems: elems})
+}
+
+func (s *inferer) rangeOp(n *onnx.NodeProto, x TensorInfo) {
+	d := Dim{Value: -1}
+	st, l, dl := s.inVal(n, 0), s.inVal(n, 1), s.inVal(n, 2)
+	if st != nil && l != nil && dl != nil && len(st.elems) == 1 && len(l.elems) == 1 && len(dl.elems) == 1 {
+		a, b, c := st.elems[0], l.elems[0], dl.elems[0]
+		switch {
+		case a.known && b.known && c.known && c.v != 0:
+			cnt := max((b.v-a.v+c.v-sign(c.v))/c.v, 0)
+			d = Dim{Value: cnt}
+			if cnt <= maxSymElems {
+				elems := make([]sym, cnt)
+				for i := range elems {
+					elems[i] = known(a.v + int64(i)*c.v)
+				}
+				s.setVal(n, 0, &symTensor{dims: []int64{cnt}, elems: elems})
+			}
+		case a.known && a.v == 0 && c.known && c.v == 1:
+			d = Dim{Value: -1, Param: b.param}
+		}
+	}
+	s.set(n, 0, ranked(x.Elem, []Dim{d}))
+}
+
+func sign(v int64) int64 {
+	if v < 0 {
+		return -1
+	}
+	return 1
+}
+
+func (s *inferer) reduce(n *onnx.NodeProto, x TensorInfo, xok, axesInput bool, elem DataType) {
+	if !xok || !x.RankKnown {
+		s.set(n, 0, TensorInfo{Elem: elem})
+		return
+	}
+	var axes []int64
+	if axesInput {
+		if s.has(n, 1) {
+			var ok bool
+			if axes, ok = s.inInts(n, 1); !ok {
+				if IntAttr(n, "keepdims", 1) != 0 {
+					s.set(n, 0, ranked(elem, unknownDims(len(x.Dims))))
+				} else {
+					s.set(n, 0, TensorInfo{Elem: elem})
+				}
+				return
+			}
+		}
+	} else {
+		axes = IntsAttr(n, "axes")
+	}
+	if len(axes) == 0 {
+		if IntAttr(n, "noop_with_empty_axes", 0) != 0 {
+			x.Elem = elem
+			s.set(n, 0, x)
+			return
+		}
+		for i := range x.Dims {
+			axes = append(axes, int64(i))
+		}
+	}
+	s.reduceAxes(n, x, axes, elem)
+}
+
+func (s *inferer) reduceAxes(n *onnx.NodeProto, x TensorInfo, axes []int64, elem DataType) {
+	red := make([]bool, len(x.Dims))
+	for _, a := range axes {
+		i, ok := normAxis(a, len(x.Dims))
+		if !ok {
+			s.set(n, 0, TensorInfo{Elem: elem})
+			return
+		}
+		red[i] = true
+	}
+	keep := IntAttr(n, "keepdims", 1) != 0
+	d := []Dim{}
+	for i, dd := range x.Dims {
+		switch {
+		case !red[i]:
+			d = append(d, dd)
+		case keep:
+			d = append(d, Dim{Value: 1})
+		}
+	}
+	s.set(n, 0, ranked(elem, d))
+}
