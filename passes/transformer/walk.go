@@ -1,0 +1,336 @@
+package transformer
+
+import (
+	"fmt"
+	"math"
+	"strings"
+
+	"github.com/advancedclimatesystems/gonnx/onnx"
+	"github.com/qatc/qatc/graph"
+)
+
+// walker holds what the recogniser reads about a graph: the value index,
+// inferred shapes and the small integer values (slice bounds, split sizes)
+// that shape inference evaluates.
+type walker struct {
+	m      *graph.Model
+	shapes map[string]graph.TensorInfo
+	ints   map[string][]int64
+	// unresolved holds the dense layers whose weight could not be traced
+	// to an initializer, for Options.Map to name (nil: such a layer is an
+	// error at once).
+	unresolved map[*onnx.NodeProto]error
+}
+
+// skipQ returns the value a fake quantizer reads when v is its output
+// (DequantizeLinear ← [Clip] ← QuantizeLinear), repeatedly; else v.
+func (w *walker) skipQ(v string) string {
+	for {
+		dq := w.m.Producer(v)
+		if dq == nil || dq.OpType != "DequantizeLinear" || len(dq.Input) == 0 {
+			return v
+		}
+		q := w.m.Producer(dq.Input[0])
+		if q != nil && q.OpType == "Clip" {
+			q = w.m.Producer(q.Input[0])
+		}
+		if q == nil || q.OpType != "QuantizeLinear" || len(q.Input) == 0 {
+			return v
+		}
+		v = q.Input[0]
+	}
+}
+
+// viewOps only rearrange or rename a tensor's elements.
+var viewOps = map[string]bool{
+	"Reshape": true, "Transpose": true, "Squeeze": true, "Unsqueeze": true,
+	"Identity": true, "Flatten": true, "Dropout": true,
+}
+
+// back follows v back through quantizers, views and multiplications or
+// divisions by a scalar constant, returning the value it started from and
+// the product of the constants.
+func (w *walker) back(v string) (string, float64) {
+	scale := 1.0
+	for {
+		v = w.skipQ(v)
+		p := w.m.Producer(v)
+		if p == nil || len(p.Input) == 0 {
+			return v, scale
+		}
+		switch {
+		case viewOps[p.OpType]:
+			v = p.Input[0]
+			continue
+		case p.OpType == "Mul" || p.OpType == "Div":
+			if c, ok := w.scalar(p.Input[1]); ok {
+				if p.OpType == "Mul" {
+					scale *= c
+				} else {
+					scale /= c
+				}
+				v = p.Input[0]
+				continue
+			}
+			if c, ok := w.scalar(p.Input[0]); ok && p.OpType == "Mul" {
+				scale *= c
+				v = p.Input[1]
+				continue
+			}
+		}
+		return v, scale
+	}
+}
+
+// base is back without the scale.
+func (w *walker) base(v string) string {
+	b, _ := w.back(v)
+	return b
+}
+
+// forward returns the nodes that read v, looking through quantizers and
+// views: the first consumers that are neither.
+func (w *walker) forward(v string) []*onnx.NodeProto {
+	var out []*onnx.NodeProto
+	seen := map[string]bool{}
+	var visit func(string)
+	visit = func(v string) {
+		if seen[v] {
+			return
+		}
+		seen[v] = true
+		for _, c := range w.m.Consumers(v) {
+			switch {
+			case c.OpType == "QuantizeLinear" && c.Input[0] == v:
+				for _, d := range w.m.Consumers(c.Output[0]) {
+					if d.OpType == "Clip" {
+						for _, e := range w.m.Consumers(d.Output[0]) {
+							if e.OpType == "DequantizeLinear" {
+								visit(e.Output[0])
+							}
+						}
+					} else if d.OpType == "DequantizeLinear" {
+						visit(d.Output[0])
+					}
+				}
+			case viewOps[c.OpType] && c.Input[0] == v:
+				visit(c.Output[0])
+			default:
+				out = append(out, c)
+			}
+		}
+	}
+	visit(v)
+	return out
+}
+
+// constant returns the float contents of v when it is an initializer or
+// a Constant node's output.
+func (w *walker) constant(v string) ([]float32, bool) {
+	if t := w.m.Initializer(v); t != nil {
+		f, err := graph.Floats(t)
+		return f, err == nil
+	}
+	p := w.m.Producer(v)
+	if p == nil || p.OpType != "Constant" {
+		return nil, false
+	}
+	a := graph.Attr(p, "value")
+	if a != nil && a.T != nil {
+		f, err := graph.Floats(a.T)
+		return f, err == nil
+	}
+	if a := graph.Attr(p, "value_float"); a != nil {
+		return []float32{a.F}, true
+	}
+	return nil, false
+}
+
+// scalar returns v's value when it is a one-element float constant.
+func (w *walker) scalar(v string) (float64, bool) {
+	f, ok := w.constant(v)
+	if !ok || len(f) != 1 {
+		return 0, false
+	}
+	return float64(f[0]), true
+}
+
+// isConst reports whether v is an initializer or computed from constants
+// only (through a quantizer, say).
+func (w *walker) isConst(v string) bool {
+	v = w.skipQ(v)
+	if w.m.Initializer(v) != nil {
+		return true
+	}
+	p := w.m.Producer(v)
+	if p == nil {
+		return false
+	}
+	if p.OpType == "Constant" {
+		return true
+	}
+	for _, in := range p.Input {
+		if in != "" && !w.isConst(in) {
+			return false
+		}
+	}
+	return len(p.Input) > 0
+}
+
+// rank returns v's inferred rank, or -1.
+func (w *walker) rank(v string) int {
+	if t, ok := w.shapes[v]; ok {
+		return t.Rank()
+	}
+	return -1
+}
+
+// lastDim returns v's static last dimension, or -1.
+func (w *walker) lastDim(v string) int {
+	t, ok := w.shapes[v]
+	if !ok || t.Rank() < 1 || !t.Dims[len(t.Dims)-1].Static() {
+		return -1
+	}
+	return int(t.Dims[len(t.Dims)-1].Value)
+}
+
+// isLastAxis reports whether axis a of v is its last axis.
+func (w *walker) isLastAxis(v string, a int64) bool {
+	if a == -1 {
+		return true
+	}
+	r := w.rank(v)
+	return r > 0 && a == int64(r-1)
+}
+
+// sliceBounds returns a Slice node's single axis, start and end, read
+// from its inputs (opset ≥ 10) or attributes.
+func (w *walker) sliceBounds(n *onnx.NodeProto) (axis, start, end int64, err error) {
+	var starts, ends, axes, steps []int64
+	if len(n.Input) == 1 {
+		starts, ends, axes = graph.IntsAttr(n, "starts"), graph.IntsAttr(n, "ends"), graph.IntsAttr(n, "axes")
+	} else {
+		var ok bool
+		if starts, ok = w.ints[n.Input[1]]; !ok {
+			return 0, 0, 0, fmt.Errorf("slice %s: its start %s is not a known constant", graph.NodeName(n), n.Input[1])
+		}
+		if ends, ok = w.ints[n.Input[2]]; !ok {
+			return 0, 0, 0, fmt.Errorf("slice %s: its end %s is not a known constant", graph.NodeName(n), n.Input[2])
+		}
+		if len(n.Input) > 3 && n.Input[3] != "" {
+			if axes, ok = w.ints[n.Input[3]]; !ok {
+				return 0, 0, 0, fmt.Errorf("slice %s: its axes %s are not a known constant", graph.NodeName(n), n.Input[3])
+			}
+		}
+		if len(n.Input) > 4 && n.Input[4] != "" {
+			steps = w.ints[n.Input[4]]
+		}
+	}
+	if len(starts) != 1 || len(ends) != 1 {
+		return 0, 0, 0, fmt.Errorf("slice %s cuts %d axes; a projection split cuts one", graph.NodeName(n), len(starts))
+	}
+	if len(steps) == 1 && steps[0] != 1 {
+		return 0, 0, 0, fmt.Errorf("slice %s has step %d; a projection split has step 1", graph.NodeName(n), steps[0])
+	}
+	if len(axes) == 1 {
+		axis = axes[0]
+	}
+	return axis, starts[0], ends[0], nil
+}
+
+// clampRange resolves negative and oversized slice bounds against size n.
+func clampRange(start, end int64, n int) Range {
+	if start < 0 {
+		start += int64(n)
+	}
+	if end < 0 {
+		end += int64(n)
+	}
+	start = max(0, min(start, int64(n)))
+	end = max(start, min(end, int64(n)))
+	return Range{int(start), int(end)}
+}
+
+// splitRange returns the range of output i of a Split node over an axis
+// of size n.
+func (w *walker) splitRange(n *onnx.NodeProto, i, size int) (Range, error) {
+	var sizes []int64
+	if len(n.Input) > 1 && n.Input[1] != "" {
+		s, ok := w.ints[n.Input[1]]
+		if !ok {
+			return Range{}, fmt.Errorf("split %s: its sizes %s are not a known constant", graph.NodeName(n), n.Input[1])
+		}
+		sizes = s
+	} else {
+		sizes = graph.IntsAttr(n, "split")
+	}
+	if len(sizes) == 0 {
+		if size < 0 || size%len(n.Output) != 0 {
+			return Range{}, fmt.Errorf("split %s: cannot tell its part sizes (width %d, %d outputs)", graph.NodeName(n), size, len(n.Output))
+		}
+		each := size / len(n.Output)
+		return Range{i * each, (i + 1) * each}, nil
+	}
+	lo := 0
+	for _, s := range sizes[:i] {
+		lo += int(s)
+	}
+	return Range{lo, lo + int(sizes[i])}, nil
+}
+
+// outputIndex returns the index of v among n's outputs.
+func outputIndex(n *onnx.NodeProto, v string) int {
+	for i, o := range n.Output {
+		if o == v {
+			return i
+		}
+	}
+	return -1
+}
+
+// around describes the neighbourhood of value v: its producers two levels
+// up and its consumers, one node a line.
+func (w *walker) around(v string) string {
+	var lines []string
+	seen := map[*onnx.NodeProto]bool{}
+	line := func(prefix string, n *onnx.NodeProto) {
+		if seen[n] {
+			return
+		}
+		seen[n] = true
+		ins := make([]string, len(n.Input))
+		for i, in := range n.Input {
+			ins[i] = short(in)
+		}
+		lines = append(lines, fmt.Sprintf("    %s%s %s(%s) -> %s", prefix, n.OpType, n.Name, strings.Join(ins, ", "), short(strings.Join(n.Output, ", "))))
+	}
+	if p := w.m.Producer(v); p != nil {
+		for _, in := range p.Input {
+			if pp := w.m.Producer(in); pp != nil && pp.OpType != "Constant" {
+				line("  ", pp)
+			}
+		}
+		line("", p)
+	} else {
+		lines = append(lines, fmt.Sprintf("    %s is a graph input or initializer", v))
+	}
+	for i, c := range w.m.Consumers(v) {
+		if i == 4 {
+			lines = append(lines, "    ...")
+			break
+		}
+		line("→ ", c)
+	}
+	return "\n  nodes around " + v + ":\n" + strings.Join(lines, "\n")
+}
+
+// short trims long value names for display.
+func short(s string) string {
+	if len(s) > 60 {
+		return "…" + s[len(s)-59:]
+	}
+	return s
+}
+
+// near reports whether a and b agree to float32 rounding.
+func near(a, b float64) bool { return math.Abs(a-b) <= 1e-5*math.Max(1, math.Abs(b)) }
