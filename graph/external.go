@@ -16,16 +16,19 @@ import (
 // loadExternalData reads the bytes of every tensor stored outside the
 // protobuf into its RawData, reading each tensor once straight into its
 // own buffer (no whole-file copy), and marks the tensor inline.
-func loadExternalData(p *onnx.ModelProto, dir string) error {
+// It reports whether any tensor was external.
+func loadExternalData(p *onnx.ModelProto, dir string) (bool, error) {
 	r := &extReader{dir: dir, files: map[string]*extFile{}}
 	defer r.close()
 	var err error
+	external := false
 	walkTensors(p.Graph, func(t *onnx.TensorProto) {
 		if err == nil && HasExternalData(t) {
+			external = true
 			err = r.load(t)
 		}
 	})
-	return err
+	return external, err
 }
 
 // walkTensors calls f for every tensor in g: initializers, sparse

@@ -38,10 +38,13 @@ func Parse(data []byte, dir string) (*Model, error) {
 	if p.Graph == nil {
 		return nil, fmt.Errorf("not an ONNX model: it has no graph")
 	}
-	if err := loadExternalData(p, dir); err != nil {
+	external, err := loadExternalData(p, dir)
+	if err != nil {
 		return nil, err
 	}
-	return FromProto(p, dir), nil
+	m := FromProto(p, dir)
+	m.External = external
+	return m, nil
 }
 
 // Marshal serializes the model with all tensor data inline. Protobuf
@@ -69,8 +72,9 @@ type SaveOptions struct {
 }
 
 // Save writes the model to path atomically (a temporary file in the same
-// directory, then a rename). A model whose tensors exceed 2 GiB is written
-// with external data in "<file name>.data".
+// directory, then a rename). A model read with external data, or whose
+// tensors exceed 2 GiB, is written with external data in
+// "<file name>.data".
 func (m *Model) Save(path string) error { return m.SaveWith(path, nil) }
 
 // dataAlign is the alignment of each tensor in an external-data file, so
@@ -82,7 +86,7 @@ const dataAlign = 4096
 // and the protobuf is encoded without their bytes, so saving never holds a
 // second copy of the weights; both files are written atomically.
 func (m *Model) SaveWith(path string, opts *SaveOptions) error {
-	var o SaveOptions
+	o := SaveOptions{ExternalData: m.External}
 	if opts != nil {
 		o = *opts
 	}

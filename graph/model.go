@@ -15,6 +15,10 @@ type Model struct {
 	// Dir is the directory external-data locations are resolved in
 	// ("" for a model that was not read from a file).
 	Dir string
+	// External records that the model was read with external data; Save
+	// then keeps that layout, so that a large model never needs a second
+	// in-memory copy to be serialized.
+	External bool
 
 	producer    map[string]*onnx.NodeProto
 	consumers   map[string][]*onnx.NodeProto
