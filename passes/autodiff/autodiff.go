@@ -1,0 +1,457 @@
+package autodiff
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/advancedclimatesystems/gonnx/onnx"
+	"github.com/qatc/qatc/graph"
+	"google.golang.org/protobuf/proto"
+)
+
+// Loss configures the loss the training graph computes.
+type Loss struct {
+	// Kind is "ce" (token cross-entropy, the default), "kd" (distillation
+	// from teacher logits), "ce+kd", or "scalar": the output named by
+	// Options.Logits is a scalar the model computes and is itself the loss
+	// (no labels input).
+	Kind string
+	// LabelSmoothing is ε of PyTorch's definition:
+	// (1−ε)·nll + ε·mean_v(−log p_v).
+	LabelSmoothing float32
+	// PadID marks labels that do not count (nor enter the mean).
+	PadID int64
+	// KDWeight scales the kd term of "ce+kd".
+	KDWeight float32
+	// Temperature of the distillation softmaxes (0 means 1). The teacher's
+	// logits come in as the graph input "teacher_logits" [batch, tgt_len,
+	// vocab], computed by the caller with the fp32 teacher.
+	Temperature float32
+	// ClipL2 adds coef·Σ clip² to the loss for each named clip parameter
+	// (NeurST: 0.001 for weight clips, 0.01 for activation clips).
+	ClipL2 map[string]float32
+}
+
+// Options configure Build.
+type Options struct {
+	// Logits names the output to train on; by default the model's only
+	// float output of rank 3.
+	Logits string
+	// Trainable lists the initializers to differentiate. By default: every
+	// float initializer that is a parameter on a differentiable path to the
+	// logits (not scalar constants other than *_clip_max, not tables
+	// holding infinities, and not sinusoidal position tables).
+	Trainable []string
+	// Untie makes every initializer its own parameter; by default exact
+	// and transposed copies of a parameter are rebuilt from it in the graph
+	// and their gradients summed.
+	Untie bool
+	// ClipGrad is the scale gradient of quantizers: "neurst" (default) or
+	// "lsq" (adds Σ g·(round(x/s) − x/s) inside the range).
+	ClipGrad string
+	// Loss is the loss to build.
+	Loss Loss
+}
+
+// Param is one trainable input of the training graph.
+type Param struct {
+	Name  string  // graph input (the former initializer's name)
+	Shape []int64 // its shape
+	Grad  string  // the graph output holding its gradient
+}
+
+// Tie records an initializer the training graph rebuilds from a parameter.
+type Tie struct {
+	Param, Copy string
+	Transposed  bool // Copy is Paramᵀ (else an exact copy)
+}
+
+// Info describes the training graph's interface.
+type Info struct {
+	Params        []Param  // the trainable inputs, in the model's initializer order
+	Ties          []Tie    // copies rebuilt from a parameter (none when untied)
+	Batch         []string // batch inputs: the model's inputs, then Labels and TeacherLogits
+	Labels        string   // int64 [batch, tgt_len]; "" for a scalar loss
+	TeacherLogits string   // float [batch, tgt_len, vocab]; "" unless the loss uses kd
+	Loss          string   // scalar float output
+	Opset         int64    // the training graph's opset
+}
+
+// The names of the training graph's fixed inputs and outputs.
+const (
+	LabelsInput  = "labels"
+	TeacherInput = "teacher_logits"
+	LossOutput   = "loss"
+	GradSuffix   = "_grad"
+)
+
+// Build returns the training graph of m: the forward graph with its
+// trainable initializers turned into inputs, the loss, and the gradient
+// of the loss with respect to every parameter, all in standard ONNX ops.
+// m is not changed.
+func Build(m *graph.Model, opts Options) (*graph.Model, *Info, error) {
+	if opts.ClipGrad == "" {
+		opts.ClipGrad = "neurst"
+	}
+	if opts.ClipGrad != "neurst" && opts.ClipGrad != "lsq" {
+		return nil, nil, fmt.Errorf("clip gradient %q: want neurst or lsq", opts.ClipGrad)
+	}
+	if opts.Loss.Kind == "" {
+		opts.Loss.Kind = "ce"
+	}
+	switch opts.Loss.Kind {
+	case "ce", "kd", "ce+kd":
+	case "scalar":
+		if opts.Logits == "" {
+			return nil, nil, fmt.Errorf("loss scalar: name the scalar output that is the loss")
+		}
+	default:
+		return nil, nil, fmt.Errorf("loss %q: want ce, kd, ce+kd or scalar", opts.Loss.Kind)
+	}
+	t := proto.Clone(m.Proto).(*onnx.ModelProto)
+	tm := graph.FromProto(t, m.Dir)
+	if err := tm.TopoSort(); err != nil {
+		return nil, nil, err
+	}
+	logits, err := findLogits(tm, opts.Logits)
+	if err != nil {
+		return nil, nil, err
+	}
+	if opts.Loss.Kind == "scalar" && logits == LossOutput {
+		// The model's own loss is called "loss": free the name for the
+		// training graph's output.
+		logits = renameValue(tm, logits, tm.UniqueName(logits+"/model"))
+	}
+	reserved := []string{LossOutput}
+	if opts.Loss.Kind != "scalar" {
+		reserved = append(reserved, LabelsInput, TeacherInput)
+	}
+	for _, name := range reserved {
+		if tm.HasName(name) {
+			return nil, nil, fmt.Errorf("the model already uses the name %q, which the training graph needs", name)
+		}
+	}
+	b := &builder{m: tm, opset: tm.Opset(""), grads: map[string][]string{}, opts: &opts}
+	b.f = newFacts(tm)
+	if b.quant, err = findQuantUnits(tm, b.f); err != nil {
+		return nil, nil, err
+	}
+	forward := append([]*onnx.NodeProto(nil), tm.Graph().Node...)
+
+	params, err := choosePar(b, forward, logits, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, p := range params {
+		if tm.HasName(p + GradSuffix) {
+			return nil, nil, fmt.Errorf("gradient output %q: the model already uses that name", p+GradSuffix)
+		}
+	}
+	info := &Info{Loss: LossOutput}
+	for _, v := range tm.Graph().Input {
+		if tm.Initializer(v.Name) == nil {
+			info.Batch = append(info.Batch, v.Name)
+		}
+	}
+	var ties []Tie
+	if !opts.Untie {
+		ties = findTies(tm, params)
+	}
+	copies := map[string]bool{}
+	for _, t := range ties {
+		copies[t.Copy] = true
+	}
+	// Parameters become inputs; tied copies are rebuilt from them.
+	for _, p := range params {
+		if copies[p] {
+			continue
+		}
+		init := tm.Initializer(p)
+		dims := append([]int64(nil), init.Dims...)
+		dt := graph.TensorType(init)
+		tm.RemoveInitializer(p)
+		delete(b.f.consts, p)
+		tm.AddInput(p, dt, dims)
+		info.Params = append(info.Params, Param{Name: p, Shape: dims, Grad: p + GradSuffix})
+	}
+	for _, t := range ties {
+		tm.RemoveInitializer(t.Copy)
+		delete(b.f.consts, t.Copy)
+		if t.Transposed {
+			tm.Op("Transpose", "", []string{t.Param}, []string{t.Copy}, graph.AttrInts("perm", 1, 0))
+		} else {
+			tm.Op("Identity", "", []string{t.Param}, []string{t.Copy})
+		}
+		forward = append([]*onnx.NodeProto{tm.Producer(t.Copy)}, forward...)
+	}
+	info.Ties = ties
+
+	b.active = map[string]bool{}
+	for _, p := range info.Params {
+		b.active[p.Name] = true
+	}
+	propagate(b, forward)
+	if !b.active[logits] {
+		return nil, nil, fmt.Errorf("logits %q do not depend on any trainable parameter", logits)
+	}
+	raiseOpset(b, forward)
+
+	if err := buildLoss(b, logits, info); err != nil {
+		return nil, nil, err
+	}
+	if err := backward(b, forward); err != nil {
+		return nil, nil, err
+	}
+
+	g := tm.Graph()
+	g.Output = nil
+	tm.Reindex()
+	tm.AddOutput(LossOutput, b.f.Elem(logits), []int64{})
+	for _, p := range info.Params {
+		gv := b.grad(p.Name)
+		if gv == "" {
+			b.node = nil
+			gv = b.zerosLike(p.Name)
+		}
+		tm.Op("Identity", "", []string{gv}, []string{p.Grad})
+		tm.AddOutput(p.Grad, b.f.Elem(p.Name), p.Shape)
+	}
+	prune(tm)
+	if err := tm.TopoSort(); err != nil {
+		return nil, nil, err
+	}
+	info.Opset = tm.Opset("")
+	return tm, info, nil
+}
+
+// findLogits returns the output to train on.
+func findLogits(m *graph.Model, name string) (string, error) {
+	if name != "" {
+		if !m.IsGraphOutput(name) && m.Producer(name) == nil {
+			return "", fmt.Errorf("logits %q: no such output or value in the model", name)
+		}
+		return name, nil
+	}
+	var found []string
+	for _, o := range m.Graph().Output {
+		dt, r := valueType(o)
+		if isFloat(dt) && r == 3 {
+			found = append(found, o.Name)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return "", fmt.Errorf("the model has no float output of rank 3 (logits [batch, len, vocab]); name the logits output")
+	case 1:
+		return found[0], nil
+	}
+	return "", fmt.Errorf("the model has several float outputs of rank 3 (%s); name the logits output", strings.Join(found, ", "))
+}
+
+// propagate marks the float values that depend on an active value.
+func propagate(b *builder, nodes []*onnx.NodeProto) {
+	for _, n := range nodes {
+		any := false
+		if u := b.quant[n]; u != nil {
+			any = b.active[u.x] || b.active[u.scale] || b.active[in(n, 1)]
+		} else {
+			for _, x := range n.Input {
+				if b.active[x] {
+					any = true
+					break
+				}
+			}
+		}
+		if !any {
+			continue
+		}
+		for _, o := range n.Output {
+			dt := b.f.Elem(o)
+			if o != "" && (dt == graph.Undefined || isFloat(dt)) {
+				b.active[o] = true
+			}
+		}
+	}
+}
+
+// backward runs the rules over the forward nodes in reverse order.
+func backward(b *builder, nodes []*onnx.NodeProto) error {
+	for i := len(nodes) - 1; i >= 0; i-- {
+		n := nodes[i]
+		gy := make([]string, len(n.Output))
+		reached := false
+		for j, o := range n.Output {
+			if o == "" {
+				continue
+			}
+			if gy[j] = b.grad(o); gy[j] != "" {
+				reached = true
+				if r := b.f.Rank(o); r >= 0 {
+					b.f.rank[gy[j]] = r
+				}
+			}
+		}
+		if !reached {
+			continue
+		}
+		needed := false
+		for _, x := range n.Input {
+			if b.needs(x) {
+				needed = true
+			}
+		}
+		if u := b.quant[n]; u != nil {
+			needed = b.needs(u.x) || b.needs(u.scale)
+		}
+		if !needed {
+			continue
+		}
+		r := rules[n.OpType]
+		if n.Domain != "" && n.Domain != "ai.onnx" {
+			r = nil
+		}
+		if r == nil {
+			return fmt.Errorf("node %s (%s) is on a gradient path and has no gradient rule", graph.NodeName(n), opName(n))
+		}
+		b.node = n
+		if err := r(b, n, gy); err != nil {
+			return fmt.Errorf("node %s (%s): %w", graph.NodeName(n), n.OpType, err)
+		}
+	}
+	b.node = nil
+	return nil
+}
+
+func opName(n *onnx.NodeProto) string {
+	if n.Domain != "" && n.Domain != "ai.onnx" {
+		return n.Domain + "." + n.OpType
+	}
+	return n.OpType
+}
+
+// raiseOpset moves a model from opset 13-15 to 16 when a Gather gradient
+// needs ScatterND's reduction (exact and linear in the tokens, where the
+// fallback is a one-hot product over the vocabulary), provided no op in
+// the graph changes meaning between the two (RoiAlign does).
+func raiseOpset(b *builder, nodes []*onnx.NodeProto) {
+	if b.opset < 13 || b.opset >= 16 {
+		return
+	}
+	wants := false
+	for _, n := range nodes {
+		if n.OpType == "Gather" && b.active[n.Output[0]] && b.needs(n.Input[0]) {
+			wants = true
+		}
+		if n.OpType == "RoiAlign" {
+			return
+		}
+	}
+	for _, o := range b.m.Proto.OpsetImport {
+		if o.Domain != "" && o.Domain != "ai.onnx" && o.Domain != "com.microsoft" {
+			return
+		}
+	}
+	if !wants {
+		return
+	}
+	b.m.SetOpset("", 16)
+	b.opset = 16
+	if b.m.Proto.IrVersion < 8 {
+		b.m.Proto.IrVersion = 8
+	}
+}
+
+// renameValue renames value old (a node output) to new everywhere and
+// returns new.
+func renameValue(m *graph.Model, old, new string) string {
+	if p := m.Producer(old); p != nil {
+		for i, o := range p.Output {
+			if o == old {
+				p.Output[i] = new
+			}
+		}
+	}
+	m.ReplaceUses(old, new)
+	for _, o := range m.Graph().Output {
+		if o.Name == old {
+			o.Name = new
+		}
+	}
+	m.Reindex()
+	return new
+}
+
+// prune removes the nodes and initializers no graph output depends on.
+func prune(m *graph.Model) {
+	g := m.Graph()
+	live := map[string]bool{}
+	for _, o := range g.Output {
+		live[o.Name] = true
+	}
+	keep := make([]bool, len(g.Node))
+	// Nodes are in forward order after the gradient nodes were appended,
+	// so iterate to a fixed point.
+	for changed := true; changed; {
+		changed = false
+		for i := len(g.Node) - 1; i >= 0; i-- {
+			if keep[i] {
+				continue
+			}
+			n := g.Node[i]
+			for _, o := range n.Output {
+				if live[o] {
+					keep[i] = true
+				}
+			}
+			if keep[i] {
+				changed = true
+				for _, x := range nodeReads(n) {
+					live[x] = true
+				}
+			}
+		}
+	}
+	var nodes []*onnx.NodeProto
+	for i, n := range g.Node {
+		if keep[i] {
+			nodes = append(nodes, n)
+		}
+	}
+	g.Node = nodes
+	var inits []*onnx.TensorProto
+	for _, t := range g.Initializer {
+		if live[t.Name] {
+			inits = append(inits, t)
+		}
+	}
+	g.Initializer = inits
+	m.Reindex()
+}
+
+// nodeReads returns n's inputs and the outer values its subgraphs read.
+func nodeReads(n *onnx.NodeProto) []string {
+	reads := append([]string(nil), n.Input...)
+	for _, a := range n.Attribute {
+		gs := a.Graphs
+		if a.G != nil {
+			gs = append(gs, a.G)
+		}
+		for _, sg := range gs {
+			for _, sn := range sg.Node {
+				reads = append(reads, nodeReads(sn)...)
+			}
+		}
+	}
+	return reads
+}
+
+// sortedKeys returns m's keys in order.
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

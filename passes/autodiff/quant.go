@@ -1,0 +1,184 @@
+package autodiff
+
+import (
+	"fmt"
+
+	"github.com/advancedclimatesystems/gonnx/onnx"
+	"github.com/qatc/qatc/graph"
+)
+
+// quantUnit is a QuantizeLinear → [Clip] → DequantizeLinear chain, which
+// the pass differentiates as one fake-quantization op: the integer
+// tensors in between carry no gradient of their own.
+type quantUnit struct {
+	q, clip, dq *onnx.NodeProto
+	x, scale    string
+	lo, hi      float64 // integer range after the zero point: qmin-zp, qmax-zp
+}
+
+// integer ranges of the quantized types
+var intRange = map[graph.DataType][2]float64{
+	graph.Int8: {-128, 127}, graph.Uint8: {0, 255}, graph.Int16: {-32768, 32767},
+	graph.Uint16: {0, 65535}, graph.Int4: {-8, 7}, graph.Uint4: {0, 15},
+}
+
+// findQuantUnits pairs every DequantizeLinear with the QuantizeLinear (and
+// optional integer Clip) feeding it.
+func findQuantUnits(m *graph.Model, f *facts) (map[*onnx.NodeProto]*quantUnit, error) {
+	units := map[*onnx.NodeProto]*quantUnit{}
+	for _, dq := range m.Graph().Node {
+		if dq.OpType != "DequantizeLinear" || dq.Domain != "" && dq.Domain != "ai.onnx" {
+			continue
+		}
+		u := &quantUnit{dq: dq}
+		p := m.Producer(dq.Input[0])
+		if p != nil && p.OpType == "Clip" {
+			u.clip = p
+			p = m.Producer(p.Input[0])
+		}
+		if p == nil || p.OpType != "QuantizeLinear" {
+			continue
+		}
+		u.q, u.x, u.scale = p, p.Input[0], p.Input[1]
+		qt := f.Elem(p.Output[0])
+		r, ok := intRange[qt]
+		if !ok {
+			return nil, fmt.Errorf("quantizer %s: unsupported integer type %s", graph.NodeName(p), qt)
+		}
+		if u.clip != nil {
+			for i, j := range []int{1, 2} {
+				if v := in(u.clip, j); v != "" {
+					c, ok := f.ints(v)
+					if !ok || len(c) != 1 {
+						return nil, fmt.Errorf("quantizer %s: the integer Clip's bounds must be constant scalars", graph.NodeName(u.clip))
+					}
+					if i == 0 {
+						r[0] = max(r[0], float64(c[0]))
+					} else {
+						r[1] = min(r[1], float64(c[0]))
+					}
+				}
+			}
+		}
+		zp := 0.0
+		if z := in(p, 2); z != "" {
+			vals, ok := f.ints(z)
+			if !ok {
+				return nil, fmt.Errorf("quantizer %s: zero point %q must be a constant", graph.NodeName(p), z)
+			}
+			for _, v := range vals {
+				if v != vals[0] {
+					return nil, fmt.Errorf("quantizer %s: per-channel zero points differ; only a common zero point is supported", graph.NodeName(p))
+				}
+			}
+			if len(vals) > 0 {
+				zp = float64(vals[0])
+			}
+		}
+		u.lo, u.hi = r[0]-zp, r[1]-zp
+		units[dq] = u
+	}
+	return units, nil
+}
+
+// gradDequantize differentiates a quantizer unit: the straight-through
+// gradient for x inside the representable range [s·lo, s·hi], zero
+// outside, and for the scale Σ g·hi over elements above the range plus
+// Σ g·lo below it (NeurST; with the clip = scale·qmax this is
+// dclip = Σ_above g − 128/127 Σ_below g), plus, with ClipGrad "lsq",
+// Σ g·(round(x/s) − x/s) inside. Per-axis scales are reduced over the
+// other axes, blocked scales over their blocks.
+func gradDequantize(b *builder, n *onnx.NodeProto, gy []string) error {
+	u := b.quant[n]
+	if u == nil {
+		return fmt.Errorf("DequantizeLinear without a QuantizeLinear producing its input has no gradient rule")
+	}
+	x, s, g := u.x, u.scale, gy[0]
+	if b.needs(in(n, 1)) && in(n, 1) != s {
+		return fmt.Errorf("the quantizer pair %s/%s uses two different scales (%q, %q); a trainable scale must be shared", graph.NodeName(u.q), graph.NodeName(n), s, in(n, 1))
+	}
+	rx, rs := b.f.Rank(x), b.f.Rank(s)
+	if rs < 0 || rx < 0 {
+		return fmt.Errorf("ranks of %q and its scale %q are unknown", x, s)
+	}
+	sb := s // the scale broadcast against x
+	var axis int64
+	block := graph.IntAttr(u.q, "block_size", 0)
+	perAxis := rs == 1 && block == 0
+	var blockDims []int64 // x's dims with the blocked axis split into [blocks, block]
+	if block > 0 {
+		var ok bool
+		axis, ok = normAxis(graph.IntAttr(u.q, "axis", 1), rx)
+		dims := b.staticShape(x)
+		if !ok || dims == nil || rs != rx {
+			return fmt.Errorf("blocked quantizer %s needs a weight of static shape and a scale of its rank", graph.NodeName(u.q))
+		}
+		if dims[axis]%block != 0 {
+			return fmt.Errorf("blocked quantizer %s: axis %d of %q (%d) is not a multiple of the block size %d", graph.NodeName(u.q), axis, x, dims[axis], block)
+		}
+		blockDims = append(append(append([]int64{}, dims[:axis]...), dims[axis]/block, block), dims[axis+1:]...)
+		// Repeat each scale block times along the axis.
+		e := b.like(x, "Expand", []string{b.unsqueeze(castTo(b, s, x), axis+1), b.ints(blockDims...)})
+		b.f.rank[e] = rx + 1
+		sb = b.reshape(e, dims...)
+	} else if rs > 1 {
+		return fmt.Errorf("scale %q of rank %d without block_size has no gradient rule", s, rs)
+	}
+	if perAxis {
+		var ok bool
+		axis, ok = normAxis(graph.IntAttr(u.q, "axis", 1), rx)
+		if !ok {
+			return fmt.Errorf("axis of %s is out of range for %q", graph.NodeName(u.q), x)
+		}
+		shape := []int64{-1}
+		for i := axis + 1; i < int64(rx); i++ {
+			shape = append(shape, 1)
+		}
+		sb = b.reshape(s, shape...)
+		if b.f.Elem(sb) == graph.Undefined {
+			b.f.elem[sb] = b.f.Elem(x)
+		}
+	}
+	sb = castTo(b, sb, x)
+	hi := b.mul(b.constOf(x, u.hi), sb)
+	lo := b.mul(b.constOf(x, u.lo), sb)
+	above := b.cmp("Greater", x, hi)
+	below := b.cmp("Less", x, lo)
+	out := b.typed(graph.Bool, rx, "Or", []string{above, below})
+	inside := b.maskOf(b.typed(graph.Bool, rx, "Not", []string{out}), x)
+	b.f.rank[inside] = rx
+	if b.needs(x) {
+		b.accum(x, b.mul(g, inside))
+	}
+	if !b.needs(s) {
+		return nil
+	}
+	e := b.add(b.mul(b.maskOf(above, x), b.constOf(x, u.hi)), b.mul(b.maskOf(below, x), b.constOf(x, u.lo)))
+	b.f.rank[e] = rx
+	if b.opts.ClipGrad == "lsq" {
+		t := b.div(x, sb)
+		e = b.add(e, b.mul(inside, b.sub(b.like(t, "Round", []string{t}), t)))
+	}
+	e = b.mul(g, e)
+	b.f.rank[e] = rx
+	var ds string
+	if block > 0 {
+		ds = b.reduceSum(b.reshape(e, blockDims...), []int64{axis + 1}, false)
+	} else if perAxis {
+		var axes []int64
+		for i := int64(0); i < int64(rx); i++ {
+			if i != axis {
+				axes = append(axes, i)
+			}
+		}
+		ds = e
+		if len(axes) > 0 {
+			ds = b.reduceSum(e, axes, false)
+		}
+	} else {
+		ds = b.typed(b.f.Elem(x), 0, "ReduceSum", []string{e}, graph.AttrInt("keepdims", 0))
+		ds = b.reshapeLike(ds, s)
+	}
+	b.accum(s, castTo(b, ds, s))
+	return nil
+}

@@ -1,0 +1,198 @@
+package autodiff_test
+
+import (
+	"encoding/json"
+	"math"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/passes/autodiff"
+	"github.com/qatc/qatc/runtime"
+)
+
+const modelsDir = "/work/shared/models"
+
+type reference struct {
+	Loss struct {
+		Value float64 `json:"value"`
+	} `json:"loss"`
+	Gradients map[string]map[string]struct {
+		File       string  `json:"file"`
+		Shape      []int64 `json:"shape"`
+		Transposed bool    `json:"transposed"`
+	} `json:"gradients"`
+}
+
+func loadReference(t *testing.T) *reference {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(modelsDir, "torch_transformer_reference.json"))
+	if err != nil {
+		t.Skipf("reference models not available: %v", err)
+	}
+	var ref reference
+	if err := json.Unmarshal(data, &ref); err != nil {
+		t.Fatal(err)
+	}
+	return &ref
+}
+
+func readF32(t *testing.T, path string) []float32 {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := make([]float32, len(b)/4)
+	for i := range v {
+		v[i] = math.Float32frombits(uint32(b[4*i]) | uint32(b[4*i+1])<<8 | uint32(b[4*i+2])<<16 | uint32(b[4*i+3])<<24)
+	}
+	return v
+}
+
+func readNpy(t *testing.T, name string) *runtime.Tensor {
+	t.Helper()
+	x, err := runtime.ReadNpy(filepath.Join(modelsDir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return x
+}
+
+// paramFeeds returns the initial values of the training graph's
+// parameters (the source model's initializers).
+func paramFeeds(t *testing.T, src *graph.Model, info *autodiff.Info) map[string]*runtime.Tensor {
+	t.Helper()
+	feeds := map[string]*runtime.Tensor{}
+	for _, p := range info.Params {
+		v, err := graph.Floats(src.Initializer(p.Name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		feeds[p.Name] = runtime.Float32(p.Shape, v)
+	}
+	return feeds
+}
+
+func runTraining(t *testing.T, src *graph.Model, opts autodiff.Options) (map[string]*runtime.Tensor, *autodiff.Info) {
+	t.Helper()
+	tm, info, err := autodiff.Build(src, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := runtime.Open(tm, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	feeds := paramFeeds(t, src, info)
+	feeds["src_ids"] = readNpy(t, "torch_transformer_src_ids.npy")
+	feeds["tgt_ids"] = readNpy(t, "torch_transformer_tgt_ids.npy")
+	feeds["labels"] = readNpy(t, "torch_transformer_labels.npy")
+	out, err := s.Run(feeds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out, info
+}
+
+func maxAbs(v []float32) float64 {
+	m := 0.0
+	for _, x := range v {
+		m = max(m, math.Abs(float64(x)))
+	}
+	return m
+}
+
+// TestTorchParity checks the untied training graph of PyTorch's exported
+// transformer against the loss and per-initializer gradients PyTorch
+// computed, and the tied build against their sums.
+func TestTorchParity(t *testing.T) {
+	ref := loadReference(t)
+	for _, file := range []string{"torch_transformer_opset14.onnx", "torch_transformer_opset17.onnx"} {
+		t.Run(file, func(t *testing.T) {
+			src, err := graph.Load(filepath.Join(modelsDir, file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			loss := autodiff.Loss{Kind: "ce", LabelSmoothing: 0.1, PadID: 0}
+			out, info := runTraining(t, src, autodiff.Options{Untie: true, Loss: loss})
+			if want := max(src.Opset(""), 16); info.Opset != want {
+				t.Errorf("training graph opset %d, want %d (ScatterND with reduction for the embedding)", info.Opset, want)
+			}
+			grads := ref.Gradients[file]
+			if len(info.Params) != len(grads) {
+				names := []string{}
+				for _, p := range info.Params {
+					if _, ok := grads[p.Name]; !ok {
+						names = append(names, p.Name)
+					}
+				}
+				t.Errorf("%d parameters, reference has %d; extra: %v", len(info.Params), len(grads), names)
+			}
+			got := float64(out["loss"].Float32s()[0])
+			if rel := math.Abs(got-ref.Loss.Value) / ref.Loss.Value; rel > 1e-5 {
+				t.Errorf("loss %.8f, PyTorch %.8f (rel %.2g)", got, ref.Loss.Value, rel)
+			}
+			worst := 0.0
+			for name, g := range grads {
+				res, ok := out[name+"_grad"]
+				if !ok {
+					t.Errorf("no gradient output for %s", name)
+					continue
+				}
+				want := readF32(t, filepath.Join(modelsDir, g.File))
+				have := res.Float32s()
+				if len(have) != len(want) {
+					t.Errorf("%s: %d values, want %d", name, len(have), len(want))
+					continue
+				}
+				err := 0.0
+				for i := range want {
+					err = max(err, math.Abs(float64(have[i]-want[i])))
+				}
+				rel := err / maxAbs(want)
+				worst = max(worst, rel)
+				if rel > 1e-4 {
+					t.Errorf("%s: max abs error %.3g = %.3g × max|g|", name, err, rel)
+				}
+			}
+			t.Logf("loss %.8f (PyTorch %.8f); worst gradient error %.3g × max|g| over %d tensors", got, ref.Loss.Value, worst, len(grads))
+
+			// Tied: emb.weight is one parameter, the transposed copy is rebuilt.
+			tout, tinfo := runTraining(t, src, autodiff.Options{Loss: loss})
+			if len(tinfo.Ties) != 1 || tinfo.Ties[0].Param != "emb.weight" || !tinfo.Ties[0].Transposed {
+				t.Fatalf("ties %+v, want emb.weight with its transposed copy", tinfo.Ties)
+			}
+			cp := tinfo.Ties[0].Copy
+			if _, ok := tout[cp+"_grad"]; ok {
+				t.Errorf("tied copy %s has its own gradient output", cp)
+			}
+			if len(tinfo.Params) != len(info.Params)-1 {
+				t.Errorf("tied build has %d parameters, want %d", len(tinfo.Params), len(info.Params)-1)
+			}
+			emb := readF32(t, filepath.Join(modelsDir, grads["emb.weight"].File))
+			proj := readF32(t, filepath.Join(modelsDir, grads[cp].File)) // [64, 1000]
+			rows, cols := int(grads["emb.weight"].Shape[0]), int(grads["emb.weight"].Shape[1])
+			want := make([]float32, len(emb))
+			for i := 0; i < rows; i++ {
+				for j := 0; j < cols; j++ {
+					want[i*cols+j] = emb[i*cols+j] + proj[j*rows+i]
+				}
+			}
+			have := tout["emb.weight_grad"].Float32s()
+			err = nil
+			e := 0.0
+			for i := range want {
+				e = max(e, math.Abs(float64(have[i]-want[i])))
+			}
+			if rel := e / maxAbs(want); rel > 1e-4 {
+				t.Errorf("tied gradient: max abs error %.3g = %.3g × max|g|", e, rel)
+			}
+			if l := float64(tout["loss"].Float32s()[0]); math.Abs(l-got) > 1e-6*got {
+				t.Errorf("tied loss %v, untied %v", l, got)
+			}
+		})
+	}
+}
