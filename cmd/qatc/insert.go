@@ -9,6 +9,7 @@ import (
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/passes/calibrate"
 	"github.com/qatc/qatc/passes/quantize"
+	"github.com/qatc/qatc/spm"
 	"github.com/qatc/qatc/train"
 	"github.com/urfave/cli/v2"
 )
@@ -139,17 +140,18 @@ func checkOutput(c *cli.Context, in, out string) error {
 }
 
 // readData reads a parallel file pair with the command's data flags.
-func readData(c *cli.Context, src, tgt string, vocab int) (*train.Dataset, error) {
+func readData(c *cli.Context, src, tgt string, vocab, maxLen int) (*train.Dataset, error) {
 	opts := train.DataOptions{
 		Vocab:   vocab,
+		MaxLen:  maxLen,
 		Special: train.Special{Pad: c.Int64("pad-id"), BOS: c.Int64("bos-id"), EOS: c.Int64("eos-id")},
 	}
 	if path := c.String("spm"); path != "" {
-		tok, err := train.LoadSentencePiece(path)
+		tok, err := spm.Load(path)
 		if err != nil {
 			return nil, err
 		}
-		opts.Tokenizer = tok
+		opts.Tokenizer = spmTokenizer{tok}
 	}
 	return train.ReadParallel(src, tgt, opts)
 }
@@ -216,7 +218,7 @@ func insertAction(c *cli.Context) error {
 		if tgt == "" {
 			tgt = src
 		}
-		data, err := readData(c, src, tgt, roles.Vocab)
+		data, err := readData(c, src, tgt, roles.Vocab, 0)
 		if err != nil {
 			return err
 		}
@@ -274,3 +276,25 @@ func printPlan(c *cli.Context, plan []quantize.Quantizer) {
 	}
 	writeTable(c.App.Writer, []string{"tensor", "kind", "bits", "axis", "consumers"}, rows)
 }
+
+// spmTokenizer adapts a SentencePiece model to the data readers.
+type spmTokenizer struct{ m *spm.Model }
+
+func (t spmTokenizer) Encode(line string) []int64 {
+	ids := t.m.Encode(line)
+	out := make([]int64, len(ids))
+	for i, id := range ids {
+		out[i] = int64(id)
+	}
+	return out
+}
+
+func (t spmTokenizer) Decode(ids []int64) string {
+	in := make([]int, len(ids))
+	for i, id := range ids {
+		in[i] = int(id)
+	}
+	return t.m.Decode(in)
+}
+
+func (t spmTokenizer) VocabSize() int { return t.m.VocabSize() }

@@ -111,6 +111,8 @@ func commands() []*cli.Command {
 		runCommand(),
 		compareCommand(),
 		insertCommand(),
+		trainCommand(),
+		finetuneCommand(),
 	}
 }
 

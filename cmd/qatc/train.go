@@ -1,0 +1,216 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/passes/quantize"
+	"github.com/qatc/qatc/train"
+	"github.com/urfave/cli/v2"
+)
+
+// trainFlags are shared by train (fp32) and finetune (QAT).
+func trainFlags() []cli.Flag {
+	return append([]cli.Flag{
+		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "the trained model to write", Required: true},
+		&cli.BoolFlag{Name: "in-place", Usage: "allow -o to name the input model"},
+		&cli.StringFlag{Name: "src", Usage: "training source sentences, one per line", Required: true},
+		&cli.StringFlag{Name: "tgt", Usage: "training target sentences, one per line", Required: true},
+		&cli.StringFlag{Name: "valid-src", Usage: "validation source sentences"},
+		&cli.StringFlag{Name: "valid-tgt", Usage: "validation target sentences"},
+		&cli.IntFlag{Name: "max-len", Usage: "drop training pairs longer than this many tokens (0: keep all)"},
+		&cli.StringFlag{Name: "loss", Value: "ce", Usage: "ce (cross-entropy), kd (distillation from the fp32 teacher) or ce+kd"},
+		&cli.Float64Flag{Name: "label-smoothing", Value: 0.1, Usage: "label smoothing of the cross-entropy"},
+		&cli.Float64Flag{Name: "kd-weight", Value: 1, Usage: "weight of the distillation term in ce+kd"},
+		&cli.Float64Flag{Name: "temperature", Value: 1, Usage: "distillation temperature"},
+		&cli.Int64Flag{Name: "steps", Usage: "updates to train for (0: --epochs epochs)"},
+		&cli.IntFlag{Name: "epochs", Value: 1, Usage: "epochs to train for when --steps is 0"},
+		&cli.IntFlag{Name: "batch-tokens", Value: 4096, Usage: "padded tokens per batch"},
+		&cli.Float64Flag{Name: "lr", Value: 5e-4, Usage: "learning rate of the weights (the schedule's peak)"},
+		&cli.Float64Flag{Name: "clip-lr", Usage: "learning rate of the clip ranges (0: --lr)"},
+		&cli.Float64Flag{Name: "weight-decay", Usage: "weight decay"},
+		&cli.BoolFlag{Name: "adamw", Usage: "decoupled weight decay (AdamW)"},
+		&cli.Float64Flag{Name: "grad-clip", Usage: "clip the gradients' global norm to this (0: no clipping)"},
+		&cli.StringFlag{Name: "schedule", Value: "constant", Usage: "constant or inverse-sqrt"},
+		&cli.Int64Flag{Name: "warmup", Value: 4000, Usage: "warm-up steps of inverse-sqrt"},
+		&cli.Int64Flag{Name: "initial-step", Usage: "continue an inverse-sqrt schedule from this step (NeurST's initial_step)"},
+		&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "seed of the batch order"},
+		&cli.IntFlag{Name: "threads", Usage: "intra-op threads (0: onnxruntime's default)"},
+		&cli.Int64Flag{Name: "valid-every", Usage: "validate every N steps (0: only at the end)"},
+		&cli.StringFlag{Name: "checkpoint-dir", Usage: "write checkpoints here"},
+		&cli.Int64Flag{Name: "checkpoint-every", Usage: "checkpoint every N steps (0: only at the end and on Ctrl-C)"},
+		&cli.IntFlag{Name: "keep-checkpoints", Value: 3, Usage: "checkpoints to keep (0: all)"},
+		&cli.BoolFlag{Name: "resume", Usage: "continue from the newest checkpoint in --checkpoint-dir"},
+		&cli.BoolFlag{Name: "untie", Usage: "train tied copies of a tensor separately"},
+		&cli.StringFlag{Name: "save-training-graph", Usage: "also write the training graph (inputs: batch, labels, parameters; outputs: loss and <name>_grad)"},
+		&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
+	}, dataFlags()...)
+}
+
+func trainCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "train",
+		Usage:     "train an fp32 model (no quantizers) on a parallel corpus",
+		ArgsUsage: "MODEL",
+		Flags:     trainFlags(),
+		Action:    func(c *cli.Context) error { return trainAction(c, false) },
+	}
+}
+
+func finetuneCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "finetune",
+		Usage:     "quantization-aware fine-tuning: learn a QAT model's clip ranges and weights",
+		ArgsUsage: "QAT",
+		Flags: append(trainFlags(),
+			&cli.BoolFlag{Name: "freeze-weights", Usage: "learn the clip ranges only"},
+			&cli.StringFlag{Name: "clip-grad", Value: "neurst", Usage: "clip gradient: neurst or lsq"},
+			&cli.Float64Flag{Name: "weight-clip-l2", Value: 0.001, Usage: "L2 on weight clips (NeurST: 0.001)"},
+			&cli.Float64Flag{Name: "act-clip-l2", Value: 0.01, Usage: "L2 on activation clips (NeurST: 0.01)"},
+		),
+		Action: func(c *cli.Context) error { return trainAction(c, true) },
+	}
+}
+
+func trainAction(c *cli.Context, qat bool) error {
+	path, err := oneArg(c, "MODEL")
+	if err != nil {
+		return err
+	}
+	out := c.String("output")
+	if err := checkOutput(c, path, out); err != nil {
+		return err
+	}
+	switch c.String("loss") {
+	case "ce", "kd", "ce+kd":
+	default:
+		return usagef("--loss %q: want ce, kd or ce+kd", c.String("loss"))
+	}
+	if qat {
+		switch c.String("clip-grad") {
+		case "neurst", "lsq":
+		default:
+			return usagef("--clip-grad %q: want neurst or lsq", c.String("clip-grad"))
+		}
+	}
+	if (c.String("valid-src") == "") != (c.String("valid-tgt") == "") {
+		return usagef("--valid-src and --valid-tgt go together")
+	}
+	if c.Bool("resume") && c.String("checkpoint-dir") == "" {
+		return usagef("--resume needs --checkpoint-dir")
+	}
+	sched, err := train.ParseSchedule(c.String("schedule"), c.Int64("warmup"), c.Int64("initial-step"))
+	if err != nil {
+		return usagef("--schedule: %v", err)
+	}
+	m, err := graph.Load(path)
+	if err != nil {
+		return err
+	}
+	quantizers, err := quantize.Find(m)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	switch {
+	case qat && len(quantizers) == 0:
+		return fmt.Errorf("%s has no quantizers: run qatc insert on it first (or qatc train for an fp32 model)", path)
+	case !qat && len(quantizers) > 0:
+		return fmt.Errorf("%s has %d quantizers: use qatc finetune for QAT models", path, len(quantizers))
+	}
+	roles, err := modelRoles(c, m)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	trainData, err := readData(c, c.String("src"), c.String("tgt"), roles.Vocab, c.Int("max-len"))
+	if err != nil {
+		return err
+	}
+	var valid *train.Dataset
+	if c.String("valid-src") != "" {
+		if valid, err = readData(c, c.String("valid-src"), c.String("valid-tgt"), roles.Vocab, 0); err != nil {
+			return err
+		}
+	}
+	cfg := train.Config{
+		Train: trainData, Valid: valid,
+		BatchTokens: c.Int("batch-tokens"), Seed: c.Uint64("seed"),
+		Steps: c.Int64("steps"), Epochs: c.Int("epochs"), Threads: c.Int("threads"),
+		LR: c.Float64("lr"), ClipLR: c.Float64("clip-lr"), WeightDecay: c.Float64("weight-decay"),
+		Schedule:  sched,
+		Optimizer: train.DefaultOptimizer(),
+		Loss: train.Loss{
+			Kind: c.String("loss"), LabelSmoothing: c.Float64("label-smoothing"),
+			KDWeight: c.Float64("kd-weight"), Temperature: c.Float64("temperature"),
+		},
+		Untie:      c.Bool("untie"),
+		Roles:      roles,
+		ValidEvery: c.Int64("valid-every"), CheckpointEvery: c.Int64("checkpoint-every"),
+		CheckpointDir: c.String("checkpoint-dir"), KeepCheckpoints: c.Int("keep-checkpoints"),
+		Resume: c.Bool("resume"),
+	}
+	cfg.Optimizer.AdamW = c.Bool("adamw")
+	cfg.Optimizer.ClipNorm = c.Float64("grad-clip")
+	if qat {
+		cfg.FreezeWeights = c.Bool("freeze-weights")
+		cfg.ClipGrad = c.String("clip-grad")
+		cfg.Loss.WeightClipL2 = c.Float64("weight-clip-l2")
+		cfg.Loss.ActClipL2 = c.Float64("act-clip-l2")
+	}
+	if !qat && cfg.Loss.Kind != "ce" {
+		return usagef("--loss %s needs a QAT model (the teacher is its fp32 form); qatc train uses ce", cfg.Loss.Kind)
+	}
+
+	steps := cfg.Steps
+	if steps == 0 {
+		b, err := train.NewBatcher(trainData, cfg.BatchTokens, cfg.Seed)
+		if err != nil {
+			return err
+		}
+		steps = int64(len(b.Epoch(0)) * max(cfg.Epochs, 1))
+	}
+	display := train.NewDisplay(c.App.ErrWriter, steps, isTerminal(c.App.ErrWriter), 0)
+	cfg.Progress = display.Update
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	t, err := train.NewTrainer(m, cfg)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	if f := c.String("save-training-graph"); f != "" {
+		if err := t.TrainingGraph().Save(f); err != nil {
+			return fmt.Errorf("--save-training-graph: %w", err)
+		}
+	}
+	fmt.Fprintln(c.App.ErrWriter, t.Summary())
+	res, err := t.Run(ctx)
+	display.Finish()
+	if err != nil {
+		return err
+	}
+	if res.Interrupted {
+		msg := "interrupted at step %d"
+		if res.Checkpoint != "" {
+			msg += "; checkpoint " + res.Checkpoint + " written: run the same command with --resume to continue"
+		}
+		fmt.Fprintf(c.App.ErrWriter, msg+"\n", res.Steps)
+		return nil
+	}
+	if err := t.WriteBack(); err != nil {
+		return err
+	}
+	if err := m.Save(out); err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return writeJSON(c.App.Writer, res)
+	}
+	fmt.Fprintf(c.App.Writer, "wrote %s: %d steps, %d target tokens, last loss %.4f, validation loss %.4f, %s\n",
+		out, res.Steps, res.Tokens, res.Loss, res.ValidLoss, res.Elapsed.Round(1e9))
+	return nil
+}
