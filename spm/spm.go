@@ -238,9 +238,9 @@ func (m *Model) normalize(s string) string {
 }
 
 // Encode returns the token ids of s (no bos or eos).
-func (m *Model) Encode(s string) []int {
+func (m *Model) Encode(s string) []int64 {
 	s = m.normalize(s)
-	var ids []int
+	ids := []int64{}
 	// User-defined symbols are atomic: split the text around them.
 	for len(s) > 0 {
 		at, sym := len(s), ""
@@ -253,7 +253,7 @@ func (m *Model) Encode(s string) []int {
 		if sym == "" {
 			break
 		}
-		ids = append(ids, m.ids[sym])
+		ids = append(ids, int64(m.ids[sym]))
 		s = s[at+len(sym):]
 	}
 	return ids
@@ -292,7 +292,7 @@ func (c *candidates) Pop() any {
 
 // bpe merges the characters of s, highest-scoring merge first (leftmost on
 // ties), and appends the resulting ids to ids.
-func (m *Model) bpe(s string, ids []int) []int {
+func (m *Model) bpe(s string, ids []int64) []int64 {
 	if s == "" {
 		return ids
 	}
@@ -336,20 +336,22 @@ func (m *Model) bpe(s string, ids []int) []int {
 	}
 	for i := 0; i >= 0; i = syms[i].next {
 		if id, ok := m.ids[syms[i].text]; ok {
-			ids = append(ids, id)
+			ids = append(ids, int64(id))
 		} else {
-			ids = append(ids, m.unkID)
+			ids = append(ids, int64(m.unkID))
 		}
 	}
 	return ids
 }
 
 // Decode turns ids back into text: control pieces are dropped, unknown
-// pieces print as " ⁇ ", visible spaces become spaces.
-func (m *Model) Decode(ids []int) string {
+// pieces and ids outside the vocabulary print as " ⁇ ", visible spaces
+// become spaces.
+func (m *Model) Decode(ids []int64) string {
 	var b strings.Builder
 	for _, id := range ids {
-		if id < 0 || id >= len(m.pieces) {
+		if id < 0 || id >= int64(len(m.pieces)) {
+			b.WriteString(" \u2047 ")
 			continue
 		}
 		switch p := m.pieces[id]; p.kind {

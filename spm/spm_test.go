@@ -25,7 +25,7 @@ func TestEncodeMatchesSentencePiece(t *testing.T) {
 		got := m.Encode(line)
 		var ids []string
 		for _, id := range got {
-			ids = append(ids, strconv.Itoa(id))
+			ids = append(ids, strconv.FormatInt(id, 10))
 		}
 		if g := strings.Join(ids, " "); g != want[i] {
 			t.Errorf("line %d %q:\n got %s\nwant %s", i+1, line, g, want[i])

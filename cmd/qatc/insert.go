@@ -151,7 +151,7 @@ func readData(c *cli.Context, src, tgt string, vocab, maxLen int) (*train.Datase
 		if err != nil {
 			return nil, err
 		}
-		opts.Tokenizer = spmTokenizer{tok}
+		opts.Tokenizer = tok
 	}
 	return train.ReadParallel(src, tgt, opts)
 }
@@ -276,25 +276,3 @@ func printPlan(c *cli.Context, plan []quantize.Quantizer) {
 	}
 	writeTable(c.App.Writer, []string{"tensor", "kind", "bits", "axis", "consumers"}, rows)
 }
-
-// spmTokenizer adapts a SentencePiece model to the data readers.
-type spmTokenizer struct{ m *spm.Model }
-
-func (t spmTokenizer) Encode(line string) []int64 {
-	ids := t.m.Encode(line)
-	out := make([]int64, len(ids))
-	for i, id := range ids {
-		out[i] = int64(id)
-	}
-	return out
-}
-
-func (t spmTokenizer) Decode(ids []int64) string {
-	in := make([]int, len(ids))
-	for i, id := range ids {
-		in[i] = int(id)
-	}
-	return t.m.Decode(in)
-}
-
-func (t spmTokenizer) VocabSize() int { return t.m.VocabSize() }

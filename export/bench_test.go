@@ -1,0 +1,82 @@
+package export
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/qatc/qatc/runtime"
+	"github.com/qatc/qatc/testmodels"
+)
+
+// BenchmarkFormats times the full forward pass of testmodels.Base() at
+// batch 16, source and target length 32, on 2 threads: fp32 and each
+// export of its 8-bit QAT model. The models run interleaved, one forward
+// pass each per iteration, so that a drifting machine load affects them
+// alike; each reports its median latency ("<format>_ms") and its speedup
+// over fp32's median ("<format>_x").
+func BenchmarkFormats(b *testing.B) {
+	cfg := testmodels.Base()
+	fp32, err := testmodels.Build(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	src, tgt := testmodels.RandomBatch(cfg, 16, 32, 32, 1)
+	batch := map[string]*runtime.Tensor{
+		testmodels.SrcInput: runtime.Int64([]int64{16, 32}, src),
+		testmodels.TgtInput: runtime.Int64([]int64{16, 32}, tgt),
+	}
+	qat := makeQAT(b, fp32, batch, qatConfig{bits: 8})
+	names := append([]string{"fp32"}, Formats...)
+	sessions := make([]*runtime.Session, len(names))
+	for i, name := range names {
+		m := fp32
+		if name != "fp32" {
+			out, rep, err := Export(qat, name, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			v, err := Verify(qat, out, batch)
+			b.Logf("%s: %d bytes (%.1f%% of the QAT file), max abs error %.4g (bound %.4g), top-1 %.4f, kernels %s; verify: %v",
+				name, rep.Size, 100*float64(rep.Size)/float64(rep.SourceSize), v.MaxAbsErr, v.Bound, v.Top1, kernelList(v.Kernels), err)
+			m = out
+		}
+		s, err := runtime.Open(m, &runtime.Options{Threads: 2})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer s.Close()
+		for range 2 { // warm-up: allocations, prepacking
+			if _, err := s.Run(batch); err != nil {
+				b.Fatal(err)
+			}
+		}
+		sessions[i] = s
+	}
+	times := make([][]time.Duration, len(names))
+	b.ResetTimer()
+	for range b.N {
+		for i, s := range sessions {
+			start := time.Now()
+			if _, err := s.Run(batch); err != nil {
+				b.Fatal(err)
+			}
+			times[i] = append(times[i], time.Since(start))
+		}
+	}
+	b.StopTimer()
+	median := func(d []time.Duration) time.Duration {
+		d = slices.Clone(d)
+		slices.Sort(d)
+		return d[len(d)/2]
+	}
+	base := median(times[0])
+	for i, name := range names {
+		m := median(times[i])
+		b.ReportMetric(float64(m)/1e6, name+"_ms")
+		if i > 0 {
+			b.ReportMetric(float64(base)/float64(m), name+"_x")
+		}
+	}
+	b.ReportMetric(0, "ns/op") // the per-format metrics above are the result
+}

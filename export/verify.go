@@ -1,0 +1,363 @@
+package export
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/advancedclimatesystems/gonnx/onnx"
+	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/passes/fold"
+	"github.com/qatc/qatc/runtime"
+	"google.golang.org/protobuf/proto"
+)
+
+// Agreement bounds, per format, in steps. A step is one activation
+// quantization step at the logits' scale: the step s of the quantizer on
+// the input of the output projection W, carried to the logits as
+// s · max_j Σ_i |W_ij| (W dequantized), the most any logit moves when each
+// of its inputs moves by one step. Where the logits do not come from a
+// quantized projection, it is one 8-bit step of their range,
+// max |logit| / 127.
+//
+// qdq runs the same integers and scales as the QAT model, and onnxruntime
+// applies the same fusions to both, so they agree to float rounding.
+// qoperator runs the same arithmetic in other kernels (exact int32
+// accumulation, one rescale): float rounding differs, and an activation
+// lying on a rounding boundary of its quantizer may land one step away;
+// the logits stay within one step. dynamic quantizes activations per
+// batch over their observed range instead of the learned clips, a grid of
+// about the same step but other boundaries, and gets two.
+var bounds = map[string]struct {
+	Steps float64 // max abs logit error, in steps
+	Top1  float64 // minimum top-1 agreement
+}{
+	"qdq":       {1, 0.995},
+	"qoperator": {1, 0.995},
+	"dynamic":   {2, 0.99},
+}
+
+// intKernels are onnxruntime CPU kernels that compute in 8-bit integers.
+var intKernels = map[string]bool{
+	"MatMulInteger": true, "MatMulIntegerToFloat": true, "DynamicQuantizeMatMul": true,
+	"QLinearMatMul": true, "QGemm": true, "QAttention": true, "QLinearConv": true,
+	"ConvInteger": true, "QEmbedLayerNormalization": true, "DynamicQuantizeLSTM": true,
+}
+
+// floatMatMuls are the float matrix kernels: a quantized weight read by
+// one of these runs in fp32.
+var floatMatMuls = map[string]bool{"MatMul": true, "Gemm": true, "FusedMatMul": true, "FusedGemm": true}
+
+// VerifyReport compares an exported model with its QAT model on a batch.
+type VerifyReport struct {
+	Format string
+	Output string // the compared output (the logits)
+	// MaxAbsErr is the largest |exported - QAT| over the output; Step is
+	// one activation step at the logits' scale (see bounds) and Bound the
+	// allowed error.
+	MaxAbsErr float64
+	Step      float64
+	Bound     float64
+	// Top1 is the fraction of positions whose argmax over the last axis
+	// agrees; MinTop1 the required fraction; Positions how many.
+	Top1      float64
+	MinTop1   float64
+	Positions int
+	// Kernels counts the nodes onnxruntime ran per operator type (from
+	// its profiler); IntKernels and FloatMatMuls sum the integer and the
+	// float matrix kernels among them.
+	Kernels      map[string]int
+	IntKernels   int
+	FloatMatMuls int
+}
+
+// Verify runs the QAT model and the exported model (from Export) on the
+// inputs and compares their first common float output: the max abs error
+// must stay within the format's bound and the top-1 agreement above its
+// minimum (see bounds), and onnxruntime must run integer kernels for the
+// exported model. It returns the report together with the failure.
+func Verify(qat, exported *graph.Model, inputs map[string]*runtime.Tensor) (VerifyReport, error) {
+	format, _ := exported.Metadata(fold.FormatKey)
+	r := VerifyReport{Format: format}
+	b, ok := bounds[format]
+	if !ok {
+		return r, fmt.Errorf("exported model has no known %s metadata (%q); verify models written by export.Export", fold.FormatKey, format)
+	}
+	for _, o := range exported.Graph().Output {
+		if qat.Output(o.Name) != nil && elemType(o) == graph.Float {
+			r.Output = o.Name
+			break
+		}
+	}
+	if r.Output == "" {
+		return r, fmt.Errorf("the exported and the QAT model share no float output to compare")
+	}
+
+	ref, err := run(qat, inputs, r.Output, &runtime.Options{Optimization: refOptimization})
+	if err != nil {
+		return r, fmt.Errorf("run the QAT model: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "qatc-profile")
+	if err != nil {
+		return r, err
+	}
+	defer os.RemoveAll(dir)
+	got, err := run(exported, inputs, r.Output, &runtime.Options{ProfilePrefix: filepath.Join(dir, "export")})
+	if err != nil {
+		return r, fmt.Errorf("run the %s model: %w", format, err)
+	}
+	if r.Kernels, err = readProfile(got.profile); err != nil {
+		return r, err
+	}
+	for op, n := range r.Kernels {
+		if intKernels[op] {
+			r.IntKernels += n
+		}
+		if floatMatMuls[op] {
+			r.FloatMatMuls += n
+		}
+	}
+
+	a, e := ref.out.Float32s(), got.out.Float32s()
+	if len(a) != len(e) || len(ref.out.Shape) == 0 {
+		return r, fmt.Errorf("output %q: the QAT model gives %v, the %s model %v", r.Output, ref.out.Shape, format, got.out.Shape)
+	}
+	var amax float64
+	for i := range a {
+		amax = math.Max(amax, math.Abs(float64(a[i])))
+		r.MaxAbsErr = math.Max(r.MaxAbsErr, math.Abs(float64(a[i])-float64(e[i])))
+		if math.IsNaN(float64(e[i])) {
+			r.MaxAbsErr = math.Inf(1)
+		}
+	}
+	r.Step = amax / 127
+	if step, ok := projectionStep(qat, r.Output); ok {
+		r.Step = step
+	}
+	r.Bound = b.Steps * r.Step
+	r.MinTop1 = b.Top1
+	n := int(ref.out.Shape[len(ref.out.Shape)-1])
+	agree := 0
+	for p := 0; p+n <= len(a); p += n {
+		if argmax(a[p:p+n]) == argmax(e[p:p+n]) {
+			agree++
+		}
+	}
+	r.Positions = len(a) / max(n, 1)
+	r.Top1 = float64(agree) / float64(max(r.Positions, 1))
+
+	switch {
+	case r.IntKernels == 0:
+		return r, fmt.Errorf("%s model: onnxruntime ran no integer kernel (it ran %s); the export would run in fp32", format, kernelList(r.Kernels))
+	case !(r.MaxAbsErr <= r.Bound):
+		return r, fmt.Errorf("%s model: max abs error %.4g on %q exceeds %.4g (%g logit steps of %.4g)", format, r.MaxAbsErr, r.Output, r.Bound, b.Steps, r.Step)
+	case r.Top1 < b.Top1:
+		return r, fmt.Errorf("%s model: top-1 agreement %.2f%% on %q is below %.1f%%", format, 100*r.Top1, r.Output, 100*b.Top1)
+	}
+	return r, nil
+}
+
+// refOptimization is the level the QAT model runs at as the reference.
+var refOptimization = runtime.OptimizeDefault
+
+type result struct {
+	out     *runtime.Tensor
+	profile string
+}
+
+// run evaluates one output of m; with a ProfilePrefix it also returns the
+// profile onnxruntime wrote.
+func run(m *graph.Model, inputs map[string]*runtime.Tensor, output string, opts *runtime.Options) (result, error) {
+	s, err := runtime.Open(m, opts)
+	if err != nil {
+		return result{}, err
+	}
+	outs, err := s.Run(inputs, output)
+	if err != nil {
+		s.Close()
+		return result{}, err
+	}
+	res := result{out: outs[output]}
+	if opts != nil && opts.ProfilePrefix != "" {
+		res.profile, err = s.EndProfiling()
+		return res, err
+	}
+	return res, s.Close()
+}
+
+// readProfile counts the nodes per operator type in an onnxruntime
+// profile (a JSON array of trace events; each node run is a "Node" event
+// whose args name the op).
+func readProfile(path string) (map[string]int, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read the onnxruntime profile: %w", err)
+	}
+	var events []struct {
+		Cat  string `json:"cat"`
+		Name string `json:"name"`
+		Args struct {
+			OpName string `json:"op_name"`
+		} `json:"args"`
+	}
+	if err := json.Unmarshal(data, &events); err != nil {
+		return nil, fmt.Errorf("onnxruntime profile %s: %v", path, err)
+	}
+	seen := map[string]bool{}
+	kernels := map[string]int{}
+	for _, e := range events {
+		if e.Cat != "Node" || e.Args.OpName == "" || !strings.HasSuffix(e.Name, "_kernel_time") || seen[e.Name] {
+			continue
+		}
+		seen[e.Name] = true
+		kernels[e.Args.OpName]++
+	}
+	return kernels, nil
+}
+
+// Kernels runs m once on inputs and returns how many nodes of each
+// operator type onnxruntime ran, after its graph optimizations.
+func Kernels(m *graph.Model, inputs map[string]*runtime.Tensor) (map[string]int, error) {
+	dir, err := os.MkdirTemp("", "qatc-profile")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	s, err := runtime.Open(m, &runtime.Options{ProfilePrefix: filepath.Join(dir, "kernels")})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.Run(inputs); err != nil {
+		s.Close()
+		return nil, err
+	}
+	path, err := s.EndProfiling()
+	if err != nil {
+		return nil, err
+	}
+	return readProfile(path)
+}
+
+func kernelList(k map[string]int) string {
+	var parts []string
+	for op, n := range k {
+		parts = append(parts, fmt.Sprintf("%s×%d", op, n))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
+}
+
+func argmax(v []float32) int {
+	best := 0
+	for i, x := range v {
+		if x > v[best] {
+			best = i
+		}
+	}
+	return best
+}
+
+// elemType returns a value's tensor element type (Undefined if unknown).
+func elemType(v *onnx.ValueInfoProto) graph.DataType {
+	return graph.DataType(v.GetType().GetTensorType().GetElemType())
+}
+
+// projectionStep returns one activation quantization step at the scale of
+// output: s·max_j Σ_i |W_ij| for the quantized projection y = DQ(x)·DQ(W)
+// (+ bias) that produces it, read from the folded QAT model.
+func projectionStep(qat *graph.Model, output string) (float64, bool) {
+	m := graph.FromProto(proto.Clone(qat.Proto).(*onnx.ModelProto), qat.Dir)
+	if _, err := fold.Fold(m); err != nil {
+		return 0, false
+	}
+	v := output
+	var mm *onnx.NodeProto
+	for mm == nil {
+		p := m.Producer(v)
+		switch {
+		case p == nil:
+			return 0, false
+		case p.OpType == "MatMul" || p.OpType == "Gemm" && graph.IntAttr(p, "transA", 0) == 0:
+			mm = p
+		case p.OpType == "Add" || p.OpType == "Identity" || p.OpType == "Reshape":
+			// Through a bias (the other input constant) or a reshape.
+			v = p.Input[0]
+			if p.OpType == "Add" && m.Initializer(v) != nil {
+				v = p.Input[1]
+			}
+		default:
+			return 0, false
+		}
+	}
+	sa, _, _, ok := dequantizedConst(m, mm.Input[0], false)
+	if !ok || len(sa) != 1 {
+		return 0, false
+	}
+	sw, w, tr, ok := dequantizedConst(m, mm.Input[1], true)
+	if !ok || len(w.Dims) != 2 {
+		return 0, false
+	}
+	q, err := graph.Int64s(w)
+	if err != nil {
+		return 0, false
+	}
+	// The product reads B = w, or wᵀ when exactly one of a Transpose and
+	// Gemm's transB turns it.
+	flip := tr != (mm.OpType == "Gemm" && graph.IntAttr(mm, "transB", 0) != 0)
+	rows, cols := int(w.Dims[0]), int(w.Dims[1])
+	k, n := rows, cols
+	if flip {
+		k, n = cols, rows
+	}
+	var best float64
+	for j := range n {
+		var sum float64
+		for i := range k {
+			e := q[i*cols+j]
+			if flip {
+				e = q[j*cols+i]
+			}
+			s := sw[0]
+			switch len(sw) {
+			case n:
+				s = sw[j]
+			case k:
+				s = sw[i]
+			}
+			sum += math.Abs(float64(e)) * float64(s)
+		}
+		best = math.Max(best, sum)
+	}
+	return float64(sa[0]) * best, best > 0
+}
+
+// dequantizedConst returns the scale of the DequantizeLinear producing v
+// and, when weight is set, the integer initializer it reads, directly or
+// through a Transpose (transposed is then set).
+func dequantizedConst(m *graph.Model, v string, weight bool) (scale []float32, w *onnx.TensorProto, transposed, ok bool) {
+	d := m.Producer(v)
+	if d == nil || d.OpType != "DequantizeLinear" {
+		return nil, nil, false, false
+	}
+	st := m.Initializer(d.Input[1])
+	if st == nil {
+		return nil, nil, false, false
+	}
+	s, err := graph.Floats(st)
+	if err != nil || !weight {
+		return s, nil, false, err == nil
+	}
+	if w := m.Initializer(d.Input[0]); w != nil {
+		return s, w, false, true
+	}
+	if t := m.Producer(d.Input[0]); t != nil && t.OpType == "Transpose" {
+		if w := m.Initializer(t.Input[0]); w != nil && len(w.Dims) == 2 {
+			return s, w, true, true
+		}
+	}
+	return nil, nil, false, false
+}

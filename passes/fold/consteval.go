@@ -1,0 +1,186 @@
+package fold
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/advancedclimatesystems/gonnx/onnx"
+	"github.com/qatc/qatc/graph"
+)
+
+// constTensor returns the constant called name: an initializer or the
+// value of a Constant node; nil if name is computed.
+func constTensor(m *graph.Model, name string) *onnx.TensorProto {
+	if t := m.Initializer(name); t != nil {
+		return t
+	}
+	n := m.Producer(name)
+	if n == nil || n.OpType != "Constant" {
+		return nil
+	}
+	for _, a := range n.Attribute {
+		switch a.Name {
+		case "value":
+			return a.T
+		case "value_float":
+			return graph.FloatTensor(name, nil, []float32{a.F})
+		case "value_floats":
+			return graph.FloatTensor(name, []int64{int64(len(a.Floats))}, a.Floats)
+		case "value_int":
+			return graph.Int64Tensor(name, nil, []int64{a.I})
+		case "value_ints":
+			return graph.Int64Tensor(name, []int64{int64(len(a.Ints))}, a.Ints)
+		}
+	}
+	return nil
+}
+
+// ints returns an integer tensor's values, including the 4-bit types
+// (packed two to a byte, low nibble first).
+func ints(t *onnx.TensorProto) ([]int64, error) {
+	dt := graph.TensorType(t)
+	if dt != graph.Int4 && dt != graph.Uint4 {
+		return graph.Int64s(t)
+	}
+	n := graph.NumElements(t.Dims)
+	out := make([]int64, n)
+	for i := range out {
+		var b byte
+		switch {
+		case len(t.RawData) > 0:
+			b = t.RawData[i/2]
+		case len(t.Int32Data) > i/2:
+			b = byte(t.Int32Data[i/2])
+		default:
+			return nil, fmt.Errorf("tensor %q: too little data for %d %s elements", t.Name, n, dt)
+		}
+		v := int64(b>>(4*(i%2))) & 0xF
+		if dt == graph.Int4 && v >= 8 {
+			v -= 16
+		}
+		out[i] = v
+	}
+	return out, nil
+}
+
+// constFloats evaluates a float constant: an initializer, a Constant, or a
+// Transpose of one (exporters store some weights transposed).
+func constFloats(m *graph.Model, name string) ([]float32, []int64, error) {
+	if t := constTensor(m, name); t != nil {
+		v, err := graph.Floats(t)
+		return v, t.Dims, err
+	}
+	n := m.Producer(name)
+	if n != nil && n.OpType == "Transpose" {
+		v, dims, err := constFloats(m, n.Input[0])
+		if err != nil {
+			return nil, nil, err
+		}
+		perm := transposePerm(n, len(dims))
+		out, odims := transpose(v, dims, perm)
+		return out, odims, nil
+	}
+	return nil, nil, fmt.Errorf("value %q is not a constant", name)
+}
+
+// transposePerm returns n's perm attribute, defaulting to reversed axes.
+func transposePerm(n *onnx.NodeProto, rank int) []int64 {
+	if p := graph.IntsAttr(n, "perm"); p != nil {
+		return p
+	}
+	p := make([]int64, rank)
+	for i := range p {
+		p[i] = int64(rank - 1 - i)
+	}
+	return p
+}
+
+// transpose permutes the axes of a dense row-major tensor.
+func transpose[T any](data []T, dims, perm []int64) ([]T, []int64) {
+	rank := len(dims)
+	odims := make([]int64, rank)
+	for i, p := range perm {
+		odims[i] = dims[p]
+	}
+	strides := make([]int64, rank)
+	s := int64(1)
+	for i := rank - 1; i >= 0; i-- {
+		strides[i] = s
+		s *= dims[i]
+	}
+	out := make([]T, len(data))
+	idx := make([]int64, rank)
+	for o := range out {
+		var src int64
+		for i := range rank {
+			src += idx[i] * strides[perm[i]]
+		}
+		out[o] = data[src]
+		for i := rank - 1; i >= 0; i-- {
+			idx[i]++
+			if idx[i] < odims[i] {
+				break
+			}
+			idx[i] = 0
+		}
+	}
+	return out, odims
+}
+
+// scaleIndex maps each element of a tensor with dims to its entry in the
+// scale: per-tensor (one scale), per-channel along axis, or per-block of
+// blockSize along axis (a scale of the tensor's rank).
+func scaleIndex(dims []int64, nScale int, axis, blockSize int64) (func(i int) int, error) {
+	if nScale == 1 && blockSize == 0 {
+		return func(int) int { return 0 }, nil
+	}
+	rank := int64(len(dims))
+	if axis < 0 {
+		axis += rank
+	}
+	if axis < 0 || axis >= rank {
+		return nil, fmt.Errorf("axis %d out of range for rank %d", axis, rank)
+	}
+	inner := graph.NumElements(dims[axis+1:])
+	c := dims[axis]
+	if blockSize == 0 {
+		if int64(nScale) != c {
+			return nil, fmt.Errorf("%d scales for %d channels along axis %d", nScale, c, axis)
+		}
+		return func(i int) int { return int(int64(i) / inner % c) }, nil
+	}
+	nb := (c + blockSize - 1) / blockSize
+	if int64(nScale) != graph.NumElements(dims)/c*nb {
+		return nil, fmt.Errorf("%d scales for blocks of %d along axis %d of %v", nScale, blockSize, axis, dims)
+	}
+	return func(i int) int {
+		outer := int64(i) / (inner * c)
+		k := int64(i) / inner % c
+		in := int64(i) % inner
+		return int((outer*nb+k/blockSize)*inner + in)
+	}, nil
+}
+
+// quantize computes QuantizeLinear's integers for x: round(x / scale) with
+// ties to even, plus the (zero) zero point, saturated to [lo, hi]. The
+// division is float32, as onnxruntime's kernel does it.
+func quantize(x []float32, dims []int64, scale []float32, axis, blockSize, lo, hi int64) ([]int64, error) {
+	idx, err := scaleIndex(dims, len(scale), axis, blockSize)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]int64, len(x))
+	for i, v := range x {
+		r := math.RoundToEven(float64(v / scale[idx(i)]))
+		switch {
+		case math.IsNaN(r):
+			r = 0
+		case r < float64(lo):
+			r = float64(lo)
+		case r > float64(hi):
+			r = float64(hi)
+		}
+		out[i] = int64(r)
+	}
+	return out, nil
+}

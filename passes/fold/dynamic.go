@@ -1,0 +1,164 @@
+package fold
+
+import (
+	"fmt"
+
+	"github.com/advancedclimatesystems/gonnx/onnx"
+	"github.com/qatc/qatc/graph"
+)
+
+// Dynamic rewrites a folded (qdq) model into onnxruntime's dynamic
+// quantization form: the activation quantizers go (activations are
+// quantized per batch instead, to uint8 over their observed range), and
+// each MatMul or Gemm reading a stored 8-bit weight becomes
+//
+//	DynamicQuantizeLinear(a) ─▶ MatMulInteger(a_u8, w_int, a_zp, w_zp) ─▶ Cast ─▶ Mul(a_scale·w_scale)
+//
+// which onnxruntime fuses into DynamicQuantizeMatMul. The weights keep the
+// integers of the learned clips. MatMuls of two activations (attention)
+// run in float; embedding lookups stay int8 Gather + DequantizeLinear.
+// Weights sliced at run time (a fused K/V kernel) are quantized too.
+//
+// r is Fold's result. Weight quantizers must have 8 bits and be per tensor
+// or per output column.
+func Dynamic(m *graph.Model, r *Result) error {
+	for _, f := range r.Quantizers {
+		if f.Kind == KindWeight && f.Bits != 8 {
+			return fmt.Errorf("weight %q has %d bits; dynamic's MatMulInteger takes 8-bit weights: export with --format qdq, which keeps %d-bit values in int8", f.Tensor, f.Bits, f.Bits)
+		}
+	}
+	// Drop the activation quantizers: their consumers read the float value.
+	for _, q := range append([]*onnx.NodeProto(nil), m.Graph().Node...) {
+		if q.OpType != "QuantizeLinear" {
+			continue
+		}
+		for _, d := range dequantizers(m, q) {
+			out := d.Output[0]
+			if m.IsGraphOutput(out) {
+				m.RemoveNodes(d)
+				m.Op("Identity", m.UniqueName(out+"/Identity"), []string{q.Input[0]}, []string{out})
+				continue
+			}
+			m.ReplaceUses(out, q.Input[0])
+		}
+	}
+	removeDead(m)
+
+	// One DynamicQuantizeLinear per activation, shared by the MatMuls
+	// that read it (the Q, K and V projections).
+	dq := map[string][3]string{}
+	for _, n := range append([]*onnx.NodeProto(nil), m.Graph().Node...) {
+		if n.OpType != "MatMul" && n.OpType != "Gemm" {
+			continue
+		}
+		b, err := dequantized(m, n.Input[1])
+		if err != nil {
+			return err
+		}
+		if b == nil || !storedInts(m, b.x) {
+			continue // not a weight: an activation product stays float
+		}
+		if m.Initializer(b.x) == nil && (!b.perColumn() || n.OpType == "Gemm") {
+			continue // a weight sliced at run time: only per tensor
+		}
+		if n.OpType == "Gemm" && graph.IntAttr(n, "transA", 0) != 0 {
+			continue
+		}
+		bx := b.x
+		if n.OpType == "Gemm" && graph.IntAttr(n, "transB", 0) != 0 {
+			if bx, err = transposedInts(m, b); err != nil {
+				return fmt.Errorf("%s: %w", graph.NodeName(n), err)
+			}
+		}
+		if !b.perColumn() {
+			return fmt.Errorf("%s: weight %q is quantized per channel along its input axis; an integer MatMul can only rescale output columns: export with --format qdq, or re-insert it per output channel", graph.NodeName(n), n.Input[1])
+		}
+		s := append([]float32(nil), b.scale...)
+		if n.OpType == "Gemm" {
+			alpha := graph.FloatAttr(n, "alpha", 1)
+			for i := range s {
+				s[i] *= alpha
+			}
+		}
+		sdims := []int64{}
+		if len(s) > 1 {
+			sdims = []int64{int64(len(s))}
+		}
+		ws := m.AddInitializer(graph.FloatTensor(m.UniqueName(n.Output[0]+"_weight_scale"), sdims, s))
+		a := n.Input[0]
+		q, ok := dq[a]
+		if !ok {
+			q = [3]string{m.UniqueName(a + "_dynamic_quantized"), m.UniqueName(a + "_dynamic_scale"), m.UniqueName(a + "_dynamic_zero_point")}
+			m.Op("DynamicQuantizeLinear", m.UniqueName(a+"/DynamicQuantizeLinear"), []string{a}, q[:])
+			dq[a] = q
+		}
+		integerMatMul(m, n, q[0], bx, q[2], b.zp, []string{q[1], ws})
+	}
+	removeDead(m)
+	if err := m.TopoSort(); err != nil {
+		return err
+	}
+	m.SetMetadata(FormatKey, "dynamic")
+	return nil
+}
+
+// integerMatMul replaces n (MatMul or Gemm with transB folded into b) by
+// MatMulInteger(a, b, azp, bzp) ─▶ Cast ─▶ Mul(scales...) [─▶ Add(beta·C)].
+// Two scale values (the batch's and the weight's) are multiplied first,
+// the pattern onnxruntime fuses into DynamicQuantizeMatMul.
+func integerMatMul(m *graph.Model, n *onnx.NodeProto, a, b, azp, bzp string, scales []string) {
+	out := n.Output[0]
+	base := n.Name
+	if base == "" {
+		base = out
+	}
+	ins := []string{a, b, azp, bzp}
+	for len(ins) > 2 && ins[len(ins)-1] == "" {
+		ins = ins[:len(ins)-1]
+	}
+	acc := m.UniqueName(out + "_int32")
+	m.Op("MatMulInteger", m.UniqueName(base+"/MatMulInteger"), ins, []string{acc})
+	acf := m.UniqueName(out + "_int32_float")
+	m.Op("Cast", m.UniqueName(base+"/Cast"), []string{acc}, []string{acf}, graph.AttrInt("to", int64(graph.Float)))
+	scale := scales[0]
+	if len(scales) == 2 {
+		scale = m.UniqueName(out + "_scale")
+		m.Op("Mul", m.UniqueName(base+"/scale"), scales, []string{scale})
+	}
+	y := out
+	c := ""
+	if n.OpType == "Gemm" && len(n.Input) > 2 && n.Input[2] != "" {
+		c = n.Input[2]
+		y = m.UniqueName(out + "_matmul")
+		if beta := graph.FloatAttr(n, "beta", 1); beta != 1 {
+			betaName := m.AddInitializer(graph.FloatTensor(m.UniqueName(base+"_beta"), nil, []float32{beta}))
+			scaled := m.UniqueName(c + "_beta")
+			m.Op("Mul", m.UniqueName(base+"/beta"), []string{c, betaName}, []string{scaled})
+			c = scaled
+		}
+	}
+	m.RemoveNodes(n)
+	m.Op("Mul", m.UniqueName(base+"/rescale"), []string{acf, scale}, []string{y})
+	if c != "" {
+		m.Op("Add", m.UniqueName(base+"/bias"), []string{y, c}, []string{out})
+	}
+}
+
+// dequantizers returns the DequantizeLinear nodes that read q's integers,
+// directly or through the integer Clip of a sub-8-bit quantizer.
+func dequantizers(m *graph.Model, q *onnx.NodeProto) []*onnx.NodeProto {
+	var out []*onnx.NodeProto
+	for _, c := range m.Consumers(q.Output[0]) {
+		switch c.OpType {
+		case "DequantizeLinear":
+			out = append(out, c)
+		case "Clip":
+			for _, d := range m.Consumers(c.Output[0]) {
+				if d.OpType == "DequantizeLinear" {
+					out = append(out, d)
+				}
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,186 @@
+package fold
+
+import (
+	"fmt"
+
+	"github.com/advancedclimatesystems/gonnx/onnx"
+	"github.com/qatc/qatc/graph"
+)
+
+// Metadata keys the fold passes write.
+const (
+	// FormatKey names the deployment format of a folded model: "qdq",
+	// "qoperator" or "dynamic".
+	FormatKey = "qatc.format"
+	// RecordKey is the quantization record passes/quantize writes; a
+	// folded model keeps it unchanged.
+	RecordKey = "qatc.quantization"
+)
+
+// Folded describes one quantizer after Fold.
+type Folded struct {
+	Tensor string // the quantized value of the QAT graph
+	Kind   string // weight, act, relu or softmax
+	Bits   int
+	Scale  string // the constant scale initializer
+	// PerChannel scales run along Axis of the quantized tensor (normalized
+	// for weights); per-block ones (BlockSize > 0) too.
+	PerChannel bool
+	Axis       int64
+	BlockSize  int64
+	// Int is the integer initializer that replaced a weight ("" for
+	// activations); Dequantize names the QAT graph's DequantizeLinear.
+	Int        string
+	Dequantize string
+	// Perm is the transposition from Tensor's layout to Int's (nil when
+	// Int is stored in Tensor's layout).
+	Perm []int64
+}
+
+// Result lists what Fold did.
+type Result struct {
+	Quantizers []Folded
+}
+
+// Fold turns a QAT model into the qdq deployment form, in place:
+//
+//   - every scale computed as Div(Max(clip, tiny), qmax) becomes a constant
+//     initializer with the very float32 value the QAT graph computes;
+//   - a weight's QuantizeLinear is evaluated: the weight becomes an int8
+//     (uint8 for unsigned quantizers) initializer holding exactly the
+//     integers QuantizeLinear produces (round half to even, saturated, held
+//     to the bits' range below 8 bits) and only its DequantizeLinear stays;
+//     4-bit zero points become 8-bit ones, as the integers are stored in
+//     bytes;
+//   - a weight's DequantizeLinear moves after the Transpose, Gather, Slice,
+//     Reshape, Squeeze and Unsqueeze nodes that read it where its scale
+//     allows, so that it feeds the MatMul directly as onnxruntime's QDQ
+//     fusions and TensorRT expect: a weight read through a Transpose is
+//     stored transposed (a table that is also read otherwise, as tied
+//     embeddings are, keeps one copy and an int8 Transpose, which
+//     onnxruntime folds at load time), and an embedding table is gathered
+//     in int8, so that only the looked-up rows are dequantized;
+//   - activation quantizers keep their QuantizeLinear/DequantizeLinear pair
+//     with the constant scale;
+//   - the clip initializers, the tiny and qmax constants, the scale
+//     arithmetic and the float weights (where nothing else reads them) are
+//     removed.
+//
+// The metadata gets FormatKey = "qdq"; the quantization record stays.
+func Fold(m *graph.Model) (*Result, error) {
+	qs, err := findQuantizers(m)
+	if err != nil {
+		return nil, err
+	}
+	if len(qs) == 0 {
+		return nil, fmt.Errorf("model has no quantizers (QuantizeLinear→DequantizeLinear pairs); make a QAT model with `qatc insert` first")
+	}
+	res := &Result{}
+	for _, q := range qs {
+		f, err := foldOne(m, q)
+		if err != nil {
+			return nil, err
+		}
+		res.Quantizers = append(res.Quantizers, f)
+	}
+	sinkDequantize(m, res)
+	removeDead(m)
+	if err := m.TopoSort(); err != nil {
+		return nil, err
+	}
+	m.SetMetadata(FormatKey, "qdq")
+	return res, nil
+}
+
+// foldOne replaces q's scale arithmetic by a constant and, for a weight,
+// stores the integers.
+func foldOne(m *graph.Model, q *quantizer) (Folded, error) {
+	f := Folded{Tensor: q.tensor, Kind: q.kind, Bits: q.bits, PerChannel: !q.perTensor(), Axis: q.axis, BlockSize: q.blockSize, Dequantize: q.dq.Name}
+	if q.clipInit != "" {
+		f.Scale = m.AddInitializer(graph.FloatTensor(m.UniqueName(q.tensor+"_scale"), q.scaleDims, q.scale))
+		m.ReplaceInput(q.q, 1, f.Scale)
+		m.ReplaceInput(q.dq, 1, f.Scale)
+	} else {
+		f.Scale = q.q.Input[1]
+	}
+	if q.kind != KindWeight {
+		return f, nil
+	}
+
+	x, dims, err := constFloats(m, q.tensor)
+	if err != nil {
+		return f, fmt.Errorf("weight quantizer %s: %w", graph.NodeName(q.q), err)
+	}
+	iv, err := quantize(x, dims, q.scale, q.axis, q.blockSize, q.lo, q.hi)
+	if err != nil {
+		return f, fmt.Errorf("weight quantizer %s on %q: %w", graph.NodeName(q.q), q.tensor, err)
+	}
+	f.Int = m.UniqueName(q.tensor + "_quantized")
+	if q.signed() {
+		b := make([]int8, len(iv))
+		for i, v := range iv {
+			b[i] = int8(v)
+		}
+		m.AddInitializer(graph.Int8Tensor(f.Int, dims, b))
+	} else {
+		b := make([]uint8, len(iv))
+		for i, v := range iv {
+			b[i] = uint8(v)
+		}
+		m.AddInitializer(graph.Uint8Tensor(f.Int, dims, b))
+	}
+	if f.Axis < 0 {
+		f.Axis += int64(len(dims))
+	}
+
+	// The DequantizeLinear reads the stored integers; its zero point must
+	// have their (8-bit) type.
+	m.ReplaceInput(q.dq, 0, f.Int)
+	if q.zpType == graph.Int4 || q.zpType == graph.Uint4 || len(q.dq.Input) < 3 || q.dq.Input[2] == "" {
+		zdims := q.scaleDims
+		n := graph.NumElements(zdims)
+		var zp *onnx.TensorProto
+		name := m.UniqueName(q.tensor + "_zero_point")
+		if q.signed() {
+			zp = graph.Int8Tensor(name, zdims, make([]int8, n))
+		} else {
+			zp = graph.Uint8Tensor(name, zdims, make([]uint8, n))
+		}
+		m.AddInitializer(zp)
+		for len(q.dq.Input) < 3 {
+			q.dq.Input = append(q.dq.Input, "")
+		}
+		m.ReplaceInput(q.dq, 2, name)
+	}
+	// Q (and the Clip) are dead now; removeDead drops them.
+	return f, nil
+}
+
+// removeDead deletes nodes none of whose outputs are read (repeatedly) and
+// initializers nothing reads.
+func removeDead(m *graph.Model) {
+	for {
+		var dead []*onnx.NodeProto
+		for _, n := range m.Graph().Node {
+			used := false
+			for _, o := range n.Output {
+				if o != "" && (len(m.Consumers(o)) > 0 || m.IsGraphOutput(o)) {
+					used = true
+					break
+				}
+			}
+			if !used {
+				dead = append(dead, n)
+			}
+		}
+		if len(dead) == 0 {
+			break
+		}
+		m.RemoveNodes(dead...)
+	}
+	for _, name := range m.InitializerNames() {
+		if len(m.Consumers(name)) == 0 && !m.IsGraphOutput(name) {
+			m.RemoveInitializer(name)
+		}
+	}
+}

@@ -1,0 +1,248 @@
+package fold
+
+import (
+	"fmt"
+
+	"github.com/advancedclimatesystems/gonnx/onnx"
+	"github.com/qatc/qatc/graph"
+)
+
+// operand is a MatMul input read through a DequantizeLinear.
+type operand struct {
+	dq    *onnx.NodeProto
+	x     string // the integers
+	scale []float32
+	zp    string // "" for the default (uint8 0)
+	axis  int64  // normalized when the rank is known
+	rank  int    // -1 when unknown
+}
+
+// dequantized returns v's DequantizeLinear operand, or nil when v is not
+// produced by one with a constant scale.
+func dequantized(m *graph.Model, v string) (*operand, error) {
+	d := m.Producer(v)
+	if d == nil || d.OpType != "DequantizeLinear" {
+		return nil, nil
+	}
+	st := constTensor(m, d.Input[1])
+	if st == nil {
+		return nil, nil
+	}
+	s, err := graph.Floats(st)
+	if err != nil {
+		return nil, fmt.Errorf("DequantizeLinear %s: scale: %w", graph.NodeName(d), err)
+	}
+	o := &operand{dq: d, x: d.Input[0], scale: s, axis: graph.IntAttr(d, "axis", 1), rank: -1}
+	if len(d.Input) > 2 {
+		o.zp = d.Input[2]
+	}
+	if o.rank = intRank(m, o.x); o.rank >= 0 && o.axis < 0 {
+		o.axis += int64(o.rank)
+	}
+	if graph.IntAttr(d, "block_size", 0) > 0 {
+		return o, fmt.Errorf("tensor %q is quantized per block; MatMulInteger takes one scale per tensor or per output column: export with --format qdq, or re-insert per-channel", v)
+	}
+	return o, nil
+}
+
+// perColumn reports whether o's scale is per tensor or per output column
+// (the last axis of a matrix B), the two forms an integer MatMul can
+// apply after accumulating.
+func (o *operand) perColumn() bool {
+	return len(o.scale) == 1 || (o.rank >= 2 && o.axis == int64(o.rank-1))
+}
+
+// QOperator rewrites a folded (qdq) model's MatMul and Gemm nodes whose
+// both inputs are dequantized into onnxruntime's integer operator with
+// static scales:
+//
+//	com.microsoft.MatMulIntegerToFloat(a_int, b_int, s_a, s_b, a_zp, b_zp [, bias])
+//
+// It accumulates exactly in int32 and rescales once to float, where
+// QLinearMatMul would requantize its output (a rounding the QAT model does
+// not have) and the standard MatMulInteger → Cast → Mul chain runs three
+// kernels: onnxruntime fuses that chain only when the scales are computed
+// at run time, and its constant folding computes static ones first. The
+// activations' QuantizeLinear nodes stay: they quantize with the learned
+// scales. Other quantized ops keep their DequantizeLinear.
+//
+// r is Fold's result. Every quantizer must have 8 bits; a weight's scale
+// must be per tensor or per output column.
+func QOperator(m *graph.Model, r *Result) error {
+	for _, f := range r.Quantizers {
+		if f.Bits != 8 {
+			return fmt.Errorf("quantizer on %q has %d bits; qoperator's integer kernels take 8-bit operands: export with --format qdq, which keeps %d-bit values in int8", f.Tensor, f.Bits, f.Bits)
+		}
+	}
+	for _, n := range append([]*onnx.NodeProto(nil), m.Graph().Node...) {
+		if n.OpType != "MatMul" && n.OpType != "Gemm" {
+			continue
+		}
+		a, err := dequantized(m, n.Input[0])
+		if err != nil {
+			return err
+		}
+		b, err := dequantized(m, n.Input[1])
+		if err != nil {
+			return err
+		}
+		if a == nil || b == nil {
+			continue
+		}
+		if n.OpType == "Gemm" && graph.IntAttr(n, "transA", 0) != 0 {
+			continue
+		}
+		if len(a.scale) != 1 {
+			return fmt.Errorf("%s: input %q is quantized per channel; an integer MatMul needs one scale for its left input: export with --format qdq, or re-insert it per tensor", graph.NodeName(n), n.Input[0])
+		}
+		bx := b.x
+		if n.OpType == "Gemm" && graph.IntAttr(n, "transB", 0) != 0 {
+			var err error
+			if bx, err = transposedInts(m, b); err != nil {
+				return fmt.Errorf("%s: %w", graph.NodeName(n), err)
+			}
+		}
+		if !b.perColumn() {
+			return fmt.Errorf("%s: weight %q is quantized per channel along its input axis; an integer MatMul can only rescale output columns: export with --format qdq, or re-insert it per output channel", graph.NodeName(n), n.Input[1])
+		}
+		bs := append([]float32(nil), b.scale...)
+		if n.OpType == "Gemm" {
+			alpha := graph.FloatAttr(n, "alpha", 1)
+			for i := range bs {
+				bs[i] *= alpha
+			}
+		}
+		sdims := []int64{}
+		if len(bs) > 1 {
+			sdims = []int64{int64(len(bs))}
+		}
+		bscale := m.AddInitializer(graph.FloatTensor(m.UniqueName(n.Output[0]+"_weight_scale"), sdims, bs))
+		if err := integerToFloat(m, n, a, bx, b.zp, bscale); err != nil {
+			return err
+		}
+	}
+	unsignActivations(m)
+	m.SetOpset(msDomain, 1)
+	removeDead(m)
+	if err := m.TopoSort(); err != nil {
+		return err
+	}
+	m.SetMetadata(FormatKey, "qoperator")
+	return nil
+}
+
+// unsignActivations moves signed activation quantizers that feed integer
+// MatMuls only as their left operand onto the uint8 grid with zero point
+// 128: QuantizeLinear(x, s, 128 as uint8) is QuantizeLinear(x, s, 0 as
+// int8) + 128 exactly, and onnxruntime's x86 kernels (VNNI: u8×s8) run
+// unsigned×signed products several times faster than signed×signed ones.
+func unsignActivations(m *graph.Model) {
+	for _, q := range append([]*onnx.NodeProto(nil), m.Graph().Node...) {
+		if q.OpType != "QuantizeLinear" || len(q.Input) < 3 || m.IsGraphOutput(q.Output[0]) {
+			continue
+		}
+		zp := constTensor(m, q.Input[2])
+		if zp == nil || graph.TensorType(zp) != graph.Int8 || graph.NumElements(zp.Dims) != 1 {
+			continue
+		}
+		uses := m.Consumers(q.Output[0])
+		ok := len(uses) > 0
+		for _, c := range uses {
+			switch {
+			case c.OpType == "MatMulIntegerToFloat" && c.Input[0] == q.Output[0] && c.Input[1] != q.Output[0]:
+			case c.OpType == "DequantizeLinear":
+			default:
+				ok = false
+			}
+		}
+		if !ok {
+			continue
+		}
+		u := m.AddInitializer(graph.Uint8Tensor(m.UniqueName(q.Output[0]+"_zero_point_u8"), zp.Dims, []uint8{128}))
+		m.ReplaceInput(q, 2, u)
+		for _, c := range uses {
+			switch c.OpType {
+			case "MatMulIntegerToFloat":
+				for len(c.Input) < 5 {
+					c.Input = append(c.Input, "")
+				}
+				m.ReplaceInput(c, 4, u)
+			case "DequantizeLinear":
+				for len(c.Input) < 3 {
+					c.Input = append(c.Input, "")
+				}
+				m.ReplaceInput(c, 2, u)
+			}
+		}
+	}
+	removeDead(m)
+}
+
+// msDomain is onnxruntime's contrib-operator domain.
+const msDomain = "com.microsoft"
+
+// integerToFloat replaces n (MatMul, or Gemm with transB folded into b) by
+// MatMulIntegerToFloat; a Gemm's C becomes the bias when it is a 1-D
+// constant (beta·C), else an Add.
+func integerToFloat(m *graph.Model, n *onnx.NodeProto, a *operand, b, bzp, bscale string) error {
+	out := n.Output[0]
+	base := n.Name
+	if base == "" {
+		base = out
+	}
+	ins := []string{a.x, b, a.dq.Input[1], bscale, a.zp, bzp}
+	var c string
+	if n.OpType == "Gemm" && len(n.Input) > 2 && n.Input[2] != "" {
+		c = n.Input[2]
+		beta := graph.FloatAttr(n, "beta", 1)
+		if ct := constTensor(m, c); ct != nil && len(ct.Dims) == 1 && graph.TensorType(ct) == graph.Float {
+			v, err := graph.Floats(ct)
+			if err != nil {
+				return fmt.Errorf("%s: bias: %w", graph.NodeName(n), err)
+			}
+			if beta != 1 {
+				scaled := make([]float32, len(v))
+				for i, x := range v {
+					scaled[i] = x * beta
+				}
+				c = m.AddInitializer(graph.FloatTensor(m.UniqueName(c+"_beta"), ct.Dims, scaled))
+			}
+			ins, c = append(ins, c), ""
+		} else if beta != 1 {
+			betaName := m.AddInitializer(graph.FloatTensor(m.UniqueName(base+"_beta"), nil, []float32{beta}))
+			scaled := m.UniqueName(c + "_beta")
+			m.Op("Mul", m.UniqueName(base+"/beta"), []string{c, betaName}, []string{scaled})
+			c = scaled
+		}
+	}
+	for len(ins) > 4 && ins[len(ins)-1] == "" {
+		ins = ins[:len(ins)-1]
+	}
+	m.RemoveNodes(n)
+	y := out
+	if c != "" {
+		y = m.UniqueName(out + "_matmul")
+	}
+	mm := m.Op("MatMulIntegerToFloat", m.UniqueName(base+"/MatMulIntegerToFloat"), ins, []string{y})
+	mm.Domain = msDomain
+	if c != "" {
+		m.Op("Add", m.UniqueName(base+"/bias"), []string{y, c}, []string{out})
+	}
+	return nil
+}
+
+// transposedInts returns a [K, N] copy of Gemm's transposed B integers
+// (stored [N, K]), with b's per-channel axis moved along.
+func transposedInts(m *graph.Model, b *operand) (string, error) {
+	t := m.Initializer(b.x)
+	if t == nil || len(t.Dims) != 2 || (graph.TensorType(t) != graph.Int8 && graph.TensorType(t) != graph.Uint8) {
+		return "", fmt.Errorf("Gemm with transB reads %q, which is not a stored 8-bit matrix", b.x)
+	}
+	data, dims := transpose(t.RawData, t.Dims, []int64{1, 0})
+	name := m.UniqueName(b.x + "_transposed")
+	m.AddInitializer(&onnx.TensorProto{Name: name, Dims: dims, DataType: t.DataType, RawData: data})
+	if len(b.scale) > 1 {
+		b.axis = 1 - b.axis
+	}
+	return name, nil
+}

@@ -1,0 +1,237 @@
+package train
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/qatc/qatc/spm"
+)
+
+// Special holds the ids with a fixed meaning for the model.
+type Special struct {
+	Pad, BOS, EOS int64
+}
+
+// DefaultSpecial returns the ids NeurST, fairseq and the reference models
+// use: pad 0, bos 2, eos 3.
+func DefaultSpecial() Special { return Special{Pad: 0, BOS: 2, EOS: 3} }
+
+// Tokenizer turns a line of a data file into token ids and back, so that
+// id files and SentencePiece text share one reading path.
+type Tokenizer interface {
+	Encode(line string) []int64
+	Decode(ids []int64) string
+	VocabSize() int
+}
+
+// lineEncoder is implemented by tokenizers that can reject a line (an id
+// file with a field that is not a number); the reader prefers it to Encode
+// so that the error names the line.
+type lineEncoder interface {
+	EncodeLine(line string) ([]int64, error)
+}
+
+// IDs is the Tokenizer of files that already hold space-separated token
+// ids. Vocab is the vocabulary size Decode and VocabSize report.
+type IDs struct {
+	Vocab int
+}
+
+// EncodeLine parses the space-separated ids of line.
+func (IDs) EncodeLine(line string) ([]int64, error) {
+	fields := strings.Fields(line)
+	ids := make([]int64, len(fields))
+	for i, f := range fields {
+		v, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("field %d %q is not a token id (the file must hold space-separated integers, or give a SentencePiece model for text)", i+1, f)
+		}
+		ids[i] = v
+	}
+	return ids, nil
+}
+
+// Encode parses line as EncodeLine does; a field that is not an integer
+// becomes -1, which the data validation reports as out of the vocabulary.
+func (t IDs) Encode(line string) []int64 {
+	fields := strings.Fields(line)
+	ids := make([]int64, len(fields))
+	for i, f := range fields {
+		v, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			v = -1
+		}
+		ids[i] = v
+	}
+	return ids
+}
+
+// Decode writes ids space-separated.
+func (IDs) Decode(ids []int64) string {
+	var b strings.Builder
+	for i, id := range ids {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(strconv.FormatInt(id, 10))
+	}
+	return b.String()
+}
+
+// VocabSize returns t.Vocab.
+func (t IDs) VocabSize() int { return t.Vocab }
+
+// LoadSentencePiece reads a SentencePiece BPE .model file as a Tokenizer.
+func LoadSentencePiece(path string) (*spm.Model, error) { return spm.Load(path) }
+
+// Example is one sentence pair, ready for teacher forcing.
+type Example struct {
+	// Line is the pair's 1-based line number in both files.
+	Line int
+	// Src is the source sentence followed by EOS.
+	Src []int64
+	// Tgt is the target sentence followed by EOS: the labels. The decoder
+	// reads BOS followed by Tgt without its last token.
+	Tgt []int64
+}
+
+// Dataset is a parallel corpus read by ReadParallel.
+type Dataset struct {
+	// SrcPath and TgtPath are the files it was read from.
+	SrcPath, TgtPath string
+	Examples         []Example
+	// Dropped counts the pairs MaxLen filtered out.
+	Dropped int
+	Special Special
+}
+
+// DataOptions configure ReadParallel.
+type DataOptions struct {
+	// Tokenizer encodes each line; nil reads space-separated ids.
+	Tokenizer Tokenizer
+	// Vocab is the model's vocabulary size: every id must be below it. 0
+	// takes the tokenizer's size.
+	Vocab int
+	// Special are the pad, bos and eos ids.
+	Special Special
+	// MaxLen drops pairs whose source or target, EOS included, is longer
+	// (0: no limit).
+	MaxLen int
+}
+
+// ReadParallel reads a source and a target file with one sentence per line
+// and validates them before any training starts: both files non-empty, the
+// same number of lines, no empty line, every id inside the vocabulary and
+// none equal to the padding id. EOS is appended to both sides.
+func ReadParallel(srcPath, tgtPath string, opts DataOptions) (*Dataset, error) {
+	tok := opts.Tokenizer
+	vocab := opts.Vocab
+	if tok == nil {
+		if vocab <= 0 {
+			return nil, fmt.Errorf("reading %s: the vocabulary size is unknown; give the model's vocabulary size", srcPath)
+		}
+		tok = IDs{Vocab: vocab}
+	}
+	if vocab <= 0 {
+		vocab = tok.VocabSize()
+	}
+	sp := opts.Special
+	for _, id := range []int64{sp.Pad, sp.BOS, sp.EOS} {
+		if id < 0 || id >= int64(vocab) {
+			return nil, fmt.Errorf("special id %d is outside the vocabulary of %d tokens; check --pad-id, --bos-id and --eos-id", id, vocab)
+		}
+	}
+	src, err := readLines(srcPath, tok, vocab, sp)
+	if err != nil {
+		return nil, err
+	}
+	tgt, err := readLines(tgtPath, tok, vocab, sp)
+	if err != nil {
+		return nil, err
+	}
+	if len(src) != len(tgt) {
+		return nil, fmt.Errorf("%s has %d lines but %s has %d; parallel files need one line per sentence pair", srcPath, len(src), tgtPath, len(tgt))
+	}
+	ds := &Dataset{SrcPath: srcPath, TgtPath: tgtPath, Special: sp}
+	ds.Examples = make([]Example, 0, len(src))
+	for i := range src {
+		s := append(src[i], sp.EOS)
+		t := append(tgt[i], sp.EOS)
+		if opts.MaxLen > 0 && (len(s) > opts.MaxLen || len(t) > opts.MaxLen) {
+			ds.Dropped++
+			continue
+		}
+		ds.Examples = append(ds.Examples, Example{Line: i + 1, Src: s, Tgt: t})
+	}
+	if len(ds.Examples) == 0 {
+		return nil, fmt.Errorf("%s, %s: all %d pairs are longer than the maximum length %d (EOS included); raise the maximum length", srcPath, tgtPath, len(src), opts.MaxLen)
+	}
+	return ds, nil
+}
+
+// readLines encodes every line of path and checks it.
+func readLines(path string, tok Tokenizer, vocab int, sp Special) ([][]int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read data: %w", err)
+	}
+	defer f.Close()
+	le, _ := tok.(lineEncoder)
+	r := bufio.NewReaderSize(f, 1<<16)
+	var out [][]int64
+	for n := 1; ; n++ {
+		line, err := r.ReadString('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("read %s: %w", path, err)
+		}
+		if line == "" && errors.Is(err, io.EOF) {
+			break
+		}
+		line = strings.TrimRight(line, "\r\n")
+		if strings.TrimSpace(line) == "" {
+			return nil, fmt.Errorf("%s:%d: empty line; every line must hold a sentence (remove the pair from both files)", path, n)
+		}
+		var ids []int64
+		if le != nil {
+			if ids, err = le.EncodeLine(line); err != nil {
+				return nil, fmt.Errorf("%s:%d: %v", path, n, err)
+			}
+		} else {
+			ids = tok.Encode(line)
+		}
+		if len(ids) == 0 {
+			return nil, fmt.Errorf("%s:%d: the line encodes to no tokens", path, n)
+		}
+		for _, id := range ids {
+			switch {
+			case id < 0 || id >= int64(vocab):
+				return nil, fmt.Errorf("%s:%d: token id %d is beyond the vocabulary of %d tokens; the data does not match the model's vocabulary", path, n, id, vocab)
+			case id == sp.Pad:
+				return nil, fmt.Errorf("%s:%d: token id %d is the padding id; data lines must not hold padding", path, n, id)
+			}
+		}
+		out = append(out, ids)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s is empty; give a file with one sentence per line", path)
+	}
+	return out, nil
+}
+
+// Tokens returns the number of target tokens (EOS included) in the set,
+// the count the loss is averaged over.
+func (d *Dataset) Tokens() int {
+	n := 0
+	for _, e := range d.Examples {
+		n += len(e.Tgt)
+	}
+	return n
+}

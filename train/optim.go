@@ -1,0 +1,244 @@
+package train
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"math"
+	"os"
+
+	"github.com/qatc/qatc/graph"
+)
+
+// Group is a set of parameters that share a learning rate and weight
+// decay, such as the clip ranges and the weights.
+type Group struct {
+	Name string
+	// LR is the group's base learning rate; the schedule scales it.
+	LR float64
+	// WeightDecay is L2 (Adam) or decoupled (AdamW) weight decay.
+	WeightDecay float64
+}
+
+// Param is one trainable tensor. Data is the buffer the session reads as
+// an input tensor, updated in place by Step; Grad is the gradient of the
+// current step.
+type Param struct {
+	Name  string
+	Dims  []int64
+	Data  []float32
+	Grad  []float32
+	Group *Group
+}
+
+// OptimizerConfig chooses the update rule.
+type OptimizerConfig struct {
+	// AdamW decouples weight decay from the gradient (Loshchilov and
+	// Hutter); otherwise weight decay is added to the gradient, as
+	// PyTorch's Adam does.
+	AdamW bool
+	Beta1 float64
+	Beta2 float64
+	Eps   float64
+	// ClipNorm scales the gradients down so that their global L2 norm is
+	// at most ClipNorm (0: no clipping), as torch.nn.utils.clip_grad_norm_.
+	ClipNorm float64
+}
+
+// DefaultOptimizer returns Adam with β1 0.9, β2 0.98, ε 1e-9 (the
+// Transformer paper's and NeurST's values) and no gradient clipping.
+func DefaultOptimizer() OptimizerConfig {
+	return OptimizerConfig{Beta1: 0.9, Beta2: 0.98, Eps: 1e-9}
+}
+
+// Optimizer is Adam or AdamW over float32 parameter buffers, with the
+// moments kept in float32 and each update computed in float64.
+type Optimizer struct {
+	Config OptimizerConfig
+	Params []*Param
+	// Steps is the number of updates done, t in the bias corrections.
+	Steps int64
+	m, v  [][]float32
+}
+
+// NewOptimizer returns an optimizer with zero moments over params.
+func NewOptimizer(cfg OptimizerConfig, params []*Param) (*Optimizer, error) {
+	if cfg.Beta1 < 0 || cfg.Beta1 >= 1 || cfg.Beta2 < 0 || cfg.Beta2 >= 1 {
+		return nil, fmt.Errorf("optimizer: β1 %g and β2 %g must be in [0, 1)", cfg.Beta1, cfg.Beta2)
+	}
+	if cfg.Eps <= 0 || cfg.ClipNorm < 0 {
+		return nil, fmt.Errorf("optimizer: ε %g must be positive and the clip norm %g not negative", cfg.Eps, cfg.ClipNorm)
+	}
+	o := &Optimizer{Config: cfg, Params: append([]*Param(nil), params...)}
+	for _, p := range params {
+		if p.Group == nil {
+			return nil, fmt.Errorf("optimizer: parameter %q has no group", p.Name)
+		}
+		if len(p.Grad) != len(p.Data) {
+			return nil, fmt.Errorf("optimizer: parameter %q has %d values but a gradient of %d", p.Name, len(p.Data), len(p.Grad))
+		}
+		o.m = append(o.m, make([]float32, len(p.Data)))
+		o.v = append(o.v, make([]float32, len(p.Data)))
+	}
+	return o, nil
+}
+
+// GradNorm returns the global L2 norm of the gradients.
+func (o *Optimizer) GradNorm() float64 {
+	var s float64
+	for _, p := range o.Params {
+		for _, g := range p.Grad {
+			s += float64(g) * float64(g)
+		}
+	}
+	return math.Sqrt(s)
+}
+
+// Step applies one update with each group's learning rate multiplied by
+// factor (the schedule's value). It returns the gradient norm before
+// clipping; a non-finite norm leaves every parameter untouched.
+func (o *Optimizer) Step(factor float64) (float64, error) {
+	norm := o.GradNorm()
+	if math.IsNaN(norm) || math.IsInf(norm, 0) {
+		return norm, fmt.Errorf("the gradient norm is %g", norm)
+	}
+	scale := 1.0
+	if c := o.Config.ClipNorm; c > 0 {
+		// PyTorch's clip_grad_norm_: max_norm / (norm + 1e-6), at most 1.
+		scale = math.Min(1, c/(norm+1e-6))
+	}
+	o.Steps++
+	b1, b2, eps := o.Config.Beta1, o.Config.Beta2, o.Config.Eps
+	bc1 := 1 - math.Pow(b1, float64(o.Steps))
+	bc2 := 1 - math.Pow(b2, float64(o.Steps))
+	for k, p := range o.Params {
+		lr := p.Group.LR * factor
+		wd := p.Group.WeightDecay
+		m, v := o.m[k], o.v[k]
+		for i, g32 := range p.Grad {
+			w := float64(p.Data[i])
+			g := float64(g32) * scale
+			if o.Config.AdamW {
+				w -= lr * wd * w
+			} else {
+				g += wd * w
+			}
+			mi := b1*float64(m[i]) + (1-b1)*g
+			vi := b2*float64(v[i]) + (1-b2)*g*g
+			m[i], v[i] = float32(mi), float32(vi)
+			w -= lr * (mi / bc1) / (math.Sqrt(vi/bc2) + eps)
+			p.Data[i] = float32(w)
+		}
+	}
+	return norm, nil
+}
+
+// Optimizer state file: magic, version, then the step count and, per
+// parameter, its name, length and both moments; a CRC-32C of everything
+// before it closes the file.
+const (
+	stateMagic   = "QATCOPT\x00"
+	stateVersion = 1
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// MarshalState encodes the optimizer's moments and step count.
+func (o *Optimizer) MarshalState() []byte {
+	var b bytes.Buffer
+	le := binary.LittleEndian
+	b.WriteString(stateMagic)
+	binary.Write(&b, le, uint32(stateVersion))
+	binary.Write(&b, le, o.Steps)
+	binary.Write(&b, le, uint32(len(o.Params)))
+	for k, p := range o.Params {
+		binary.Write(&b, le, uint32(len(p.Name)))
+		b.WriteString(p.Name)
+		binary.Write(&b, le, uint64(len(p.Data)))
+		binary.Write(&b, le, o.m[k])
+		binary.Write(&b, le, o.v[k])
+	}
+	binary.Write(&b, le, crc32.Checksum(b.Bytes(), castagnoli))
+	return b.Bytes()
+}
+
+// UnmarshalState restores state written by MarshalState. The parameters
+// must be the same names with the same sizes, in any order.
+func (o *Optimizer) UnmarshalState(data []byte) error {
+	if len(data) < len(stateMagic)+4+8+4+4 || string(data[:len(stateMagic)]) != stateMagic {
+		return fmt.Errorf("not a qatc optimizer state file")
+	}
+	body, sum := data[:len(data)-4], binary.LittleEndian.Uint32(data[len(data)-4:])
+	if crc32.Checksum(body, castagnoli) != sum {
+		return fmt.Errorf("optimizer state is corrupt (checksum mismatch)")
+	}
+	r := bytes.NewReader(body[len(stateMagic):])
+	le := binary.LittleEndian
+	var version, n uint32
+	var steps int64
+	binary.Read(r, le, &version)
+	if version != stateVersion {
+		return fmt.Errorf("optimizer state version %d; this qatc reads version %d", version, stateVersion)
+	}
+	binary.Read(r, le, &steps)
+	binary.Read(r, le, &n)
+	if int(n) != len(o.Params) {
+		return fmt.Errorf("optimizer state has %d parameters, the model trains %d", n, len(o.Params))
+	}
+	index := make(map[string]int, len(o.Params))
+	for k, p := range o.Params {
+		index[p.Name] = k
+	}
+	m := make([][]float32, len(o.Params))
+	v := make([][]float32, len(o.Params))
+	for range n {
+		var nameLen uint32
+		if err := binary.Read(r, le, &nameLen); err != nil || int(nameLen) > r.Len() {
+			return fmt.Errorf("optimizer state is truncated")
+		}
+		name := make([]byte, nameLen)
+		r.Read(name)
+		k, ok := index[string(name)]
+		if !ok {
+			return fmt.Errorf("optimizer state has parameter %q, which the model does not train", name)
+		}
+		if m[k] != nil {
+			return fmt.Errorf("optimizer state lists parameter %q twice", name)
+		}
+		var size uint64
+		binary.Read(r, le, &size)
+		if size != uint64(len(o.Params[k].Data)) {
+			return fmt.Errorf("optimizer state has %d values for parameter %q, the model %d", size, name, len(o.Params[k].Data))
+		}
+		if 8*size > uint64(r.Len()) {
+			return fmt.Errorf("optimizer state is truncated")
+		}
+		m[k] = make([]float32, size)
+		v[k] = make([]float32, size)
+		binary.Read(r, le, m[k])
+		binary.Read(r, le, v[k])
+	}
+	if r.Len() != 0 {
+		return fmt.Errorf("optimizer state has %d bytes of trailing data", r.Len())
+	}
+	o.Steps, o.m, o.v = steps, m, v
+	return nil
+}
+
+// SaveState writes the optimizer state to path atomically.
+func (o *Optimizer) SaveState(path string) error {
+	return graph.WriteFileAtomic(path, o.MarshalState())
+}
+
+// LoadState reads the optimizer state from path.
+func (o *Optimizer) LoadState(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read optimizer state: %w", err)
+	}
+	if err := o.UnmarshalState(data); err != nil {
+		return fmt.Errorf("%s: %v", path, err)
+	}
+	return nil
+}
