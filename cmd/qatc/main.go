@@ -113,6 +113,7 @@ func commands() []*cli.Command {
 		insertCommand(),
 		trainCommand(),
 		finetuneCommand(),
+		exportCommand(),
 	}
 }
 

@@ -385,3 +385,20 @@ func (r *Reference) Greedy(src []int64, maxLen int) ([]int64, error) {
 	}
 	return tgt[1:], nil
 }
+
+// TeacherForced returns the logits [len(tgt)][V] of every target position:
+// position i sees the prefix tgt[:i+1]. The decoder has no cache, so each
+// position reruns the prefix, as Greedy does.
+func (r *Reference) TeacherForced(src, tgt []int64) ([][]float32, error) {
+	enc, err := r.Encode(src)
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]float32, len(tgt))
+	for i := range tgt {
+		if out[i], err = r.Logits(src, enc, tgt[:i+1]); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,244 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/qatc/qatc/export"
+	"github.com/qatc/qatc/export/lightseq"
+	"github.com/qatc/qatc/export/lightseq/lspb"
+	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/passes/transformer"
+	"github.com/qatc/qatc/runtime"
+	"github.com/qatc/qatc/train"
+	"github.com/urfave/cli/v2"
+)
+
+func exportCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "export",
+		Usage:     "write a QAT model for deployment: int8 (or 4-bit) ONNX, or a LightSeq weight file; the result is read back and checked",
+		ArgsUsage: "QAT",
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "the file to write (.onnx, or .pb for lightseq)", Required: true},
+			&cli.StringFlag{Name: "format", Value: "qdq", Usage: "qdq, qoperator, dynamic, matmulnbits or lightseq"},
+			&cli.BoolFlag{Name: "in-place", Usage: "allow -o to name the input model"},
+			&cli.StringFlag{Name: "src", Usage: "source sentences of the check batch (default: random valid token ids)"},
+			&cli.StringFlag{Name: "tgt", Usage: "target sentences of the check batch (default: the source file)"},
+			&cli.IntFlag{Name: "batch", Value: 16, Usage: "sentences in the check batch"},
+			&cli.IntFlag{Name: "len", Value: 24, Usage: "length of random check sentences"},
+			&cli.StringFlag{Name: "map", Usage: "lightseq: YAML or JSON file naming tensors by role where the recogniser fails"},
+			&cli.IntFlag{Name: "beam", Value: 4, Usage: "lightseq: beam size written to model_conf"},
+			&cli.Float64Flag{Name: "length-penalty", Value: 0.6, Usage: "lightseq: length penalty written to model_conf"},
+			&cli.BoolFlag{Name: "verbose", Usage: "lightseq: list every clip field and where its value came from"},
+			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
+		}, dataFlags()...),
+		Action: exportAction,
+	}
+}
+
+func exportAction(c *cli.Context) error {
+	path, err := oneArg(c, "QAT")
+	if err != nil {
+		return err
+	}
+	out := c.String("output")
+	if err := checkOutput(c, path, out); err != nil {
+		return err
+	}
+	format := c.String("format")
+	m, err := graph.Load(path)
+	if err != nil {
+		return err
+	}
+	roles, err := modelRoles(c, m)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	batch, err := checkBatch(c, roles)
+	if err != nil {
+		return err
+	}
+	if format == "lightseq" {
+		return exportLightSeq(c, m, path, out, batch)
+	}
+	exported, rep, err := export.Export(m, format, &export.Options{Source: path})
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	ver, err := export.Verify(m, exported, batch)
+	if err != nil {
+		return fmt.Errorf("%s: %s export does not match the QAT model: %w", path, format, err)
+	}
+	if err := exported.Save(out); err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return writeJSON(c.App.Writer, map[string]any{"output": out, "export": rep, "verify": ver})
+	}
+	w := c.App.Writer
+	fmt.Fprintf(w, "wrote %s (%s): %d integer weights, %s (%.1f%% of the QAT model's %s)\n", out, format,
+		rep.IntWeights, humanBytes(rep.Size), 100*float64(rep.Size)/float64(rep.SourceSize), humanBytes(rep.SourceSize))
+	fmt.Fprintf(w, "check against the QAT model on %d positions: max abs error %.4g (bound %.4g), top-1 agreement %.2f%% (min %.1f%%)\n",
+		ver.Positions, ver.MaxAbsErr, ver.Bound, 100*ver.Top1, 100*ver.MinTop1)
+	fmt.Fprintf(w, "onnxruntime ran %d integer matrix kernels and %d float MatMul/Gemm\n", ver.IntKernels, ver.FloatMatMuls)
+	return nil
+}
+
+// checkBatch is the batch exports are checked on: sentences from --src
+// and --tgt, or valid random token ids.
+func checkBatch(c *cli.Context, roles train.Roles) (map[string]*runtime.Tensor, error) {
+	n := c.Int("batch")
+	if n <= 0 {
+		return nil, usagef("--batch %d: must be positive", n)
+	}
+	if src := c.String("src"); src != "" {
+		tgt := c.String("tgt")
+		if tgt == "" {
+			tgt = src
+		}
+		d, err := readData(c, src, tgt, roles.Vocab, 0)
+		if err != nil {
+			return nil, err
+		}
+		idx := make([]int, min(n, len(d.Examples)))
+		for i := range idx {
+			idx[i] = i
+		}
+		b := d.MakeBatch(idx)
+		return map[string]*runtime.Tensor{
+			roles.Src: runtime.Int64([]int64{int64(b.Size), int64(b.SrcLen)}, b.Src),
+			roles.Tgt: runtime.Int64([]int64{int64(b.Size), int64(b.TgtLen)}, b.Dec),
+		}, nil
+	}
+	if roles.Vocab <= 4 {
+		return nil, fmt.Errorf("the model's vocabulary is not static; give a check batch with --src")
+	}
+	ins := []runtime.IOInfo{
+		{Name: roles.Src, Elem: graph.Int64, Dims: []int64{-1, -1}},
+		{Name: roles.Tgt, Elem: graph.Int64, Dims: []int64{-1, -1}},
+	}
+	return randomInputs(ins, n, c.Int("len"), roles.Vocab, 7)
+}
+
+func exportLightSeq(c *cli.Context, m *graph.Model, path, out string, batch map[string]*runtime.Tensor) error {
+	if !strings.HasSuffix(out, ".pb") {
+		return usagef("-o %s: a LightSeq weight file must end in .pb", out)
+	}
+	opts := lightseq.Options{
+		PadID: int(c.Int64("pad-id")), BosID: int(c.Int64("bos-id")), EosID: int(c.Int64("eos-id")),
+		BeamSize: c.Int("beam"), LengthPenalty: float32(c.Float64("length-penalty")),
+		Calib: batch,
+	}
+	if f := c.String("map"); f != "" {
+		mp, err := transformer.ReadMap(f)
+		if err != nil {
+			return err
+		}
+		opts.Map = mp
+	}
+	qt, rep, err := lightseq.Export(m, opts)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if err := lightseq.Write(out, qt); err != nil {
+		return err
+	}
+	back, err := lightseq.Read(out)
+	if err != nil {
+		return fmt.Errorf("reading back %s: %w", out, err)
+	}
+	sizes, err := lightseq.Infer(back)
+	if err != nil {
+		return fmt.Errorf("reading back %s: %w", out, err)
+	}
+	st, err := os.Stat(out)
+	if err != nil {
+		return err
+	}
+	agree, total, err := lightseqAgreement(m, back, batch)
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return writeJSON(c.App.Writer, map[string]any{"output": out, "bytes": st.Size(), "sizes": sizes, "report": rep,
+			"reference_top1_agreement": float64(agree) / float64(total), "positions": total})
+	}
+	w := c.App.Writer
+	fmt.Fprintf(w, "wrote %s (lightseq QuantTransformer): %s, hidden %d, heads %d, FFN %d, vocabulary %d, %d+%d layers\n",
+		out, humanBytes(st.Size()), sizes.Hidden, sizes.Heads, sizes.FFN, sizes.Vocab, sizes.EncoderLayers, sizes.DecoderLayers)
+	fmt.Fprintf(w, "reference decoder (LightSeq's int8 numerics) vs the QAT model, teacher-forced on %d positions: top-1 agreement %.2f%%\n",
+		total, 100*float64(agree)/float64(total))
+	if n := rep.Fallbacks(); n > 0 {
+		fmt.Fprintf(w, "%d clip fields had no matching qatc quantizer and took a fallback value (--verbose lists each field's source)\n", n)
+	}
+	if c.Bool("verbose") {
+		io.WriteString(w, rep.Format())
+	}
+	return nil
+}
+
+// lightseqAgreement runs the file through the Go reference decoder,
+// teacher-forced on the batch, and counts the non-pad positions whose
+// argmax agrees with the QAT model's.
+func lightseqAgreement(m *graph.Model, qt *lspb.QuantTransformer, batch map[string]*runtime.Tensor) (agree, total int, err error) {
+	ref, err := lightseq.NewReference(qt)
+	if err != nil {
+		return 0, 0, err
+	}
+	roles, err := train.FindRoles(m, train.Roles{})
+	if err != nil {
+		return 0, 0, err
+	}
+	s, err := runtime.Open(m, nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer s.Close()
+	outs, err := s.Run(batch, roles.Logits)
+	if err != nil {
+		return 0, 0, err
+	}
+	logits := outs[roles.Logits].Float32s()
+	src, tgt := batch[roles.Src], batch[roles.Tgt]
+	rows, sl, tl := int(src.Shape[0]), int(src.Shape[1]), int(tgt.Shape[1])
+	vocab := len(logits) / (rows * tl)
+	pad := int64(qt.ModelConf.SrcPaddingId)
+	for r := range rows {
+		srcRow := trimPad(src.Int64s()[r*sl:(r+1)*sl], pad)
+		tgtRow := trimPad(tgt.Int64s()[r*tl:(r+1)*tl], pad)
+		got, err := ref.TeacherForced(srcRow, tgtRow)
+		if err != nil {
+			return 0, 0, err
+		}
+		for i := range got {
+			want := logits[(r*tl+i)*vocab : (r*tl+i+1)*vocab]
+			if argmax32(got[i]) == argmax32(want) {
+				agree++
+			}
+			total++
+		}
+	}
+	return agree, total, nil
+}
+
+// trimPad drops the padding at the end of a row.
+func trimPad(row []int64, pad int64) []int64 {
+	n := len(row)
+	for n > 0 && row[n-1] == pad {
+		n--
+	}
+	return row[:n]
+}
+
+func argmax32(v []float32) int {
+	best := 0
+	for i, x := range v {
+		if x > v[best] {
+			best = i
+		}
+	}
+	return best
+}
