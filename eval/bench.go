@@ -69,9 +69,21 @@ func BenchFile(path string, roles Roles, opts BenchOptions) (*BenchResult, error
 	return r, nil
 }
 
-// Bench times forward passes of m. The ids are fixed pseudo-random tokens
-// above the special ids, so every run computes the same thing.
+// Bench times forward passes of m (see BenchAll).
 func Bench(m *Seq2Seq, opts BenchOptions) (*BenchResult, error) {
+	rs, err := BenchAll([]*Seq2Seq{m}, opts)
+	if err != nil {
+		return nil, err
+	}
+	return rs[0], nil
+}
+
+// BenchAll times forward passes of several models interleaved: each timed
+// round runs every model once, so that a change in the machine's load
+// (other processes, frequency scaling) affects all of them alike and their
+// ratios stay meaningful. The ids are fixed pseudo-random tokens above the
+// special ids, so every run computes the same thing.
+func BenchAll(ms []*Seq2Seq, opts BenchOptions) ([]*BenchResult, error) {
 	if opts.Batch < 1 || opts.SrcLen < 1 || opts.TgtLen < 1 || opts.Iters < 1 || opts.Warmup < 0 {
 		return nil, fmt.Errorf("bench: batch %d, source length %d, target length %d, iterations %d must be at least 1 (warm-up %d at least 0)",
 			opts.Batch, opts.SrcLen, opts.TgtLen, opts.Iters, opts.Warmup)
@@ -80,6 +92,49 @@ func Bench(m *Seq2Seq, opts BenchOptions) (*BenchResult, error) {
 	if sp == (Special{}) {
 		sp = DefaultSpecial()
 	}
+	inputs := make([]map[string]*runtime.Tensor, len(ms))
+	for i, m := range ms {
+		in, err := benchInputs(m, sp, opts)
+		if err != nil {
+			return nil, err
+		}
+		inputs[i] = in
+		for range opts.Warmup {
+			if _, err := m.Session.Run(in, m.Roles.Logits); err != nil {
+				return nil, err
+			}
+		}
+	}
+	ms2 := make([][]float64, len(ms))
+	for range opts.Iters {
+		for i, m := range ms {
+			t := time.Now()
+			if _, err := m.Session.Run(inputs[i], m.Roles.Logits); err != nil {
+				return nil, err
+			}
+			ms2[i] = append(ms2[i], float64(time.Since(t).Nanoseconds())/1e6)
+		}
+	}
+	hwm, err := PeakRSS()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*BenchResult, len(ms))
+	for i, m := range ms {
+		r := &BenchResult{
+			Model: m.Name, Batch: opts.Batch, SrcLen: opts.SrcLen, TgtLen: opts.TgtLen,
+			Threads: opts.Threads, Iters: opts.Iters, PeakRSSBytes: hwm,
+		}
+		r.MedianMs, r.P90Ms, r.MeanMs = latencyStats(ms2[i])
+		r.SentencesPerSec = float64(opts.Batch) / (r.MedianMs / 1000)
+		r.TokensPerSec = float64(opts.Batch*opts.TgtLen) / (r.MedianMs / 1000)
+		out[i] = r
+	}
+	return out, nil
+}
+
+// benchInputs makes m's fixed benchmark batch.
+func benchInputs(m *Seq2Seq, sp Special, opts BenchOptions) (map[string]*runtime.Tensor, error) {
 	vocab, err := m.Vocab(sp)
 	if err != nil {
 		return nil, err
@@ -107,35 +162,10 @@ func Bench(m *Seq2Seq, opts BenchOptions) (*BenchResult, error) {
 			tgt[b*opts.TgtLen+i] = token()
 		}
 	}
-	in := map[string]*runtime.Tensor{
+	return map[string]*runtime.Tensor{
 		m.Roles.Src: runtime.Int64([]int64{int64(opts.Batch), int64(opts.SrcLen)}, src),
 		m.Roles.Tgt: runtime.Int64([]int64{int64(opts.Batch), int64(opts.TgtLen)}, tgt),
-	}
-	for i := 0; i < opts.Warmup; i++ {
-		if _, err := m.Session.Run(in, m.Roles.Logits); err != nil {
-			return nil, err
-		}
-	}
-	ms := make([]float64, opts.Iters)
-	for i := range ms {
-		t := time.Now()
-		if _, err := m.Session.Run(in, m.Roles.Logits); err != nil {
-			return nil, err
-		}
-		ms[i] = float64(time.Since(t).Nanoseconds()) / 1e6
-	}
-	hwm, err := PeakRSS()
-	if err != nil {
-		return nil, err
-	}
-	r := &BenchResult{
-		Model: m.Name, Batch: opts.Batch, SrcLen: opts.SrcLen, TgtLen: opts.TgtLen,
-		Threads: opts.Threads, Iters: opts.Iters, PeakRSSBytes: hwm,
-	}
-	r.MedianMs, r.P90Ms, r.MeanMs = latencyStats(ms)
-	r.SentencesPerSec = float64(opts.Batch) / (r.MedianMs / 1000)
-	r.TokensPerSec = float64(opts.Batch*opts.TgtLen) / (r.MedianMs / 1000)
-	return r, nil
+	}, nil
 }
 
 // latencyStats returns the median (the mean of the middle two for an even

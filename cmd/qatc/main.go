@@ -114,6 +114,8 @@ func commands() []*cli.Command {
 		trainCommand(),
 		finetuneCommand(),
 		exportCommand(),
+		evalCommand(),
+		benchCommand(),
 	}
 }
 

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/qatc/qatc/eval"
+	"github.com/urfave/cli/v2"
+)
+
+func evalCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "eval",
+		Usage:     "translate with each model and score BLEU (sacreBLEU's defaults), with size and decoding latency",
+		ArgsUsage: "MODEL ...",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "src", Usage: "source sentences, one per line", Required: true},
+			&cli.StringFlag{Name: "ref", Usage: "reference translations, one per line", Required: true},
+			&cli.StringFlag{Name: "spm", Usage: "SentencePiece model: --src is text, translations are detokenized (default: token ids)"},
+			&cli.IntFlag{Name: "beam", Value: 1, Usage: "beam size (1: greedy)"},
+			&cli.Float64Flag{Name: "length-penalty", Value: 0.6, Usage: "LightSeq's length_penalty α for beam search"},
+			&cli.IntFlag{Name: "max-extra", Value: 50, Usage: "translations have at most source length + this many tokens"},
+			&cli.IntFlag{Name: "batch", Value: 32, Usage: "sentences decoded together"},
+			&cli.IntFlag{Name: "threads", Usage: "intra-op threads (0: onnxruntime's default)"},
+			&cli.StringFlag{Name: "hyp-dir", Usage: "write each model's translations to DIR/<model>.hyp"},
+			&cli.StringFlag{Name: "src-input", Usage: "the models' source-ids input (default: found by shape)"},
+			&cli.StringFlag{Name: "tgt-input", Usage: "the models' target-ids input (default: found by shape)"},
+			&cli.StringFlag{Name: "logits-output", Usage: "the models' logits output (default: found by shape)"},
+			&cli.Int64Flag{Name: "pad-id", Value: 0, Usage: "padding id"},
+			&cli.Int64Flag{Name: "bos-id", Value: 2, Usage: "begin-of-sentence id"},
+			&cli.Int64Flag{Name: "eos-id", Value: 3, Usage: "end-of-sentence id"},
+			&cli.BoolFlag{Name: "json", Usage: "print one JSON document"},
+		},
+		Action: evalAction,
+	}
+}
+
+// readLines reads a text file's lines.
+func readLines(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var lines []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<26)
+	for sc.Scan() {
+		lines = append(lines, strings.TrimRight(sc.Text(), "\r"))
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return lines, nil
+}
+
+func evalAction(c *cli.Context) error {
+	if c.NArg() == 0 {
+		return usagef("eval takes one or more models")
+	}
+	src, err := readLines(c.String("src"))
+	if err != nil {
+		return err
+	}
+	ref, err := readLines(c.String("ref"))
+	if err != nil {
+		return err
+	}
+	opts := eval.EvalOptions{
+		Decode: eval.DecodeOptions{
+			Special: eval.Special{Pad: c.Int64("pad-id"), BOS: c.Int64("bos-id"), EOS: c.Int64("eos-id")},
+			Beam:    c.Int("beam"), LengthPenalty: c.Float64("length-penalty"),
+			MaxExtra: c.Int("max-extra"), BatchSize: c.Int("batch"),
+		},
+		Threads: c.Int("threads"),
+		SrcName: c.String("src"), RefName: c.String("ref"),
+	}
+	if path := c.String("spm"); path != "" {
+		tok, err := eval.LoadSentencePiece(path)
+		if err != nil {
+			return err
+		}
+		opts.Src, opts.Tgt, opts.TgtTokName = tok, tok, path
+	}
+	roles := eval.Roles{Src: c.String("src-input"), Tgt: c.String("tgt-input"), Logits: c.String("logits-output")}
+	var specs []eval.ModelSpec
+	for _, p := range c.Args().Slice() {
+		specs = append(specs, eval.ModelSpec{Path: p, Roles: roles})
+	}
+	prog := map[string]*progress{}
+	opts.Progress = func(model string, done, total int) {
+		p := prog[model]
+		if p == nil {
+			p = newProgress(c.App.ErrWriter, "decoding "+model)
+			prog[model] = p
+		}
+		p.update(done, total)
+		if done == total {
+			p.done()
+		}
+	}
+	rows, err := eval.Evaluate(specs, src, ref, opts)
+	if err != nil {
+		return err
+	}
+	if dir := c.String("hyp-dir"); dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("--hyp-dir: %w", err)
+		}
+		for _, r := range rows {
+			name := filepath.Join(dir, strings.TrimSuffix(r.Model, filepath.Ext(r.Model))+".hyp")
+			if err := os.WriteFile(name, []byte(strings.Join(r.Hypotheses, "\n")+"\n"), 0o644); err != nil {
+				return fmt.Errorf("--hyp-dir: %w", err)
+			}
+		}
+	}
+	if c.Bool("json") {
+		for i := range rows {
+			rows[i].Hypotheses = nil
+		}
+		return writeJSON(c.App.Writer, rows)
+	}
+	return eval.WriteEvalTable(c.App.Writer, rows)
+}
