@@ -1,0 +1,262 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/passes/quantize"
+	"github.com/qatc/qatc/testmodels"
+)
+
+// tinySetup writes the tiny testmodel and a copy task (target = source)
+// as id files, returning their paths.
+func tinySetup(t *testing.T, dir string) (model, src, tgt string) {
+	t.Helper()
+	m, err := testmodels.Build(testmodels.Tiny())
+	if err != nil {
+		t.Fatal(err)
+	}
+	model = filepath.Join(dir, "tiny.onnx")
+	if err := m.Save(model); err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	var lines []string
+	for range 200 {
+		n := 3 + rng.IntN(6)
+		ids := make([]string, n)
+		for i := range ids {
+			ids[i] = fmt.Sprint(4 + rng.IntN(60))
+		}
+		lines = append(lines, strings.Join(ids, " "))
+	}
+	text := strings.Join(lines, "\n") + "\n"
+	src, tgt = filepath.Join(dir, "train.src"), filepath.Join(dir, "train.tgt")
+	for _, p := range []string{src, tgt} {
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return model, src, tgt
+}
+
+// The whole pipeline on the tiny model: train, insert, finetune, every
+// export format, eval and bench.
+func TestPipeline(t *testing.T) {
+	dir := t.TempDir()
+	model, src, tgt := tinySetup(t, dir)
+	fp32 := filepath.Join(dir, "fp32.onnx")
+	must := func(args ...string) string {
+		t.Helper()
+		code, out, errOut := qatc(t, args...)
+		if code != 0 {
+			t.Fatalf("qatc %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errOut)
+		}
+		return out
+	}
+	out := must("train", model, "-o", fp32, "--src", src, "--tgt", tgt, "--valid-src", src, "--valid-tgt", tgt,
+		"--steps", "30", "--batch-tokens", "512", "--lr", "3e-3", "--threads", "1", "--json")
+	var res struct{ Steps int64; Loss, ValidLoss float64 }
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatal(err, out)
+	}
+	if res.Steps != 30 || !(res.ValidLoss > 0 && res.ValidLoss < 4.0) {
+		t.Errorf("train: %+v (an untrained tiny model's loss is about ln 64 ≈ 4.2)", res)
+	}
+	qat := filepath.Join(dir, "qat.onnx")
+	must("insert", fp32, "-o", qat, "--calib-src", src, "--calib-tgt", tgt)
+	tuned := filepath.Join(dir, "tuned.onnx")
+	trainGraph := filepath.Join(dir, "training.onnx")
+	must("finetune", qat, "-o", tuned, "--src", src, "--tgt", tgt, "--steps", "10", "--batch-tokens", "512",
+		"--lr", "1e-4", "--threads", "1", "--loss", "ce+kd", "--save-training-graph", trainGraph)
+	tg, err := graph.Load(trainGraph)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tg.Input("labels") == nil || tg.Output("loss") == nil || tg.Output("shared_embedding_grad") == nil {
+		t.Errorf("training graph lacks labels, loss or shared_embedding_grad")
+	}
+	m, err := graph.Load(tuned)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := quantize.ReadRecord(m); err != nil || len(rec.Quantizers) == 0 {
+		t.Fatalf("fine-tuned model lost its quantizers: %v", err)
+	}
+	for _, format := range []string{"qdq", "qoperator", "dynamic"} {
+		out := must("export", tuned, "-o", filepath.Join(dir, format+".onnx"), "--format", format, "--src", src)
+		if !strings.Contains(out, "top-1 agreement") {
+			t.Errorf("%s: %s", format, out)
+		}
+	}
+	out = must("export", tuned, "-o", filepath.Join(dir, "model.pb"), "--format", "lightseq", "--src", src)
+	if !strings.Contains(out, "hidden 32, heads 4, FFN 64, vocabulary 64, 2+2 layers") {
+		t.Errorf("lightseq: %s", out)
+	}
+	out = must("eval", fp32, tuned, filepath.Join(dir, "qoperator.onnx"), "--src", src, "--ref", tgt, "--json", "--threads", "1",
+		"--hyp-dir", filepath.Join(dir, "hyp"))
+	var rows []struct {
+		Model string
+		BLEU  struct{ Score float64 }
+	}
+	if err := json.Unmarshal([]byte(out), &rows); err != nil || len(rows) != 3 {
+		t.Fatalf("eval: %v\n%s", err, out)
+	}
+	if hyp, err := readLines(filepath.Join(dir, "hyp", "qoperator.hyp")); err != nil || len(hyp) != 200 {
+		t.Errorf("hypotheses: %d lines, %v", len(hyp), err)
+	}
+	out = must("bench", fp32, filepath.Join(dir, "qoperator.onnx"), "--iters", "3", "--warmup", "1", "--batch", "2", "--src-len", "8", "--tgt-len", "8", "--threads", "1")
+	if !strings.Contains(out, "speed-up") || !strings.Contains(out, "qoperator.onnx") {
+		t.Errorf("bench: %s", out)
+	}
+}
+
+// Bad training inputs are refused before training starts.
+func TestTrainBadInputs(t *testing.T) {
+	dir := t.TempDir()
+	model, src, tgt := tinySetup(t, dir)
+	write := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	beyond := write("beyond.src", "5 6 700\n")
+	one := write("one.tgt", "5 6\n")
+	empty := write("empty.src", "")
+	qat := filepath.Join(dir, "qat.onnx")
+	if code, _, errOut := qatc(t, "insert", model, "-o", qat); code != 0 {
+		t.Fatal(errOut)
+	}
+	// A QAT model whose clip initializer has been removed.
+	m, err := graph.Load(qat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := quantize.ReadRecord(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.RemoveInitializer(rec.Quantizers[0].Clip)
+	noClip := filepath.Join(dir, "noclip.onnx")
+	if err := m.Save(noClip); err != nil {
+		t.Fatal(err)
+	}
+	// A model that is not seq2seq: logits renamed to a rank-2 output.
+	notSeq := filepath.Join(dir, "classifier.onnx")
+	b := graph.New("classifier", 17)
+	b.AddInput("x", graph.Float, []int64{-1, 4}, "batch")
+	b.Op("Relu", "relu", []string{"x"}, []string{"y"})
+	b.AddOutput("y", graph.Float, []int64{-1, 4}, "batch")
+	if err := b.Save(notSeq); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out.onnx")
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"ids beyond the vocabulary", []string{"train", model, "--src", beyond, "--tgt", one}, 1, "700"},
+		{"mismatched line counts", []string{"train", model, "--src", src, "--tgt", one}, 1, "lines"},
+		{"empty source", []string{"train", model, "--src", empty, "--tgt", one}, 1, "empty"},
+		{"not seq2seq", []string{"train", notSeq, "--src", src, "--tgt", tgt}, 1, "classifier.onnx"},
+		{"missing clip", []string{"finetune", noClip, "--src", src, "--tgt", tgt}, 1, rec.Quantizers[0].Clip},
+		{"finetune an fp32 model", []string{"finetune", model, "--src", src, "--tgt", tgt}, 1, "qatc insert"},
+		{"train a QAT model", []string{"train", qat, "--src", src, "--tgt", tgt}, 1, "finetune"},
+		{"unknown clip gradient", []string{"finetune", qat, "--src", src, "--tgt", tgt, "--clip-grad", "pact"}, 2, "pact"},
+		{"unknown loss", []string{"finetune", qat, "--src", src, "--tgt", tgt, "--loss", "mse"}, 2, "mse"},
+		{"resume without a directory", []string{"train", model, "--src", src, "--tgt", tgt, "--resume"}, 2, "--checkpoint-dir"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, errOut := qatc(t, append(tc.args, "-o", out)...)
+			if code != tc.code || strings.Count(strings.TrimSpace(errOut), "\n") != 0 || !strings.Contains(errOut, tc.want) {
+				t.Errorf("exit %d (want %d), stderr %q (want it to mention %q)", code, tc.code, errOut, tc.want)
+			}
+			if _, err := os.Stat(out); err == nil {
+				t.Errorf("output written despite the error")
+			}
+		})
+	}
+}
+
+// Ctrl-C writes a checkpoint and exits 0; --resume then ends with the
+// same weights as an uninterrupted run.
+func TestInterruptAndResume(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the qatc binary")
+	}
+	dir := t.TempDir()
+	model, src, tgt := tinySetup(t, dir)
+	bin := filepath.Join(dir, "qatc")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	args := func(out, ckpt string) []string {
+		return []string{"train", model, "-o", out, "--src", src, "--tgt", tgt, "--steps", "120", "--batch-tokens", "256",
+			"--lr", "2e-3", "--threads", "1", "--seed", "5", "--checkpoint-dir", ckpt, "--checkpoint-every", "10"}
+	}
+	straight := filepath.Join(dir, "straight.onnx")
+	if out, err := exec.Command(bin, args(straight, filepath.Join(dir, "ckpt-straight"))...).CombinedOutput(); err != nil {
+		t.Fatalf("uninterrupted run: %v\n%s", err, out)
+	}
+	resumed := filepath.Join(dir, "resumed.onnx")
+	ckpt := filepath.Join(dir, "ckpt")
+	cmd := exec.Command(bin, args(resumed, ckpt)...)
+	var log strings.Builder
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Interrupt once the first checkpoint is on disk.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if _, err := os.Stat(filepath.Join(ckpt, "step-00000010")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("no checkpoint appeared:\n%s", log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("interrupted run exited with %v, want 0:\n%s", err, log.String())
+	}
+	if !strings.Contains(log.String(), "--resume") {
+		t.Errorf("interrupted run does not say how to resume:\n%s", log.String())
+	}
+	if _, err := os.Stat(resumed); err == nil {
+		t.Fatalf("an interrupted run wrote the final model")
+	}
+	if out, err := exec.Command(bin, append(args(resumed, ckpt), "--resume")...).CombinedOutput(); err != nil {
+		t.Fatalf("resumed run: %v\n%s", err, out)
+	}
+	a, err := graph.Load(straight)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := graph.Load(resumed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range a.InitializerNames() {
+		ta, tb := a.Initializer(name), b.Initializer(name)
+		if tb == nil || string(ta.RawData) != string(tb.RawData) {
+			t.Errorf("initializer %s differs between the uninterrupted and the resumed run", name)
+		}
+	}
+}
