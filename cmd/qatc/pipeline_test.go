@@ -65,7 +65,10 @@ func TestPipeline(t *testing.T) {
 	}
 	out := must("train", model, "-o", fp32, "--src", src, "--tgt", tgt, "--valid-src", src, "--valid-tgt", tgt,
 		"--steps", "30", "--batch-tokens", "512", "--lr", "3e-3", "--threads", "1", "--json")
-	var res struct{ Steps int64; Loss, ValidLoss float64 }
+	var res struct {
+		Steps           int64
+		Loss, ValidLoss float64
+	}
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		t.Fatal(err, out)
 	}
