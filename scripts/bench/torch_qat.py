@@ -30,8 +30,30 @@ import statistics
 import sys
 import time
 
-import torch
-import torch.nn.functional as F
+
+def runtime_env(argv):
+    """Sets the thread settings that libgomp and OpenBLAS read only once, when
+    torch is loaded, from --threads and --omp-wait-policy in argv; variables
+    already in the environment win. Returns what was set, for the report."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--omp-wait-policy", choices=("passive", "active", "env"), default="passive")
+    a, _ = p.parse_known_args(argv)
+    if a.threads >= 1:
+        # OpenBLAS's own pthreads would otherwise number the cores.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", str(a.threads))
+    if a.omp_wait_policy != "env":
+        # libgomp's default spins at every barrier, which on a loaded
+        # machine costs milliseconds per operator (see README.md).
+        os.environ.setdefault("OMP_WAIT_POLICY", a.omp_wait_policy.upper())
+    return {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE")}
+
+
+if __name__ == "__main__":
+    ENV = runtime_env(sys.argv[1:])
+
+import torch  # noqa: E402 (after runtime_env, which must run first)
+import torch.nn.functional as F  # noqa: E402
 
 PAD, BOS, EOS = 0, 2, 3
 LN_EPS = 1e-6
@@ -274,9 +296,10 @@ class Transformer(torch.nn.Module):
 
 
 def key(name):
-    """ParameterDict keys may not contain dots; names have none, but '/' is
-    fine. Kept as a function so that the mapping is in one place."""
-    return name.replace(".", "_").replace("/", "__")
+    """The ParameterDict key of a NeurST-style name such as
+    encoder/layer_0/ffn/dense1/kernel: '/' becomes '__', so that keys are
+    plain identifiers (PyTorch refuses '.', which these names never hold)."""
+    return name.replace("/", "__")
 
 
 def random_batch(vocab, batch, src_len, tgt_len, gen, ragged=False):
@@ -342,6 +365,7 @@ def bench(args):
         "quant": not args.no_quant,
         "weight_quantizers": len(model.weight_clips),
         "act_quantizers": len(model.act_clips),
+        "env": ENV,
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "batch": batch,
@@ -481,7 +505,9 @@ def main():
     ap.add_argument("--batch-tokens", type=int, default=0,
                     help="set the batch as qatc does: rows = N // max(src-len, tgt-len) (overrides --batch)")
     ap.add_argument("--ragged", action="store_true", help="pad about half the rows, as testmodels.RandomBatch does")
-    ap.add_argument("--threads", type=int, default=2, help="intra- and inter-op threads")
+    ap.add_argument("--threads", type=int, default=2, help="intra- and inter-op threads (and OpenBLAS's)")
+    ap.add_argument("--omp-wait-policy", choices=("passive", "active", "env"), default="passive",
+                    help="OMP_WAIT_POLICY for libgomp; env leaves the environment's (libgomp: spin, then sleep)")
     ap.add_argument("--steps", type=int, default=20, help="timed steps")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     ap.add_argument("--lr", type=float, default=1e-4)
