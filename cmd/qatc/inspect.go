@@ -16,29 +16,64 @@ import (
 func inspectCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "inspect",
-		Usage:     "describe a model: inputs, outputs, opsets, operators, parameters",
+		Usage:     "describe a model: inputs, outputs, opsets, operators, parameters, quantizers, a weight's integers",
 		ArgsUsage: "MODEL",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON document"},
 			&cli.IntFlag{Name: "top", Value: 10, Usage: "how many of the largest initializers to list"},
+			&cli.StringFlag{Name: "tensor", Usage: "print the integers of this quantized weight (its name or its integer initializer's), of a QAT or an exported model"},
+			&cli.StringFlag{Name: "plot", Usage: "with --tensor on a QAT model: draw the float weight's histogram with the clip range marked to this file (.png)"},
 		},
-		Action: func(c *cli.Context) error {
-			path, err := oneArg(c, "MODEL")
-			if err != nil {
-				return err
-			}
-			m, err := graph.Load(path)
-			if err != nil {
-				return err
-			}
-			s := summarize(m, c.Int("top"))
-			if c.Bool("json") {
-				return writeJSON(c.App.Writer, s)
-			}
-			s.print(c.App.Writer)
-			return nil
-		},
+		Action: inspectAction,
 	}
+}
+
+// inspectAction prints the model summary (with the quantizer table of a
+// QAT or exported model), or with --tensor one weight's integers.
+func inspectAction(c *cli.Context) error {
+	path, err := oneArg(c, "MODEL")
+	if err != nil {
+		return err
+	}
+	if c.IsSet("plot") && (!c.IsSet("tensor") || c.String("plot") == "") {
+		return usagef("--plot FILE.png draws one weight: name it with --tensor NAME")
+	}
+	m, err := graph.Load(path)
+	if err != nil {
+		return err
+	}
+	if name := c.String("tensor"); c.IsSet("tensor") {
+		v, err := tensorInts(m, path, name)
+		if err != nil {
+			return err
+		}
+		if plotPath := c.String("plot"); plotPath != "" {
+			if err := plotHistogram(plotPath, v); err != nil {
+				return err
+			}
+			v.Plot = plotPath
+		}
+		if c.Bool("json") {
+			return writeJSON(c.App.Writer, v)
+		}
+		v.print(c.App.Writer)
+		if v.Plot != "" {
+			fmt.Fprintf(c.App.Writer, "wrote %s\n", v.Plot)
+		}
+		return nil
+	}
+	s := summarize(m, c.Int("top"))
+	if s.Quantizers, err = quantizerRows(m); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if c.Bool("json") {
+		return writeJSON(c.App.Writer, s)
+	}
+	s.print(c.App.Writer)
+	if len(s.Quantizers) > 0 {
+		printQuantRows(c.App.Writer, s.Quantizers)
+	}
+	return nil
 }
 
 // oneArg returns the command's single positional argument.
@@ -69,6 +104,8 @@ type modelSummary struct {
 	Initializers int               `json:"initializers"`
 	Largest      []tensorEntry     `json:"largest_initializers"`
 	Metadata     map[string]string `json:"metadata,omitempty"`
+	// Quantizers lists a QAT or exported model's quantizers.
+	Quantizers []quantRow `json:"quantizers,omitempty"`
 }
 
 type valueSummary struct {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"os/signal"
 	"syscall"
@@ -188,6 +189,13 @@ func trainAction(c *cli.Context, qat bool) error {
 		}
 	}
 	fmt.Fprintln(c.App.ErrWriter, t.Summary())
+	before := math.NaN()
+	if valid != nil && !cfg.Resume {
+		if before, err = t.Validate(); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.App.ErrWriter, "validation loss before training: %.4f\n", before)
+	}
 	res, err := t.Run(ctx)
 	display.Finish()
 	if err != nil {
@@ -208,9 +216,26 @@ func trainAction(c *cli.Context, qat bool) error {
 		return err
 	}
 	if c.Bool("json") {
-		return writeJSON(c.App.Writer, res)
+		return writeJSON(c.App.Writer, trainReport{
+			Output: out, Steps: res.Steps, Epoch: res.Epoch, Tokens: res.Tokens,
+			Loss: num(res.Loss), ValidLoss: num(res.ValidLoss), ValidLossBefore: num(before),
+			Seconds: res.Elapsed.Seconds(), Params: len(res.Params),
+		})
 	}
-	fmt.Fprintf(c.App.Writer, "wrote %s: %d steps, %d target tokens, last loss %.4f, validation loss %.4f, %s\n",
-		out, res.Steps, res.Tokens, res.Loss, res.ValidLoss, res.Elapsed.Round(1e9))
+	fmt.Fprintf(c.App.Writer, "wrote %s: %d steps, %d target tokens, last loss %.4f, validation loss %.4f (before: %.4f), %s\n",
+		out, res.Steps, res.Tokens, res.Loss, res.ValidLoss, before, res.Elapsed.Round(1e9))
 	return nil
+}
+
+// trainReport is train's and finetune's --json output.
+type trainReport struct {
+	Output          string  `json:"output"`
+	Steps           int64   `json:"steps"`
+	Epoch           int     `json:"epoch"`
+	Tokens          int64   `json:"tokens"`
+	Loss            num     `json:"loss"`
+	ValidLoss       num     `json:"valid_loss"`
+	ValidLossBefore num     `json:"valid_loss_before"`
+	Seconds         float64 `json:"seconds"`
+	Params          int     `json:"params"`
 }
