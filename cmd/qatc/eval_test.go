@@ -1,0 +1,50 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/qatc/qatc/graph"
+)
+
+func TestEvalBadInputs(t *testing.T) {
+	dir := t.TempDir()
+	model, src, _ := tinySetup(t, dir)
+	short := filepath.Join(dir, "short.ref")
+	if err := os.WriteFile(short, []byte("5 6\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	notSeq := filepath.Join(dir, "classifier.onnx")
+	b := graph.New("classifier", 17)
+	b.AddInput("x", graph.Float, []int64{-1, 4}, "batch")
+	b.Op("Relu", "relu", []string{"x"}, []string{"y"})
+	b.AddOutput("y", graph.Float, []int64{-1, 4}, "batch")
+	if err := b.Save(notSeq); err != nil {
+		t.Fatal(err)
+	}
+	text := filepath.Join(dir, "text.src")
+	if err := os.WriteFile(text, []byte(strings.Repeat("the big dog .\n", 200)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"line counts differ", []string{model, "--src", src, "--ref", short}, 1, "short.ref"},
+		{"spm vocabulary mismatch", []string{model, "--src", text, "--ref", text, "--spm", "../../testmodels/demo/data/spm.model"}, 1, "512"},
+		{"not seq2seq", []string{notSeq, "--src", src, "--ref", src}, 1, "not a seq2seq model"},
+		{"no model", []string{"--src", src, "--ref", src}, 2, "one or more models"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, errOut := qatc(t, append([]string{"eval"}, tc.args...)...)
+			if code != tc.code || strings.Count(strings.TrimSpace(errOut), "\n") != 0 || !strings.Contains(errOut, tc.want) {
+				t.Errorf("exit %d (want %d), stderr %q (want it to mention %q)", code, tc.code, errOut, tc.want)
+			}
+		})
+	}
+}
