@@ -10,8 +10,16 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// Formats are the int8 ONNX formats Export writes.
-var Formats = []string{"qdq", "qoperator", "dynamic"}
+// Formats are the ONNX formats Export writes. (The LightSeq file is
+// written by export/lightseq.)
+var Formats = []string{"qdq", "qoperator", "dynamic", "matmulnbits"}
+
+// nbits configures the matmulnbits format: int8 compute (onnxruntime's
+// fast CPU kernel), the activation quantizers kept in front of MatMulNBits
+// so that their learned clips still saturate (dropping them changes the
+// numbers wherever an activation exceeds its clip; BenchmarkNBits times
+// both).
+var nbits = fold.NBitsOptions{AccuracyLevel: 4}
 
 // SourceKey is the metadata key recording the QAT model an export was made
 // from (Options.Source).
@@ -37,6 +45,13 @@ type Report struct {
 	// of the QAT model it came from.
 	Size       int64
 	SourceSize int64
+	// Int4Weights counts the weights stored as INT4/UINT4 (qdq) and
+	// NBitsWeights those read by MatMulNBits (matmulnbits).
+	Int4Weights  int
+	NBitsWeights int
+	// Notes says what Export chose that changes the file but not the
+	// numbers: a fallback to int8 storage, weights left in the qdq form.
+	Notes []string
 }
 
 // Export converts a QAT model into the named deployment format and returns
@@ -48,7 +63,15 @@ type Report struct {
 //   - qoperator: qdq, then integer MatMuls with static activation scales
 //     (fold.QOperator);
 //   - dynamic: qdq weights, activations quantized per batch
-//     (fold.Dynamic).
+//     (fold.Dynamic);
+//   - matmulnbits: qdq, then onnxruntime's MatMulNBits for every weight
+//     product (fold.MatMulNBits), packed 2-, 4- or 8-bit weights with
+//     per-block scales, int8 compute.
+//
+// With weights of 4 bits or fewer, qdq stores them as INT4 initializers
+// (fold.Int4), raising the model to opset 21 where ONNX defines them
+// (fold.RaiseOpset); where the opset cannot be raised they stay int8
+// containers, and Report.Notes says why.
 //
 // The metadata records the format (fold.FormatKey) and keeps the source's
 // quantization record.
@@ -57,7 +80,7 @@ func Export(m *graph.Model, format string, opts *Options) (*graph.Model, *Report
 		opts = &Options{}
 	}
 	if !known(format) {
-		return nil, nil, fmt.Errorf("unknown export format %q: use %s", format, strings.Join(Formats, ", "))
+		return nil, nil, fmt.Errorf("unknown export format %q: use %s (the LightSeq file is written by export/lightseq)", format, strings.Join(Formats, ", "))
 	}
 	src, err := m.Marshal()
 	if err != nil {
@@ -68,11 +91,29 @@ func Export(m *graph.Model, format string, opts *Options) (*graph.Model, *Report
 	if err != nil {
 		return nil, nil, err
 	}
+	r := &Report{Format: format, Quantizers: res.Quantizers}
 	switch format {
+	case "qdq":
+		err = int4(out, res, r)
 	case "qoperator":
 		err = fold.QOperator(out, res)
 	case "dynamic":
 		err = fold.Dynamic(out, res)
+	case "matmulnbits":
+		var nr *fold.NBitsResult
+		if nr, err = fold.MatMulNBits(out, res, nbits); err == nil {
+			r.NBitsWeights = len(nr.Converted)
+			for _, k := range nr.Kept {
+				r.Notes = append(r.Notes, "kept in qdq form: "+k)
+			}
+			if r.NBitsWeights == 0 {
+				err = fmt.Errorf("no weight product can be expressed as MatMulNBits (%s): export with --format qdq", strings.Join(nr.Kept, "; "))
+			} else {
+				// A blocked embedding table, now read only by its
+				// DequantizeLinear, is stored INT4 as in qdq.
+				err = int4(out, res, r)
+			}
+		}
 	}
 	if err != nil {
 		return nil, nil, err
@@ -91,10 +132,10 @@ func Export(m *graph.Model, format string, opts *Options) (*graph.Model, *Report
 	if err != nil {
 		return nil, nil, fmt.Errorf("read back the %s model: %w", format, err)
 	}
-	r := &Report{Format: format, Quantizers: res.Quantizers, Size: int64(len(data)), SourceSize: int64(len(src))}
+	r.Size, r.SourceSize = int64(len(data)), int64(len(src))
 	for _, t := range back.Graph().Initializer {
 		switch graph.TensorType(t) {
-		case graph.Int8, graph.Uint8:
+		case graph.Int8, graph.Uint8, graph.Int4, graph.Uint4:
 			if graph.NumElements(t.Dims) > 1 {
 				r.IntWeights++
 			}
@@ -104,6 +145,21 @@ func Export(m *graph.Model, format string, opts *Options) (*graph.Model, *Report
 		}
 	}
 	return back, r, nil
+}
+
+// int4 stores the remaining weights of 4 bits or fewer as INT4 where the
+// model's opset can be raised to fold.OpsetInt4, and notes why not
+// otherwise.
+func int4(m *graph.Model, res *fold.Result, r *Report) error {
+	ir, err := fold.Int4(m, res)
+	if err != nil {
+		return err
+	}
+	r.Int4Weights = len(ir.Converted)
+	if ir.Unraised != nil {
+		r.Notes = append(r.Notes, fmt.Sprintf("4-bit weights stored as int8 in [-8, 7], not INT4 (which needs opset %d): %v", fold.OpsetInt4, ir.Unraised))
+	}
+	return nil
 }
 
 func known(format string) bool {
@@ -134,7 +190,7 @@ func checkFolded(m *graph.Model, res *fold.Result) error {
 			// stored transposed under another name; nothing is float.
 			continue
 		}
-		if dt := graph.TensorType(t); dt != graph.Int8 && dt != graph.Uint8 {
+		if dt := graph.TensorType(t); dt != graph.Int8 && dt != graph.Uint8 && dt != graph.Int4 && dt != graph.Uint4 {
 			return fmt.Errorf("internal error: weight %q is stored as %s", f.Tensor, dt)
 		}
 	}

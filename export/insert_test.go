@@ -1,6 +1,7 @@
 package export
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -26,7 +27,7 @@ func TestInsertedModels(t *testing.T) {
 			p.WeightInit = quantize.InitMax
 			p.ActClipMax = 8
 			p.Granularity, p.BlockSize = quantize.Block, 32
-		}, nil}, // onnxruntime 1.30 fuses a blocked DequantizeLinear into a per-column kernel and fails: only Export is checked
+		}, []string{"matmulnbits"}}, // 8-bit blocked qdq runs in fp32 in onnxruntime 1.30 (at the basic level, see runtime): only Export is checked
 		{"6-bit", func(p *quantize.Params) {
 			p.WeightInit = quantize.InitMax
 			p.ActClipMax = 8
@@ -52,7 +53,7 @@ func TestInsertedModels(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if tc.formats == nil {
+			if !slices.Contains(tc.formats, "qdq") {
 				if _, _, err := Export(qat, "qdq", nil); err != nil {
 					t.Errorf("qdq: %v", err)
 				}

@@ -39,13 +39,20 @@ var bounds = map[string]struct {
 	"qdq":       {1, 0.995},
 	"qoperator": {1, 0.995},
 	"dynamic":   {2, 0.99},
+	// matmulnbits: the weights are the QAT model's, but accuracy level 4
+	// requantizes each activation block to int8 over its own range, a
+	// grid no coarser than the learned one with other boundaries, like
+	// dynamic.
+	"matmulnbits": {2, 0.99},
 }
 
-// intKernels are onnxruntime CPU kernels that compute in 8-bit integers.
+// intKernels are onnxruntime CPU kernels that compute in 8-bit integers
+// (MatMulNBits at the accuracy level 4 that export writes).
 var intKernels = map[string]bool{
 	"MatMulInteger": true, "MatMulIntegerToFloat": true, "DynamicQuantizeMatMul": true,
 	"QLinearMatMul": true, "QGemm": true, "QAttention": true, "QLinearConv": true,
 	"ConvInteger": true, "QEmbedLayerNormalization": true, "DynamicQuantizeLSTM": true,
+	"MatMulNBits": true,
 }
 
 // floatMatMuls are the float matrix kernels: a quantized weight read by
@@ -297,7 +304,13 @@ func projectionStep(qat *graph.Model, output string) (float64, bool) {
 	if !ok || len(sa) != 1 {
 		return 0, false
 	}
-	sw, w, tr, ok := dequantizedConst(m, mm.Input[1], true)
+	// The weight may be read through a Transpose after its
+	// DequantizeLinear (a blocked scale does not move past it).
+	wv, after := mm.Input[1], false
+	if p := m.Producer(wv); p != nil && p.OpType == "Transpose" && len(graph.IntsAttr(p, "perm")) <= 2 {
+		wv, after = p.Input[0], true
+	}
+	sw, w, tr, ok := dequantizedConst(m, wv, true)
 	if !ok || len(w.Dims) != 2 {
 		return 0, false
 	}
@@ -305,34 +318,64 @@ func projectionStep(qat *graph.Model, output string) (float64, bool) {
 	if err != nil {
 		return 0, false
 	}
-	// The product reads B = w, or wᵀ when exactly one of a Transpose and
-	// Gemm's transB turns it.
-	flip := tr != (mm.OpType == "Gemm" && graph.IntAttr(mm, "transB", 0) != 0)
+	// d indexes the DequantizeLinear's input, w or wᵀ (tr).
 	rows, cols := int(w.Dims[0]), int(w.Dims[1])
-	k, n := rows, cols
+	d0, d1 := rows, cols
+	if tr {
+		d0, d1 = cols, rows
+	}
+	scale, ok := scaleOf(m.Producer(wv), sw, d0, d1)
+	if !ok {
+		return 0, false
+	}
+	// The product reads B = d, or dᵀ under one of a Transpose after the
+	// DequantizeLinear and Gemm's transB.
+	flip := after != (mm.OpType == "Gemm" && graph.IntAttr(mm, "transB", 0) != 0)
+	k, n := d0, d1
 	if flip {
-		k, n = cols, rows
+		k, n = d1, d0
 	}
 	var best float64
 	for j := range n {
 		var sum float64
 		for i := range k {
-			e := q[i*cols+j]
+			a, b := i, j // d's coordinates
 			if flip {
-				e = q[j*cols+i]
+				a, b = j, i
 			}
-			s := sw[0]
-			switch len(sw) {
-			case n:
-				s = sw[j]
-			case k:
-				s = sw[i]
+			e := q[a*cols+b]
+			if tr {
+				e = q[b*cols+a]
 			}
-			sum += math.Abs(float64(e)) * float64(s)
+			sum += math.Abs(float64(e)) * float64(scale(a, b))
 		}
 		best = math.Max(best, sum)
 	}
 	return float64(sa[0]) * best, best > 0
+}
+
+// scaleOf returns the scale of element (i, j) of a DequantizeLinear d
+// whose input is a [d0, d1] matrix: per tensor, per axis or per block.
+func scaleOf(d *onnx.NodeProto, s []float32, d0, d1 int) (func(i, j int) float32, bool) {
+	axis := graph.IntAttr(d, "axis", 1)
+	if axis < 0 {
+		axis += 2
+	}
+	block := int(graph.IntAttr(d, "block_size", 0))
+	switch {
+	case len(s) == 1 && block == 0:
+		return func(int, int) float32 { return s[0] }, true
+	case block == 0 && axis == 0 && len(s) == d0:
+		return func(i, _ int) float32 { return s[i] }, true
+	case block == 0 && axis == 1 && len(s) == d1:
+		return func(_, j int) float32 { return s[j] }, true
+	case block > 0 && axis == 0 && len(s) == (d0+block-1)/block*d1:
+		return func(i, j int) float32 { return s[i/block*d1+j] }, true
+	case block > 0 && axis == 1 && len(s) == d0*((d1+block-1)/block):
+		nb := (d1 + block - 1) / block
+		return func(i, j int) float32 { return s[i*nb+j/block] }, true
+	}
+	return nil, false
 }
 
 // dequantizedConst returns the scale of the DequantizeLinear producing v

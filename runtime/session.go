@@ -4,19 +4,25 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
 	ort "github.com/yalue/onnxruntime_go"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
 
 // GraphOptimization is onnxruntime's graph optimization level. The zero
-// value keeps onnxruntime's default, which applies every optimization.
+// value keeps onnxruntime's default, which applies every optimization,
+// except for a model with blocked quantization, which runs at the basic
+// level (see lowerForBlocks).
 type GraphOptimization int
 
 // Graph optimization levels.
@@ -44,6 +50,12 @@ type Options struct {
 	// OptimizedModelPath, when set, makes onnxruntime write the graph it
 	// runs, after its optimizations, to this file.
 	OptimizedModelPath string
+	// NoSpinning stops the intra-op threads from spinning while they wait
+	// for work (onnxruntime's session.intra_op.allow_spinning = 0). On a
+	// machine shared with other processes a spinning thread burns the
+	// core the thread it waits for needs; long runs of large ops (a
+	// training step) lose nothing by sleeping instead.
+	NoSpinning bool
 }
 
 // Session is an onnxruntime session over one model. Run may be called
@@ -103,6 +115,13 @@ func OpenFile(path string, opts *Options) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
+	if opts.Optimization == OptimizeDefault {
+		blocked, err := fileBlockedDequantize(path)
+		if err != nil {
+			return nil, fmt.Errorf("%s: not a valid ONNX model (%v)", path, err)
+		}
+		opts = lowerForBlocks(opts, blocked)
+	}
 	s := newSession(path, in, out)
 	if err := s.fillRanks(func() ([]ort.InputOutputInfo, []ort.InputOutputInfo, error) { return ort.GetInputOutputInfo(path) }); err != nil {
 		return nil, err
@@ -133,6 +152,9 @@ func open(m *graph.Model, name string, opts *Options) (*Session, error) {
 	}
 	out = append(out, extraInfo...)
 	s := newSession(name, in, out)
+	if opts.Optimization == OptimizeDefault {
+		opts = lowerForBlocks(opts, hasBlockedDequantize(m))
+	}
 	so, err := sessionOptions(opts)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %v", name, err)
@@ -180,6 +202,121 @@ func open(m *graph.Model, name string, opts *Options) (*Session, error) {
 	}
 	s.startProfile(opts)
 	return s, nil
+}
+
+// Blocked quantization and the default optimization level: onnxruntime
+// 1.30 fuses a blocked DequantizeLinear of 8-bit integers → MatMul into
+// MatMulIntegerToFloat at its default level, and that kernel rejects
+// per-block scales when it runs ("Per-column quantization parameter of
+// batched matrix should have same dimension …"). So a model in which a
+// blocked DequantizeLinear (block_size > 0) feeds a MatMul or Gemm and does
+// not read a stored INT4/UINT4 tensor (a QAT model, whose integers are
+// computed int8) runs at the basic level (constant folding, no fusions)
+// unless Options.Optimization names a level. Blocked INT4 weights
+// (export's qdq form) are not fused that way and keep the default level.
+
+// lowerForBlocks returns opts with OptimizeBasic when blocked is set.
+func lowerForBlocks(opts *Options, blocked bool) *Options {
+	if !blocked {
+		return opts
+	}
+	o := *opts
+	o.Optimization = OptimizeBasic
+	return &o
+}
+
+// blockedProduct reports whether one of nodes is a blocked
+// DequantizeLinear that feeds a MatMul or Gemm and whose input int4 does
+// not report as a 4-bit initializer.
+func blockedProduct(nodes []*onnx.NodeProto, int4 func(string) bool) bool {
+	products := map[string]bool{}
+	for _, n := range nodes {
+		if n.OpType == "MatMul" || n.OpType == "Gemm" {
+			for _, in := range n.Input {
+				products[in] = true
+			}
+		}
+	}
+	return slices.ContainsFunc(nodes, func(n *onnx.NodeProto) bool {
+		return n.OpType == "DequantizeLinear" && (n.Domain == "" || n.Domain == "ai.onnx") &&
+			graph.IntAttr(n, "block_size", 0) > 0 && len(n.Input) > 0 && !int4(n.Input[0]) &&
+			len(n.Output) > 0 && products[n.Output[0]]
+	})
+}
+
+// hasBlockedDequantize applies blockedProduct to an in-memory model.
+func hasBlockedDequantize(m *graph.Model) bool {
+	return blockedProduct(m.Graph().Node, func(v string) bool {
+		t := m.Initializer(v)
+		return t != nil && (graph.TensorType(t) == graph.Int4 || graph.TensorType(t) == graph.Uint4)
+	})
+}
+
+// fileBlockedDequantize applies blockedProduct to a model file,
+// decoding only its nodes and its initializers' names and types (the file
+// is mapped, as fileIO does, so that large weights are not read twice).
+func fileBlockedDequantize(path string) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	data, err := syscall.Mmap(int(f.Fd()), 0, int(st.Size()), syscall.PROT_READ, syscall.MAP_SHARED)
+	if err != nil {
+		return false, err
+	}
+	defer syscall.Munmap(data)
+	const (
+		graphNode      = 1 // GraphProto.node
+		tensorDataType = 2 // TensorProto.data_type
+	)
+	var nodes []*onnx.NodeProto
+	int4 := map[string]bool{}
+	err = scanFields(data, func(num protowire.Number, v []byte) error {
+		if num != modelGraph {
+			return nil
+		}
+		return scanFields(v, func(num protowire.Number, v []byte) error {
+			switch num {
+			case graphNode:
+				n := &onnx.NodeProto{}
+				if err := proto.Unmarshal(v, n); err != nil {
+					return err
+				}
+				switch n.OpType {
+				case "DequantizeLinear", "MatMul", "Gemm":
+					nodes = append(nodes, n)
+				}
+			case graphInitializer:
+				name, err := tensorNameOf(v)
+				if err != nil {
+					return err
+				}
+				for b := v; len(b) > 0; {
+					num, typ, n := protowire.ConsumeTag(b)
+					if n < 0 {
+						return protowire.ParseError(n)
+					}
+					b = b[n:]
+					if num == tensorDataType && typ == protowire.VarintType {
+						dt, _ := protowire.ConsumeVarint(b)
+						int4[name] = graph.DataType(dt) == graph.Int4 || graph.DataType(dt) == graph.Uint4
+						break
+					}
+					if n = protowire.ConsumeFieldValue(num, typ, b); n < 0 {
+						return protowire.ParseError(n)
+					}
+					b = b[n:]
+				}
+			}
+			return nil
+		})
+	})
+	return blockedProduct(nodes, func(v string) bool { return int4[v] }), err
 }
 
 // saveExternal writes m with external data into a temporary directory,
@@ -367,6 +504,11 @@ func setOptions(so *ort.SessionOptions, opts *Options) error {
 			return err
 		}
 	}
+	if opts.NoSpinning {
+		if err := so.AddSessionConfigEntry("session.intra_op.allow_spinning", "0"); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -390,6 +532,15 @@ func (s *Session) Outputs() []IOInfo { return append([]IOInfo(nil), s.outputs...
 // The inputs' Go slices are read in place; the outputs are new slices.
 // onnxruntime computes every output of the session whichever are named.
 func (s *Session) Run(inputs map[string]*Tensor, outputs ...string) (map[string]*Tensor, error) {
+	return s.RunInto(inputs, nil, outputs...)
+}
+
+// RunInto is Run with caller-owned buffers for some outputs: onnxruntime
+// writes the output of each name in into into that tensor's Data (of the
+// result's shape and type), and the result holds that same
+// tensor. It spares the allocation and copy of large outputs that a loop
+// reads every time, such as a training step's gradients. into may be nil.
+func (s *Session) RunInto(inputs, into map[string]*Tensor, outputs ...string) (map[string]*Tensor, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
@@ -418,7 +569,23 @@ func (s *Session) Run(inputs map[string]*Tensor, outputs ...string) (map[string]
 	}
 	out := make([]ort.Value, len(s.outputs))
 	defer destroyAll(out)
+	for name := range into {
+		if _, ok := s.outIdx[name]; !ok {
+			return nil, fmt.Errorf("%s: RunInto: unknown output %q", s.name, name)
+		}
+	}
 	for i, info := range s.outputs {
+		if t := into[info.Name]; t != nil {
+			if err := t.check(); err != nil || info.Elem != graph.Undefined && t.DType() != info.Elem {
+				return nil, fmt.Errorf("%s: RunInto: output %q needs a %s buffer, given %s", s.name, info.Name, info.typeString(), t)
+			}
+			v, err := newValue(t)
+			if err != nil {
+				return nil, fmt.Errorf("%s: output %q: %v", s.name, info.Name, err)
+			}
+			out[i] = v
+			continue
+		}
 		// The binding cannot turn a rank-0 result it allocated into a
 		// Go value, so scalar outputs get a buffer of their own.
 		if info.Dims != nil && len(info.Dims) == 0 {
@@ -434,6 +601,18 @@ func (s *Session) Run(inputs map[string]*Tensor, outputs ...string) (map[string]
 	}
 	res := make(map[string]*Tensor, len(outputs))
 	for _, o := range outputs {
+		if t := into[o]; t != nil {
+			if len(t.Shape) == 0 {
+				// A scalar's value is a copy (see wrap): read it back.
+				v, err := fromValue(out[s.outIdx[o]])
+				if err != nil {
+					return nil, fmt.Errorf("%s: output %q: %v", s.name, o, err)
+				}
+				reflect.Copy(reflect.ValueOf(t.Data), reflect.ValueOf(v.Data))
+			}
+			res[o] = t
+			continue
+		}
 		t, err := fromValue(out[s.outIdx[o]])
 		if err != nil {
 			return nil, fmt.Errorf("%s: output %q: %v", s.name, o, err)

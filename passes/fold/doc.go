@@ -6,10 +6,16 @@
 // Fold evaluates that arithmetic into constant scales and stores quantized
 // weights as integers (the qdq form); QOperator and Dynamic then rewrite
 // the qdq form's matrix products into onnxruntime's integer kernels with
-// static or per-batch activation scales.
+// static or per-batch activation scales. For weights of 4 bits or fewer,
+// Int4 stores the qdq form's integers as ONNX INT4 initializers (opset 21,
+// raised by RaiseOpset where no node changed meaning), and MatMulNBits
+// rewrites the weight products into onnxruntime's weight-only quantized
+// MatMulNBits (packed 2-, 4- or 8-bit weights, per-block scales).
 //
 // Every rewrite states what it rounds: Fold's integers and scales are
 // bit-identical to what the QAT graph computes on the fly; QOperator
 // changes only the order of float operations (integer accumulation, one
-// rescale); Dynamic replaces the learned activation ranges by each batch's.
+// rescale); Dynamic replaces the learned activation ranges by each batch's;
+// Int4 and MatMulNBits store the very same integers and scales (MatMulNBits
+// at accuracy level 4 requantizes its input per block to int8).
 package fold

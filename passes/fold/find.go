@@ -168,10 +168,9 @@ func (q *quantizer) resolve(m *graph.Model) error {
 			q.scale[i] = max32(c, tv[0]) / qv[0]
 		}
 		q.scaleDims = clipT.Dims
-		if len(clipT.Dims) > 1 {
-			if perm == nil {
-				perm = transposePerm(&onnx.NodeProto{}, len(clipT.Dims))
-			}
+		if perm != nil && len(clipT.Dims) > 1 {
+			// The clip is laid out [C, K/block]; a weight stored [K, C]
+			// reads it through a Transpose.
 			q.scale, q.scaleDims = transpose(q.scale, clipT.Dims, perm)
 		}
 		q.clipInit = clip
