@@ -84,6 +84,9 @@ func exportAction(c *cli.Context) error {
 	fmt.Fprintf(w, "check against the QAT model on %d positions: max abs error %.4g (bound %.4g), top-1 agreement %.2f%% (min %.1f%%)\n",
 		ver.Positions, ver.MaxAbsErr, ver.Bound, 100*ver.Top1, 100*ver.MinTop1)
 	fmt.Fprintf(w, "onnxruntime ran %d integer matrix kernels and %d float MatMul/Gemm\n", ver.IntKernels, ver.FloatMatMuls)
+	for _, n := range rep.Notes {
+		fmt.Fprintf(w, "note: %s\n", n)
+	}
 	return nil
 }
 
