@@ -49,7 +49,7 @@ func exportAction(c *cli.Context) error {
 		return err
 	}
 	format := c.String("format")
-	m, err := graph.Load(path)
+	m, err := loadModel(path)
 	if err != nil {
 		return err
 	}

@@ -186,7 +186,7 @@ func insertAction(c *cli.Context) error {
 	default:
 		return usagef("--calib-method %q: want minmax, percentile or mse", method)
 	}
-	m, err := graph.Load(path)
+	m, err := loadModel(path)
 	if err != nil {
 		return err
 	}

@@ -38,7 +38,7 @@ func inspectAction(c *cli.Context) error {
 	if c.IsSet("plot") && (!c.IsSet("tensor") || c.String("plot") == "") {
 		return usagef("--plot FILE.png draws one weight: name it with --tensor NAME")
 	}
-	m, err := graph.Load(path)
+	m, err := loadModel(path)
 	if err != nil {
 		return err
 	}

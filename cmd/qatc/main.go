@@ -13,6 +13,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/qatc/qatc/graph"
 	"github.com/urfave/cli/v2"
 )
 
@@ -169,4 +170,25 @@ func reorderArgs(app *cli.App, args []string) []string {
 		out = append(out, positional...)
 	}
 	return out
+}
+
+// loadModel reads a model and checks its structure, so that every command
+// refuses a broken graph (a cycle, a dangling input, a value written
+// twice) with one line naming the node. Nodes merely out of order are put
+// in order.
+func loadModel(path string) (*graph.Model, error) {
+	m, err := graph.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	if m.Validate() == nil {
+		return m, nil
+	}
+	if err := m.TopoSort(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return m, nil
 }

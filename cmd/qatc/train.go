@@ -8,7 +8,6 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/passes/quantize"
 	"github.com/qatc/qatc/train"
 	"github.com/urfave/cli/v2"
@@ -108,7 +107,7 @@ func trainAction(c *cli.Context, qat bool) error {
 	if err != nil {
 		return usagef("--schedule: %v", err)
 	}
-	m, err := graph.Load(path)
+	m, err := loadModel(path)
 	if err != nil {
 		return err
 	}
