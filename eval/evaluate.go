@@ -20,6 +20,11 @@ type ModelSpec struct {
 	// Roles names the model's inputs and output; empty fields are found
 	// by shape (FindRoles).
 	Roles Roles
+	// Stepper, when set, decodes instead of an onnxruntime session over
+	// Path (a model in another format, such as a LightSeq file run by its
+	// reference decoder); Vocab is then its vocabulary size.
+	Stepper Stepper
+	Vocab   int
 }
 
 // EvalOptions configure Evaluate.
@@ -49,6 +54,10 @@ type Row struct {
 	ChrF  *ChrF  `json:"chrf"`
 	// DeltaBLEU is BLEU.Score minus the first model's.
 	DeltaBLEU float64 `json:"delta_bleu"`
+	// Agreement is the share of token positions where this model's
+	// translations equal the first model's (position by position, over
+	// the longer of each pair).
+	Agreement float64 `json:"token_agreement"`
 	// SizeBytes is the model file plus its external-data files.
 	SizeBytes int64 `json:"size_bytes"`
 	// DecodeSeconds is the wall time of decoding all sentences.
@@ -57,6 +66,8 @@ type Row struct {
 	SentencesPerSecond float64 `json:"sentences_per_second"`
 	// Hypotheses are the detokenized translations, one per source line.
 	Hypotheses []string `json:"hypotheses,omitempty"`
+
+	ids [][]int64
 }
 
 // Evaluate translates src with each model, scores the translations against
@@ -103,11 +114,10 @@ func Evaluate(models []ModelSpec, src, ref []string, opts EvalOptions) ([]Row, e
 		if err != nil {
 			return nil, err
 		}
-		row.DeltaBLEU = row.BLEU.Score
+		row.DeltaBLEU, row.Agreement = 0, 1
 		if len(rows) > 0 {
-			row.DeltaBLEU -= rows[0].BLEU.Score
-		} else {
-			row.DeltaBLEU = 0
+			row.DeltaBLEU = row.BLEU.Score - rows[0].BLEU.Score
+			row.Agreement = TokenAgreement(rows[0].ids, row.ids)
 		}
 		rows = append(rows, *row)
 	}
@@ -126,22 +136,36 @@ func evaluateOne(spec ModelSpec, srcIDs [][]int64, ref []string, ttok Tokenizer,
 	if name == "" {
 		name = filepath.Base(spec.Path)
 	}
-	size, err := ModelSize(spec.Path)
-	if err != nil {
-		return nil, err
-	}
-	sess, err := runtime.OpenFile(spec.Path, &runtime.Options{Threads: opts.Threads})
-	if err != nil {
-		return nil, err
-	}
-	defer sess.Close()
-	m, err := NewSeq2Seq(spec.Path, sess, spec.Roles)
-	if err != nil {
-		return nil, err
-	}
-	vocab, err := m.Vocab(dopts.Special)
-	if err != nil {
-		return nil, err
+	var (
+		m     Stepper
+		roles Roles
+		vocab int
+		size  int64
+	)
+	if spec.Stepper != nil {
+		st, err := os.Stat(spec.Path)
+		if err != nil {
+			return nil, err
+		}
+		m, vocab, size = spec.Stepper, spec.Vocab, st.Size()
+	} else {
+		var err error
+		if size, err = ModelSize(spec.Path); err != nil {
+			return nil, err
+		}
+		sess, err := runtime.OpenFile(spec.Path, &runtime.Options{Threads: opts.Threads})
+		if err != nil {
+			return nil, err
+		}
+		defer sess.Close()
+		s2s, err := NewSeq2Seq(spec.Path, sess, spec.Roles)
+		if err != nil {
+			return nil, err
+		}
+		if vocab, err = s2s.Vocab(dopts.Special); err != nil {
+			return nil, err
+		}
+		m, roles = s2s, s2s.Roles
 	}
 	if err := CheckVocab(ttok, nameOr(opts.TgtTokName, "the SentencePiece model"), vocab, spec.Path); err != nil {
 		return nil, err
@@ -163,8 +187,10 @@ func evaluateOne(spec ModelSpec, srcIDs [][]int64, ref []string, ttok Tokenizer,
 	secs := time.Since(start).Seconds()
 
 	text := make([]string, len(hyps))
+	ids := make([][]int64, len(hyps))
 	for i, h := range hyps {
 		text[i] = ttok.Decode(h.IDs)
+		ids[i] = h.IDs
 	}
 	bleu, err := CorpusBLEU(text, ref)
 	if err != nil {
@@ -176,11 +202,32 @@ func evaluateOne(spec ModelSpec, srcIDs [][]int64, ref []string, ttok Tokenizer,
 	}
 	n := float64(len(hyps))
 	return &Row{
-		Model: name, Path: spec.Path, Roles: m.Roles,
+		Model: name, Path: spec.Path, Roles: roles,
 		BLEU: bleu, ChrF: chrf, SizeBytes: size,
 		DecodeSeconds: secs, MsPerSentence: 1000 * secs / n, SentencesPerSecond: n / secs,
-		Hypotheses: text,
+		Hypotheses: text, ids: ids,
 	}, nil
+}
+
+// TokenAgreement is the share of token positions at which the
+// translations b equal a, position by position over the longer of each
+// pair: 1 when they are identical, lower for every substituted, missing
+// or extra token.
+func TokenAgreement(a, b [][]int64) float64 {
+	same, total := 0, 0
+	for i := range a {
+		n := max(len(a[i]), len(b[i]))
+		total += n
+		for j := range min(len(a[i]), len(b[i])) {
+			if a[i][j] == b[i][j] {
+				same++
+			}
+		}
+	}
+	if total == 0 {
+		return 1
+	}
+	return float64(same) / float64(total)
 }
 
 // ModelSize returns the bytes an ONNX model takes on disk: the file and

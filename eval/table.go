@@ -92,19 +92,20 @@ func FormatBytes(n int64) string {
 // EvalTable returns the header and cells of the evaluation table: model,
 // BLEU, ΔBLEU, chrF, size, decoding time, ms/sentence and sentences/s.
 func EvalTable(rows []Row) ([]string, [][]string) {
-	header := []string{"model", "BLEU", "ΔBLEU", "chrF", "size", "decode s", "ms/sent", "sent/s"}
+	header := []string{"model", "BLEU", "ΔBLEU", "chrF", "same tokens", "size", "decode s", "ms/sent", "sent/s"}
 	cells := make([][]string, len(rows))
 	for i, r := range rows {
-		delta := "-"
+		delta, agree := "-", "-"
 		if i > 0 {
 			delta = fmt.Sprintf("%+.2f", r.DeltaBLEU)
+			agree = fmt.Sprintf("%.2f%%", 100*r.Agreement)
 		}
 		chrf := "-"
 		if r.ChrF != nil {
 			chrf = fmt.Sprintf("%.2f", r.ChrF.Score)
 		}
 		cells[i] = []string{
-			r.Model, fmt.Sprintf("%.2f", r.BLEU.Score), delta, chrf, FormatBytes(r.SizeBytes),
+			r.Model, fmt.Sprintf("%.2f", r.BLEU.Score), delta, chrf, agree, FormatBytes(r.SizeBytes),
 			fmt.Sprintf("%.2f", r.DecodeSeconds), fmt.Sprintf("%.1f", r.MsPerSentence), fmt.Sprintf("%.1f", r.SentencesPerSecond),
 		}
 	}

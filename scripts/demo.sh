@@ -52,6 +52,6 @@ step "6. export the fine-tuned model: int8 ONNX (qoperator, qdq) and a LightSeq 
 step "7. one int8 weight, as NeurST's viewer prints it"
 "$qatc" inspect "$out/qat.int8.onnx" --tensor encoder/layer_0/ffn/dense1/kernel
 
-step "8. translate the test set: fp32, PTQ int8, QAT int8"
-"$qatc" eval "$fp32" "$out/ptq.int8.onnx" "$out/qat.int8.onnx" \
+step "8. translate the test set: fp32, PTQ int8, QAT int8, and the LightSeq file (qatc's reference decoder of LightSeq's int8 numerics)"
+"$qatc" eval "$fp32" "$out/ptq.int8.onnx" "$out/qat.int8.onnx" "$out/model.lightseq.pb" \
   --src "$c/test.src" --ref "$c/test.tgt" --spm "$spm" --threads "$threads" --hyp-dir "$out/hyp" | tee "$out/eval.txt"

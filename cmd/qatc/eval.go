@@ -8,13 +8,14 @@ import (
 	"strings"
 
 	"github.com/qatc/qatc/eval"
+	"github.com/qatc/qatc/export/lightseq"
 	"github.com/urfave/cli/v2"
 )
 
 func evalCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "eval",
-		Usage:     "translate with each model and score BLEU (sacreBLEU's defaults), with size and decoding latency",
+		Usage:     "translate with each model (ONNX, or a LightSeq .pb run by qatc's reference decoder) and score BLEU (sacreBLEU's defaults), with token agreement, size and decoding latency",
 		ArgsUsage: "MODEL ...",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "src", Usage: "source sentences, one per line", Required: true},
@@ -88,7 +89,21 @@ func evalAction(c *cli.Context) error {
 	roles := eval.Roles{Src: c.String("src-input"), Tgt: c.String("tgt-input"), Logits: c.String("logits-output")}
 	var specs []eval.ModelSpec
 	for _, p := range c.Args().Slice() {
-		specs = append(specs, eval.ModelSpec{Path: p, Roles: roles})
+		spec := eval.ModelSpec{Path: p, Roles: roles}
+		if strings.HasSuffix(p, ".pb") {
+			// A LightSeq file, translated by the Go reference decoder of
+			// LightSeq's int8 numerics.
+			qt, err := lightseq.Read(p)
+			if err != nil {
+				return err
+			}
+			ref, err := lightseq.NewReference(qt)
+			if err != nil {
+				return fmt.Errorf("%s: %w", p, err)
+			}
+			spec.Stepper, spec.Vocab = ref, ref.Vocab
+		}
+		specs = append(specs, spec)
 	}
 	prog := map[string]*progress{}
 	opts.Progress = func(model string, done, total int) {

@@ -2,6 +2,7 @@ package lightseq
 
 import (
 	"fmt"
+	"github.com/qatc/qatc/runtime"
 	"math"
 
 	"github.com/qatc/qatc/export/lightseq/lspb"
@@ -21,6 +22,10 @@ type Reference struct {
 	// Epsilon is the LayerNorm epsilon (LightSeq's kernels do not read it
 	// from the file).
 	Epsilon float32
+
+	// enc caches encoder outputs by source sentence for NextLogits, which
+	// sees the same sources at every decoding step.
+	enc map[string][]float32
 }
 
 // NewReference checks qt and prepares it for decoding.
@@ -401,4 +406,46 @@ func (r *Reference) TeacherForced(src, tgt []int64) ([][]float32, error) {
 		}
 	}
 	return out, nil
+}
+
+// NextLogits returns, for each row of src [rows, S] and tgt [rows, T]
+// (padded with the file's padding id), the logits after the row's target
+// prefix, [rows × vocab] row-major: the form of one decoding step that
+// eval.Decode steps through, so that a LightSeq file can be evaluated like
+// an ONNX model.
+func (r *Reference) NextLogits(src, tgt *runtime.Tensor) ([]float32, int, error) {
+	if len(src.Shape) != 2 || len(tgt.Shape) != 2 || src.Shape[0] != tgt.Shape[0] {
+		return nil, 0, fmt.Errorf("lightseq reference: want source and target ids [rows, len], got %v and %v", src.Shape, tgt.Shape)
+	}
+	if r.enc == nil {
+		r.enc = map[string][]float32{}
+	}
+	rows, sl, tl := int(src.Shape[0]), int(src.Shape[1]), int(tgt.Shape[1])
+	pad := int64(r.qt.ModelConf.SrcPaddingId)
+	out := make([]float32, 0, rows*r.Vocab)
+	for i := range rows {
+		s := src.Int64s()[i*sl : (i+1)*sl]
+		for len(s) > 0 && s[len(s)-1] == pad {
+			s = s[:len(s)-1]
+		}
+		key := fmt.Sprint(s)
+		enc, ok := r.enc[key]
+		if !ok {
+			var err error
+			if enc, err = r.Encode(s); err != nil {
+				return nil, 0, err
+			}
+			r.enc[key] = enc
+		}
+		t := tgt.Int64s()[i*tl : (i+1)*tl]
+		for len(t) > 1 && t[len(t)-1] == pad {
+			t = t[:len(t)-1]
+		}
+		logits, err := r.Logits(s, enc, t)
+		if err != nil {
+			return nil, 0, err
+		}
+		out = append(out, logits...)
+	}
+	return out, r.Vocab, nil
 }
