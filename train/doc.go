@@ -27,7 +27,18 @@
 // embedding table) are rebuilt from it in every graph the loop runs and
 // written back with it.
 //
-// BenchmarkFinetune measures training throughput (QATC_BENCH_PRESET=base
-// for the transformer-base figure); TestQATRecovers, run with
+// A step's Go side is kept small: the session writes the gradients
+// straight into the optimizer's buffers (runtime.Session.RunInto), the
+// optimizer updates in parallel over fixed chunks (so that results do not
+// depend on the number of cores), onnxruntime's threads sleep rather
+// than spin between ops (runtime.Options.NoSpinning), which on a shared
+// machine leaves the cores to the work, and the session allocates from
+// its arena instead of a per-run memory pattern (NoMemPattern), whose
+// block of kept activations would be faulted in again on every step.
+//
+// BenchmarkFinetune measures training throughput at issue 4's batch of
+// 16 × 32 × 32 tokens (QATC_BENCH_PRESET=base for the transformer-base
+// figure), split into the session's run and the update, and
+// BenchmarkForward the forward pass alone; TestQATRecovers, run with
 // QATC_LONG_TESTS=1, is the fp32 → QAT → fine-tune experiment at test scale.
 package train

@@ -7,6 +7,9 @@ import (
 	"hash/crc32"
 	"math"
 	"os"
+	goruntime "runtime"
+	"sync"
+	"sync/atomic"
 
 	"github.com/qatc/qatc/graph"
 )
@@ -86,13 +89,75 @@ func NewOptimizer(cfg OptimizerConfig, params []*Param) (*Optimizer, error) {
 
 // GradNorm returns the global L2 norm of the gradients.
 func (o *Optimizer) GradNorm() float64 {
-	var s float64
-	for _, p := range o.Params {
-		for _, g := range p.Grad {
+	chunks := o.chunks()
+	sums := make([]float64, len(chunks))
+	parallel(len(chunks), func(c int) {
+		var s float64
+		for _, g := range chunks[c].grad() {
 			s += float64(g) * float64(g)
 		}
+		sums[c] = s
+	})
+	// Summed in chunk order, so that the norm does not depend on how the
+	// chunks were shared out.
+	var s float64
+	for _, v := range sums {
+		s += v
 	}
 	return math.Sqrt(s)
+}
+
+// chunk is a range of one parameter's elements, the unit of the
+// optimizer's parallel loops.
+type chunk struct {
+	k, lo, hi int // o.Params[k].Data[lo:hi]
+	p         *Param
+}
+
+func (c chunk) grad() []float32 { return c.p.Grad[c.lo:c.hi] }
+
+// chunkSize is the elements per chunk: large enough that scheduling costs
+// nothing, small enough that two workers share a transformer's few large
+// matrices evenly.
+const chunkSize = 1 << 16
+
+// chunks splits the parameters into chunks, in a fixed order.
+func (o *Optimizer) chunks() []chunk {
+	var cs []chunk
+	for k, p := range o.Params {
+		for lo := 0; lo < len(p.Grad); lo += chunkSize {
+			cs = append(cs, chunk{k: k, lo: lo, hi: min(lo+chunkSize, len(p.Grad)), p: p})
+		}
+	}
+	return cs
+}
+
+// parallel runs f(0) … f(n-1) on GOMAXPROCS goroutines: the optimizer runs
+// between the session's runs, when the cores onnxruntime uses are idle.
+func parallel(n int, f func(i int)) {
+	workers := min(goruntime.GOMAXPROCS(0), n)
+	if workers <= 1 {
+		for i := range n {
+			f(i)
+		}
+		return
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				f(i)
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // Step applies one update with each group's learning rate multiplied by
@@ -112,14 +177,23 @@ func (o *Optimizer) Step(factor float64) (float64, error) {
 	b1, b2, eps := o.Config.Beta1, o.Config.Beta2, o.Config.Eps
 	bc1 := 1 - math.Pow(b1, float64(o.Steps))
 	bc2 := 1 - math.Pow(b2, float64(o.Steps))
-	for k, p := range o.Params {
+	// PyTorch's form: p −= (lr/bc1)·m / (√v/√bc2 + ε), one division and
+	// one square root per element.
+	rsqrtBc2 := 1 / math.Sqrt(bc2)
+	adamW := o.Config.AdamW
+	chunks := o.chunks()
+	parallel(len(chunks), func(c int) {
+		ch := chunks[c]
+		p := ch.p
 		lr := p.Group.LR * factor
 		wd := p.Group.WeightDecay
-		m, v := o.m[k], o.v[k]
-		for i, g32 := range p.Grad {
-			w := float64(p.Data[i])
+		stepSize := lr / bc1
+		data, grad := p.Data[ch.lo:ch.hi], p.Grad[ch.lo:ch.hi]
+		m, v := o.m[ch.k][ch.lo:ch.hi], o.v[ch.k][ch.lo:ch.hi]
+		for i, g32 := range grad {
+			w := float64(data[i])
 			g := float64(g32) * scale
-			if o.Config.AdamW {
+			if adamW {
 				w -= lr * wd * w
 			} else {
 				g += wd * w
@@ -127,10 +201,10 @@ func (o *Optimizer) Step(factor float64) (float64, error) {
 			mi := b1*float64(m[i]) + (1-b1)*g
 			vi := b2*float64(v[i]) + (1-b2)*g*g
 			m[i], v[i] = float32(mi), float32(vi)
-			w -= lr * (mi / bc1) / (math.Sqrt(vi/bc2) + eps)
-			p.Data[i] = float32(w)
+			w -= stepSize * mi / (math.Sqrt(vi)*rsqrtBc2 + eps)
+			data[i] = float32(w)
 		}
-	}
+	})
 	return norm, nil
 }
 

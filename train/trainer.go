@@ -154,6 +154,10 @@ type Trainer struct {
 	plan    Plan
 	lastCkp string // the newest checkpoint written or resumed from
 	ckpStep int64  // its step (-1: none)
+
+	// runTime and updateTime add up Step's time in the training session
+	// and in the optimizer (BenchmarkFinetune reports them).
+	runTime, updateTime time.Duration
 }
 
 // NewTrainer builds the training graph of m and opens the sessions. m's
@@ -306,7 +310,13 @@ func (t *Trainer) initParams() error {
 // openSessions opens the training session, the teacher's when the loss
 // distills and the evaluation session when there is validation data.
 func (t *Trainer) openSessions() error {
-	opts := &runtime.Options{Threads: t.cfg.Threads}
+	// Threads sleep rather than spin between ops: a training step is a
+	// long chain of large ops, and on a shared machine a spinning thread
+	// takes the core its partner (or the next op) needs. Tensors come
+	// from the arena rather than a per-run memory pattern, whose block
+	// (every activation the backward pass keeps) is faulted in afresh on
+	// every step.
+	opts := &runtime.Options{Threads: t.cfg.Threads, NoSpinning: true, NoMemPattern: true}
 	var err error
 	if t.sess, err = runtime.Open(t.tg.Model, opts); err != nil {
 		return fmt.Errorf("training graph: %v", err)
@@ -456,7 +466,15 @@ func (t *Trainer) Step() (loss, gradNorm float64, err error) {
 		}
 		in[teacherInput] = out[t.roles.Logits]
 	}
-	out, err := t.sess.Run(in)
+	// The session writes the gradients straight into the buffers the
+	// optimizer reads.
+	grads := make(map[string]*runtime.Tensor, len(t.params))
+	for _, p := range t.params {
+		grads[t.tg.Grads[p.Name]] = runtime.Float32(p.Dims, p.Grad)
+	}
+	start := time.Now()
+	out, err := t.sess.RunInto(in, grads)
+	t.runTime += time.Since(start)
 	if err != nil {
 		return 0, 0, fmt.Errorf("step %d: %v", step, err)
 	}
@@ -468,15 +486,9 @@ func (t *Trainer) Step() (loss, gradNorm float64, err error) {
 	if math.IsNaN(loss) || math.IsInf(loss, 0) {
 		return loss, 0, nanErr(fmt.Sprintf("the loss is %g", loss))
 	}
-	for _, p := range t.params {
-		g := out[t.tg.Grads[p.Name]]
-		if g == nil || g.Len() != len(p.Grad) {
-			return loss, 0, fmt.Errorf("step %d: the training graph gave no gradient of %d values for %q", step, len(p.Grad), p.Name)
-		}
-		// The output is a fresh slice: the optimizer reads it directly.
-		p.Grad = g.Float32s()
-	}
+	start = time.Now()
 	gradNorm, err = t.opt.Step(t.sched.Factor(step))
+	t.updateTime += time.Since(start)
 	if err != nil {
 		return loss, gradNorm, nanErr(err.Error())
 	}

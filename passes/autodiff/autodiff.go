@@ -137,6 +137,7 @@ func Build(m *graph.Model, opts Options) (*graph.Model, *Info, error) {
 	if b.quant, err = findQuantUnits(tm, b.f); err != nil {
 		return nil, nil, err
 	}
+	unsignActivations(b)
 	forward := append([]*onnx.NodeProto(nil), tm.Graph().Node...)
 
 	params, err := choosePar(b, forward, logits, opts)
@@ -208,15 +209,23 @@ func Build(m *graph.Model, opts Options) (*graph.Model, *Info, error) {
 	g.Output = nil
 	tm.Reindex()
 	tm.AddOutput(LossOutput, b.f.Elem(logits), []int64{})
+	// A gradient computed by a node of its own is renamed to its output's
+	// name; an Identity would copy every gradient once more per step.
+	rename := map[string]string{}
 	for _, p := range info.Params {
 		gv := b.grad(p.Name)
 		if gv == "" {
 			b.node = nil
 			gv = b.zerosLike(p.Name)
 		}
-		tm.Op("Identity", "", []string{gv}, []string{p.Grad})
+		if _, done := rename[gv]; !done && tm.Producer(gv) != nil && !tm.IsGraphOutput(gv) {
+			rename[gv] = p.Grad
+		} else {
+			tm.Op("Identity", "", []string{gv}, []string{p.Grad})
+		}
 		tm.AddOutput(p.Grad, b.f.Elem(p.Name), p.Shape)
 	}
+	renameAll(tm, rename)
 	prune(tm)
 	if err := tm.TopoSort(); err != nil {
 		return nil, nil, err
@@ -360,6 +369,77 @@ func raiseOpset(b *builder, nodes []*onnx.NodeProto) {
 	if b.m.Proto.IrVersion < 8 {
 		b.m.Proto.IrVersion = 8
 	}
+}
+
+// unsignActivations moves the signed 8-bit activation quantizers that
+// feed a MatMul's left operand to uint8 with zero point 128. The grid and
+// every value after DequantizeLinear stay the same (q+128 saturates at 0
+// and 255 exactly where q saturates at -128 and 127), but onnxruntime's
+// x86 kernels fuse DequantizeLinear → MatMul into an integer product only
+// for an unsigned left operand, which makes the forward matmuls of a
+// training step 2-3× faster. Weights stay signed (the right operand);
+// quantizers with an integer Clip in between, or whose integers another
+// node reads too, are left alone.
+func unsignActivations(b *builder) {
+	zp128 := ""
+	for _, u := range b.quant {
+		if u.clip != nil || b.m.Initializer(u.x) != nil || b.f.Elem(u.q.Output[0]) != graph.Int8 || len(b.m.Consumers(u.q.Output[0])) != 1 {
+			continue
+		}
+		if z := in(u.q, 2); z == "" || in(u.dq, 2) != z || b.f.Rank(u.scale) != 0 {
+			continue
+		}
+		if vals, ok := b.f.ints(in(u.q, 2)); !ok || len(vals) != 1 || vals[0] != 0 {
+			continue
+		}
+		left := false
+		for _, c := range b.m.Consumers(u.dq.Output[0]) {
+			left = left || c.OpType == "MatMul" && (c.Domain == "" || c.Domain == "ai.onnx") && c.Input[0] == u.dq.Output[0]
+		}
+		if !left {
+			continue
+		}
+		if zp128 == "" {
+			zp128 = b.m.UniqueName("grad/uint8_zero_point")
+			b.m.AddInitializer(graph.Uint8Tensor(zp128, nil, []uint8{128}))
+			b.f.set(zp128, graph.Uint8, 0)
+		}
+		u.q.Input[2], u.dq.Input[2] = zp128, zp128
+		b.f.elem[u.q.Output[0]] = graph.Uint8
+	}
+	if zp128 != "" {
+		b.m.Reindex()
+	}
+}
+
+// renameAll renames node outputs (and their uses) from old to new names
+// in one pass.
+func renameAll(m *graph.Model, names map[string]string) {
+	if len(names) == 0 {
+		return
+	}
+	var walk func(nodes []*onnx.NodeProto)
+	walk = func(nodes []*onnx.NodeProto) {
+		for _, n := range nodes {
+			for _, v := range [][]string{n.Input, n.Output} {
+				for i, x := range v {
+					if r, ok := names[x]; ok {
+						v[i] = r
+					}
+				}
+			}
+			for _, a := range n.Attribute {
+				if a.G != nil {
+					walk(a.G.Node)
+				}
+				for _, sg := range a.Graphs {
+					walk(sg.Node)
+				}
+			}
+		}
+	}
+	walk(m.Graph().Node)
+	m.Reindex()
 }
 
 // renameValue renames value old (a node output) to new everywhere and

@@ -34,10 +34,11 @@ func benchModel(b testing.TB) (*graph.Model, map[string]*runtime.Tensor) {
 }
 
 // BenchmarkForward runs the model alone, for comparison with
-// BenchmarkTrainingStep (2 threads).
+// BenchmarkTrainingStep (2 threads, sleeping between ops as train's
+// sessions do).
 func BenchmarkForward(b *testing.B) {
 	m, batch := benchModel(b)
-	s, err := runtime.Open(m, &runtime.Options{Threads: 2})
+	s, err := runtime.Open(m, &runtime.Options{Threads: 2, NoSpinning: true})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -51,14 +52,15 @@ func BenchmarkForward(b *testing.B) {
 	b.ReportMetric(float64(16*32*b.N)/b.Elapsed().Seconds(), "tokens/s")
 }
 
-// BenchmarkTrainingStep runs loss and all gradients (2 threads).
+// BenchmarkTrainingStep runs loss and all gradients (2 threads, with
+// train's session options).
 func BenchmarkTrainingStep(b *testing.B) {
 	m, batch := benchModel(b)
 	tm, info, err := autodiff.Build(m, autodiff.Options{Loss: autodiff.Loss{LabelSmoothing: 0.1}})
 	if err != nil {
 		b.Fatal(err)
 	}
-	s, err := runtime.Open(tm, &runtime.Options{Threads: 2})
+	s, err := runtime.Open(tm, &runtime.Options{Threads: 2, NoSpinning: true, NoMemPattern: true})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -225,6 +225,9 @@ func (b *builder) unbroadcast(g, x, y string) (string, error) {
 		if len(axes) == 0 {
 			return g, nil
 		}
+		if s, ok := b.sumLeading(g, x, axes, ry); ok {
+			return s, nil
+		}
 		s := b.reduceSum(g, axes, true)
 		if rx := b.f.Rank(x); rx != ry {
 			if t := b.staticDims(x); t != nil {
@@ -254,6 +257,36 @@ func (b *builder) unbroadcast(g, x, y string) (string, error) {
 	axes := b.typed(graph.Int64, 1, "Reshape", []string{nz, b.ints(-1)})
 	s := b.like(g, "ReduceSum", []string{g, axes}, graph.AttrInt("keepdims", 1), graph.AttrInt("noop_with_empty_axes", 1))
 	return b.reshapeLike(s, x), nil
+}
+
+// sumLeading sums g over its leading axes when those are exactly the axes
+// x (of static shape) was broadcast along, as the product of a row of ones
+// and g viewed as a [rows, size of x] matrix: onnxruntime's ReduceSum over
+// leading axes (every bias and LayerNorm gradient) is an order of
+// magnitude slower than the matrix-vector product.
+func (b *builder) sumLeading(g, x string, axes []int64, ry int) (string, bool) {
+	t := b.staticDims(x)
+	dt := b.f.Elem(g)
+	if t == nil || dt != graph.Float || b.opset < 10 || len(t) > ry || len(axes) == ry {
+		// (A full reduction is fast as it is.)
+		return "", false
+	}
+	for i, a := range axes {
+		if a != int64(i) {
+			return "", false
+		}
+	}
+	k := len(axes)
+	n := int64(1)
+	for i := k; i < ry; i++ {
+		n *= t[i-(ry-len(t))]
+	}
+	g2 := b.reshape(g, -1, n)
+	rows := b.typed(graph.Int64, 1, "Slice", []string{b.shape(g2), b.ints(0), b.ints(1)})
+	shape := b.typed(graph.Int64, 1, "Concat", []string{b.ints(1), rows}, graph.AttrInt("axis", 0))
+	ones := b.typed(dt, 2, "ConstantOfShape", []string{shape}, graph.AttrTensor("value", graph.FloatTensor("", []int64{1}, []float32{1})))
+	sum := b.typed(dt, 2, "MatMul", []string{ones, g2})
+	return b.reshape(sum, t...), true
 }
 
 // broadcastAxes returns the axes of y (of rank ry) that x was broadcast

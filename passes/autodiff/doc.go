@@ -27,15 +27,19 @@
 //     gradient contributions (Sum) and calling the node's rule from the
 //     table in rules.go, one function per op type; a node on a gradient
 //     path whose op has no rule is an error naming the node;
-//  6. outputs "loss" and "<param>_grad" for every parameter and drops the
-//     nodes nothing reads.
+//  6. outputs "loss" and "<param>_grad" for every parameter (the node
+//     computing a gradient is renamed to it, so that no Identity copies
+//     it) and drops the nodes nothing reads.
 //
 // Rules emit only ops valid at the model's opset (attribute or input forms
 // of axes, Split and Squeeze). Broadcasting is undone by ReduceSum over
 // the broadcast axes: statically where the operand is a constant or
 // parameter of known shape, or where shape inference proves the shapes,
 // and otherwise with axes computed in the graph from the runtime shapes
-// (opset 13 or later). Gather's gradient accumulates repeated indices with
+// (opset 13 or later); a sum over leading axes down to a static shape (a
+// bias or LayerNorm parameter) is a product with a row of ones, which
+// onnxruntime runs an order of magnitude faster than ReduceSum over those
+// axes. Gather's gradient accumulates repeated indices with
 // ScatterND (reduction add): a model at opset 13-15 is raised to 16 for it
 // when no op in it changes meaning between the two; below that a one-hot
 // product is used. Slice's gradient scatters into the positions the same
@@ -50,5 +54,15 @@
 // dclip = Σ_above g − 128/127·Σ_below g. ClipGrad "lsq" adds
 // Σ g·(round(x/s) − x/s) inside. Per-axis scales are reduced over the other
 // axes, blocked scales (opset 21 block_size) over their blocks. A softmax
-// quantizer's scale is a constant and takes no gradient.
+// quantizer's scale is a constant and takes no gradient. From opset 11 the
+// rule makes few passes over x: r = Clip(x, s·lo, s·hi) is x exactly
+// inside the range, so Equal(r, x) is the mask, and outside r/s is qmax or
+// qmin, so the NeurST sum is Σ (g − dx)·r / s, divided after reducing.
+//
+// The forward graph is kept value for value, with one change of form for
+// speed: signed 8-bit activation quantizers (zero point 0) feeding a
+// MatMul's left operand become uint8 with zero point 128, the same grid
+// and the same dequantized values, because onnxruntime's x86 kernels fuse
+// DequantizeLinear → MatMul into an integer product only for an unsigned
+// left operand.
 package autodiff

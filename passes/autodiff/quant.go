@@ -142,6 +142,69 @@ func gradDequantize(b *builder, n *onnx.NodeProto, gy []string) error {
 	sb = castTo(b, sb, x)
 	hi := b.mul(b.constOf(x, u.hi), sb)
 	lo := b.mul(b.constOf(x, u.lo), sb)
+	// reduce sums a tensor of x's shape into the scale's shape.
+	reduce := func(e string) string {
+		b.f.rank[e] = rx
+		var ds string
+		if block > 0 {
+			ds = b.reduceSum(b.reshape(e, blockDims...), []int64{axis + 1}, false)
+		} else if perAxis {
+			var axes []int64
+			for i := int64(0); i < int64(rx); i++ {
+				if i != axis {
+					axes = append(axes, i)
+				}
+			}
+			ds = e
+			if len(axes) > 0 {
+				ds = b.reduceSum(e, axes, false)
+			}
+		} else {
+			ds = b.typed(b.f.Elem(x), 0, "ReduceSum", []string{e}, graph.AttrInt("keepdims", 0))
+			ds = b.reshapeLike(ds, s)
+		}
+		return castTo(b, ds, s)
+	}
+	if b.opset < 11 {
+		if b.opts.ClipGrad == "lsq" {
+			return fmt.Errorf("clip gradient lsq needs opset 11 or later (Round); the model has opset %d", b.opset)
+		}
+		// Equal on floats and Clip with tensor bounds are opset 11.
+		return steMasks(b, u, x, s, lo, hi, g, reduce)
+	}
+	// r = x clipped to [lo, hi] is x exactly inside the range and the
+	// bound outside it, so one comparison gives the mask, and outside
+	// r/s is qmax or qmin: Σ_above g·qmax + Σ_below g·qmin is
+	// Σ (g − dx)·r / s, reduced before dividing. Seven passes over x where
+	// separate masks take a dozen; the training step runs this for every
+	// weight and activation quantizer.
+	var r string
+	if rs == 0 && block == 0 {
+		r = b.like(x, "Clip", []string{x, lo, hi})
+	} else {
+		r = b.like(x, "Max", []string{b.like(x, "Min", []string{x, hi}), lo})
+	}
+	inside := b.maskOf(b.typed(graph.Bool, rx, "Equal", []string{r, x}), x)
+	// (Mul by the cast mask is faster in onnxruntime than Where with a
+	// scalar zero.)
+	dx := b.mul(g, inside)
+	b.accum(x, dx)
+	if !b.needs(s) {
+		return nil
+	}
+	ds := b.like(s, "Div", []string{reduce(b.mul(b.sub(g, dx), r)), s})
+	if b.opts.ClipGrad == "lsq" {
+		t := b.div(x, sb)
+		ds = b.add(ds, reduce(b.mul(dx, b.sub(b.like(t, "Round", []string{t}), t))))
+	}
+	b.accum(s, ds)
+	return nil
+}
+
+// steMasks is gradDequantize's form for opsets before 11: explicit masks
+// for above and below the range (NeurST's rule only).
+func steMasks(b *builder, u *quantUnit, x, s, lo, hi, g string, reduce func(string) string) error {
+	rx := b.f.Rank(x)
 	above := b.cmp("Greater", x, hi)
 	below := b.cmp("Less", x, lo)
 	out := b.typed(graph.Bool, rx, "Or", []string{above, below})
@@ -155,30 +218,6 @@ func gradDequantize(b *builder, n *onnx.NodeProto, gy []string) error {
 	}
 	e := b.add(b.mul(b.maskOf(above, x), b.constOf(x, u.hi)), b.mul(b.maskOf(below, x), b.constOf(x, u.lo)))
 	b.f.rank[e] = rx
-	if b.opts.ClipGrad == "lsq" {
-		t := b.div(x, sb)
-		e = b.add(e, b.mul(inside, b.sub(b.like(t, "Round", []string{t}), t)))
-	}
-	e = b.mul(g, e)
-	b.f.rank[e] = rx
-	var ds string
-	if block > 0 {
-		ds = b.reduceSum(b.reshape(e, blockDims...), []int64{axis + 1}, false)
-	} else if perAxis {
-		var axes []int64
-		for i := int64(0); i < int64(rx); i++ {
-			if i != axis {
-				axes = append(axes, i)
-			}
-		}
-		ds = e
-		if len(axes) > 0 {
-			ds = b.reduceSum(e, axes, false)
-		}
-	} else {
-		ds = b.typed(b.f.Elem(x), 0, "ReduceSum", []string{e}, graph.AttrInt("keepdims", 0))
-		ds = b.reshapeLike(ds, s)
-	}
-	b.accum(s, castTo(b, ds, s))
+	b.accum(s, reduce(b.mul(g, e)))
 	return nil
 }

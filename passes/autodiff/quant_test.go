@@ -24,6 +24,7 @@ type quantCase struct {
 	clipGrad string
 	block    int64 // block size (opset 21) along axis; the clip is then clipDims
 	clipDims []int64
+	opset    int64 // 17 (21 when blocked) unless set
 	l2       float32
 	dx       []float32
 	dclip    []float32
@@ -49,6 +50,11 @@ var quantCases = []quantCase{
 	{name: "blocked", xShape: []int64{4, 2}, x: []float32{1.5, 0.1, -0.5, -0.6, 2.5, 0.2, -3, -0.3}, g: []float32{1, 2, 3, 4, 5, 6, 7, 8},
 		clip: []float32{1, 0.5, 2, 0.25}, clipDims: []int64{2, 2}, axis: 0, block: 2,
 		dx: []float32{0, 2, 3, 0, 0, 6, 0, 0}, dclip: []float32{1, -128.0 / 127 * 4, 5 - 128.0/127*7, -128.0 / 127 * 8}},
+	// Before opset 11 the rule builds explicit masks (no float Equal).
+	{name: "act/weighted/opset10", xShape: []int64{2, 3}, x: []float32{-20, 3, 17, 16, -16.5, 0}, g: []float32{0.5, 1, 2, 3, 4, 5}, clip: []float32{16}, opset: 10,
+		dx: []float32{0, 1, 0, 3, 0, 5}, dclip: []float32{2 - 128.0/127*(0.5+4)}},
+	{name: "relu/opset10", xShape: []int64{4}, x: []float32{-0.5, 0.3, 1.5, 2}, g: []float32{1, 2, 3, 4}, clip: []float32{1}, unsigned: true, opset: 10,
+		dx: []float32{0, 2, 0, 0}, dclip: []float32{7}},
 	{name: "l2", xShape: []int64{4}, x: []float32{-2, -0.5, 0.3, 1.5}, g: []float32{1, 1, 1, 1}, clip: []float32{1}, l2: 0.01,
 		dx: []float32{0, 1, 1, 0}, dclip: []float32{1 - 128.0/127 + 0.02}},
 }
@@ -59,6 +65,9 @@ func quantModel(c quantCase) *graph.Model {
 	opset := int64(17)
 	if c.block > 0 {
 		opset = 21
+	}
+	if c.opset != 0 {
+		opset = c.opset
 	}
 	m := graph.New("quant", opset)
 	m.AddInitializer(graph.FloatTensor("x", c.xShape, c.x))
@@ -84,7 +93,10 @@ func quantModel(c quantCase) *graph.Model {
 	}
 	m.Op("Max", "", []string{"x_clip_max", "tiny"}, []string{"clipped"})
 	m.Op("Div", "", []string{"clipped", "qmax"}, []string{"scale"})
-	attrs := []*onnx.AttributeProto{graph.AttrInt("axis", c.axis)}
+	var attrs []*onnx.AttributeProto
+	if opset >= 13 {
+		attrs = append(attrs, graph.AttrInt("axis", c.axis))
+	}
 	if c.block > 0 {
 		attrs = append(attrs, graph.AttrInt("block_size", c.block))
 	}
