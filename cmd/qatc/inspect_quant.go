@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -605,7 +606,7 @@ func nbitsWeight(m *graph.Model, n *onnx.NodeProto) *storedWeight {
 	w := &storedWeight{name: t.Name, dims: []int64{k, cols}, storage: fmt.Sprintf("uint8 MatMulNBits blocks %v of %d-bit values, shown as the K×N weight of the product", t.Dims, bits),
 		bits: int(bits), scale: constFloatsOf(m, n.Input[2]), node: n}
 	w.decode = func() ([]int64, error) {
-		if !equalDims(t.Dims, []int64{cols, nb, blob}) || len(t.RawData) != int(cols*nb*blob) {
+		if !slices.Equal(t.Dims, []int64{cols, nb, blob}) || len(t.RawData) != int(cols*nb*blob) {
 			return nil, fmt.Errorf("MatMulNBits %s: weight %q has shape %v (%d bytes), want [%d %d %d] for K=%d, N=%d, %d bits, blocks of %d", graph.NodeName(n), t.Name, t.Dims, len(t.RawData), cols, nb, blob, k, cols, bits, block)
 		}
 		per := 8 / bits
@@ -637,18 +638,6 @@ func nbitsWeight(m *graph.Model, n *onnx.NodeProto) *storedWeight {
 		return out, nil
 	}
 	return w
-}
-
-func equalDims(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // forTensor returns the stored integers of the QAT tensor name: fold

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 
 	"github.com/advancedclimatesystems/gonnx/onnx"
@@ -174,7 +175,7 @@ func findTies(m *graph.Model, params []string) []Tie {
 				if tied[c.name] {
 					continue
 				}
-				if equalDims(a.dims, c.dims) && bytes.Equal(a.raw, c.raw) {
+				if slices.Equal(a.dims, c.dims) && bytes.Equal(a.raw, c.raw) {
 					ties = append(ties, Tie{Param: a.name, Copy: c.name})
 					tied[c.name] = true
 				} else if len(a.dims) == 2 && len(c.dims) == 2 && a.dims[0] == c.dims[1] && a.dims[1] == c.dims[0] &&
@@ -217,18 +218,6 @@ func rawBytes(t *onnx.TensorProto) ([]byte, int) {
 func constantFill(raw []byte, size int) bool {
 	for i := size; i < len(raw); i += size {
 		if !bytes.Equal(raw[i:i+size], raw[:size]) {
-			return false
-		}
-	}
-	return true
-}
-
-func equalDims(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
 			return false
 		}
 	}

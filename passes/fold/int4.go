@@ -2,7 +2,6 @@ package fold
 
 import (
 	"fmt"
-	"strings"
 
 	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
@@ -13,57 +12,7 @@ const (
 	// OpsetInt4 is the default-domain opset that defines the INT4/UINT4
 	// types in QuantizeLinear/DequantizeLinear (and their block_size).
 	OpsetInt4 = 21
-	// irVersionInt4 is the IR version that opset 21 belongs to.
-	irVersionInt4 = 10
 )
-
-// breaking lists default-domain ops whose inputs or meaning changed at the
-// given opset, so that a model using them cannot simply import a newer
-// one. It is passes/quantize's list (the same rule raises the opset for
-// block granularity there).
-var breaking = []struct {
-	since int64
-	ops   []string
-}{
-	{18, []string{"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}},
-	{20, []string{"DFT"}},
-	{21, []string{"GroupNormalization"}},
-}
-
-// RaiseOpset imports the default domain at opset v (and the IR version
-// that opset needs) when no node of m changed meaning between m's opset
-// and v; it fails naming the node otherwise, leaving m unchanged. A model
-// already at v or later is left as it is.
-func RaiseOpset(m *graph.Model, v int64) error {
-	cur := m.Opset("")
-	if cur >= v {
-		return nil
-	}
-	if cur < 13 {
-		return fmt.Errorf("the model is opset %d, too old to raise to %d (per-axis quantization changed at 13): re-export it at opset %d", cur, v, v)
-	}
-	for _, b := range breaking {
-		if cur >= b.since || b.since > v {
-			continue
-		}
-		for _, n := range m.Graph().Node {
-			if n.Domain != "" && n.Domain != "ai.onnx" {
-				continue
-			}
-			for _, op := range b.ops {
-				if n.OpType != op || strings.HasPrefix(op, "Reduce") && graph.Attr(n, "axes") == nil {
-					continue // without axes, a reduction means the same at every opset
-				}
-				return fmt.Errorf("the model is opset %d and its %s node %s changed meaning at opset %d, so the opset cannot be raised to %d: re-export the model at opset %d", cur, op, graph.NodeName(n), b.since, v, v)
-			}
-		}
-	}
-	m.SetOpset("", v)
-	if m.Proto.IrVersion < irVersionInt4 && v >= OpsetInt4 {
-		m.Proto.IrVersion = irVersionInt4
-	}
-	return nil
-}
 
 // Int4Result says what Int4 did.
 type Int4Result struct {
@@ -118,7 +67,7 @@ func Int4(m *graph.Model, r *Result) (*Int4Result, error) {
 	if len(cands) == 0 {
 		return res, nil
 	}
-	if err := RaiseOpset(m, OpsetInt4); err != nil {
+	if err := m.RaiseOpset(OpsetInt4); err != nil {
 		res.Unraised = err
 		return res, nil
 	}

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math"
 	"sort"
-	"strings"
 
 	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
@@ -16,11 +15,10 @@ const Tiny = 1e-8
 
 // Opsets the graph form needs.
 const (
-	opsetQDQ      = 10 // QuantizeLinear/DequantizeLinear
-	opsetClipInt  = 12 // Clip on int8/uint8 (bits below 8)
-	opsetPerAxis  = 13 // per-axis scales
-	opsetBlocked  = 21 // block_size on QuantizeLinear/DequantizeLinear
-	irVersionInt4 = 10 // the IR version opset 21 belongs to
+	opsetQDQ     = 10 // QuantizeLinear/DequantizeLinear
+	opsetClipInt = 12 // Clip on int8/uint8 (bits below 8)
+	opsetPerAxis = 13 // per-axis scales
+	opsetBlocked = 21 // block_size on QuantizeLinear/DequantizeLinear
 )
 
 // Insert adds the quantizers Plan finds to m, in place, sets their clips to
@@ -62,10 +60,9 @@ func Insert(m *graph.Model, p Params) (*Record, error) {
 		}
 		clips[c] = graph.FloatTensor("", dims, vals)
 	}
-	if blocked && m.Opset("") < opsetBlocked {
-		m.SetOpset("", opsetBlocked)
-		if m.Proto.IrVersion < irVersionInt4 {
-			m.Proto.IrVersion = irVersionInt4
+	if blocked {
+		if err := m.RaiseOpset(opsetBlocked); err != nil {
+			return nil, err
 		}
 	}
 	in := &inserter{m: m, consts: map[string]string{}, scales: map[string]string{}, clipOf: map[*cand]string{}}
@@ -94,17 +91,6 @@ func Insert(m *graph.Model, p Params) (*Record, error) {
 	return rec, nil
 }
 
-// breaking lists default-domain ops whose inputs or meaning changed at the
-// given opset, so that a model using them cannot simply import a newer one.
-var breaking = []struct {
-	since int64
-	ops   []string
-}{
-	{18, []string{"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}},
-	{20, []string{"DFT"}},
-	{21, []string{"GroupNormalization"}},
-}
-
 // checkOpset checks that m's opset can carry the graph form.
 func checkOpset(m *graph.Model, perAxis, low, blocked bool) error {
 	v := m.Opset("")
@@ -130,24 +116,8 @@ func checkOpset(m *graph.Model, perAxis, low, blocked bool) error {
 	if !blocked || v >= opsetBlocked {
 		return nil
 	}
-	if v < 13 {
-		return fmt.Errorf("block granularity needs opset %d (DequantizeLinear block_size); the model is opset %d, too old to raise: re-export it at opset %d", opsetBlocked, v, opsetBlocked)
-	}
-	for _, b := range breaking {
-		if v >= b.since {
-			continue
-		}
-		for _, n := range m.Graph().Node {
-			if n.Domain != "" && n.Domain != "ai.onnx" {
-				continue
-			}
-			for _, op := range b.ops {
-				if n.OpType != op || strings.HasPrefix(op, "Reduce") && graph.Attr(n, "axes") == nil {
-					continue // without axes, a reduction means the same at every opset
-				}
-				return fmt.Errorf("block granularity needs opset %d (DequantizeLinear block_size); the model is opset %d and its %s node %s changed meaning at opset %d, so the opset cannot be raised: re-export the model at opset %d, or use channel granularity", opsetBlocked, v, op, graph.NodeName(n), b.since, opsetBlocked)
-			}
-		}
+	if err := m.CanRaiseOpset(opsetBlocked); err != nil {
+		return fmt.Errorf("block granularity needs opset %d (DequantizeLinear block_size): %v, or use channel granularity", opsetBlocked, err)
 	}
 	return nil
 }

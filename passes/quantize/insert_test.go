@@ -1,6 +1,7 @@
 package quantize_test
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -41,7 +42,7 @@ func TestInsertErrors(t *testing.T) {
 		{"block size does not divide", 17, params(func(p *quantize.Params) { p.Granularity, p.BlockSize = "block", 48 }),
 			"block size 48 does not divide its input dimension 64"},
 		{"block on opset 14", 14, params(func(p *quantize.Params) { p.Granularity, p.BlockSize = "block", 32 }),
-			"block granularity needs opset 21 (DequantizeLinear block_size); the model is opset 14 and its ReduceMean node"},
+			"block granularity needs opset 21 (DequantizeLinear block_size): the model is opset 14 and its ReduceMean node"},
 		{"block without size", 17, params(func(p *quantize.Params) { p.Granularity = "block" }), "block granularity needs a block size"},
 		{"unknown granularity", 17, params(func(p *quantize.Params) { p.Granularity = "row" }), `unknown weight granularity "row"`},
 		{"unknown init", 17, params(func(p *quantize.Params) { p.WeightInit = "kl" }), `unknown weight clip init "kl"`},
@@ -129,7 +130,7 @@ func TestGranularity(t *testing.T) {
 			}
 			for name, dims := range tt.clips {
 				c := m.Initializer(name)
-				if c == nil || !equalDims(c.Dims, dims) {
+				if c == nil || !slices.Equal(c.Dims, dims) {
 					t.Errorf("clip %s: %v, want dims %v", name, c, dims)
 				}
 			}
@@ -175,18 +176,6 @@ func axisOf(q *quantize.Quantizer) int {
 		return -1
 	}
 	return *q.Axis
-}
-
-func equalDims(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestPlan checks Plan against Insert and that it leaves the model alone.

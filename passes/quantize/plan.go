@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -356,7 +357,7 @@ func (pl *planner) tie() error {
 				continue
 			}
 			at := pl.m.Initializer(a.tensor)
-			same := sameDims(at.Dims, t.Dims)
+			same := slices.Equal(at.Dims, t.Dims)
 			trans := len(t.Dims) == 2 && len(at.Dims) == 2 && at.Dims[0] == t.Dims[1] && at.Dims[1] == t.Dims[0]
 			if !same && !trans {
 				continue
@@ -445,18 +446,6 @@ func (v floatView) transposedEqual(w floatView, r, c int) bool {
 			if v.bits(i*c+j) != w.bits(j*r+i) {
 				return false
 			}
-		}
-	}
-	return true
-}
-
-func sameDims(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
 		}
 	}
 	return true
