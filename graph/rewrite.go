@@ -261,3 +261,33 @@ func outerReads(g *onnx.GraphProto) []string {
 	}
 	return reads
 }
+
+// RemoveDead deletes, repeatedly, the nodes none of whose outputs is read
+// or a graph output, then the initializers nothing reads: what a rewrite
+// leaves behind when it reroutes a value around a subgraph.
+func (m *Model) RemoveDead() {
+	for {
+		var dead []*onnx.NodeProto
+		for _, n := range m.Graph().Node {
+			used := false
+			for _, o := range n.Output {
+				if o != "" && (len(m.Consumers(o)) > 0 || m.IsGraphOutput(o)) {
+					used = true
+					break
+				}
+			}
+			if !used {
+				dead = append(dead, n)
+			}
+		}
+		if len(dead) == 0 {
+			break
+		}
+		m.RemoveNodes(dead...)
+	}
+	for _, name := range m.InitializerNames() {
+		if len(m.Consumers(name)) == 0 && !m.IsGraphOutput(name) {
+			m.RemoveInitializer(name)
+		}
+	}
+}

@@ -55,40 +55,11 @@ func StripQuantizers(m *graph.Model) (*graph.Model, error) {
 	if removed == 0 {
 		return c, nil
 	}
-	pruneDead(c)
+	c.RemoveDead()
 	if err := c.TopoSort(); err != nil {
 		return nil, fmt.Errorf("removing quantizers: %v", err)
 	}
 	return c, nil
-}
-
-// pruneDead deletes nodes none of whose outputs is used, repeatedly, and
-// then the initializers no node reads.
-func pruneDead(m *graph.Model) {
-	for {
-		var dead []*onnx.NodeProto
-		for _, n := range m.Graph().Node {
-			used := false
-			for _, o := range n.Output {
-				if o != "" && (len(m.Consumers(o)) > 0 || m.IsGraphOutput(o)) {
-					used = true
-					break
-				}
-			}
-			if !used {
-				dead = append(dead, n)
-			}
-		}
-		if len(dead) == 0 {
-			break
-		}
-		m.RemoveNodes(dead...)
-	}
-	for _, name := range m.InitializerNames() {
-		if len(m.Consumers(name)) == 0 && !m.IsGraphOutput(name) {
-			m.RemoveInitializer(name)
-		}
-	}
 }
 
 // withParamsAsInputs returns a copy of m in which the named float

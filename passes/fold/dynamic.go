@@ -42,7 +42,7 @@ func Dynamic(m *graph.Model, r *Result) error {
 			m.ReplaceUses(out, q.Input[0])
 		}
 	}
-	removeDead(m)
+	m.RemoveDead()
 
 	// One DynamicQuantizeLinear per activation, shared by the MatMuls
 	// that read it (the Q, K and V projections).
@@ -94,7 +94,7 @@ func Dynamic(m *graph.Model, r *Result) error {
 		}
 		integerMatMul(m, n, q[0], bx, q[2], b.zp, []string{q[1], ws})
 	}
-	removeDead(m)
+	m.RemoveDead()
 	if err := m.TopoSort(); err != nil {
 		return err
 	}

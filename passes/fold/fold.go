@@ -84,7 +84,7 @@ func Fold(m *graph.Model) (*Result, error) {
 		res.Quantizers = append(res.Quantizers, f)
 	}
 	sinkDequantize(m, res)
-	removeDead(m)
+	m.RemoveDead()
 	if err := m.TopoSort(); err != nil {
 		return nil, err
 	}
@@ -152,35 +152,6 @@ func foldOne(m *graph.Model, q *quantizer) (Folded, error) {
 		}
 		m.ReplaceInput(q.dq, 2, name)
 	}
-	// Q (and the Clip) are dead now; removeDead drops them.
+	// Q (and the Clip) are dead now; RemoveDead drops them.
 	return f, nil
-}
-
-// removeDead deletes nodes none of whose outputs are read (repeatedly) and
-// initializers nothing reads.
-func removeDead(m *graph.Model) {
-	for {
-		var dead []*onnx.NodeProto
-		for _, n := range m.Graph().Node {
-			used := false
-			for _, o := range n.Output {
-				if o != "" && (len(m.Consumers(o)) > 0 || m.IsGraphOutput(o)) {
-					used = true
-					break
-				}
-			}
-			if !used {
-				dead = append(dead, n)
-			}
-		}
-		if len(dead) == 0 {
-			break
-		}
-		m.RemoveNodes(dead...)
-	}
-	for _, name := range m.InitializerNames() {
-		if len(m.Consumers(name)) == 0 && !m.IsGraphOutput(name) {
-			m.RemoveInitializer(name)
-		}
-	}
 }

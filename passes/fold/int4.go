@@ -96,7 +96,7 @@ func Int4(m *graph.Model, r *Result) (*Int4Result, error) {
 		res.Converted = append(res.Converted, c.f.Tensor)
 	}
 	m.Reindex()
-	removeDead(m)
+	m.RemoveDead()
 	return res, nil
 }
 

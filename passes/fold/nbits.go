@@ -114,7 +114,7 @@ func MatMulNBits(m *graph.Model, r *Result, o NBitsOptions) (*NBitsResult, error
 	}
 	gatherRows(m)
 	m.SetOpset(msDomain, 1)
-	removeDead(m)
+	m.RemoveDead()
 	if err := m.TopoSort(); err != nil {
 		return nil, err
 	}

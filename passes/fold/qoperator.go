@@ -123,7 +123,7 @@ func QOperator(m *graph.Model, r *Result) error {
 	}
 	unsignActivations(m)
 	m.SetOpset(msDomain, 1)
-	removeDead(m)
+	m.RemoveDead()
 	if err := m.TopoSort(); err != nil {
 		return err
 	}
@@ -175,7 +175,7 @@ func unsignActivations(m *graph.Model) {
 			}
 		}
 	}
-	removeDead(m)
+	m.RemoveDead()
 }
 
 // msDomain is onnxruntime's contrib-operator domain.
