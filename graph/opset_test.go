@@ -1,6 +1,7 @@
 package graph
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -40,4 +41,25 @@ func TestRaiseOpset(t *testing.T) {
 			t.Errorf("%s: raised despite the error", tc.name)
 		}
 	}
+}
+
+func TestTranspose(t *testing.T) {
+	// [2, 3] → [3, 2]
+	got, dims := Transpose([]int{1, 2, 3, 4, 5, 6}, []int64{2, 3}, []int64{1, 0})
+	if fmt := fmtInts(got); fmt != "1 4 2 5 3 6" || dims[0] != 3 || dims[1] != 2 {
+		t.Errorf("2-D: %v %v", got, dims)
+	}
+	// [2, 1, 3] with perm [2, 0, 1] → [3, 2, 1]: out[k][i][0] = in[i][0][k]
+	got, dims = Transpose([]int{1, 2, 3, 4, 5, 6}, []int64{2, 1, 3}, []int64{2, 0, 1})
+	if fmt := fmtInts(got); fmt != "1 4 2 5 3 6" || dims[0] != 3 || dims[1] != 2 || dims[2] != 1 {
+		t.Errorf("3-D: %v %v", got, dims)
+	}
+}
+
+func fmtInts(v []int) string {
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = strconv.Itoa(x)
+	}
+	return strings.Join(s, " ")
 }

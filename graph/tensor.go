@@ -207,3 +207,37 @@ func SetFloats(t *onnx.TensorProto, data []float32) error {
 	t.RawData = raw
 	return nil
 }
+
+// Transpose permutes the axes of a dense row-major tensor (ONNX
+// Transpose: output axis i is input axis perm[i]), returning the data and
+// its dims.
+func Transpose[T any](data []T, dims, perm []int64) ([]T, []int64) {
+	rank := len(dims)
+	odims := make([]int64, rank)
+	for i, p := range perm {
+		odims[i] = dims[p]
+	}
+	strides := make([]int64, rank)
+	s := int64(1)
+	for i := rank - 1; i >= 0; i-- {
+		strides[i] = s
+		s *= dims[i]
+	}
+	out := make([]T, len(data))
+	idx := make([]int64, rank)
+	for o := range out {
+		var src int64
+		for i := range rank {
+			src += idx[i] * strides[perm[i]]
+		}
+		out[o] = data[src]
+		for i := rank - 1; i >= 0; i-- {
+			idx[i]++
+			if idx[i] < odims[i] {
+				break
+			}
+			idx[i] = 0
+		}
+	}
+	return out, odims
+}

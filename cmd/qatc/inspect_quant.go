@@ -309,7 +309,7 @@ func (fv *foldView) weightStats(m *graph.Model, f *fold.Folded) (wstats, error) 
 		return wstats{}, fmt.Errorf("weight %q: %v", f.Tensor, err)
 	}
 	if f.Perm != nil {
-		w, _ = transposeFloats(w, t.Dims, f.Perm)
+		w, _ = graph.Transpose(w, t.Dims, f.Perm)
 	}
 	idx, err := scaleIndex(dims, len(scale), f.Axis, f.BlockSize)
 	if err != nil {
@@ -369,37 +369,6 @@ func scaleIndex(dims []int64, nScale int, axis, blockSize int64) (func(int) int,
 		j := int64(i)
 		return int((j/(inner*c)*nb+j/inner%c/blockSize)*inner + j%inner)
 	}, nil
-}
-
-// transposeFloats permutes the axes of a dense row-major tensor.
-func transposeFloats(v []float32, dims, perm []int64) ([]float32, []int64) {
-	rank := len(dims)
-	odims := make([]int64, rank)
-	for i, p := range perm {
-		odims[i] = dims[p]
-	}
-	strides := make([]int64, rank)
-	s := int64(1)
-	for i := rank - 1; i >= 0; i-- {
-		strides[i] = s
-		s *= dims[i]
-	}
-	out := make([]float32, len(v))
-	idx := make([]int64, rank)
-	for o := range out {
-		var src int64
-		for i := range rank {
-			src += idx[i] * strides[perm[i]]
-		}
-		out[o] = v[src]
-		for i := rank - 1; i >= 0; i-- {
-			if idx[i]++; idx[i] < odims[i] {
-				break
-			}
-			idx[i] = 0
-		}
-	}
-	return out, odims
 }
 
 // intValues returns an integer initializer's values, 4-bit types

@@ -77,7 +77,7 @@ func constFloats(m *graph.Model, name string) ([]float32, []int64, error) {
 			return nil, nil, err
 		}
 		perm := transposePerm(n, len(dims))
-		out, odims := transpose(v, dims, perm)
+		out, odims := graph.Transpose(v, dims, perm)
 		return out, odims, nil
 	}
 	return nil, nil, fmt.Errorf("value %q is not a constant", name)
@@ -93,38 +93,6 @@ func transposePerm(n *onnx.NodeProto, rank int) []int64 {
 		p[i] = int64(rank - 1 - i)
 	}
 	return p
-}
-
-// transpose permutes the axes of a dense row-major tensor.
-func transpose[T any](data []T, dims, perm []int64) ([]T, []int64) {
-	rank := len(dims)
-	odims := make([]int64, rank)
-	for i, p := range perm {
-		odims[i] = dims[p]
-	}
-	strides := make([]int64, rank)
-	s := int64(1)
-	for i := rank - 1; i >= 0; i-- {
-		strides[i] = s
-		s *= dims[i]
-	}
-	out := make([]T, len(data))
-	idx := make([]int64, rank)
-	for o := range out {
-		var src int64
-		for i := range rank {
-			src += idx[i] * strides[perm[i]]
-		}
-		out[o] = data[src]
-		for i := rank - 1; i >= 0; i-- {
-			idx[i]++
-			if idx[i] < odims[i] {
-				break
-			}
-			idx[i] = 0
-		}
-	}
-	return out, odims
 }
 
 // scaleIndex maps each element of a tensor with dims to its entry in the

@@ -171,7 +171,7 @@ func (q *quantizer) resolve(m *graph.Model) error {
 		if perm != nil && len(clipT.Dims) > 1 {
 			// The clip is laid out [C, K/block]; a weight stored [K, C]
 			// reads it through a Transpose.
-			q.scale, q.scaleDims = transpose(q.scale, clipT.Dims, perm)
+			q.scale, q.scaleDims = graph.Transpose(q.scale, clipT.Dims, perm)
 		}
 		q.clipInit = clip
 		q.scaleOps = append(q.scaleOps, div, mx)

@@ -238,7 +238,7 @@ func transposedInts(m *graph.Model, b *operand) (string, error) {
 	if t == nil || len(t.Dims) != 2 || (graph.TensorType(t) != graph.Int8 && graph.TensorType(t) != graph.Uint8) {
 		return "", fmt.Errorf("Gemm with transB reads %q, which is not a stored 8-bit matrix", b.x)
 	}
-	data, dims := transpose(t.RawData, t.Dims, []int64{1, 0})
+	data, dims := graph.Transpose(t.RawData, t.Dims, []int64{1, 0})
 	name := m.UniqueName(b.x + "_transposed")
 	m.AddInitializer(&onnx.TensorProto{Name: name, Dims: dims, DataType: t.DataType, RawData: data})
 	if len(b.scale) > 1 {

@@ -159,7 +159,7 @@ func sinkPast(m *graph.Model, d, c *onnx.NodeProto, byInt map[string]*Folded) bo
 	sole := len(m.Consumers(src)) == 1 && len(m.Consumers(v)) == 1
 	if c.OpType == "Transpose" && sole && init != nil && (graph.TensorType(init) == graph.Int8 || graph.TensorType(init) == graph.Uint8) {
 		perm := transposePerm(c, len(init.Dims))
-		data, dims := transpose(init.RawData, init.Dims, perm)
+		data, dims := graph.Transpose(init.RawData, init.Dims, perm)
 		x = m.UniqueName(src + "_transposed")
 		m.AddInitializer(&onnx.TensorProto{Name: x, Dims: dims, DataType: init.DataType, RawData: data})
 		if f := byInt[src]; f != nil {
