@@ -217,7 +217,7 @@ func TestInterruptAndResume(t *testing.T) {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	args := func(out, ckpt string) []string {
-		return []string{"train", model, "-o", out, "--src", src, "--tgt", tgt, "--steps", "120", "--batch-tokens", "256",
+		return []string{"train", model, "-o", out, "--src", src, "--tgt", tgt, "--steps", "300", "--batch-tokens", "256",
 			"--lr", "2e-3", "--threads", "1", "--seed", "5", "--checkpoint-dir", ckpt, "--checkpoint-every", "10"}
 	}
 	straight := filepath.Join(dir, "straight.onnx")
