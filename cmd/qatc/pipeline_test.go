@@ -189,7 +189,6 @@ func TestTrainBadInputs(t *testing.T) {
 		{"train a QAT model", []string{"train", qat, "--src", src, "--tgt", tgt}, 1, "finetune"},
 		{"unknown clip gradient", []string{"finetune", qat, "--src", src, "--tgt", tgt, "--clip-grad", "pact"}, 2, "pact"},
 		{"unknown loss", []string{"finetune", qat, "--src", src, "--tgt", tgt, "--loss", "mse"}, 2, "mse"},
-		{"resume without a directory", []string{"train", model, "--src", src, "--tgt", tgt, "--resume"}, 2, "--checkpoint-dir"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

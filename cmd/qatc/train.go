@@ -41,7 +41,7 @@ func trainFlags() []cli.Flag {
 		&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "seed of the batch order"},
 		&cli.IntFlag{Name: "threads", Usage: "intra-op threads (0: onnxruntime's default)"},
 		&cli.Int64Flag{Name: "valid-every", Usage: "validate every N steps (0: only at the end)"},
-		&cli.StringFlag{Name: "checkpoint-dir", Usage: "write checkpoints here"},
+		&cli.StringFlag{Name: "checkpoint-dir", Usage: "write checkpoints here (default: OUTPUT.ckpt)"},
 		&cli.Int64Flag{Name: "checkpoint-every", Usage: "checkpoint every N steps (0: only at the end and on Ctrl-C)"},
 		&cli.IntFlag{Name: "keep-checkpoints", Value: 3, Usage: "checkpoints to keep (0: all)"},
 		&cli.BoolFlag{Name: "resume", Usage: "continue from the newest checkpoint in --checkpoint-dir"},
@@ -100,9 +100,6 @@ func trainAction(c *cli.Context, qat bool) error {
 	if (c.String("valid-src") == "") != (c.String("valid-tgt") == "") {
 		return usagef("--valid-src and --valid-tgt go together")
 	}
-	if c.Bool("resume") && c.String("checkpoint-dir") == "" {
-		return usagef("--resume needs --checkpoint-dir")
-	}
 	sched, err := train.ParseSchedule(c.String("schedule"), c.Int64("warmup"), c.Int64("initial-step"))
 	if err != nil {
 		return usagef("--schedule: %v", err)
@@ -151,6 +148,10 @@ func trainAction(c *cli.Context, qat bool) error {
 		ValidEvery: c.Int64("valid-every"), CheckpointEvery: c.Int64("checkpoint-every"),
 		CheckpointDir: c.String("checkpoint-dir"), KeepCheckpoints: c.Int("keep-checkpoints"),
 		Resume: c.Bool("resume"),
+	}
+	if cfg.CheckpointDir == "" {
+		// Ctrl-C must always leave a checkpoint to resume from.
+		cfg.CheckpointDir = out + ".ckpt"
 	}
 	cfg.Optimizer.AdamW = c.Bool("adamw")
 	cfg.Optimizer.ClipNorm = c.Float64("grad-clip")
