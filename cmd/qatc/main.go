@@ -24,6 +24,10 @@ const (
 	exitUsage   = 2
 )
 
+// unknownCommand is the app metadata key set when the command is unknown
+// (urfave/cli reports that through a callback, not an error).
+const unknownCommand = "unknown-command"
+
 // usageError marks an error in how the command was called (exit 2).
 type usageError struct{ msg string }
 
@@ -55,6 +59,9 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 		}
 	}()
 	err := app.Run(reorderArgs(app, args))
+	if app.Metadata[unknownCommand] == true {
+		return exitUsage
+	}
 	if err == nil {
 		return exitOK
 	}
@@ -93,6 +100,15 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			&cli.BoolFlag{Name: "debug", Usage: "show stack traces on internal errors"},
 		},
 		Commands: commands(),
+		CommandNotFound: func(c *cli.Context, name string) {
+			var names []string
+			for _, cmd := range c.App.Commands {
+				names = append(names, cmd.Name)
+			}
+			fmt.Fprintf(c.App.ErrWriter, "qatc: unknown command %q (commands: %s; see qatc --help)\n", name, strings.Join(names, ", "))
+			c.App.Metadata[unknownCommand] = true
+		},
+		Metadata: map[string]any{},
 		// Errors are printed once, by run.
 		ExitErrHandler: func(*cli.Context, error) {},
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {

@@ -142,6 +142,7 @@ func TestBadInputs(t *testing.T) {
 		want string
 	}{
 		{"no model", []string{"inspect"}, 2, "takes one MODEL"},
+		{"unknown command", []string{"frob"}, 2, "unknown command \"frob\""},
 		{"unknown flag", []string{"inspect", good, "--frobnicate"}, 2, "frobnicate"},
 		{"missing file", []string{"inspect", filepath.Join(dir, "nope.onnx")}, 1, "nope.onnx"},
 		{"empty file", []string{"inspect", empty}, 1, "empty"},
