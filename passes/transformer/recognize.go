@@ -437,18 +437,8 @@ func (r *recognizer) scores(v string) (*onnx.NodeProto, float64, error) {
 			}
 			return p, scale, nil
 		case "Mul", "Div":
-			if c, ok := r.scalar(p.Input[1]); ok {
-				if p.OpType == "Mul" {
-					scale *= c
-				} else {
-					scale /= c
-				}
-				v = p.Input[0]
-				continue
-			}
-			if c, ok := r.scalar(p.Input[0]); ok && p.OpType == "Mul" {
-				scale *= c
-				v = p.Input[1]
+			if x, c, ok := r.unscale(p); ok {
+				v, scale = x, scale*c
 				continue
 			}
 			return nil, 0, fmt.Errorf("%s %s scales by a non-constant", p.OpType, graph.NodeName(p))

@@ -63,23 +63,28 @@ func (w *walker) back(v string) (string, float64) {
 			v = p.Input[0]
 			continue
 		case p.OpType == "Mul" || p.OpType == "Div":
-			if c, ok := w.scalar(p.Input[1]); ok {
-				if p.OpType == "Mul" {
-					scale *= c
-				} else {
-					scale /= c
-				}
-				v = p.Input[0]
-				continue
-			}
-			if c, ok := w.scalar(p.Input[0]); ok && p.OpType == "Mul" {
-				scale *= c
-				v = p.Input[1]
+			if x, c, ok := w.unscale(p); ok {
+				v, scale = x, scale*c
 				continue
 			}
 		}
 		return v, scale
 	}
+}
+
+// unscale reads a Mul or Div node p by a scalar constant as x·c: it
+// returns the other operand x and the factor c (1/divisor for Div).
+func (w *walker) unscale(p *onnx.NodeProto) (string, float64, bool) {
+	if c, ok := w.scalar(p.Input[1]); ok {
+		if p.OpType == "Div" {
+			return p.Input[0], 1 / c, true
+		}
+		return p.Input[0], c, true
+	}
+	if c, ok := w.scalar(p.Input[0]); ok && p.OpType == "Mul" {
+		return p.Input[1], c, true
+	}
+	return "", 0, false
 }
 
 // base is back without the scale.
