@@ -216,6 +216,20 @@ func residual(x, y []float32) {
 	}
 }
 
+// sublayer adds f's output to the residual stream x, with the LayerNorm
+// (scale, bias) on f's input (pre-norm) or on the sum (post-norm).
+func (r *Reference) sublayer(x, scale, bias []float32, post bool, f func(in []float32) []float32) []float32 {
+	in := x
+	if !post {
+		in = r.layerNorm(x, scale, bias)
+	}
+	residual(x, f(in))
+	if post {
+		x = r.layerNorm(x, scale, bias)
+	}
+	return x
+}
+
 // embed looks tokens up in an int8 table ([V, H] when !transposed, else
 // [H, V]), scales by √H and adds positions.
 func (r *Reference) embed(l *lspb.QuantEmbeddingLayer, ids []int64, vocab int, transposed bool) ([]float32, error) {
@@ -254,28 +268,17 @@ func (r *Reference) Encode(src []int64) ([]float32, error) {
 	post := r.qt.ModelConf.IsPostLn
 	mask := func(_, j int) bool { return src[j] == pad }
 	for _, l := range r.qt.EncoderStack {
-		in := x
-		if !post {
-			in = r.layerNorm(x, l.MultiheadNormScale, l.MultiheadNormBias)
-		}
-		qkv := dense8(in, n, h, l.MultiheadLnClipMax, l.MultiheadProjectKernelQkv, l.MultiheadProjectKernelQkvClipMax, 3*h, l.MultiheadQkvDenseClipMax)
-		addBias(qkv, l.MultiheadProjectBiasQkv)
-		ctx := r.attention(qkv, 3*h, n, qkv[h:], qkv[2*h:], 3*h, n, mask)
-		o := dense8(ctx, n, h, l.MultiheadProjectOutputClipMax, l.MultiheadProjectKernelOutput, l.MultiheadProjectKernelOutputClipMax, h, l.MultiheadOutputDenseClipMax)
-		addBias(o, l.MultiheadProjectBiasOutput)
-		residual(x, o)
-		if post {
-			x = r.layerNorm(x, l.MultiheadNormScale, l.MultiheadNormBias)
-		}
-		in = x
-		if !post {
-			in = r.layerNorm(x, l.FfnNormScale, l.FfnNormBias)
-		}
-		f := r.ffn(in, n, l.FfnLnClipMax, l.FfnFirstKernel, l.FfnFirstKernelClipMax, l.FfnFirstBias, l.FfnFirstOutputClipMax, l.FfnFirstActClipMax, l.FfnSecondKernel, l.FfnSecondKernelClipMax, l.FfnSecondBias)
-		residual(x, f)
-		if post {
-			x = r.layerNorm(x, l.FfnNormScale, l.FfnNormBias)
-		}
+		x = r.sublayer(x, l.MultiheadNormScale, l.MultiheadNormBias, post, func(in []float32) []float32 {
+			qkv := dense8(in, n, h, l.MultiheadLnClipMax, l.MultiheadProjectKernelQkv, l.MultiheadProjectKernelQkvClipMax, 3*h, l.MultiheadQkvDenseClipMax)
+			addBias(qkv, l.MultiheadProjectBiasQkv)
+			ctx := r.attention(qkv, 3*h, n, qkv[h:], qkv[2*h:], 3*h, n, mask)
+			o := dense8(ctx, n, h, l.MultiheadProjectOutputClipMax, l.MultiheadProjectKernelOutput, l.MultiheadProjectKernelOutputClipMax, h, l.MultiheadOutputDenseClipMax)
+			addBias(o, l.MultiheadProjectBiasOutput)
+			return o
+		})
+		x = r.sublayer(x, l.FfnNormScale, l.FfnNormBias, post, func(in []float32) []float32 {
+			return r.ffn(in, n, l.FfnLnClipMax, l.FfnFirstKernel, l.FfnFirstKernelClipMax, l.FfnFirstBias, l.FfnFirstOutputClipMax, l.FfnFirstActClipMax, l.FfnSecondKernel, l.FfnSecondKernelClipMax, l.FfnSecondBias)
+		})
 	}
 	if !post {
 		x = r.layerNorm(x, r.qt.SrcEmbedding.NormScale, r.qt.SrcEmbedding.NormBias)
@@ -312,43 +315,27 @@ func (r *Reference) Logits(src []int64, enc []float32, tgt []int64) ([]float32, 
 	causal := func(i, j int) bool { return j > i }
 	srcMask := func(_, j int) bool { return src[j] == pad }
 	for li, l := range r.qt.DecoderStack {
-		in := x
-		if !post {
-			in = r.layerNorm(x, l.SelfNormScale, l.SelfNormBias)
-		}
-		qkv := dense8(in, n, h, l.SelfLnClipMax, l.SelfProjectKernelQkv, l.SelfProjectKernelQkvClipMax, 3*h, l.SelfQkvDenseClipMax)
-		addBias(qkv, l.SelfProjectBiasQkv)
-		qkv = dequant8(qkv, l.SelfQkvBiasOutClipMax)
-		ctx := r.attention(qkv, 3*h, n, qkv[h:], qkv[2*h:], 3*h, n, causal)
-		o := dense8(ctx, n, h, l.SelfProjectOutputClipMax, l.SelfProjectKernelOutput, l.SelfProjectKernelOutputClipMax, h, l.SelfOutputDenseClipMax)
-		addBias(o, l.SelfProjectBiasOutput)
-		residual(x, o)
-		if post {
-			x = r.layerNorm(x, l.SelfNormScale, l.SelfNormBias)
-		}
-		in = x
-		if !post {
-			in = r.layerNorm(x, l.EncdecNormScale, l.EncdecNormBias)
-		}
-		q := dense8(in, n, h, l.EncdecLnClipMax, l.EncdecProjectKernelQ, l.EncdecProjectKernelQClipMax, h, l.EncdecQDenseClipMax)
-		addBias(q, l.EncdecProjectBiasQ)
-		off := li * 2 * h
-		ctx = r.attention(q, h, n, kv[off:], kv[off+h:], kvw, m, srcMask)
-		o = dense8(ctx, n, h, l.EncdecProjectOutputClipMax, l.EncdecProjectKernelOutput, l.EncdecProjectKernelOutputClipMax, h, l.EncdecOutputDenseClipMax)
-		addBias(o, l.EncdecProjectBiasOutput)
-		residual(x, o)
-		if post {
-			x = r.layerNorm(x, l.EncdecNormScale, l.EncdecNormBias)
-		}
-		in = x
-		if !post {
-			in = r.layerNorm(x, l.FfnNormScale, l.FfnNormBias)
-		}
-		f := r.ffn(in, n, l.FfnLnClipMax, l.FfnFirstKernel, l.FfnFirstKernelClipMax, l.FfnFirstBias, l.FfnFirstOutputClipMax, l.FfnFirstActClipMax, l.FfnSecondKernel, l.FfnSecondKernelClipMax, l.FfnSecondBias)
-		residual(x, f)
-		if post {
-			x = r.layerNorm(x, l.FfnNormScale, l.FfnNormBias)
-		}
+		x = r.sublayer(x, l.SelfNormScale, l.SelfNormBias, post, func(in []float32) []float32 {
+			qkv := dense8(in, n, h, l.SelfLnClipMax, l.SelfProjectKernelQkv, l.SelfProjectKernelQkvClipMax, 3*h, l.SelfQkvDenseClipMax)
+			addBias(qkv, l.SelfProjectBiasQkv)
+			qkv = dequant8(qkv, l.SelfQkvBiasOutClipMax)
+			ctx := r.attention(qkv, 3*h, n, qkv[h:], qkv[2*h:], 3*h, n, causal)
+			o := dense8(ctx, n, h, l.SelfProjectOutputClipMax, l.SelfProjectKernelOutput, l.SelfProjectKernelOutputClipMax, h, l.SelfOutputDenseClipMax)
+			addBias(o, l.SelfProjectBiasOutput)
+			return o
+		})
+		x = r.sublayer(x, l.EncdecNormScale, l.EncdecNormBias, post, func(in []float32) []float32 {
+			q := dense8(in, n, h, l.EncdecLnClipMax, l.EncdecProjectKernelQ, l.EncdecProjectKernelQClipMax, h, l.EncdecQDenseClipMax)
+			addBias(q, l.EncdecProjectBiasQ)
+			off := li * 2 * h
+			ctx := r.attention(q, h, n, kv[off:], kv[off+h:], kvw, m, srcMask)
+			o := dense8(ctx, n, h, l.EncdecProjectOutputClipMax, l.EncdecProjectKernelOutput, l.EncdecProjectKernelOutputClipMax, h, l.EncdecOutputDenseClipMax)
+			addBias(o, l.EncdecProjectBiasOutput)
+			return o
+		})
+		x = r.sublayer(x, l.FfnNormScale, l.FfnNormBias, post, func(in []float32) []float32 {
+			return r.ffn(in, n, l.FfnLnClipMax, l.FfnFirstKernel, l.FfnFirstKernelClipMax, l.FfnFirstBias, l.FfnFirstOutputClipMax, l.FfnFirstActClipMax, l.FfnSecondKernel, l.FfnSecondKernelClipMax, l.FfnSecondBias)
+		})
 	}
 	last := x[(n-1)*h:]
 	if !post {
