@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/runtime"
 	"github.com/qatc/qatc/testmodels"
 )
@@ -28,7 +29,7 @@ func BenchmarkFormats(b *testing.B) {
 	}
 	qat := makeQAT(b, fp32, batch, qatConfig{bits: 8})
 	names := append([]string{"fp32"}, Formats...)
-	sessions := make([]*runtime.Session, len(names))
+	models := make([]*graph.Model, len(names))
 	for i, name := range names {
 		m := fp32
 		if name != "fp32" {
@@ -41,6 +42,24 @@ func BenchmarkFormats(b *testing.B) {
 				name, rep.Size, 100*float64(rep.Size)/float64(rep.SourceSize), v.MaxAbsErr, v.Bound, v.Top1, kernelList(v.Kernels), err)
 			m = out
 		}
+		models[i] = m
+	}
+	medians := interleaved(b, models, batch)
+	for i, name := range names {
+		b.ReportMetric(float64(medians[i])/1e6, name+"_ms")
+		if i > 0 {
+			b.ReportMetric(float64(medians[0])/float64(medians[i]), name+"_x")
+		}
+	}
+}
+
+// interleaved opens a 2-thread session per model, warms each up, then runs
+// b.N rounds of one forward pass per model on batch, so that a drifting
+// machine load affects all models alike, and returns each model's median
+// latency.
+func interleaved(b *testing.B, models []*graph.Model, batch map[string]*runtime.Tensor) []time.Duration {
+	sessions := make([]*runtime.Session, len(models))
+	for i, m := range models {
 		s, err := runtime.Open(m, &runtime.Options{Threads: 2})
 		if err != nil {
 			b.Fatal(err)
@@ -53,7 +72,7 @@ func BenchmarkFormats(b *testing.B) {
 		}
 		sessions[i] = s
 	}
-	times := make([][]time.Duration, len(names))
+	times := make([][]time.Duration, len(sessions))
 	b.ResetTimer()
 	for range b.N {
 		for i, s := range sessions {
@@ -65,18 +84,11 @@ func BenchmarkFormats(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	median := func(d []time.Duration) time.Duration {
+	medians := make([]time.Duration, len(times))
+	for i, d := range times {
 		d = slices.Clone(d)
 		slices.Sort(d)
-		return d[len(d)/2]
+		medians[i] = d[len(d)/2]
 	}
-	base := median(times[0])
-	for i, name := range names {
-		m := median(times[i])
-		b.ReportMetric(float64(m)/1e6, name+"_ms")
-		if i > 0 {
-			b.ReportMetric(float64(base)/float64(m), name+"_x")
-		}
-	}
-	b.ReportMetric(0, "ns/op") // the per-format metrics above are the result
+	return medians
 }

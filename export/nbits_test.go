@@ -4,11 +4,9 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/passes/quantize"
@@ -169,40 +167,10 @@ func BenchmarkNBits(b *testing.B) {
 	var metrics []metric
 	for _, bs := range []int{1, 16} {
 		batch := bench.batches[bs]
-		sessions := make([]*runtime.Session, len(bench.models))
-		for i, m := range bench.models {
-			s, err := runtime.Open(m, &runtime.Options{Threads: 2})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer s.Close()
-			for range 2 { // warm-up: allocations, prepacking
-				if _, err := s.Run(batch); err != nil {
-					b.Fatal(err)
-				}
-			}
-			sessions[i] = s
-		}
-		times := make([][]time.Duration, len(sessions))
-		b.ResetTimer()
-		for range b.N {
-			for i, s := range sessions {
-				start := time.Now()
-				if _, err := s.Run(batch); err != nil {
-					b.Fatal(err)
-				}
-				times[i] = append(times[i], time.Since(start))
-			}
-		}
-		b.StopTimer()
-		median := func(d []time.Duration) time.Duration {
-			d = slices.Clone(d)
-			slices.Sort(d)
-			return d[len(d)/2]
-		}
-		base := median(times[0])
+		medians := interleaved(b, bench.models, batch)
+		base := medians[0]
 		for i, name := range bench.names {
-			m := median(times[i])
+			m := medians[i]
 			metrics = append(metrics, metric{float64(m) / 1e6, fmt.Sprintf("%s_b%d_ms", name, bs)})
 			if i > 0 {
 				metrics = append(metrics, metric{float64(base) / float64(m), fmt.Sprintf("%s_b%d_x", name, bs)})
