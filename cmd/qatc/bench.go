@@ -14,18 +14,15 @@ func benchCommand() *cli.Command {
 		Name:      "bench",
 		Usage:     "forward-pass latency and throughput of models, timed interleaved in one run",
 		ArgsUsage: "MODEL ...",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.IntFlag{Name: "batch", Value: 16, Usage: "sentences per batch"},
 			&cli.IntFlag{Name: "src-len", Value: 32, Usage: "source length"},
 			&cli.IntFlag{Name: "tgt-len", Value: 32, Usage: "target length"},
 			&cli.IntFlag{Name: "threads", Value: 2, Usage: "intra-op threads"},
 			&cli.IntFlag{Name: "warmup", Value: 3, Usage: "untimed passes per model"},
 			&cli.IntFlag{Name: "iters", Value: 20, Usage: "timed passes per model"},
-			&cli.StringFlag{Name: "src-input", Usage: "the models' source-ids input (default: found by shape)"},
-			&cli.StringFlag{Name: "tgt-input", Usage: "the models' target-ids input (default: found by shape)"},
-			&cli.StringFlag{Name: "logits-output", Usage: "the models' logits output (default: found by shape)"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON document"},
-		},
+		}, roleFlags()...),
 		Action: benchAction,
 	}
 }
@@ -34,7 +31,7 @@ func benchAction(c *cli.Context) error {
 	if c.NArg() == 0 {
 		return usagef("bench takes one or more models")
 	}
-	roles := eval.Roles{Src: c.String("src-input"), Tgt: c.String("tgt-input"), Logits: c.String("logits-output")}
+	roles := evalRoles(c)
 	var models []*eval.Seq2Seq
 	for _, path := range c.Args().Slice() {
 		s, err := runtime.OpenFile(path, &runtime.Options{Threads: c.Int("threads")})
@@ -73,4 +70,9 @@ func benchAction(c *cli.Context) error {
 	}
 	_, err = fmt.Fprintf(c.App.Writer, "speed-up is against %s; peak RSS is the whole process's (all models loaded)\n", rs[0].Model)
 	return err
+}
+
+// evalRoles are the role flags as eval names them.
+func evalRoles(c *cli.Context) eval.Roles {
+	return eval.Roles{Src: c.String("src-input"), Tgt: c.String("tgt-input"), Logits: c.String("logits-output")}
 }

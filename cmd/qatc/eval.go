@@ -17,7 +17,7 @@ func evalCommand() *cli.Command {
 		Name:      "eval",
 		Usage:     "translate with each model (ONNX, or a LightSeq .pb run by qatc's reference decoder) and score BLEU (sacreBLEU's defaults), with token agreement, size and decoding latency",
 		ArgsUsage: "MODEL ...",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "src", Usage: "source sentences, one per line", Required: true},
 			&cli.StringFlag{Name: "ref", Usage: "reference translations, one per line", Required: true},
 			&cli.StringFlag{Name: "spm", Usage: "SentencePiece model: --src is text, translations are detokenized (default: token ids)"},
@@ -27,14 +27,8 @@ func evalCommand() *cli.Command {
 			&cli.IntFlag{Name: "batch", Value: 32, Usage: "sentences decoded together"},
 			&cli.IntFlag{Name: "threads", Usage: "intra-op threads (0: onnxruntime's default)"},
 			&cli.StringFlag{Name: "hyp-dir", Usage: "write each model's translations to DIR/<model>.hyp"},
-			&cli.StringFlag{Name: "src-input", Usage: "the models' source-ids input (default: found by shape)"},
-			&cli.StringFlag{Name: "tgt-input", Usage: "the models' target-ids input (default: found by shape)"},
-			&cli.StringFlag{Name: "logits-output", Usage: "the models' logits output (default: found by shape)"},
-			&cli.Int64Flag{Name: "pad-id", Value: 0, Usage: "padding id"},
-			&cli.Int64Flag{Name: "bos-id", Value: 2, Usage: "begin-of-sentence id"},
-			&cli.Int64Flag{Name: "eos-id", Value: 3, Usage: "end-of-sentence id"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON document"},
-		},
+		}, append(roleFlags(), specialFlags()...)...),
 		Action: evalAction,
 	}
 }
@@ -86,7 +80,7 @@ func evalAction(c *cli.Context) error {
 		}
 		opts.Src, opts.Tgt, opts.TgtTokName = tok, tok, path
 	}
-	roles := eval.Roles{Src: c.String("src-input"), Tgt: c.String("tgt-input"), Logits: c.String("logits-output")}
+	roles := evalRoles(c)
 	var specs []eval.ModelSpec
 	for _, p := range c.Args().Slice() {
 		spec := eval.ModelSpec{Path: p, Roles: roles}

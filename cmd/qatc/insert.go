@@ -51,11 +51,24 @@ func insertCommand() *cli.Command {
 
 // dataFlags are the flags every command reading sentence files shares.
 func dataFlags() []cli.Flag {
-	return []cli.Flag{
+	return append(append([]cli.Flag{
 		&cli.StringFlag{Name: "spm", Usage: "SentencePiece model: data files hold text (default: space-separated token ids)"},
+	}, roleFlags()...), specialFlags()...)
+}
+
+// roleFlags name a seq2seq model's inputs and logits where finding them
+// by shape is not enough.
+func roleFlags() []cli.Flag {
+	return []cli.Flag{
 		&cli.StringFlag{Name: "src-input", Usage: "the model's source-ids input (default: found by shape)"},
 		&cli.StringFlag{Name: "tgt-input", Usage: "the model's target-ids input (default: found by shape)"},
 		&cli.StringFlag{Name: "logits-output", Usage: "the model's logits output (default: found by shape)"},
+	}
+}
+
+// specialFlags are the special token ids.
+func specialFlags() []cli.Flag {
+	return []cli.Flag{
 		&cli.Int64Flag{Name: "pad-id", Value: 0, Usage: "padding id"},
 		&cli.Int64Flag{Name: "bos-id", Value: 2, Usage: "begin-of-sentence id"},
 		&cli.Int64Flag{Name: "eos-id", Value: 3, Usage: "end-of-sentence id"},
