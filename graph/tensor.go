@@ -107,14 +107,18 @@ func Floats(t *onnx.TensorProto) ([]float32, error) {
 	return t.FloatData, nil
 }
 
-// Int64s returns t's elements as int64 (from int64, int32, int8, uint8 or
-// bool tensors).
+// Int64s returns t's elements as int64 (from int64, int32, int8, uint8,
+// bool, and the 4-bit types, which ONNX packs two to a byte, low nibble
+// first).
 func Int64s(t *onnx.TensorProto) ([]int64, error) {
 	if HasExternalData(t) {
 		return nil, fmt.Errorf("tensor %q: external data not loaded", t.Name)
 	}
 	n := NumElements(t.Dims)
 	dt := TensorType(t)
+	if dt == Int4 || dt == Uint4 {
+		return nibbles(t, n)
+	}
 	out := make([]int64, n)
 	if len(t.RawData) > 0 || n == 0 {
 		size := int64(dt.Bits() / 8)
@@ -240,4 +244,27 @@ func Transpose[T any](data []T, dims, perm []int64) ([]T, []int64) {
 		}
 	}
 	return out, odims
+}
+
+// nibbles unpacks a 4-bit tensor of n elements.
+func nibbles(t *onnx.TensorProto, n int64) ([]int64, error) {
+	dt := TensorType(t)
+	out := make([]int64, n)
+	for i := range out {
+		var b byte
+		switch {
+		case int64(len(t.RawData)) > int64(i)/2:
+			b = t.RawData[i/2]
+		case int64(len(t.Int32Data)) > int64(i)/2:
+			b = byte(t.Int32Data[i/2])
+		default:
+			return nil, fmt.Errorf("tensor %q: too little data for %d %s elements", t.Name, n, dt)
+		}
+		v := int64(b>>(4*(i%2))) & 0xF
+		if dt == Int4 && v >= 8 {
+			v -= 16
+		}
+		out[i] = v
+	}
+	return out, nil
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"math"
@@ -232,7 +233,8 @@ func compareTensors(a, b *runtime.Tensor) (comparison, error) {
 	return r, nil
 }
 
-func argmax(v []float64) int {
+// argmax returns the index of v's largest element (the first on ties).
+func argmax[T cmp.Ordered](v []T) int {
 	best := 0
 	for i, x := range v {
 		if x > v[best] {

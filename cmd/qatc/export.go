@@ -218,7 +218,7 @@ func lightseqAgreement(m *graph.Model, qt *lspb.QuantTransformer, batch map[stri
 		}
 		for i := range got {
 			want := logits[(r*tl+i)*vocab : (r*tl+i+1)*vocab]
-			if argmax32(got[i]) == argmax32(want) {
+			if argmax(got[i]) == argmax(want) {
 				agree++
 			}
 			total++
@@ -234,14 +234,4 @@ func trimPad(row []int64, pad int64) []int64 {
 		n--
 	}
 	return row[:n]
-}
-
-func argmax32(v []float32) int {
-	best := 0
-	for i, x := range v {
-		if x > v[best] {
-			best = i
-		}
-	}
-	return best
 }

@@ -276,7 +276,7 @@ func (fv *foldView) ints(f *fold.Folded) (v []int64, dims []int64, scale []float
 	if t == nil {
 		return nil, nil, nil, fmt.Errorf("internal error: folding kept no integer initializer for weight %q", f.Tensor)
 	}
-	if v, err = intValues(t); err != nil {
+	if v, err = graph.Int64s(t); err != nil {
 		return nil, nil, nil, err
 	}
 	if scale, err = graph.Floats(fv.m.Initializer(f.Scale)); err != nil {
@@ -371,37 +371,6 @@ func scaleIndex(dims []int64, nScale int, axis, blockSize int64) (func(int) int,
 	}, nil
 }
 
-// intValues returns an integer initializer's values, 4-bit types
-// included (two to a byte, low nibble first, as ONNX packs them).
-func intValues(t *onnx.TensorProto) ([]int64, error) {
-	dt := graph.TensorType(t)
-	if dt != graph.Int4 && dt != graph.Uint4 {
-		return graph.Int64s(t)
-	}
-	if graph.HasExternalData(t) {
-		return nil, fmt.Errorf("tensor %q: external data not loaded", t.Name)
-	}
-	n := graph.NumElements(t.Dims)
-	out := make([]int64, n)
-	for i := range out {
-		var b byte
-		switch {
-		case int64(len(t.RawData)) > int64(i)/2:
-			b = t.RawData[i/2]
-		case int64(len(t.Int32Data)) > int64(i)/2:
-			b = byte(t.Int32Data[i/2])
-		default:
-			return nil, fmt.Errorf("tensor %q: too little data for %d %s elements", t.Name, n, dt)
-		}
-		v := int64(b>>(4*(i%2))) & 0xF
-		if dt == graph.Int4 && v >= 8 {
-			v -= 16
-		}
-		out[i] = v
-	}
-	return out, nil
-}
-
 // isIntType reports whether dt is one of the integer types quantized
 // weights are stored in.
 func isIntType(dt graph.DataType) bool {
@@ -473,7 +442,7 @@ func storedInts(m *graph.Model) *storedSet {
 				continue
 			}
 			add(&storedWeight{name: v, dims: t.Dims, storage: graph.TensorType(t).String(), bits: graph.TensorType(t).Bits(), scale: constFloatsOf(m, n.Input[1]), node: n,
-				decode: func() ([]int64, error) { return intValues(t) }})
+				decode: func() ([]int64, error) { return graph.Int64s(t) }})
 		case n.OpType == "MatMulNBits" && n.Domain == "com.microsoft" && len(n.Input) >= 3:
 			if w := nbitsWeight(m, n); w != nil {
 				add(w)
@@ -501,7 +470,7 @@ func intOperand(m *graph.Model, n *onnx.NodeProto, scale []float32) *storedWeigh
 		return nil
 	}
 	return &storedWeight{name: t.Name, dims: t.Dims, storage: graph.TensorType(t).String(), bits: graph.TensorType(t).Bits(), scale: scale, node: n,
-		decode: func() ([]int64, error) { return intValues(t) }}
+		decode: func() ([]int64, error) { return graph.Int64s(t) }}
 }
 
 // integerScale finds the weight scale of a MatMulInteger, which the
@@ -970,54 +939,7 @@ func notQuantized(m *graph.Model, path, name string, weights []string) error {
 	case m.Producer(name) != nil || m.Input(name) != nil:
 		what = "has no weight quantizer on the value"
 	}
-	return fmt.Errorf("%s %s %q; quantized weights with close names: %s", path, what, name, strings.Join(closest(name, weights, 5), ", "))
-}
-
-// closest returns up to k names nearest to name: by the edit distance
-// between name and the best-matching part of each, then by length.
-func closest(name string, names []string, k int) []string {
-	if len(names) == 0 {
-		return []string{"(none)"}
-	}
-	p := strings.ToLower(name)
-	d := map[string]int{}
-	for _, n := range names {
-		d[n] = partialDistance(p, strings.ToLower(n))
-	}
-	out := append([]string(nil), names...)
-	sort.SliceStable(out, func(i, j int) bool {
-		if d[out[i]] != d[out[j]] {
-			return d[out[i]] < d[out[j]]
-		}
-		return len(out[i]) < len(out[j])
-	})
-	if len(out) > k {
-		out = out[:k]
-	}
-	return out
-}
-
-// partialDistance is the smallest Levenshtein distance between p and any
-// substring of s.
-func partialDistance(p, s string) int {
-	rp, rs := []rune(p), []rune(s)
-	prev, cur := make([]int, len(rs)+1), make([]int, len(rs)+1)
-	for i := 1; i <= len(rp); i++ {
-		cur[0] = i
-		for j := 1; j <= len(rs); j++ {
-			cost := 1
-			if rp[i-1] == rs[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	best := len(rp)
-	for _, x := range prev {
-		best = min(best, x)
-	}
-	return best
+	return fmt.Errorf("%s %s %q; quantized weights with close names: %s", path, what, name, closeList(name, weights))
 }
 
 // plotHistogram draws the histogram of a QAT model's float weight with the
@@ -1088,4 +1010,12 @@ func plotHistogram(path string, v *tensorView) error {
 		return fmt.Errorf("--plot %s: %v", path, err)
 	}
 	return graph.WriteFileAtomic(path, buf.Bytes())
+}
+
+// closeList lists up to five of names closest to name.
+func closeList(name string, names []string) string {
+	if len(names) == 0 {
+		return "(none)"
+	}
+	return strings.Join(quantize.CloseNames(name, names, 5), ", ")
 }

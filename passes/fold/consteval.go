@@ -35,34 +35,6 @@ func constTensor(m *graph.Model, name string) *onnx.TensorProto {
 	return nil
 }
 
-// ints returns an integer tensor's values, including the 4-bit types
-// (packed two to a byte, low nibble first).
-func ints(t *onnx.TensorProto) ([]int64, error) {
-	dt := graph.TensorType(t)
-	if dt != graph.Int4 && dt != graph.Uint4 {
-		return graph.Int64s(t)
-	}
-	n := graph.NumElements(t.Dims)
-	out := make([]int64, n)
-	for i := range out {
-		var b byte
-		switch {
-		case len(t.RawData) > 0:
-			b = t.RawData[i/2]
-		case len(t.Int32Data) > i/2:
-			b = byte(t.Int32Data[i/2])
-		default:
-			return nil, fmt.Errorf("tensor %q: too little data for %d %s elements", t.Name, n, dt)
-		}
-		v := int64(b>>(4*(i%2))) & 0xF
-		if dt == graph.Int4 && v >= 8 {
-			v -= 16
-		}
-		out[i] = v
-	}
-	return out, nil
-}
-
 // constFloats evaluates a float constant: an initializer, a Constant, or a
 // Transpose of one (exporters store some weights transposed).
 func constFloats(m *graph.Model, name string) ([]float32, []int64, error) {

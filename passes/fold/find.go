@@ -77,7 +77,7 @@ func (q *quantizer) resolve(m *graph.Model) error {
 			return fmt.Errorf("quantizer %s: zero point %q is not a constant; only constant zero points can be exported", name, q.q.Input[2])
 		}
 		q.zpType = graph.TensorType(zp)
-		zps, err := ints(zp)
+		zps, err := graph.Int64s(zp)
 		if err != nil {
 			return fmt.Errorf("quantizer %s: %w", name, err)
 		}
@@ -108,7 +108,7 @@ func (q *quantizer) resolve(m *graph.Model) error {
 			if t == nil {
 				return fmt.Errorf("quantizer %s: Clip bound %q is not a constant", name, q.clamp.Input[i+1])
 			}
-			v, err := ints(t)
+			v, err := graph.Int64s(t)
 			if err != nil || len(v) != 1 {
 				return fmt.Errorf("quantizer %s: Clip bound %q is not an integer scalar", name, q.clamp.Input[i+1])
 			}

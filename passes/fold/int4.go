@@ -72,7 +72,7 @@ func Int4(m *graph.Model, r *Result) (*Int4Result, error) {
 		return res, nil
 	}
 	for _, c := range cands {
-		vals, err := ints(c.t)
+		vals, err := graph.Int64s(c.t)
 		if err != nil {
 			return nil, fmt.Errorf("weight %q: %w", c.f.Tensor, err)
 		}

@@ -167,7 +167,7 @@ func nbitsWeight(m *graph.Model, n *onnx.NodeProto, byInt map[string]*Folded) (*
 	if err != nil {
 		return nil, fmt.Errorf("DequantizeLinear %s: scale: %w", graph.NodeName(d), err)
 	}
-	vals, err := ints(t)
+	vals, err := graph.Int64s(t)
 	if err != nil {
 		return nil, fmt.Errorf("weight %q: %w", f.Tensor, err)
 	}

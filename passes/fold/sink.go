@@ -215,7 +215,7 @@ func sliceAxes(m *graph.Model, c *onnx.NodeProto, rank int64) ([]int64, bool) {
 		if t == nil {
 			return nil, false
 		}
-		v, err := ints(t)
+		v, err := graph.Int64s(t)
 		if err != nil {
 			return nil, false
 		}

@@ -5,10 +5,10 @@ import (
 	"strings"
 )
 
-// closeNames returns up to k names closest to pattern: by the edit
+// CloseNames returns up to k names closest to pattern: by the edit
 // distance between the pattern and the best-matching part of the name,
-// then by length.
-func closeNames(pattern string, names []string, k int) []string {
+// then by length. Errors use it to suggest what a mistyped name meant.
+func CloseNames(pattern string, names []string, k int) []string {
 	type scored struct {
 		name string
 		dist int

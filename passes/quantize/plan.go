@@ -494,7 +494,7 @@ func (pl *planner) mustMatch(what string, re *regexp.Regexp) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("%s matches no quantizable tensor or node; close candidates: %s", what, strings.Join(closeNames(re.String(), pl.allNames(), 5), ", "))
+	return fmt.Errorf("%s matches no quantizable tensor or node; close candidates: %s", what, strings.Join(CloseNames(re.String(), pl.allNames(), 5), ", "))
 }
 
 func (pl *planner) allNames() []string {
