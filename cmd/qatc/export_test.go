@@ -3,7 +3,6 @@ package main
 import (
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 )
 
@@ -42,9 +41,7 @@ func TestExportBadInputs(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, errOut := qatc(t, append([]string{"export"}, tc.args...)...)
-			if code != tc.code || strings.Count(strings.TrimSpace(errOut), "\n") != 0 || !strings.Contains(errOut, tc.want) {
-				t.Errorf("exit %d (want %d), stderr %q (want it to mention %q)", code, tc.code, errOut, tc.want)
-			}
+			wantError(t, code, errOut, tc.code, tc.want)
 			for _, f := range []string{out, filepath.Join(dir, "out.pb")} {
 				if _, err := os.Stat(f); err == nil {
 					t.Errorf("%s written despite the error", f)

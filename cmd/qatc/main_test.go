@@ -22,6 +22,15 @@ func qatc(t *testing.T, args ...string) (int, string, string) {
 	return code, out.String(), errOut.String()
 }
 
+// wantError checks that a command failed with exit code want and one
+// stderr line mentioning mention.
+func wantError(t *testing.T, code int, errOut string, want int, mention string) {
+	t.Helper()
+	if code != want || strings.Count(strings.TrimSpace(errOut), "\n") != 0 || !strings.Contains(errOut, mention) {
+		t.Errorf("exit %d (want %d), stderr %q (want one line mentioning %q)", code, want, errOut, mention)
+	}
+}
+
 func TestRunMatchesPyTorch(t *testing.T) {
 	for _, model := range []string{"torch_transformer_opset14.onnx", "torch_transformer_opset17.onnx"} {
 		code, out, errOut := qatc(t, "run", models+model,

@@ -193,9 +193,7 @@ func TestTrainBadInputs(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, errOut := qatc(t, append(tc.args, "-o", out)...)
-			if code != tc.code || strings.Count(strings.TrimSpace(errOut), "\n") != 0 || !strings.Contains(errOut, tc.want) {
-				t.Errorf("exit %d (want %d), stderr %q (want it to mention %q)", code, tc.code, errOut, tc.want)
-			}
+			wantError(t, code, errOut, tc.code, tc.want)
 			if _, err := os.Stat(out); err == nil {
 				t.Errorf("output written despite the error")
 			}
