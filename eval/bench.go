@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/qatc/qatc/runtime"
+	"github.com/qatc/qatc/ort"
 )
 
 // BenchOptions configure Bench: one forward pass over a batch of Batch
@@ -52,7 +52,7 @@ type BenchResult struct {
 // BenchFile opens the model at path with opts.Threads threads and
 // benchmarks it (see Bench).
 func BenchFile(path string, roles Roles, opts BenchOptions) (*BenchResult, error) {
-	sess, err := runtime.OpenFile(path, &runtime.Options{Threads: opts.Threads})
+	sess, err := ort.OpenFile(path, &ort.Options{Threads: opts.Threads})
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +92,7 @@ func BenchAll(ms []*Seq2Seq, opts BenchOptions) ([]*BenchResult, error) {
 	if sp == (Special{}) {
 		sp = DefaultSpecial()
 	}
-	inputs := make([]map[string]*runtime.Tensor, len(ms))
+	inputs := make([]map[string]*ort.Tensor, len(ms))
 	for i, m := range ms {
 		in, err := benchInputs(m, sp, opts)
 		if err != nil {
@@ -134,7 +134,7 @@ func BenchAll(ms []*Seq2Seq, opts BenchOptions) ([]*BenchResult, error) {
 }
 
 // benchInputs makes m's fixed benchmark batch.
-func benchInputs(m *Seq2Seq, sp Special, opts BenchOptions) (map[string]*runtime.Tensor, error) {
+func benchInputs(m *Seq2Seq, sp Special, opts BenchOptions) (map[string]*ort.Tensor, error) {
 	vocab, err := m.Vocab(sp)
 	if err != nil {
 		return nil, err
@@ -162,9 +162,9 @@ func benchInputs(m *Seq2Seq, sp Special, opts BenchOptions) (map[string]*runtime
 			tgt[b*opts.TgtLen+i] = token()
 		}
 	}
-	return map[string]*runtime.Tensor{
-		m.Roles.Src: runtime.Int64([]int64{int64(opts.Batch), int64(opts.SrcLen)}, src),
-		m.Roles.Tgt: runtime.Int64([]int64{int64(opts.Batch), int64(opts.TgtLen)}, tgt),
+	return map[string]*ort.Tensor{
+		m.Roles.Src: ort.Int64([]int64{int64(opts.Batch), int64(opts.SrcLen)}, src),
+		m.Roles.Tgt: ort.Int64([]int64{int64(opts.Batch), int64(opts.TgtLen)}, tgt),
 	}, nil
 }
 

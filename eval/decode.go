@@ -5,7 +5,7 @@ import (
 	"math"
 	"sort"
 
-	"github.com/qatc/qatc/runtime"
+	"github.com/qatc/qatc/ort"
 )
 
 // Special are the pad, bos and eos ids.
@@ -56,7 +56,7 @@ type DecodeOptions struct {
 type Stepper interface {
 	// NextLogits returns for src [rows, S] and tgt [rows, T] the logits at
 	// position T-1, [rows × vocab] row-major, and the vocabulary size.
-	NextLogits(src, tgt *runtime.Tensor) ([]float32, int, error)
+	NextLogits(src, tgt *ort.Tensor) ([]float32, int, error)
 }
 
 // Hypothesis is one decoded translation.
@@ -162,7 +162,7 @@ func (o DecodeOptions) lengthNorm(n int) float64 {
 
 // rows builds the model's inputs for the given sources and target prefixes
 // (all of one length): sources padded to the longest, each prefix after BOS.
-func rows(srcs [][]int64, prefixes [][]int64, sp Special) (src, tgt *runtime.Tensor) {
+func rows(srcs [][]int64, prefixes [][]int64, sp Special) (src, tgt *ort.Tensor) {
 	s := 1
 	for _, x := range srcs {
 		s = max(s, len(x))
@@ -179,8 +179,8 @@ func rows(srcs [][]int64, prefixes [][]int64, sp Special) (src, tgt *runtime.Ten
 		td[r*t] = sp.BOS
 		copy(td[r*t+1:(r+1)*t], prefixes[r])
 	}
-	return runtime.Int64([]int64{int64(len(srcs)), int64(s)}, sd),
-		runtime.Int64([]int64{int64(len(srcs)), int64(t)}, td)
+	return ort.Int64([]int64{int64(len(srcs)), int64(s)}, sd),
+		ort.Int64([]int64{int64(len(srcs)), int64(t)}, td)
 }
 
 // step runs m on the rows and checks the logits' size.

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
-	"github.com/qatc/qatc/runtime"
+	"github.com/qatc/qatc/ort"
 )
 
 // Token ids of the bigram test model.
@@ -76,7 +76,7 @@ func bigramModel(t *testing.T, swap bool) *graph.Model {
 
 func openBigram(t *testing.T) *Seq2Seq {
 	t.Helper()
-	s, err := runtime.Open(bigramModel(t, false), &runtime.Options{Threads: 1})
+	s, err := ort.Open(bigramModel(t, false), &ort.Options{Threads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +218,7 @@ func TestDecodeOptionErrors(t *testing.T) {
 // teacher-forced pass over its output computes.
 func TestDecodeTorchTransformer(t *testing.T) {
 	dir := "../../shared/models"
-	s, err := runtime.OpenFile(filepath.Join(dir, "torch_transformer_opset17.onnx"), &runtime.Options{Threads: 1})
+	s, err := ort.OpenFile(filepath.Join(dir, "torch_transformer_opset17.onnx"), &ort.Options{Threads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,16 +233,16 @@ func TestDecodeTorchTransformer(t *testing.T) {
 	if v, _ := m.Vocab(DefaultSpecial()); v != 1000 {
 		t.Fatalf("vocab %d, want 1000", v)
 	}
-	src, err := runtime.ReadNpy(filepath.Join(dir, "torch_transformer_src_ids.npy"))
+	src, err := ort.ReadNpy(filepath.Join(dir, "torch_transformer_src_ids.npy"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref, err := runtime.ReadNpy(filepath.Join(dir, "torch_transformer_logits.npy"))
+	ref, err := ort.ReadNpy(filepath.Join(dir, "torch_transformer_logits.npy"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	rows, cols := int(src.Shape[0]), int(src.Shape[1])
-	first, v, err := m.NextLogits(src, runtime.Int64([]int64{int64(rows), 1}, []int64{2, 2}))
+	first, v, err := m.NextLogits(src, ort.Int64([]int64{int64(rows), 1}, []int64{2, 2}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,9 +284,9 @@ func TestDecodeTorchTransformer(t *testing.T) {
 			}
 			// Teacher-forced log-probability of the hypothesis.
 			seq := append([]int64{2}, got[i].IDs...)
-			out, err := s.Run(map[string]*runtime.Tensor{
-				"src_ids": runtime.Int64([]int64{1, int64(len(srcs[i]))}, srcs[i]),
-				"tgt_ids": runtime.Int64([]int64{1, int64(len(seq))}, seq),
+			out, err := s.Run(map[string]*ort.Tensor{
+				"src_ids": ort.Int64([]int64{1, int64(len(srcs[i]))}, srcs[i]),
+				"tgt_ids": ort.Int64([]int64{1, int64(len(seq))}, seq),
 			}, "logits")
 			if err != nil {
 				t.Fatal(err)
@@ -318,7 +318,7 @@ func TestDecodeTorchTransformer(t *testing.T) {
 // beam of 4, one thread.
 func BenchmarkDecodeTorch(b *testing.B) {
 	dir := "../../shared/models"
-	s, err := runtime.OpenFile(filepath.Join(dir, "torch_transformer_opset17.onnx"), &runtime.Options{Threads: 1})
+	s, err := ort.OpenFile(filepath.Join(dir, "torch_transformer_opset17.onnx"), &ort.Options{Threads: 1})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -6,8 +6,8 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
-	"github.com/qatc/qatc/runtime"
+	"github.com/qatc/qatc/onnx"
+	"github.com/qatc/qatc/ort"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -153,7 +153,7 @@ func evaluateOne(spec ModelSpec, srcIDs [][]int64, ref []string, ttok Tokenizer,
 		if size, err = ModelSize(spec.Path); err != nil {
 			return nil, err
 		}
-		sess, err := runtime.OpenFile(spec.Path, &runtime.Options{Threads: opts.Threads})
+		sess, err := ort.OpenFile(spec.Path, &ort.Options{Threads: opts.Threads})
 		if err != nil {
 			return nil, err
 		}

@@ -5,7 +5,7 @@ import (
 	"strings"
 
 	"github.com/qatc/qatc/graph"
-	"github.com/qatc/qatc/runtime"
+	"github.com/qatc/qatc/ort"
 )
 
 // Roles names a seq2seq model's source-ids input, decoder-input-ids input
@@ -23,19 +23,19 @@ type Roles struct {
 // symbolic name as the logits' second dim; a name that says so (tgt, trg,
 // target, dec; src, source, enc); the order of the inputs (source first).
 // model names the model in errors.
-func FindRoles(model string, inputs, outputs []runtime.IOInfo, given Roles) (Roles, error) {
+func FindRoles(model string, inputs, outputs []ort.IOInfo, given Roles) (Roles, error) {
 	r := given
-	find := func(list []runtime.IOInfo, name, role, flag string) (runtime.IOInfo, error) {
+	find := func(list []ort.IOInfo, name, role, flag string) (ort.IOInfo, error) {
 		for _, io := range list {
 			if io.Name == name {
 				return io, nil
 			}
 		}
-		return runtime.IOInfo{}, fmt.Errorf("%s has no %s %q for the %s role (it has: %s); fix %s", model, strings.TrimSuffix(role, "s"), name, strings.TrimPrefix(flag, "--"), ioList(list), flag)
+		return ort.IOInfo{}, fmt.Errorf("%s has no %s %q for the %s role (it has: %s); fix %s", model, strings.TrimSuffix(role, "s"), name, strings.TrimPrefix(flag, "--"), ioList(list), flag)
 	}
 
 	// The logits.
-	var logits runtime.IOInfo
+	var logits ort.IOInfo
 	if r.Logits != "" {
 		io, err := find(outputs, r.Logits, "outputs", "--logits-output")
 		if err != nil {
@@ -43,7 +43,7 @@ func FindRoles(model string, inputs, outputs []runtime.IOInfo, given Roles) (Rol
 		}
 		logits = io
 	} else {
-		var cands []runtime.IOInfo
+		var cands []ort.IOInfo
 		for _, io := range outputs {
 			if isFloat(io.Elem) && (io.Dims == nil || len(io.Dims) == 3) {
 				cands = append(cands, io)
@@ -88,7 +88,7 @@ func FindRoles(model string, inputs, outputs []runtime.IOInfo, given Roles) (Rol
 			}
 		}
 	}
-	var ids []runtime.IOInfo
+	var ids []ort.IOInfo
 	for _, io := range inputs {
 		if isIDs(io) && io.Name != r.Src && io.Name != r.Tgt {
 			ids = append(ids, io)
@@ -124,8 +124,8 @@ func FindRoles(model string, inputs, outputs []runtime.IOInfo, given Roles) (Rol
 
 // tgtFirst reports whether a (listed first) is the decoder input rather
 // than b.
-func tgtFirst(a, b, logits runtime.IOInfo) bool {
-	dim1 := func(io runtime.IOInfo) string {
+func tgtFirst(a, b, logits ort.IOInfo) bool {
+	dim1 := func(io ort.IOInfo) string {
 		if len(io.DimParams) > 1 {
 			return io.DimParams[1]
 		}
@@ -165,15 +165,15 @@ func isFloat(t graph.DataType) bool {
 	return t == graph.Float || t == graph.Float16 || t == graph.Double || t == graph.BFloat16
 }
 
-func isIDs(io runtime.IOInfo) bool {
+func isIDs(io ort.IOInfo) bool {
 	return io.Elem == graph.Int64 && (io.Dims == nil || len(io.Dims) == 2)
 }
 
-func notSeq2Seq(model string, inputs, outputs []runtime.IOInfo) error {
+func notSeq2Seq(model string, inputs, outputs []ort.IOInfo) error {
 	return fmt.Errorf("%s is not a seq2seq model: it needs two int64 [batch, len] inputs and a float [batch, tgt_len, vocab] output, and has inputs %s and outputs %s; name the roles with --src-input, --tgt-input and --logits-output if they are there", model, ioList(inputs), ioList(outputs))
 }
 
-func ioList(list []runtime.IOInfo) string {
+func ioList(list []ort.IOInfo) string {
 	if len(list) == 0 {
 		return "(none)"
 	}
@@ -189,14 +189,14 @@ func ioList(list []runtime.IOInfo) string {
 // logits at the last target position score the next token.
 type Seq2Seq struct {
 	Name    string // the model in errors (its file)
-	Session *runtime.Session
+	Session *ort.Session
 	Roles   Roles
 	vocab   int
 }
 
 // NewSeq2Seq finds the roles of s's inputs and outputs (see FindRoles;
 // given may name some or all) and wraps it.
-func NewSeq2Seq(name string, s *runtime.Session, given Roles) (*Seq2Seq, error) {
+func NewSeq2Seq(name string, s *ort.Session, given Roles) (*Seq2Seq, error) {
 	r, err := FindRoles(name, s.Inputs(), s.Outputs(), given)
 	if err != nil {
 		return nil, err
@@ -222,8 +222,8 @@ func (m *Seq2Seq) Vocab(sp Special) (int, error) {
 	if m.vocab > 0 {
 		return m.vocab, nil
 	}
-	src := runtime.Int64([]int64{1, 1}, []int64{sp.EOS})
-	tgt := runtime.Int64([]int64{1, 1}, []int64{sp.BOS})
+	src := ort.Int64([]int64{1, 1}, []int64{sp.EOS})
+	tgt := ort.Int64([]int64{1, 1}, []int64{sp.BOS})
 	_, v, err := m.NextLogits(src, tgt)
 	if err != nil {
 		return 0, err
@@ -235,8 +235,8 @@ func (m *Seq2Seq) Vocab(sp Special) (int, error) {
 // NextLogits runs the model on src [rows, S] and tgt [rows, T] and returns
 // the logits at the last target position, [rows × vocab] row-major, and
 // the vocabulary size.
-func (m *Seq2Seq) NextLogits(src, tgt *runtime.Tensor) ([]float32, int, error) {
-	out, err := m.Session.Run(map[string]*runtime.Tensor{m.Roles.Src: src, m.Roles.Tgt: tgt}, m.Roles.Logits)
+func (m *Seq2Seq) NextLogits(src, tgt *ort.Tensor) ([]float32, int, error) {
+	out, err := m.Session.Run(map[string]*ort.Tensor{m.Roles.Src: src, m.Roles.Tgt: tgt}, m.Roles.Logits)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/qatc/qatc/graph"
-	"github.com/qatc/qatc/runtime"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/testmodels"
 )
 
@@ -23,9 +23,9 @@ func BenchmarkFormats(b *testing.B) {
 		b.Fatal(err)
 	}
 	src, tgt := testmodels.RandomBatch(cfg, 16, 32, 32, 1)
-	batch := map[string]*runtime.Tensor{
-		testmodels.SrcInput: runtime.Int64([]int64{16, 32}, src),
-		testmodels.TgtInput: runtime.Int64([]int64{16, 32}, tgt),
+	batch := map[string]*ort.Tensor{
+		testmodels.SrcInput: ort.Int64([]int64{16, 32}, src),
+		testmodels.TgtInput: ort.Int64([]int64{16, 32}, tgt),
 	}
 	qat := makeQAT(b, fp32, batch, qatConfig{bits: 8})
 	names := append([]string{"fp32"}, Formats...)
@@ -57,10 +57,10 @@ func BenchmarkFormats(b *testing.B) {
 // b.N rounds of one forward pass per model on batch, so that a drifting
 // machine load affects all models alike, and returns each model's median
 // latency.
-func interleaved(b *testing.B, models []*graph.Model, batch map[string]*runtime.Tensor) []time.Duration {
-	sessions := make([]*runtime.Session, len(models))
+func interleaved(b *testing.B, models []*graph.Model, batch map[string]*ort.Tensor) []time.Duration {
+	sessions := make([]*ort.Session, len(models))
 	for i, m := range models {
-		s, err := runtime.Open(m, &runtime.Options{Threads: 2})
+		s, err := ort.Open(m, &ort.Options{Threads: 2})
 		if err != nil {
 			b.Fatal(err)
 		}

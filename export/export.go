@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
 	"github.com/qatc/qatc/passes/fold"
 	"google.golang.org/protobuf/proto"
 )

@@ -7,8 +7,8 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/fold"
-	"github.com/qatc/qatc/runtime"
 	"github.com/qatc/qatc/testmodels"
 )
 
@@ -18,13 +18,13 @@ var torch struct {
 	once  sync.Once
 	fp32  *graph.Model
 	qat   *graph.Model
-	batch map[string]*runtime.Tensor
+	batch map[string]*ort.Tensor
 	err   error
 }
 
 // torchQAT returns the PyTorch reference model, its 8-bit per-tensor QAT
 // model and a batch of 16 × 32 tokens.
-func torchQAT(t *testing.T) (fp32, qat *graph.Model, batch map[string]*runtime.Tensor) {
+func torchQAT(t *testing.T) (fp32, qat *graph.Model, batch map[string]*ort.Tensor) {
 	t.Helper()
 	torch.once.Do(func() {
 		torch.fp32, torch.err = graph.Load(torchModel)
@@ -182,7 +182,7 @@ func TestIntegers(t *testing.T) {
 			names = append(names, n.Output[0])
 		}
 	}
-	s, err := runtime.Open(qat, &runtime.Options{Outputs: names})
+	s, err := ort.Open(qat, &ort.Options{Outputs: names})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,9 +342,9 @@ func TestTestmodel(t *testing.T) {
 		t.Fatal(err)
 	}
 	src, tgt := testmodels.RandomBatch(cfg, 16, 24, 24, 3)
-	batch := map[string]*runtime.Tensor{
-		testmodels.SrcInput: runtime.Int64([]int64{16, 24}, src),
-		testmodels.TgtInput: runtime.Int64([]int64{16, 24}, tgt),
+	batch := map[string]*ort.Tensor{
+		testmodels.SrcInput: ort.Int64([]int64{16, 24}, src),
+		testmodels.TgtInput: ort.Int64([]int64{16, 24}, tgt),
 	}
 	qat := makeQAT(t, fp32, batch, qatConfig{bits: 8})
 	fsize, err := fp32.Marshal()

@@ -9,24 +9,24 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/quantize"
-	"github.com/qatc/qatc/runtime"
 	"github.com/qatc/qatc/testmodels"
 )
 
 // fourBitQAT builds cfg and its W4A8 QAT model (passes/quantize.Insert,
 // max-initialized weight clips, granularity gran with blocks of block),
 // and a batch of 8 × 24 tokens.
-func fourBitQAT(t testing.TB, cfg testmodels.Config, gran string, block, batchSize int) (fp32, qat *graph.Model, batch map[string]*runtime.Tensor) {
+func fourBitQAT(t testing.TB, cfg testmodels.Config, gran string, block, batchSize int) (fp32, qat *graph.Model, batch map[string]*ort.Tensor) {
 	t.Helper()
 	fp32, err := testmodels.Build(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	src, tgt := testmodels.RandomBatch(cfg, batchSize, 32, 32, 2)
-	batch = map[string]*runtime.Tensor{
-		testmodels.SrcInput: runtime.Int64([]int64{int64(batchSize), 32}, src),
-		testmodels.TgtInput: runtime.Int64([]int64{int64(batchSize), 32}, tgt),
+	batch = map[string]*ort.Tensor{
+		testmodels.SrcInput: ort.Int64([]int64{int64(batchSize), 32}, src),
+		testmodels.TgtInput: ort.Int64([]int64{int64(batchSize), 32}, tgt),
 	}
 	qat = clone(t, fp32)
 	p := quantize.DefaultParams()
@@ -189,7 +189,7 @@ type benchModels struct {
 	once    sync.Once
 	names   []string
 	models  []*graph.Model
-	batches map[int]map[string]*runtime.Tensor
+	batches map[int]map[string]*ort.Tensor
 }
 
 var nbitsBench benchModels
@@ -208,12 +208,12 @@ func nbitsBenchModels(b *testing.B) *benchModels {
 		if _, err := quantize.Insert(qat8, p); err != nil {
 			b.Fatal(err)
 		}
-		nb.batches = map[int]map[string]*runtime.Tensor{}
+		nb.batches = map[int]map[string]*ort.Tensor{}
 		for _, bs := range []int{1, 16} {
 			src, tgt := testmodels.RandomBatch(cfg, bs, 32, 32, 1)
-			nb.batches[bs] = map[string]*runtime.Tensor{
-				testmodels.SrcInput: runtime.Int64([]int64{int64(bs), 32}, src),
-				testmodels.TgtInput: runtime.Int64([]int64{int64(bs), 32}, tgt),
+			nb.batches[bs] = map[string]*ort.Tensor{
+				testmodels.SrcInput: ort.Int64([]int64{int64(bs), 32}, src),
+				testmodels.TgtInput: ort.Int64([]int64{int64(bs), 32}, tgt),
 			}
 		}
 		for _, v := range []struct {
@@ -258,7 +258,7 @@ func TestBlockedQATRuns(t *testing.T) {
 	cfg := testmodels.Tiny()
 	cfg.Opset = 21
 	_, qat, batch := fourBitQAT(t, cfg, quantize.Block, 32, 2)
-	run := func(open func() (*runtime.Session, error)) ([]float32, error) {
+	run := func(open func() (*ort.Session, error)) ([]float32, error) {
 		s, err := open()
 		if err != nil {
 			return nil, err
@@ -270,8 +270,8 @@ func TestBlockedQATRuns(t *testing.T) {
 		}
 		return out[testmodels.LogitsOutput].Float32s(), nil
 	}
-	want, err := run(func() (*runtime.Session, error) {
-		return runtime.Open(qat, &runtime.Options{Optimization: runtime.OptimizeNone})
+	want, err := run(func() (*ort.Session, error) {
+		return ort.Open(qat, &ort.Options{Optimization: ort.OptimizeNone})
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -282,16 +282,16 @@ func TestBlockedQATRuns(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name string
-		open func() (*runtime.Session, error)
+		open func() (*ort.Session, error)
 		want string // error; "" for a run that agrees with want
 	}{
-		{"Open", func() (*runtime.Session, error) { return runtime.Open(qat, nil) }, ""},
-		{"OpenFile", func() (*runtime.Session, error) { return runtime.OpenFile(path, nil) }, ""},
-		{"OpenFile with outputs", func() (*runtime.Session, error) {
-			return runtime.OpenFile(path, &runtime.Options{Outputs: []string{qat.Graph().Node[0].Output[0]}})
+		{"Open", func() (*ort.Session, error) { return ort.Open(qat, nil) }, ""},
+		{"OpenFile", func() (*ort.Session, error) { return ort.OpenFile(path, nil) }, ""},
+		{"OpenFile with outputs", func() (*ort.Session, error) {
+			return ort.OpenFile(path, &ort.Options{Outputs: []string{qat.Graph().Node[0].Output[0]}})
 		}, ""},
-		{"Open at all", func() (*runtime.Session, error) {
-			return runtime.Open(qat, &runtime.Options{Optimization: runtime.OptimizeAll})
+		{"Open at all", func() (*ort.Session, error) {
+			return ort.Open(qat, &ort.Options{Optimization: ort.OptimizeAll})
 		}, "Per-column quantization parameter of batched matrix"},
 	} {
 		got, err := run(tc.open)

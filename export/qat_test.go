@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
-	"github.com/qatc/qatc/runtime"
+	"github.com/qatc/qatc/ort"
 )
 
 // qatConfig chooses how makeQAT quantizes a float model.
@@ -22,7 +22,7 @@ type qatConfig struct {
 // or Gather reads (directly or through Slice/Transpose), and an activation
 // quantizer (act, relu or softmax by producer) on every other MatMul/Gemm
 // input, with clips from the maximum over the calibration batch.
-func makeQAT(t testing.TB, fp32 *graph.Model, batch map[string]*runtime.Tensor, cfg qatConfig) *graph.Model {
+func makeQAT(t testing.TB, fp32 *graph.Model, batch map[string]*ort.Tensor, cfg qatConfig) *graph.Model {
 	t.Helper()
 	data, err := fp32.Marshal()
 	if err != nil {
@@ -77,7 +77,7 @@ func makeQAT(t testing.TB, fp32 *graph.Model, batch map[string]*runtime.Tensor, 
 	for _, a := range acts {
 		names = append(names, a.name)
 	}
-	s, err := runtime.Open(m, &runtime.Options{Outputs: names})
+	s, err := ort.Open(m, &ort.Options{Outputs: names})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +240,7 @@ func fromWeight(m *graph.Model, v string) bool {
 }
 
 // torchBatch returns random token ids for the PyTorch reference model.
-func torchBatch(batch, srcLen, tgtLen int, seed uint64) map[string]*runtime.Tensor {
+func torchBatch(batch, srcLen, tgtLen int, seed uint64) map[string]*ort.Tensor {
 	r := rand.New(rand.NewPCG(seed, 7))
 	ids := func(n int) []int64 {
 		v := make([]int64, n)
@@ -249,8 +249,8 @@ func torchBatch(batch, srcLen, tgtLen int, seed uint64) map[string]*runtime.Tens
 		}
 		return v
 	}
-	return map[string]*runtime.Tensor{
-		"src_ids": runtime.Int64([]int64{int64(batch), int64(srcLen)}, ids(batch*srcLen)),
-		"tgt_ids": runtime.Int64([]int64{int64(batch), int64(tgtLen)}, ids(batch*tgtLen)),
+	return map[string]*ort.Tensor{
+		"src_ids": ort.Int64([]int64{int64(batch), int64(srcLen)}, ids(batch*srcLen)),
+		"tgt_ids": ort.Int64([]int64{int64(batch), int64(tgtLen)}, ids(batch*tgtLen)),
 	}
 }

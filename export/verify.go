@@ -9,10 +9,10 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/fold"
-	"github.com/qatc/qatc/runtime"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -90,7 +90,7 @@ type VerifyReport struct {
 // must stay within the format's bound and the top-1 agreement above its
 // minimum (see bounds), and onnxruntime must run integer kernels for the
 // exported model. It returns the report together with the failure.
-func Verify(qat, exported *graph.Model, inputs map[string]*runtime.Tensor) (VerifyReport, error) {
+func Verify(qat, exported *graph.Model, inputs map[string]*ort.Tensor) (VerifyReport, error) {
 	format, _ := exported.Metadata(fold.FormatKey)
 	r := VerifyReport{Format: format}
 	b, ok := bounds[format]
@@ -107,7 +107,7 @@ func Verify(qat, exported *graph.Model, inputs map[string]*runtime.Tensor) (Veri
 		return r, fmt.Errorf("the exported and the QAT model share no float output to compare")
 	}
 
-	ref, err := run(qat, inputs, r.Output, &runtime.Options{Optimization: refOptimization})
+	ref, err := run(qat, inputs, r.Output, &ort.Options{Optimization: refOptimization})
 	if err != nil {
 		return r, fmt.Errorf("run the QAT model: %w", err)
 	}
@@ -116,7 +116,7 @@ func Verify(qat, exported *graph.Model, inputs map[string]*runtime.Tensor) (Veri
 		return r, err
 	}
 	defer os.RemoveAll(dir)
-	got, err := run(exported, inputs, r.Output, &runtime.Options{ProfilePrefix: filepath.Join(dir, "export")})
+	got, err := run(exported, inputs, r.Output, &ort.Options{ProfilePrefix: filepath.Join(dir, "export")})
 	if err != nil {
 		return r, fmt.Errorf("run the %s model: %w", format, err)
 	}
@@ -172,17 +172,17 @@ func Verify(qat, exported *graph.Model, inputs map[string]*runtime.Tensor) (Veri
 }
 
 // refOptimization is the level the QAT model runs at as the reference.
-var refOptimization = runtime.OptimizeDefault
+var refOptimization = ort.OptimizeDefault
 
 type result struct {
-	out     *runtime.Tensor
+	out     *ort.Tensor
 	profile string
 }
 
 // run evaluates one output of m; with a ProfilePrefix it also returns the
 // profile onnxruntime wrote.
-func run(m *graph.Model, inputs map[string]*runtime.Tensor, output string, opts *runtime.Options) (result, error) {
-	s, err := runtime.Open(m, opts)
+func run(m *graph.Model, inputs map[string]*ort.Tensor, output string, opts *ort.Options) (result, error) {
+	s, err := ort.Open(m, opts)
 	if err != nil {
 		return result{}, err
 	}
@@ -231,13 +231,13 @@ func readProfile(path string) (map[string]int, error) {
 
 // Kernels runs m once on inputs and returns how many nodes of each
 // operator type onnxruntime ran, after its graph optimizations.
-func Kernels(m *graph.Model, inputs map[string]*runtime.Tensor) (map[string]int, error) {
+func Kernels(m *graph.Model, inputs map[string]*ort.Tensor) (map[string]int, error) {
 	dir, err := os.MkdirTemp("", "qatc-profile")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	s, err := runtime.Open(m, &runtime.Options{ProfilePrefix: filepath.Join(dir, "kernels")})
+	s, err := ort.Open(m, &ort.Options{ProfilePrefix: filepath.Join(dir, "kernels")})
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,6 @@
 package graph
 
-import "github.com/advancedclimatesystems/gonnx/onnx"
+import "github.com/qatc/qatc/onnx"
 
 // AttrInt returns an int attribute.
 func AttrInt(name string, v int64) *onnx.AttributeProto {

@@ -10,7 +10,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
+	"github.com/qatc/qatc/onnx"
 )
 
 // loadExternalData reads the bytes of every tensor stored outside the

@@ -3,7 +3,7 @@ package graph
 import (
 	"fmt"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
+	"github.com/qatc/qatc/onnx"
 )
 
 // InferShapes returns the element type and shape of every value of the main

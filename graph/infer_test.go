@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
+	"github.com/qatc/qatc/onnx"
 )
 
 // shapeCase builds a small graph; want maps values to TensorInfo.String().

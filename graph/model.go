@@ -5,7 +5,7 @@ import (
 	"sort"
 	"strconv"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
+	"github.com/qatc/qatc/onnx"
 )
 
 // Model is an ONNX model with an index over its main graph.

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"strconv"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
+	"github.com/qatc/qatc/onnx"
 )
 
 // UniqueName returns base if no value or node uses it yet, else base_1,

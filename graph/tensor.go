@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"math"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
+	"github.com/qatc/qatc/onnx"
 )
 
 // DataType is an ONNX TensorProto element type. The constants include the

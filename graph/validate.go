@@ -3,7 +3,7 @@ package graph
 import (
 	"fmt"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
+	"github.com/qatc/qatc/onnx"
 )
 
 // Validate checks the main graph's structure and returns its first

@@ -6,8 +6,8 @@ import (
 	"math"
 	"strconv"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
 )
 
 // Names of the graph's inputs and output.

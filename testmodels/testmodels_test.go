@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/qatc/qatc/graph"
-	"github.com/qatc/qatc/runtime"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/testmodels"
 )
 
@@ -40,7 +40,7 @@ func build(tb testing.TB, cfg testmodels.Config) *graph.Model {
 // runLogits runs m in onnxruntime and returns logits [batch, tgtLen, Vocab].
 func runLogits(tb testing.TB, m *graph.Model, src, tgt []int64, batch, srcLen, tgtLen int) []float32 {
 	tb.Helper()
-	s, err := runtime.Open(m, nil)
+	s, err := ort.Open(m, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -48,11 +48,11 @@ func runLogits(tb testing.TB, m *graph.Model, src, tgt []int64, batch, srcLen, t
 	return runSession(tb, s, src, tgt, batch, srcLen, tgtLen)
 }
 
-func runSession(tb testing.TB, s *runtime.Session, src, tgt []int64, batch, srcLen, tgtLen int) []float32 {
+func runSession(tb testing.TB, s *ort.Session, src, tgt []int64, batch, srcLen, tgtLen int) []float32 {
 	tb.Helper()
-	out, err := s.Run(map[string]*runtime.Tensor{
-		testmodels.SrcInput: runtime.Int64([]int64{int64(batch), int64(srcLen)}, src),
-		testmodels.TgtInput: runtime.Int64([]int64{int64(batch), int64(tgtLen)}, tgt),
+	out, err := s.Run(map[string]*ort.Tensor{
+		testmodels.SrcInput: ort.Int64([]int64{int64(batch), int64(srcLen)}, src),
+		testmodels.TgtInput: ort.Int64([]int64{int64(batch), int64(tgtLen)}, tgt),
 	}, testmodels.LogitsOutput)
 	if err != nil {
 		tb.Fatal(err)
@@ -69,14 +69,14 @@ func runSession(tb testing.TB, s *runtime.Session, src, tgt []int64, batch, srcL
 func checkLogits(t *testing.T, cfg testmodels.Config, m *graph.Model, batch, srcLen, tgtLen int, seed int64) (maxErr float64) {
 	t.Helper()
 	src, tgt := testmodels.RandomBatch(cfg, batch, srcLen, tgtLen, seed)
-	s, err := runtime.Open(m, nil)
+	s, err := ort.Open(m, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	out, err := s.Run(map[string]*runtime.Tensor{
-		testmodels.SrcInput: runtime.Int64([]int64{int64(batch), int64(srcLen)}, src),
-		testmodels.TgtInput: runtime.Int64([]int64{int64(batch), int64(tgtLen)}, tgt),
+	out, err := s.Run(map[string]*ort.Tensor{
+		testmodels.SrcInput: ort.Int64([]int64{int64(batch), int64(srcLen)}, src),
+		testmodels.TgtInput: ort.Int64([]int64{int64(batch), int64(tgtLen)}, tgt),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -563,7 +563,7 @@ func TestBigExternalData(t *testing.T) {
 	src, tgt := testmodels.RandomBatch(cfg, 1, 8, 8, 1)
 	want := runLogits(t, m, src, tgt, 1, 8, 8)
 	m = nil
-	s, err := runtime.OpenFile(path, nil)
+	s, err := ort.OpenFile(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -628,14 +628,14 @@ func TestInferredShapes(t *testing.T) {
 				}
 			}
 		}
-		s, err := runtime.Open(m, &runtime.Options{Outputs: values})
+		s, err := ort.Open(m, &ort.Options{Outputs: values})
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
 		src, tgt := testmodels.RandomBatch(cfg, batch, srcLen, tgtLen, 2)
-		out, err := s.Run(map[string]*runtime.Tensor{
-			testmodels.SrcInput: runtime.Int64([]int64{batch, srcLen}, src),
-			testmodels.TgtInput: runtime.Int64([]int64{batch, tgtLen}, tgt),
+		out, err := s.Run(map[string]*ort.Tensor{
+			testmodels.SrcInput: ort.Int64([]int64{batch, srcLen}, src),
+			testmodels.TgtInput: ort.Int64([]int64{batch, tgtLen}, tgt),
 		})
 		s.Close()
 		if err != nil {

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/quantize"
-	"github.com/qatc/qatc/runtime"
 	"github.com/qatc/qatc/testmodels"
 )
 
@@ -35,7 +35,7 @@ func init() {
 // a dataset of random sentences of benchLen tokens with EOS, and
 // QATC_BENCH_THREADS (2).
 func benchSetup(b *testing.B) (*graph.Model, testmodels.Config, *Dataset, int) {
-	if err := runtime.Init(); err != nil {
+	if err := ort.Init(); err != nil {
 		b.Skipf("onnxruntime not available: %v", err)
 	}
 	preset := os.Getenv("QATC_BENCH_PRESET")
@@ -99,7 +99,7 @@ func BenchmarkFinetune(b *testing.B) {
 	prof := os.Getenv("QATC_BENCH_PROFILE")
 	if prof != "" {
 		tr.sess.Close()
-		tr.sess, err = runtime.Open(tr.tg.Model, &runtime.Options{Threads: threads, NoSpinning: true, NoMemPattern: true, ProfilePrefix: prof})
+		tr.sess, err = ort.Open(tr.tg.Model, &ort.Options{Threads: threads, NoSpinning: true, NoMemPattern: true, ProfilePrefix: prof})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -136,7 +136,7 @@ func BenchmarkFinetune(b *testing.B) {
 // batch shape, for reference.
 func BenchmarkForward(b *testing.B) {
 	m, mc, _, threads := benchSetup(b)
-	s, err := runtime.Open(m, &runtime.Options{Threads: threads})
+	s, err := ort.Open(m, &ort.Options{Threads: threads})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -146,9 +146,9 @@ func BenchmarkForward(b *testing.B) {
 		b.Fatal(err)
 	}
 	src, tgt := testmodels.RandomBatch(mc, benchRows, benchLen, benchLen, 3)
-	in := map[string]*runtime.Tensor{
-		roles.Src: runtime.Int64([]int64{int64(benchRows), benchLen}, src),
-		roles.Tgt: runtime.Int64([]int64{int64(benchRows), benchLen}, tgt),
+	in := map[string]*ort.Tensor{
+		roles.Src: ort.Int64([]int64{int64(benchRows), benchLen}, src),
+		roles.Tgt: ort.Int64([]int64{int64(benchRows), benchLen}, tgt),
 	}
 	if _, err := s.Run(in); err != nil {
 		b.Fatal(err)

@@ -4,8 +4,8 @@ import (
 	"fmt"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/calibrate"
-	"github.com/qatc/qatc/runtime"
 )
 
 // CalibrationOptions configure Calibrate.
@@ -34,7 +34,7 @@ func Calibrate(m *graph.Model, d *Dataset, c *calibrate.Collector, opts Calibrat
 	if opts.BatchTokens <= 0 {
 		opts.BatchTokens = 4096
 	}
-	s, err := runtime.Open(m, &runtime.Options{Threads: opts.Threads, Outputs: tensors})
+	s, err := ort.Open(m, &ort.Options{Threads: opts.Threads, Outputs: tensors})
 	if err != nil {
 		return err
 	}
@@ -55,9 +55,9 @@ func Calibrate(m *graph.Model, d *Dataset, c *calibrate.Collector, opts Calibrat
 	}
 	for i, idx := range plan {
 		batch := d.MakeBatch(idx)
-		outs, err := s.Run(map[string]*runtime.Tensor{
-			opts.Roles.Src: runtime.Int64([]int64{int64(batch.Size), int64(batch.SrcLen)}, batch.Src),
-			opts.Roles.Tgt: runtime.Int64([]int64{int64(batch.Size), int64(batch.TgtLen)}, batch.Dec),
+		outs, err := s.Run(map[string]*ort.Tensor{
+			opts.Roles.Src: ort.Int64([]int64{int64(batch.Size), int64(batch.SrcLen)}, batch.Src),
+			opts.Roles.Tgt: ort.Int64([]int64{int64(batch.Size), int64(batch.TgtLen)}, batch.Dec),
 		}, tensors...)
 		if err != nil {
 			return fmt.Errorf("calibration batch %d (lines %d..): %w", i+1, batch.Lines[0], err)

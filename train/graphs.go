@@ -3,7 +3,7 @@ package train
 import (
 	"fmt"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
+	"github.com/qatc/qatc/onnx"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/qatc/qatc/graph"

@@ -5,7 +5,7 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
-	"github.com/qatc/qatc/runtime"
+	"github.com/qatc/qatc/ort"
 )
 
 // quantizedMatMul builds y = DQ(Q(x)) · DQ(Q(w)) with clip ranges as
@@ -65,12 +65,12 @@ func TestStripQuantizers(t *testing.T) {
 	// The stripped graph computes x·w in full precision.
 	x := []float32{0.3, -0.2, 0.11, 0.7, 0.05, -0.4}
 	w := []float32{0.5, -0.25, 1, 0.75, -1, 0.125}
-	sess, err := runtime.Open(s, nil)
+	sess, err := ort.Open(s, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sess.Close()
-	out, err := sess.Run(map[string]*runtime.Tensor{"x": runtime.Float32([]int64{2, 3}, x)})
+	out, err := sess.Run(map[string]*ort.Tensor{"x": ort.Float32([]int64{2, 3}, x)})
 	if err != nil {
 		t.Fatal(err)
 	}

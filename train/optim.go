@@ -7,7 +7,7 @@ import (
 	"hash/crc32"
 	"math"
 	"os"
-	goruntime "runtime"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -135,7 +135,7 @@ func (o *Optimizer) chunks() []chunk {
 // parallel runs f(0) … f(n-1) on GOMAXPROCS goroutines: the optimizer runs
 // between the session's runs, when the cores onnxruntime uses are idle.
 func parallel(n int, f func(i int)) {
-	workers := min(goruntime.GOMAXPROCS(0), n)
+	workers := min(runtime.GOMAXPROCS(0), n)
 	if workers <= 1 {
 		for i := range n {
 			f(i)

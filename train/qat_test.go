@@ -7,8 +7,8 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/quantize"
-	"github.com/qatc/qatc/runtime"
 	"github.com/qatc/qatc/testmodels"
 )
 
@@ -26,14 +26,14 @@ func qatTiny(t *testing.T) (fp32, qat *graph.Model) {
 
 func logitsOf(t *testing.T, m *graph.Model, src, tgt []int64, batch, srcLen, tgtLen int) []float32 {
 	t.Helper()
-	s, err := runtime.Open(m, &runtime.Options{Threads: 1})
+	s, err := ort.Open(m, &ort.Options{Threads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	out, err := s.Run(map[string]*runtime.Tensor{
-		"src_ids": runtime.Int64([]int64{int64(batch), int64(srcLen)}, src),
-		"tgt_ids": runtime.Int64([]int64{int64(batch), int64(tgtLen)}, tgt),
+	out, err := s.Run(map[string]*ort.Tensor{
+		"src_ids": ort.Int64([]int64{int64(batch), int64(srcLen)}, src),
+		"tgt_ids": ort.Int64([]int64{int64(batch), int64(tgtLen)}, tgt),
 	}, "logits")
 	if err != nil {
 		t.Fatal(err)

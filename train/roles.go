@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
+	"github.com/qatc/qatc/onnx"
 
 	"github.com/qatc/qatc/graph"
 )

@@ -4,7 +4,7 @@ import (
 	"math"
 	"testing"
 
-	"github.com/qatc/qatc/runtime"
+	"github.com/qatc/qatc/ort"
 )
 
 // TestStepUsesSessionGradients checks the step's plumbing: the gradients
@@ -23,11 +23,11 @@ func TestStepUsesSessionGradients(t *testing.T) {
 	in := tr.paramInputs()
 	for _, p := range tr.params {
 		before[p.Name] = append([]float32(nil), p.Data...)
-		in[p.Name] = runtime.Float32(p.Dims, before[p.Name])
+		in[p.Name] = ort.Float32(p.Dims, before[p.Name])
 	}
 	b := tr.cfg.Train.MakeBatch(tr.batcher.Epoch(0)[0])
 	tr.batchInputs(in, b)
-	in[tr.tg.Labels] = runtime.Int64([]int64{int64(b.Size), int64(b.TgtLen)}, b.Labels)
+	in[tr.tg.Labels] = ort.Int64([]int64{int64(b.Size), int64(b.TgtLen)}, b.Labels)
 	want, err := tr.sess.Run(in)
 	if err != nil {
 		t.Fatal(err)

@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/autodiff"
-	"github.com/qatc/qatc/runtime"
 )
 
 // Loss chooses the training objective, which passes/autodiff builds into
@@ -139,9 +139,9 @@ type Trainer struct {
 	model   *graph.Model
 	roles   Roles
 	tg      *trainingGraph
-	sess    *runtime.Session
-	teacher *runtime.Session
-	eval    *runtime.Session
+	sess    *ort.Session
+	teacher *ort.Session
+	eval    *ort.Session
 	params  []*Param
 	opt     *Optimizer
 	batcher *Batcher
@@ -316,9 +316,9 @@ func (t *Trainer) openSessions() error {
 	// from the arena rather than a per-run memory pattern, whose block
 	// (every activation the backward pass keeps) is faulted in afresh on
 	// every step.
-	opts := &runtime.Options{Threads: t.cfg.Threads, NoSpinning: true, NoMemPattern: true}
+	opts := &ort.Options{Threads: t.cfg.Threads, NoSpinning: true, NoMemPattern: true}
 	var err error
-	if t.sess, err = runtime.Open(t.tg.Model, opts); err != nil {
+	if t.sess, err = ort.Open(t.tg.Model, opts); err != nil {
 		return fmt.Errorf("training graph: %v", err)
 	}
 	if t.cfg.Loss.usesTeacher() {
@@ -326,7 +326,7 @@ func (t *Trainer) openSessions() error {
 		if err != nil {
 			return err
 		}
-		if t.teacher, err = runtime.Open(tm, opts); err != nil {
+		if t.teacher, err = ort.Open(tm, opts); err != nil {
 			return fmt.Errorf("teacher: %v", err)
 		}
 	}
@@ -335,7 +335,7 @@ func (t *Trainer) openSessions() error {
 		if err != nil {
 			return err
 		}
-		if t.eval, err = runtime.Open(em, opts); err != nil {
+		if t.eval, err = ort.Open(em, opts); err != nil {
 			return fmt.Errorf("evaluation graph: %v", err)
 		}
 	}
@@ -345,7 +345,7 @@ func (t *Trainer) openSessions() error {
 // Close ends the sessions.
 func (t *Trainer) Close() error {
 	var errs []error
-	for _, s := range []*runtime.Session{t.sess, t.teacher, t.eval} {
+	for _, s := range []*ort.Session{t.sess, t.teacher, t.eval} {
 		if s != nil {
 			errs = append(errs, s.Close())
 		}
@@ -363,10 +363,10 @@ func (t *Trainer) State() State { return t.state }
 func (t *Trainer) TrainingGraph() *graph.Model { return t.tg.Model }
 
 // paramInputs returns the parameter buffers as session inputs.
-func (t *Trainer) paramInputs() map[string]*runtime.Tensor {
-	in := make(map[string]*runtime.Tensor, len(t.params)+4)
+func (t *Trainer) paramInputs() map[string]*ort.Tensor {
+	in := make(map[string]*ort.Tensor, len(t.params)+4)
 	for _, p := range t.params {
-		in[p.Name] = runtime.Float32(p.Dims, p.Data)
+		in[p.Name] = ort.Float32(p.Dims, p.Data)
 	}
 	return in
 }
@@ -439,9 +439,9 @@ func (t *Trainer) nextBatch() (*Batch, int) {
 
 // batchInputs returns the session inputs of batch b besides the
 // parameters.
-func (t *Trainer) batchInputs(in map[string]*runtime.Tensor, b *Batch) {
-	in[t.roles.Src] = runtime.Int64([]int64{int64(b.Size), int64(b.SrcLen)}, b.Src)
-	in[t.roles.Tgt] = runtime.Int64([]int64{int64(b.Size), int64(b.TgtLen)}, b.Dec)
+func (t *Trainer) batchInputs(in map[string]*ort.Tensor, b *Batch) {
+	in[t.roles.Src] = ort.Int64([]int64{int64(b.Size), int64(b.SrcLen)}, b.Src)
+	in[t.roles.Tgt] = ort.Int64([]int64{int64(b.Size), int64(b.TgtLen)}, b.Dec)
 }
 
 // Step trains on the next batch: forward and backward in onnxruntime, then
@@ -456,9 +456,9 @@ func (t *Trainer) Step() (loss, gradNorm float64, err error) {
 	}
 	in := t.paramInputs()
 	t.batchInputs(in, b)
-	in[t.tg.Labels] = runtime.Int64([]int64{int64(b.Size), int64(b.TgtLen)}, b.Labels)
+	in[t.tg.Labels] = ort.Int64([]int64{int64(b.Size), int64(b.TgtLen)}, b.Labels)
 	if t.teacher != nil {
-		tin := map[string]*runtime.Tensor{}
+		tin := map[string]*ort.Tensor{}
 		t.batchInputs(tin, b)
 		out, err := t.teacher.Run(tin, t.roles.Logits)
 		if err != nil {
@@ -468,9 +468,9 @@ func (t *Trainer) Step() (loss, gradNorm float64, err error) {
 	}
 	// The session writes the gradients straight into the buffers the
 	// optimizer reads.
-	grads := make(map[string]*runtime.Tensor, len(t.params))
+	grads := make(map[string]*ort.Tensor, len(t.params))
 	for _, p := range t.params {
-		grads[t.tg.Grads[p.Name]] = runtime.Float32(p.Dims, p.Grad)
+		grads[t.tg.Grads[p.Name]] = ort.Float32(p.Dims, p.Grad)
 	}
 	start := time.Now()
 	out, err := t.sess.RunInto(in, grads)
@@ -533,7 +533,7 @@ func (t *Trainer) Validate() (float64, error) {
 
 // crossEntropy returns the summed cross-entropy of logits [B, T, V]
 // against labels [B, T], skipping pad, and the number of tokens counted.
-func crossEntropy(logits *runtime.Tensor, labels []int64, pad int64) (float64, int, error) {
+func crossEntropy(logits *ort.Tensor, labels []int64, pad int64) (float64, int, error) {
 	if logits == nil || len(logits.Shape) != 3 || int(logits.Shape[0]*logits.Shape[1]) != len(labels) {
 		return 0, 0, fmt.Errorf("logits of shape %v do not match %d labels", logitsShape(logits), len(labels))
 	}
@@ -563,7 +563,7 @@ func crossEntropy(logits *runtime.Tensor, labels []int64, pad int64) (float64, i
 	return sum, n, nil
 }
 
-func logitsShape(t *runtime.Tensor) []int64 {
+func logitsShape(t *ort.Tensor) []int64 {
 	if t == nil {
 		return nil
 	}

@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
-	"github.com/qatc/qatc/runtime"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/testmodels"
 )
 
@@ -255,7 +255,7 @@ func TestNaNGuard(t *testing.T) {
 
 func TestCrossEntropy(t *testing.T) {
 	// Two rows of 3 classes; the second label is padding.
-	logits := runtime.Float32([]int64{1, 2, 3}, []float32{1, 2, 3, 0, 0, 0})
+	logits := ort.Float32([]int64{1, 2, 3}, []float32{1, 2, 3, 0, 0, 0})
 	sum, n, err := crossEntropy(logits, []int64{0, 9}, 9)
 	if err != nil {
 		t.Fatal(err)

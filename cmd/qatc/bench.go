@@ -5,7 +5,7 @@ import (
 	"path/filepath"
 
 	"github.com/qatc/qatc/eval"
-	"github.com/qatc/qatc/runtime"
+	"github.com/qatc/qatc/ort"
 	"github.com/urfave/cli/v2"
 )
 
@@ -34,7 +34,7 @@ func benchAction(c *cli.Context) error {
 	roles := evalRoles(c)
 	var models []*eval.Seq2Seq
 	for _, path := range c.Args().Slice() {
-		s, err := runtime.OpenFile(path, &runtime.Options{Threads: c.Int("threads")})
+		s, err := ort.OpenFile(path, &ort.Options{Threads: c.Int("threads")})
 		if err != nil {
 			return err
 		}

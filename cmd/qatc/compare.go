@@ -10,7 +10,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/qatc/qatc/graph"
-	"github.com/qatc/qatc/runtime"
+	"github.com/qatc/qatc/ort"
 	"github.com/urfave/cli/v2"
 )
 
@@ -59,13 +59,13 @@ func compareAction(c *cli.Context) error {
 		return usagef("compare takes two models, MODEL_A MODEL_B, got %d arguments", c.NArg())
 	}
 	pathA, pathB := c.Args().Get(0), c.Args().Get(1)
-	opts := &runtime.Options{Threads: c.Int("threads")}
-	a, err := runtime.OpenFile(pathA, opts)
+	opts := &ort.Options{Threads: c.Int("threads")}
+	a, err := ort.OpenFile(pathA, opts)
 	if err != nil {
 		return err
 	}
 	defer a.Close()
-	b, err := runtime.OpenFile(pathB, opts)
+	b, err := ort.OpenFile(pathB, opts)
 	if err != nil {
 		return err
 	}
@@ -75,7 +75,7 @@ func compareAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	var inputs map[string]*runtime.Tensor
+	var inputs map[string]*ort.Tensor
 	if len(files) > 0 {
 		if inputs, err = readInputs(files); err != nil {
 			return err
@@ -125,8 +125,8 @@ func compareAction(c *cli.Context) error {
 	return nil
 }
 
-func pickInputs(all map[string]*runtime.Tensor, want []runtime.IOInfo) map[string]*runtime.Tensor {
-	out := map[string]*runtime.Tensor{}
+func pickInputs(all map[string]*ort.Tensor, want []ort.IOInfo) map[string]*ort.Tensor {
+	out := map[string]*ort.Tensor{}
 	for _, in := range want {
 		out[in.Name] = all[in.Name]
 	}
@@ -135,7 +135,7 @@ func pickInputs(all map[string]*runtime.Tensor, want []runtime.IOInfo) map[strin
 
 // vocabOf guesses the vocabulary from a float output of rank 3 with a
 // static last dimension (the logits).
-func vocabOf(outs []runtime.IOInfo) int {
+func vocabOf(outs []ort.IOInfo) int {
 	for _, o := range outs {
 		if o.Elem == graph.Float && len(o.Dims) == 3 && o.Dims[2] > 0 {
 			return int(o.Dims[2])
@@ -147,9 +147,9 @@ func vocabOf(outs []runtime.IOInfo) int {
 // randomInputs makes valid inputs from the declared shapes: token ids for
 // integer inputs, standard normals for float ones; dynamic dimensions take
 // batch (axis 0) or length (other axes).
-func randomInputs(ins []runtime.IOInfo, batch, length, vocab int, seed uint64) (map[string]*runtime.Tensor, error) {
+func randomInputs(ins []ort.IOInfo, batch, length, vocab int, seed uint64) (map[string]*ort.Tensor, error) {
 	rng := rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15))
-	out := map[string]*runtime.Tensor{}
+	out := map[string]*ort.Tensor{}
 	for _, in := range ins {
 		shape := make([]int64, len(in.Dims))
 		n := 1
@@ -174,20 +174,20 @@ func randomInputs(ins []runtime.IOInfo, batch, length, vocab int, seed uint64) (
 				ids[i] = 4 + rng.Int64N(int64(vocab-4))
 			}
 			if in.Elem == graph.Int64 {
-				out[in.Name] = runtime.Int64(shape, ids)
+				out[in.Name] = ort.Int64(shape, ids)
 			} else {
 				v := make([]int32, n)
 				for i, x := range ids {
 					v[i] = int32(x)
 				}
-				out[in.Name] = &runtime.Tensor{Shape: shape, Data: v}
+				out[in.Name] = &ort.Tensor{Shape: shape, Data: v}
 			}
 		case graph.Float:
 			v := make([]float32, n)
 			for i := range v {
 				v[i] = float32(rng.NormFloat64())
 			}
-			out[in.Name] = runtime.Float32(shape, v)
+			out[in.Name] = ort.Float32(shape, v)
 		default:
 			return nil, fmt.Errorf("cannot generate values for input %q of type %s; give it with --input", in.Name, in.Elem)
 		}
@@ -196,7 +196,7 @@ func randomInputs(ins []runtime.IOInfo, batch, length, vocab int, seed uint64) (
 }
 
 // compareTensors computes error figures of b against the reference a.
-func compareTensors(a, b *runtime.Tensor) (comparison, error) {
+func compareTensors(a, b *ort.Tensor) (comparison, error) {
 	r := comparison{Shape: a.Shape}
 	if fmt.Sprint(a.Shape) != fmt.Sprint(b.Shape) {
 		return r, fmt.Errorf("shapes differ: %v vs %v", a.Shape, b.Shape)

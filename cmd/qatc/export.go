@@ -10,8 +10,8 @@ import (
 	"github.com/qatc/qatc/export/lightseq"
 	"github.com/qatc/qatc/export/lightseq/lspb"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/transformer"
-	"github.com/qatc/qatc/runtime"
 	"github.com/qatc/qatc/train"
 	"github.com/urfave/cli/v2"
 )
@@ -92,7 +92,7 @@ func exportAction(c *cli.Context) error {
 
 // checkBatch is the batch exports are checked on: sentences from --src
 // and --tgt, or valid random token ids.
-func checkBatch(c *cli.Context, roles train.Roles) (map[string]*runtime.Tensor, error) {
+func checkBatch(c *cli.Context, roles train.Roles) (map[string]*ort.Tensor, error) {
 	n := c.Int("batch")
 	if n <= 0 {
 		return nil, usagef("--batch %d: must be positive", n)
@@ -111,22 +111,22 @@ func checkBatch(c *cli.Context, roles train.Roles) (map[string]*runtime.Tensor, 
 			idx[i] = i
 		}
 		b := d.MakeBatch(idx)
-		return map[string]*runtime.Tensor{
-			roles.Src: runtime.Int64([]int64{int64(b.Size), int64(b.SrcLen)}, b.Src),
-			roles.Tgt: runtime.Int64([]int64{int64(b.Size), int64(b.TgtLen)}, b.Dec),
+		return map[string]*ort.Tensor{
+			roles.Src: ort.Int64([]int64{int64(b.Size), int64(b.SrcLen)}, b.Src),
+			roles.Tgt: ort.Int64([]int64{int64(b.Size), int64(b.TgtLen)}, b.Dec),
 		}, nil
 	}
 	if roles.Vocab <= 4 {
 		return nil, fmt.Errorf("the model's vocabulary is not static; give a check batch with --src")
 	}
-	ins := []runtime.IOInfo{
+	ins := []ort.IOInfo{
 		{Name: roles.Src, Elem: graph.Int64, Dims: []int64{-1, -1}},
 		{Name: roles.Tgt, Elem: graph.Int64, Dims: []int64{-1, -1}},
 	}
 	return randomInputs(ins, n, c.Int("len"), roles.Vocab, 7)
 }
 
-func exportLightSeq(c *cli.Context, m *graph.Model, path, out string, batch map[string]*runtime.Tensor) error {
+func exportLightSeq(c *cli.Context, m *graph.Model, path, out string, batch map[string]*ort.Tensor) error {
 	if !strings.HasSuffix(out, ".pb") {
 		return usagef("-o %s: a LightSeq weight file must end in .pb", out)
 	}
@@ -186,7 +186,7 @@ func exportLightSeq(c *cli.Context, m *graph.Model, path, out string, batch map[
 // lightseqAgreement runs the file through the Go reference decoder,
 // teacher-forced on the batch, and counts the non-pad positions whose
 // argmax agrees with the QAT model's.
-func lightseqAgreement(m *graph.Model, qt *lspb.QuantTransformer, batch map[string]*runtime.Tensor) (agree, total int, err error) {
+func lightseqAgreement(m *graph.Model, qt *lspb.QuantTransformer, batch map[string]*ort.Tensor) (agree, total int, err error) {
 	ref, err := lightseq.NewReference(qt)
 	if err != nil {
 		return 0, 0, err
@@ -195,7 +195,7 @@ func lightseqAgreement(m *graph.Model, qt *lspb.QuantTransformer, batch map[stri
 	if err != nil {
 		return 0, 0, err
 	}
-	s, err := runtime.Open(m, nil)
+	s, err := ort.Open(m, nil)
 	if err != nil {
 		return 0, 0, err
 	}

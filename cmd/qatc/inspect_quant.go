@@ -12,8 +12,8 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
 	"github.com/qatc/qatc/passes/fold"
 	"github.com/qatc/qatc/passes/quantize"
 	"gonum.org/v1/plot"

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/qatc/qatc/runtime"
+	"github.com/qatc/qatc/ort"
 )
 
 const models = "../../../shared/models/"
@@ -46,14 +46,14 @@ func TestRunMatchesPyTorch(t *testing.T) {
 func TestRunExpectFailsAndSaves(t *testing.T) {
 	dir := t.TempDir()
 	// Perturb the reference so that the check must fail at a known element.
-	ref, err := runtime.ReadNpy(models + "torch_transformer_logits.npy")
+	ref, err := ort.ReadNpy(models + "torch_transformer_logits.npy")
 	if err != nil {
 		t.Fatal(err)
 	}
 	v := ref.Float32s()
 	v[1*7*1000+3*1000+42] += 0.5
 	bad := filepath.Join(dir, "bad.npy")
-	if err := runtime.WriteNpy(bad, ref); err != nil {
+	if err := ort.WriteNpy(bad, ref); err != nil {
 		t.Fatal(err)
 	}
 	code, out, errOut := qatc(t, "run", models+"torch_transformer_opset17.onnx",
@@ -63,7 +63,7 @@ func TestRunExpectFailsAndSaves(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "FAIL at [1 3 42]") {
 		t.Errorf("exit %d, want 1 with the worst element [1 3 42]\n%s%s", code, out, errOut)
 	}
-	saved, err := runtime.ReadNpy(filepath.Join(dir, "out", "logits.npy"))
+	saved, err := ort.ReadNpy(filepath.Join(dir, "out", "logits.npy"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,11 +134,11 @@ func TestBadInputs(t *testing.T) {
 	random := write("random.onnx", bytes.Repeat([]byte{0xde, 0xad, 0xbe, 0xef, 0x17}, 999))
 	truncated := write("truncated.onnx", model[:len(model)/2])
 	floatIDs := filepath.Join(dir, "float_ids.npy")
-	if err := runtime.WriteNpy(floatIDs, runtime.Float32([]int64{2, 9}, make([]float32, 18))); err != nil {
+	if err := ort.WriteNpy(floatIDs, ort.Float32([]int64{2, 9}, make([]float32, 18))); err != nil {
 		t.Fatal(err)
 	}
 	rank1 := filepath.Join(dir, "rank1.npy")
-	if err := runtime.WriteNpy(rank1, runtime.Int64([]int64{18}, make([]int64, 18))); err != nil {
+	if err := ort.WriteNpy(rank1, ort.Int64([]int64{18}, make([]int64, 18))); err != nil {
 		t.Fatal(err)
 	}
 	notNpy := write("not.npy", []byte("hello"))

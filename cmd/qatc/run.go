@@ -9,7 +9,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/qatc/qatc/runtime"
+	"github.com/qatc/qatc/ort"
 	"github.com/urfave/cli/v2"
 )
 
@@ -50,10 +50,10 @@ func namedFiles(c *cli.Context, flag string) (map[string]string, []string, error
 }
 
 // readInputs reads NAME=FILE.npy inputs.
-func readInputs(files map[string]string) (map[string]*runtime.Tensor, error) {
-	inputs := map[string]*runtime.Tensor{}
+func readInputs(files map[string]string) (map[string]*ort.Tensor, error) {
+	inputs := map[string]*ort.Tensor{}
 	for name, file := range files {
-		t, err := runtime.ReadNpy(file)
+		t, err := ort.ReadNpy(file)
 		if err != nil {
 			return nil, fmt.Errorf("input %s: %w", name, err)
 		}
@@ -100,15 +100,15 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	expects := map[string]*runtime.Tensor{}
+	expects := map[string]*ort.Tensor{}
 	for name, file := range expFiles {
-		t, err := runtime.ReadNpy(file)
+		t, err := ort.ReadNpy(file)
 		if err != nil {
 			return fmt.Errorf("--expect %s: %w", name, err)
 		}
 		expects[name] = t
 	}
-	s, err := runtime.OpenFile(path, &runtime.Options{Threads: c.Int("threads")})
+	s, err := ort.OpenFile(path, &ort.Options{Threads: c.Int("threads")})
 	if err != nil {
 		return err
 	}
@@ -147,7 +147,7 @@ func runAction(c *cli.Context) error {
 		}
 		for name, t := range outs {
 			file := filepath.Join(dir, sanitize(name)+".npy")
-			if err := runtime.WriteNpy(file, t); err != nil {
+			if err := ort.WriteNpy(file, t); err != nil {
 				return fmt.Errorf("--save %s: %w", name, err)
 			}
 		}
@@ -165,7 +165,7 @@ func runAction(c *cli.Context) error {
 	return nil
 }
 
-func hasIO(list []runtime.IOInfo, name string) bool {
+func hasIO(list []ort.IOInfo, name string) bool {
 	for _, v := range list {
 		if v.Name == name {
 			return true
@@ -174,7 +174,7 @@ func hasIO(list []runtime.IOInfo, name string) bool {
 	return false
 }
 
-func ioNames(list []runtime.IOInfo) string {
+func ioNames(list []ort.IOInfo) string {
 	names := make([]string, len(list))
 	for i, v := range list {
 		names[i] = v.Name
@@ -211,7 +211,7 @@ func printOutputs(w io.Writer, reports []outputReport, atol, rtol float64) {
 }
 
 // values returns t's elements as float64.
-func values(t *runtime.Tensor) ([]float64, error) {
+func values(t *ort.Tensor) ([]float64, error) {
 	switch d := t.Data.(type) {
 	case []float32:
 		out := make([]float64, len(d))
@@ -257,7 +257,7 @@ func values(t *runtime.Tensor) ([]float64, error) {
 	return nil, fmt.Errorf("unsupported element type %T", t.Data)
 }
 
-func stats(t *runtime.Tensor) (lo, hi, mean, std float64) {
+func stats(t *ort.Tensor) (lo, hi, mean, std float64) {
 	v, err := values(t)
 	if err != nil || len(v) == 0 {
 		return math.NaN(), math.NaN(), math.NaN(), math.NaN()
@@ -276,7 +276,7 @@ func stats(t *runtime.Tensor) (lo, hi, mean, std float64) {
 }
 
 // check compares got with want elementwise: |got − want| ≤ atol + rtol·|want|.
-func check(got, want *runtime.Tensor, atol, rtol float64) (*checkReport, error) {
+func check(got, want *ort.Tensor, atol, rtol float64) (*checkReport, error) {
 	if fmt.Sprint(got.Shape) != fmt.Sprint(want.Shape) {
 		return nil, fmt.Errorf("shape %v, expected file has %v", got.Shape, want.Shape)
 	}

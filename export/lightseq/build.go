@@ -6,8 +6,8 @@ import (
 
 	"github.com/qatc/qatc/export/lightseq/lspb"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/transformer"
-	"github.com/qatc/qatc/runtime"
 )
 
 // Encode returns w as LightSeq's offset-127 bytes for clip c:
@@ -501,11 +501,11 @@ func (e *exporter) positions(emb transformer.Embedding) ([]float32, error) {
 	for i := range ids {
 		ids[i] = int64(e.opts.EosID)
 	}
-	feed := map[string]*runtime.Tensor{
-		e.tm.SrcInput: runtime.Int64([]int64{1, int64(n)}, ids),
-		e.tm.TgtInput: runtime.Int64([]int64{1, int64(n)}, ids),
+	feed := map[string]*ort.Tensor{
+		e.tm.SrcInput: ort.Int64([]int64{1, int64(n)}, ids),
+		e.tm.TgtInput: ort.Int64([]int64{1, int64(n)}, ids),
 	}
-	s, err := runtime.Open(e.m, &runtime.Options{Outputs: []string{emb.Positions}})
+	s, err := ort.Open(e.m, &ort.Options{Outputs: []string{emb.Positions}})
 	if err != nil {
 		return nil, fmt.Errorf("evaluate positions %s: %v", emb.Positions, err)
 	}

@@ -8,9 +8,9 @@ import (
 
 	"github.com/qatc/qatc/export/lightseq/lspb"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/quantize"
 	"github.com/qatc/qatc/passes/transformer"
-	"github.com/qatc/qatc/runtime"
 )
 
 // Options configure Export.
@@ -33,7 +33,7 @@ type Options struct {
 	// Calib, when set, is a batch (graph input name → int64 tensor) the QAT
 	// model is run on to measure the GEMM outputs whose clips qatc has no
 	// quantizer for.
-	Calib map[string]*runtime.Tensor
+	Calib map[string]*ort.Tensor
 }
 
 // ClipSource says where one clip field's value came from.
@@ -284,7 +284,7 @@ func (e *exporter) calibrate() error {
 		return nil
 	}
 	vs := e.denseValues()
-	s, err := runtime.Open(e.m, &runtime.Options{Outputs: vs})
+	s, err := ort.Open(e.m, &ort.Options{Outputs: vs})
 	if err != nil {
 		return fmt.Errorf("calibration: %v", err)
 	}

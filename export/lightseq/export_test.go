@@ -8,13 +8,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/export/lightseq"
 	"github.com/qatc/qatc/export/lightseq/lspb"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/quantize"
 	"github.com/qatc/qatc/passes/transformer"
-	"github.com/qatc/qatc/runtime"
 	"github.com/qatc/qatc/testmodels"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -24,18 +24,18 @@ import (
 const torchDir = "/work/shared/models"
 
 // batchOf returns a feed of a testmodel batch.
-func batchOf(cfg testmodels.Config, n, srcLen, tgtLen int, seed int64) map[string]*runtime.Tensor {
+func batchOf(cfg testmodels.Config, n, srcLen, tgtLen int, seed int64) map[string]*ort.Tensor {
 	src, tgt := testmodels.RandomBatch(cfg, n, srcLen, tgtLen, seed)
-	return map[string]*runtime.Tensor{
-		testmodels.SrcInput: runtime.Int64([]int64{int64(n), int64(srcLen)}, src),
-		testmodels.TgtInput: runtime.Int64([]int64{int64(n), int64(tgtLen)}, tgt),
+	return map[string]*ort.Tensor{
+		testmodels.SrcInput: ort.Int64([]int64{int64(n), int64(srcLen)}, src),
+		testmodels.TgtInput: ort.Int64([]int64{int64(n), int64(tgtLen)}, tgt),
 	}
 }
 
 // qat inserts 8-bit per-tensor quantizers with weight clips at max|w| and
 // sets every activation clip to the largest |x| the model computes on
 // batch, as insert with min/max calibration does.
-func qat(t testing.TB, m *graph.Model, batch map[string]*runtime.Tensor, p quantize.Params) *graph.Model {
+func qat(t testing.TB, m *graph.Model, batch map[string]*ort.Tensor, p quantize.Params) *graph.Model {
 	t.Helper()
 	rec, err := quantize.Insert(m, p)
 	if err != nil {
@@ -47,7 +47,7 @@ func qat(t testing.TB, m *graph.Model, batch map[string]*runtime.Tensor, p quant
 			acts = append(acts, q.Tensor)
 		}
 	}
-	s, err := runtime.Open(m, &runtime.Options{Outputs: acts})
+	s, err := ort.Open(m, &ort.Options{Outputs: acts})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +76,7 @@ func maxParams() quantize.Params {
 	return p
 }
 
-func tinyQAT(t testing.TB, cfg testmodels.Config) (*graph.Model, map[string]*runtime.Tensor) {
+func tinyQAT(t testing.TB, cfg testmodels.Config) (*graph.Model, map[string]*ort.Tensor) {
 	m, err := testmodels.Build(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -253,15 +253,15 @@ func TestExportTestmodel(t *testing.T) {
 }
 
 func TestExportTorch(t *testing.T) {
-	src, err := runtime.ReadNpy(filepath.Join(torchDir, "torch_transformer_src_ids.npy"))
+	src, err := ort.ReadNpy(filepath.Join(torchDir, "torch_transformer_src_ids.npy"))
 	if err != nil {
 		t.Skip("shared PyTorch models not available:", err)
 	}
-	tgt, err := runtime.ReadNpy(filepath.Join(torchDir, "torch_transformer_tgt_ids.npy"))
+	tgt, err := ort.ReadNpy(filepath.Join(torchDir, "torch_transformer_tgt_ids.npy"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := map[string]*runtime.Tensor{"src_ids": src, "tgt_ids": tgt}
+	b := map[string]*ort.Tensor{"src_ids": src, "tgt_ids": tgt}
 	for _, f := range []string{"torch_transformer_opset14.onnx", "torch_transformer_opset17.onnx"} {
 		t.Run(f, func(t *testing.T) {
 			m, err := graph.Load(filepath.Join(torchDir, f))
@@ -285,12 +285,12 @@ func TestExportTorch(t *testing.T) {
 
 // onnxGreedy decodes src greedily with the QAT ONNX model: feed src and
 // the growing target, take the argmax of the last position.
-func onnxGreedy(t *testing.T, s *runtime.Session, src []int64, maxLen int) []int64 {
+func onnxGreedy(t *testing.T, s *ort.Session, src []int64, maxLen int) []int64 {
 	tgt := []int64{testmodels.BOS}
 	for len(tgt) <= maxLen {
-		out, err := s.Run(map[string]*runtime.Tensor{
-			testmodels.SrcInput: runtime.Int64([]int64{1, int64(len(src))}, src),
-			testmodels.TgtInput: runtime.Int64([]int64{1, int64(len(tgt))}, tgt),
+		out, err := s.Run(map[string]*ort.Tensor{
+			testmodels.SrcInput: ort.Int64([]int64{1, int64(len(src))}, src),
+			testmodels.TgtInput: ort.Int64([]int64{1, int64(len(tgt))}, tgt),
 		}, testmodels.LogitsOutput)
 		if err != nil {
 			t.Fatal(err)
@@ -340,7 +340,7 @@ func TestReferenceAgreesWithONNX(t *testing.T) {
 		t.Fatal(err)
 	}
 	ref.Epsilon = testmodels.LayerNormEpsilon
-	s, err := runtime.Open(m, nil)
+	s, err := ort.Open(m, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -559,14 +559,14 @@ func compareLogits(t *testing.T, cfg testmodels.Config, m *graph.Model, qt *lspb
 	ref.Epsilon = testmodels.LayerNormEpsilon
 	const n, srcLen, tgtLen = 16, 10, 10
 	src, tgt := testmodels.RandomBatch(cfg, n, srcLen, tgtLen, 5)
-	s, err := runtime.Open(m, nil)
+	s, err := ort.Open(m, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	out, err := s.Run(map[string]*runtime.Tensor{
-		testmodels.SrcInput: runtime.Int64([]int64{n, srcLen}, src),
-		testmodels.TgtInput: runtime.Int64([]int64{n, tgtLen}, tgt),
+	out, err := s.Run(map[string]*ort.Tensor{
+		testmodels.SrcInput: ort.Int64([]int64{n, srcLen}, src),
+		testmodels.TgtInput: ort.Int64([]int64{n, tgtLen}, tgt),
 	}, testmodels.LogitsOutput)
 	if err != nil {
 		t.Fatal(err)

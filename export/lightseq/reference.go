@@ -2,7 +2,7 @@ package lightseq
 
 import (
 	"fmt"
-	"github.com/qatc/qatc/runtime"
+	"github.com/qatc/qatc/ort"
 	"math"
 
 	"github.com/qatc/qatc/export/lightseq/lspb"
@@ -400,7 +400,7 @@ func (r *Reference) TeacherForced(src, tgt []int64) ([][]float32, error) {
 // prefix, [rows × vocab] row-major: the form of one decoding step that
 // eval.Decode steps through, so that a LightSeq file can be evaluated like
 // an ONNX model.
-func (r *Reference) NextLogits(src, tgt *runtime.Tensor) ([]float32, int, error) {
+func (r *Reference) NextLogits(src, tgt *ort.Tensor) ([]float32, int, error) {
 	if len(src.Shape) != 2 || len(tgt.Shape) != 2 || src.Shape[0] != tgt.Shape[0] {
 		return nil, 0, fmt.Errorf("lightseq reference: want source and target ids [rows, len], got %v and %v", src.Shape, tgt.Shape)
 	}

@@ -5,8 +5,8 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
 	"google.golang.org/protobuf/proto"
 )
 

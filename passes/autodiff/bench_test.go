@@ -5,15 +5,15 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/autodiff"
-	"github.com/qatc/qatc/runtime"
 	"github.com/qatc/qatc/testmodels"
 )
 
 // benchModel is a small transformer-base-like model (d 256, FFN 1024,
 // 3+3 layers, vocabulary 8000) with a batch of 16 × 32 tokens.
-func benchModel(b testing.TB) (*graph.Model, map[string]*runtime.Tensor) {
-	if err := runtime.Init(); err != nil {
+func benchModel(b testing.TB) (*graph.Model, map[string]*ort.Tensor) {
+	if err := ort.Init(); err != nil {
 		b.Skipf("onnxruntime not available: %v", err)
 	}
 	cfg := testmodels.Base()
@@ -23,14 +23,14 @@ func benchModel(b testing.TB) (*graph.Model, map[string]*runtime.Tensor) {
 		b.Fatal(err)
 	}
 	rng := rand.New(rand.NewPCG(5, 6))
-	ids := func() *runtime.Tensor {
+	ids := func() *ort.Tensor {
 		v := make([]int64, 16*32)
 		for i := range v {
 			v[i] = 4 + rng.Int64N(int64(cfg.Vocab-4))
 		}
-		return runtime.Int64([]int64{16, 32}, v)
+		return ort.Int64([]int64{16, 32}, v)
 	}
-	return m, map[string]*runtime.Tensor{"src_ids": ids(), "tgt_ids": ids(), "labels": ids()}
+	return m, map[string]*ort.Tensor{"src_ids": ids(), "tgt_ids": ids(), "labels": ids()}
 }
 
 // BenchmarkForward runs the model alone, for comparison with
@@ -38,12 +38,12 @@ func benchModel(b testing.TB) (*graph.Model, map[string]*runtime.Tensor) {
 // sessions do).
 func BenchmarkForward(b *testing.B) {
 	m, batch := benchModel(b)
-	s, err := runtime.Open(m, &runtime.Options{Threads: 2, NoSpinning: true})
+	s, err := ort.Open(m, &ort.Options{Threads: 2, NoSpinning: true})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer s.Close()
-	feeds := map[string]*runtime.Tensor{"src_ids": batch["src_ids"], "tgt_ids": batch["tgt_ids"]}
+	feeds := map[string]*ort.Tensor{"src_ids": batch["src_ids"], "tgt_ids": batch["tgt_ids"]}
 	for b.Loop() {
 		if _, err := s.Run(feeds); err != nil {
 			b.Fatal(err)
@@ -60,12 +60,12 @@ func BenchmarkTrainingStep(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	s, err := runtime.Open(tm, &runtime.Options{Threads: 2, NoSpinning: true, NoMemPattern: true})
+	s, err := ort.Open(tm, &ort.Options{Threads: 2, NoSpinning: true, NoMemPattern: true})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer s.Close()
-	feeds := map[string]*runtime.Tensor{}
+	feeds := map[string]*ort.Tensor{}
 	for k, v := range batch {
 		feeds[k] = v
 	}
@@ -74,7 +74,7 @@ func BenchmarkTrainingStep(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		feeds[p.Name] = runtime.Float32(p.Shape, v)
+		feeds[p.Name] = ort.Float32(p.Shape, v)
 	}
 	for b.Loop() {
 		if _, err := s.Run(feeds); err != nil {

@@ -7,10 +7,10 @@ import (
 	"math/rand/v2"
 	"testing"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/autodiff"
-	"github.com/qatc/qatc/runtime"
 )
 
 // arg is one input of the op under test: a float variable of the given
@@ -258,18 +258,18 @@ func fdModel(t *testing.T, c fdCase, rng *rand.Rand, weights map[int][]float64, 
 	return m, vars, vshape
 }
 
-func toTensor(shape []int64, vals []float64, f32 bool) *runtime.Tensor {
+func toTensor(shape []int64, vals []float64, f32 bool) *ort.Tensor {
 	if !f32 {
-		return runtime.Float64(shape, append([]float64(nil), vals...))
+		return ort.Float64(shape, append([]float64(nil), vals...))
 	}
 	v := make([]float32, len(vals))
 	for i, x := range vals {
 		v[i] = float32(x)
 	}
-	return runtime.Float32(shape, v)
+	return ort.Float32(shape, v)
 }
 
-func toFloat64s(t *runtime.Tensor) []float64 {
+func toFloat64s(t *ort.Tensor) []float64 {
 	switch d := t.Data.(type) {
 	case []float64:
 		return d
@@ -287,7 +287,7 @@ func toFloat64s(t *runtime.Tensor) []float64 {
 // by onnxruntime, with central differences of a random linear functional
 // of the op's outputs.
 func TestRulesFiniteDifferences(t *testing.T) {
-	if err := runtime.Init(); err != nil {
+	if err := ort.Init(); err != nil {
 		t.Skipf("onnxruntime not available: %v", err)
 	}
 	for ci, c := range fdCases {
@@ -295,11 +295,11 @@ func TestRulesFiniteDifferences(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(ci), 7))
 			// Forward once for the output shapes.
 			fm, vars, vshape := fdModel(t, c, rng, nil, nil)
-			s, err := runtime.Open(fm, nil)
+			s, err := ort.Open(fm, nil)
 			if err != nil {
 				t.Fatalf("forward model: %v", err)
 			}
-			feeds := map[string]*runtime.Tensor{}
+			feeds := map[string]*ort.Tensor{}
 			for name, x := range vars {
 				feeds[name] = toTensor(vshape[name], x, c.float32)
 			}
@@ -327,13 +327,13 @@ func TestRulesFiniteDifferences(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ts, err := runtime.Open(tm, nil)
+			ts, err := ort.Open(tm, nil)
 			if err != nil {
 				t.Fatalf("training graph: %v", err)
 			}
 			defer ts.Close()
-			run := func(vals map[string][]float64) map[string]*runtime.Tensor {
-				feeds := map[string]*runtime.Tensor{}
+			run := func(vals map[string][]float64) map[string]*ort.Tensor {
+				feeds := map[string]*ort.Tensor{}
 				for name, x := range vals {
 					feeds[name] = toTensor(vshape[name], x, c.float32)
 				}

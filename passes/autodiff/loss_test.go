@@ -6,8 +6,8 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/autodiff"
-	"github.com/qatc/qatc/runtime"
 )
 
 func logSoftmax(x []float64, T float64) []float64 {
@@ -69,7 +69,7 @@ func refLoss(L autodiff.Loss, w, teacher []float64, labels []int64, vocab int) f
 // against a direct float64 computation: the loss value, and the logits'
 // gradient against central differences of that computation.
 func TestLosses(t *testing.T) {
-	if err := runtime.Init(); err != nil {
+	if err := ort.Init(); err != nil {
 		t.Skipf("onnxruntime not available: %v", err)
 	}
 	const B, S, V = 2, 3, 5
@@ -97,7 +97,7 @@ func TestLosses(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s, err := runtime.Open(tm, nil)
+		s, err := ort.Open(tm, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -105,14 +105,14 @@ func TestLosses(t *testing.T) {
 		for i := range ones {
 			ones[i] = 1
 		}
-		feeds := map[string]*runtime.Tensor{
-			"w":      runtime.Float32([]int64{B, S, V}, append([]float32(nil), w...)),
-			"x":      runtime.Float32([]int64{B, S, 1}, ones),
-			"labels": runtime.Int64([]int64{B, S}, labels),
+		feeds := map[string]*ort.Tensor{
+			"w":      ort.Float32([]int64{B, S, V}, append([]float32(nil), w...)),
+			"x":      ort.Float32([]int64{B, S, 1}, ones),
+			"labels": ort.Int64([]int64{B, S}, labels),
 		}
 		var tch []float64
 		if info.TeacherLogits != "" {
-			feeds[info.TeacherLogits] = runtime.Float32([]int64{B, S, V}, teacher)
+			feeds[info.TeacherLogits] = ort.Float32([]int64{B, S, V}, teacher)
 			tch = f64(teacher)
 		}
 		out, err := s.Run(feeds)

@@ -8,8 +8,8 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
 )
 
 // choosePar returns the trainable initializers, in initializer order:

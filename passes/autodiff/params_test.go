@@ -6,8 +6,8 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/autodiff"
-	"github.com/qatc/qatc/runtime"
 )
 
 // paramModel: logits = (x·W + b + pe[:, :3]·0 + mask) · Wcopyᵀ-ish, with
@@ -119,7 +119,7 @@ func TestBuildErrors(t *testing.T) {
 // TestScalarLossNamedLoss differentiates a model that computes its own
 // loss and calls it "loss", the training graph's output name.
 func TestScalarLossNamedLoss(t *testing.T) {
-	if err := runtime.Init(); err != nil {
+	if err := ort.Init(); err != nil {
 		t.Skipf("onnxruntime not available: %v", err)
 	}
 	m := graph.New("own", 17)
@@ -131,12 +131,12 @@ func TestScalarLossNamedLoss(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := runtime.Open(tm, nil)
+	s, err := ort.Open(tm, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	out, err := s.Run(map[string]*runtime.Tensor{"w": runtime.Float32([]int64{3}, []float32{1, -2, 3})})
+	out, err := s.Run(map[string]*ort.Tensor{"w": ort.Float32([]int64{3}, []float32{1, -2, 3})})
 	if err != nil {
 		t.Fatal(err)
 	}

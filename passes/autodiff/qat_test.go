@@ -6,8 +6,8 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/autodiff"
-	"github.com/qatc/qatc/runtime"
 )
 
 // insertWeightQuantizer puts the project's quantizer form on weight w
@@ -69,7 +69,7 @@ func fakeQuant(w []float32, cols int, clip []float32, axis int64) []float32 {
 // inside the clip range and zero outside, and the clip receives
 // Σ_above g − 128/127·Σ_below g (per channel for per-channel clips).
 func TestQATMatchesSTE(t *testing.T) {
-	if err := runtime.Init(); err != nil {
+	if err := ort.Init(); err != nil {
 		t.Skipf("onnxruntime not available: %v", err)
 	}
 	file := filepath.Join(modelsDir, "torch_transformer_opset17.onnx")
@@ -124,8 +124,8 @@ func TestQATMatchesSTE(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	run := func(tm *graph.Model, info *autodiff.Info, src *graph.Model, override map[string][]float32) map[string]*runtime.Tensor {
-		s, err := runtime.Open(tm, nil)
+	run := func(tm *graph.Model, info *autodiff.Info, src *graph.Model, override map[string][]float32) map[string]*ort.Tensor {
+		s, err := ort.Open(tm, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -3,8 +3,8 @@ package autodiff
 import (
 	"fmt"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
 )
 
 // quantUnit is a QuantizeLinear → [Clip] → DequantizeLinear chain, which

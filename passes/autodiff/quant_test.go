@@ -5,10 +5,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/autodiff"
-	"github.com/qatc/qatc/runtime"
 )
 
 // quantCase is a fake quantizer in the project's graph form over x with
@@ -119,7 +119,7 @@ func quantModel(c quantCase) *graph.Model {
 // clip gradients (NeurST and LSQ, signed, relu, per-channel, blocked,
 // 4-bit, with L2) against hand-computed values.
 func TestQuantizerGradients(t *testing.T) {
-	if err := runtime.Init(); err != nil {
+	if err := ort.Init(); err != nil {
 		t.Skipf("onnxruntime not available: %v", err)
 	}
 	for _, c := range quantCases {
@@ -140,7 +140,7 @@ func TestQuantizerGradients(t *testing.T) {
 			if strings.Join(names, ",") != "x,x_clip_max" {
 				t.Fatalf("parameters %v, want x and x_clip_max (not tiny, qmax)", names)
 			}
-			s, err := runtime.Open(tm, nil)
+			s, err := ort.Open(tm, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -149,10 +149,10 @@ func TestQuantizerGradients(t *testing.T) {
 			if len(c.clip) > 1 && clipShape == nil {
 				clipShape = []int64{int64(len(c.clip))}
 			}
-			out, err := s.Run(map[string]*runtime.Tensor{
-				"x":          runtime.Float32(c.xShape, append([]float32(nil), c.x...)),
-				"x_clip_max": runtime.Float32(clipShape, append([]float32(nil), c.clip...)),
-				"g":          runtime.Float32(c.xShape, append([]float32(nil), c.g...)),
+			out, err := s.Run(map[string]*ort.Tensor{
+				"x":          ort.Float32(c.xShape, append([]float32(nil), c.x...)),
+				"x_clip_max": ort.Float32(clipShape, append([]float32(nil), c.clip...)),
+				"g":          ort.Float32(c.xShape, append([]float32(nil), c.g...)),
 			})
 			if err != nil {
 				t.Fatal(err)

@@ -5,10 +5,10 @@ import (
 	"math/rand/v2"
 	"testing"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/autodiff"
-	"github.com/qatc/qatc/runtime"
 	"github.com/qatc/qatc/testmodels"
 )
 
@@ -20,7 +20,7 @@ import (
 // gradient along a random direction over all parameters with a central
 // difference of the loss.
 func TestTestmodelsDirectional(t *testing.T) {
-	if err := runtime.Init(); err != nil {
+	if err := ort.Init(); err != nil {
 		t.Skipf("onnxruntime not available: %v", err)
 	}
 	tiny := testmodels.Tiny()
@@ -53,13 +53,13 @@ func TestTestmodelsDirectional(t *testing.T) {
 					t.Fatalf("the sinusoidal position table is a parameter")
 				}
 			}
-			s, err := runtime.Open(tm, nil)
+			s, err := ort.Open(tm, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer s.Close()
 			rng := rand.New(rand.NewPCG(3, 4))
-			ids := func(rows, cols, pads int) *runtime.Tensor {
+			ids := func(rows, cols, pads int) *ort.Tensor {
 				v := make([]int64, rows*cols)
 				for i := range v {
 					v[i] = 4 + rng.Int64N(int64(cfg.Vocab-4))
@@ -67,7 +67,7 @@ func TestTestmodelsDirectional(t *testing.T) {
 				for j := cols - pads; j < cols; j++ {
 					v[cols+j] = 0 // second row padded
 				}
-				return runtime.Int64([]int64{int64(rows), int64(cols)}, v)
+				return ort.Int64([]int64{int64(rows), int64(cols)}, v)
 			}
 			base := map[string][]float64{}
 			dir := map[string][]float64{}
@@ -83,9 +83,9 @@ func TestTestmodelsDirectional(t *testing.T) {
 				}
 				dir[p.Name] = d
 			}
-			batch := map[string]*runtime.Tensor{"src_ids": ids(2, 7, 2), "tgt_ids": ids(2, 6, 1), "labels": ids(2, 6, 1)}
-			run := func(step float64) map[string]*runtime.Tensor {
-				feeds := map[string]*runtime.Tensor{}
+			batch := map[string]*ort.Tensor{"src_ids": ids(2, 7, 2), "tgt_ids": ids(2, 6, 1), "labels": ids(2, 6, 1)}
+			run := func(step float64) map[string]*ort.Tensor {
+				feeds := map[string]*ort.Tensor{}
 				for k, v := range batch {
 					feeds[k] = v
 				}

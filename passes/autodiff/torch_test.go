@@ -8,8 +8,8 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/autodiff"
-	"github.com/qatc/qatc/runtime"
 )
 
 const modelsDir = "/work/shared/models"
@@ -51,9 +51,9 @@ func readF32(t *testing.T, path string) []float32 {
 	return v
 }
 
-func readNpy(t *testing.T, name string) *runtime.Tensor {
+func readNpy(t *testing.T, name string) *ort.Tensor {
 	t.Helper()
-	x, err := runtime.ReadNpy(filepath.Join(modelsDir, name))
+	x, err := ort.ReadNpy(filepath.Join(modelsDir, name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,26 +62,26 @@ func readNpy(t *testing.T, name string) *runtime.Tensor {
 
 // paramFeeds returns the initial values of the training graph's
 // parameters (the source model's initializers).
-func paramFeeds(t *testing.T, src *graph.Model, info *autodiff.Info) map[string]*runtime.Tensor {
+func paramFeeds(t *testing.T, src *graph.Model, info *autodiff.Info) map[string]*ort.Tensor {
 	t.Helper()
-	feeds := map[string]*runtime.Tensor{}
+	feeds := map[string]*ort.Tensor{}
 	for _, p := range info.Params {
 		v, err := graph.Floats(src.Initializer(p.Name))
 		if err != nil {
 			t.Fatal(err)
 		}
-		feeds[p.Name] = runtime.Float32(p.Shape, v)
+		feeds[p.Name] = ort.Float32(p.Shape, v)
 	}
 	return feeds
 }
 
-func runTraining(t *testing.T, src *graph.Model, opts autodiff.Options) (map[string]*runtime.Tensor, *autodiff.Info) {
+func runTraining(t *testing.T, src *graph.Model, opts autodiff.Options) (map[string]*ort.Tensor, *autodiff.Info) {
 	t.Helper()
 	tm, info, err := autodiff.Build(src, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := runtime.Open(tm, nil)
+	s, err := ort.Open(tm, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

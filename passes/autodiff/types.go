@@ -1,8 +1,8 @@
 package autodiff
 
 import (
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
 )
 
 // facts is what the pass knows statically about the forward graph's

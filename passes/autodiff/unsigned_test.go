@@ -5,9 +5,9 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/autodiff"
 	"github.com/qatc/qatc/passes/quantize"
-	"github.com/qatc/qatc/runtime"
 	"github.com/qatc/qatc/testmodels"
 )
 
@@ -18,7 +18,7 @@ import (
 // must not change a value. The reference is the model's own logits
 // through the label-smoothed cross-entropy, in Go.
 func TestQATForwardKept(t *testing.T) {
-	if err := runtime.Init(); err != nil {
+	if err := ort.Init(); err != nil {
 		t.Skipf("onnxruntime not available: %v", err)
 	}
 	cfg := testmodels.Tiny()
@@ -50,11 +50,11 @@ func TestQATForwardKept(t *testing.T) {
 	const rows, srcLen, tgtLen = 3, 9, 7
 	src, tgt := testmodels.RandomBatch(cfg, rows, srcLen, tgtLen, 5)
 	labels := append(append([]int64(nil), tgt[1:]...), cfg.PadID)
-	feeds := map[string]*runtime.Tensor{
-		"src_ids": runtime.Int64([]int64{rows, srcLen}, src),
-		"tgt_ids": runtime.Int64([]int64{rows, tgtLen}, tgt),
+	feeds := map[string]*ort.Tensor{
+		"src_ids": ort.Int64([]int64{rows, srcLen}, src),
+		"tgt_ids": ort.Int64([]int64{rows, tgtLen}, tgt),
 	}
-	fs, err := runtime.Open(m, nil)
+	fs, err := ort.Open(m, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,15 +89,15 @@ func TestQATForwardKept(t *testing.T) {
 	}
 	want := sum / float64(count)
 
-	feeds["labels"] = runtime.Int64([]int64{rows, tgtLen}, labels)
+	feeds["labels"] = ort.Int64([]int64{rows, tgtLen}, labels)
 	for _, p := range info.Params {
 		w, err := graph.Floats(m.Initializer(p.Name))
 		if err != nil {
 			t.Fatal(err)
 		}
-		feeds[p.Name] = runtime.Float32(p.Shape, w)
+		feeds[p.Name] = ort.Float32(p.Shape, w)
 	}
-	ts, err := runtime.Open(tm, nil)
+	ts, err := ort.Open(tm, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

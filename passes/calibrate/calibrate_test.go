@@ -9,9 +9,9 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/calibrate"
 	"github.com/qatc/qatc/passes/quantize"
-	"github.com/qatc/qatc/runtime"
 )
 
 var sharedModels = filepath.Join("..", "..", "..", "shared", "models")
@@ -29,18 +29,18 @@ func load(t *testing.T, opset int) *graph.Model {
 	return m
 }
 
-func npy(t *testing.T, name string) *runtime.Tensor {
+func npy(t *testing.T, name string) *ort.Tensor {
 	t.Helper()
-	x, err := runtime.ReadNpy(filepath.Join(sharedModels, "torch_transformer_"+name+".npy"))
+	x, err := ort.ReadNpy(filepath.Join(sharedModels, "torch_transformer_"+name+".npy"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return x
 }
 
-func run(t *testing.T, m *graph.Model, opts *runtime.Options, feeds map[string]*runtime.Tensor, outputs ...string) map[string]*runtime.Tensor {
+func run(t *testing.T, m *graph.Model, opts *ort.Options, feeds map[string]*ort.Tensor, outputs ...string) map[string]*ort.Tensor {
 	t.Helper()
-	s, err := runtime.Open(m, opts)
+	s, err := ort.Open(m, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +69,7 @@ func TestTorchCalibration(t *testing.T) {
 	for _, opset := range []int{14, 17} {
 		t.Run(fmt.Sprint("opset", opset), func(t *testing.T) {
 			fp32 := load(t, opset)
-			feeds := map[string]*runtime.Tensor{"src_ids": npy(t, "src_ids"), "tgt_ids": npy(t, "tgt_ids")}
+			feeds := map[string]*ort.Tensor{"src_ids": npy(t, "src_ids"), "tgt_ids": npy(t, "tgt_ids")}
 			ref := run(t, fp32, nil, feeds, "logits")["logits"].Float32s()
 
 			tests := []struct {
@@ -96,7 +96,7 @@ func TestTorchCalibration(t *testing.T) {
 				}
 				if tt.method != "" {
 					c := calibrate.NewCollector(rec)
-					out := run(t, fp32, &runtime.Options{Outputs: c.Tensors()}, feeds, c.Tensors()...)
+					out := run(t, fp32, &ort.Options{Outputs: c.Tensors()}, feeds, c.Tensors()...)
 					for _, name := range c.Tensors() {
 						c.Observe(name, out[name].Float32s())
 					}

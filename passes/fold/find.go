@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"math"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
 )
 
 // Quantizer kinds, as passes/quantize names them.

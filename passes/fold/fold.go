@@ -3,8 +3,8 @@ package fold
 import (
 	"fmt"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
 )
 
 // Metadata keys the fold passes write.

@@ -7,8 +7,8 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/fold"
-	"github.com/qatc/qatc/runtime"
 )
 
 // quantizer inserts the QAT graph form of DESIGN.md on T: clip → Max(tiny)
@@ -64,7 +64,7 @@ func randn(r *rand.Rand, n int, s float64) []float32 {
 //	y3 = DQ(x) · DQ(F)                    fBits-bit weight (an integer Clip below 8)
 //	emb = Gather(DQ(E), ids)              per-channel table [10, 4] along axis 1
 //	y4 = DQ(relu(y1)) · DQ(U)             unsigned relu activation
-func qatModel(t *testing.T, fBits int) (*graph.Model, map[string]*runtime.Tensor) {
+func qatModel(t *testing.T, fBits int) (*graph.Model, map[string]*ort.Tensor) {
 	r := rand.New(rand.NewPCG(1, 2))
 	m := graph.New("qat", 17)
 	m.AddInput("x", graph.Float, []int64{2, 6, 8})
@@ -100,9 +100,9 @@ func qatModel(t *testing.T, fBits int) (*graph.Model, map[string]*runtime.Tensor
 	for i := range ids {
 		ids[i] = r.Int64N(10)
 	}
-	return m, map[string]*runtime.Tensor{
-		"x":   runtime.Float32([]int64{2, 6, 8}, randn(r, 96, 1)),
-		"ids": runtime.Int64([]int64{2, 3}, ids),
+	return m, map[string]*ort.Tensor{
+		"x":   ort.Float32([]int64{2, 6, 8}, randn(r, 96, 1)),
+		"ids": ort.Int64([]int64{2, 3}, ids),
 	}
 }
 
@@ -118,9 +118,9 @@ func clone(t *testing.T, m *graph.Model) *graph.Model {
 	return c
 }
 
-func runAll(t *testing.T, m *graph.Model, in map[string]*runtime.Tensor, opts *runtime.Options) map[string]*runtime.Tensor {
+func runAll(t *testing.T, m *graph.Model, in map[string]*ort.Tensor, opts *ort.Options) map[string]*ort.Tensor {
 	t.Helper()
-	s, err := runtime.Open(m, opts)
+	s, err := ort.Open(m, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +183,7 @@ func TestFold(t *testing.T) {
 		qouts = append(qouts, w+"_q")
 	}
 	qouts[2] = "F_clipped"
-	s, err := runtime.Open(qat, &runtime.Options{Outputs: qouts})
+	s, err := ort.Open(qat, &ort.Options{Outputs: qouts})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,8 +222,8 @@ func TestFold(t *testing.T) {
 	}
 
 	// Values: the folded graph computes what the QAT graph computes.
-	ref := runAll(t, qat, in, &runtime.Options{Optimization: runtime.OptimizeBasic})
-	got := runAll(t, m, in, &runtime.Options{Optimization: runtime.OptimizeBasic})
+	ref := runAll(t, qat, in, &ort.Options{Optimization: ort.OptimizeBasic})
+	got := runAll(t, m, in, &ort.Options{Optimization: ort.OptimizeBasic})
 	for name, want := range ref {
 		if d := maxDiff(want.Float32s(), got[name].Float32s()); d > 1e-6 {
 			t.Errorf("output %s differs by %g after Fold", name, d)
@@ -242,7 +242,7 @@ func TestFold(t *testing.T) {
 // quantized MatMul by an integer one and stay close to the QAT model.
 func TestIntegerFormats(t *testing.T) {
 	qat, in := qatModel(t, 8)
-	ref := runAll(t, qat, in, &runtime.Options{Optimization: runtime.OptimizeBasic})
+	ref := runAll(t, qat, in, &ort.Options{Optimization: ort.OptimizeBasic})
 	for _, tc := range []struct {
 		format string
 		pass   func(*graph.Model, *fold.Result) error

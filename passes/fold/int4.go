@@ -3,8 +3,8 @@ package fold
 import (
 	"fmt"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
 )
 
 // Opsets of the 4-bit forms.

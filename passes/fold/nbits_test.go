@@ -5,10 +5,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/fold"
-	"github.com/qatc/qatc/runtime"
 )
 
 // blockedQuantizer inserts a weight quantizer with one clip per block of
@@ -50,7 +50,7 @@ type weightCase struct {
 }
 
 // productModel builds the QAT model of c.
-func productModel(t *testing.T, c weightCase) (*graph.Model, map[string]*runtime.Tensor) {
+func productModel(t *testing.T, c weightCase) (*graph.Model, map[string]*ort.Tensor) {
 	t.Helper()
 	r := rand.New(rand.NewPCG(3, uint64(c.k*c.n)))
 	opset := c.opset
@@ -125,7 +125,7 @@ func productModel(t *testing.T, c weightCase) (*graph.Model, map[string]*runtime
 	if err := m.TopoSort(); err != nil {
 		t.Fatal(err)
 	}
-	return m, map[string]*runtime.Tensor{"x": runtime.Float32([]int64{2, 3, c.k}, randn(r, int(6*c.k), 1))}
+	return m, map[string]*ort.Tensor{"x": ort.Float32([]int64{2, 3, c.k}, randn(r, int(6*c.k), 1))}
 }
 
 var weightCases = []weightCase{
@@ -151,7 +151,7 @@ func TestInt4(t *testing.T) {
 		}
 		t.Run(c.name, func(t *testing.T) {
 			qat, in := productModel(t, c)
-			ref := runAll(t, qat, in, &runtime.Options{Optimization: runtime.OptimizeBasic})
+			ref := runAll(t, qat, in, &ort.Options{Optimization: ort.OptimizeBasic})
 			m8 := clone(t, qat)
 			res8, err := fold.Fold(m8)
 			if err != nil {
@@ -243,7 +243,7 @@ func TestInt4Opset(t *testing.T) {
 					}
 				}
 			}
-			ref := runAll(t, qat, in, &runtime.Options{Optimization: runtime.OptimizeBasic})
+			ref := runAll(t, qat, in, &ort.Options{Optimization: ort.OptimizeBasic})
 			got := runAll(t, m, in, nil)
 			if d := maxDiff(ref["y"].Float32s(), got["y"].Float32s()); d > 1e-5 {
 				t.Errorf("y differs from the QAT model by %g", d)
@@ -262,7 +262,7 @@ func TestMatMulNBits(t *testing.T) {
 	for _, c := range weightCases {
 		t.Run(c.name, func(t *testing.T) {
 			qat, in := productModel(t, c)
-			ref := runAll(t, qat, in, &runtime.Options{Optimization: runtime.OptimizeBasic})
+			ref := runAll(t, qat, in, &ort.Options{Optimization: ort.OptimizeBasic})
 			var amax float64
 			for _, v := range ref["y"].Float32s() {
 				amax = max(amax, float64(v), -float64(v))
@@ -396,8 +396,8 @@ func TestMatMulNBitsLookups(t *testing.T) {
 			if err := qat.TopoSort(); err != nil {
 				t.Fatal(err)
 			}
-			in["ids"] = runtime.Int64([]int64{2, 3}, []int64{9, 0, 3, 3, 7, 1})
-			ref := runAll(t, qat, in, &runtime.Options{Optimization: runtime.OptimizeBasic})
+			in["ids"] = ort.Int64([]int64{2, 3}, []int64{9, 0, 3, 3, 7, 1})
+			ref := runAll(t, qat, in, &ort.Options{Optimization: ort.OptimizeBasic})
 			m := clone(t, qat)
 			res, err := fold.Fold(m)
 			if err != nil {

@@ -3,8 +3,8 @@ package fold
 import (
 	"fmt"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
 )
 
 // operand is a MatMul input read through a DequantizeLinear.

@@ -1,8 +1,8 @@
 package fold
 
 import (
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
 	"google.golang.org/protobuf/proto"
 )
 

@@ -7,8 +7,8 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
 )
 
 // Find returns the quantizers of m found from the graph's structure, in

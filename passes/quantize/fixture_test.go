@@ -8,8 +8,8 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/quantize"
-	"github.com/qatc/qatc/runtime"
 )
 
 // sharedModels is where the PyTorch reference models live.
@@ -183,25 +183,25 @@ func TestTorchPlacement(t *testing.T) {
 
 // runTorch runs m on the reference inputs and returns ||y − ref|| / ||ref||
 // against PyTorch's logits.
-func runTorch(t testing.TB, m *graph.Model, opset int, opts ...*runtime.Options) float64 {
+func runTorch(t testing.TB, m *graph.Model, opset int, opts ...*ort.Options) float64 {
 	t.Helper()
-	feeds := map[string]*runtime.Tensor{}
+	feeds := map[string]*ort.Tensor{}
 	for _, name := range []string{"src_ids", "tgt_ids"} {
-		x, err := runtime.ReadNpy(filepath.Join(sharedModels, "torch_transformer_"+name+".npy"))
+		x, err := ort.ReadNpy(filepath.Join(sharedModels, "torch_transformer_"+name+".npy"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		feeds[name] = x
 	}
-	ref, err := runtime.ReadNpy(filepath.Join(sharedModels, "torch_transformer_logits.npy"))
+	ref, err := ort.ReadNpy(filepath.Join(sharedModels, "torch_transformer_logits.npy"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var o *runtime.Options
+	var o *ort.Options
 	if len(opts) > 0 {
 		o = opts[0]
 	}
-	s, err := runtime.Open(m, o)
+	s, err := ort.Open(m, o)
 	if err != nil {
 		t.Fatalf("opset %d: onnxruntime refuses the quantized model: %v", opset, err)
 	}

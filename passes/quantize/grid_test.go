@@ -6,8 +6,8 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/quantize"
-	"github.com/qatc/qatc/runtime"
 )
 
 // neurst is NeurST's fake quantization, written from its definition:
@@ -76,7 +76,7 @@ func TestGrids(t *testing.T) {
 			if q := rec.Quantizers; len(q) != 1 || q[0].Kind != tt.kind || q[0].Bits != tt.bits {
 				t.Fatalf("quantizers %+v, want one %s/%d", q, tt.kind, tt.bits)
 			}
-			s, err := runtime.Open(m, nil)
+			s, err := ort.Open(m, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -104,7 +104,7 @@ func TestGrids(t *testing.T) {
 
 // gridModel builds y = x·I (activation kinds: x is an input) or y = I·x
 // (weight: x is an initializer, I fed as input), so y shows the quantized x.
-func gridModel(t *testing.T, kind string, xs []float32) (*graph.Model, map[string]*runtime.Tensor, string) {
+func gridModel(t *testing.T, kind string, xs []float32) (*graph.Model, map[string]*ort.Tensor, string) {
 	n := int64(len(xs))
 	eye := make([]float32, n*n)
 	for i := int64(0); i < n; i++ {
@@ -116,11 +116,11 @@ func gridModel(t *testing.T, kind string, xs []float32) (*graph.Model, map[strin
 		m.AddInitializer(graph.FloatTensor("x", []int64{n, 1}, xs))
 		m.Op("MatMul", "mm", []string{"e", "x"}, []string{"y"})
 		m.AddOutput("y", graph.Float, []int64{n, 1})
-		return m, map[string]*runtime.Tensor{"e": runtime.Float32([]int64{n, n}, eye)}, "y"
+		return m, map[string]*ort.Tensor{"e": ort.Float32([]int64{n, n}, eye)}, "y"
 	}
 	m.AddInput("x", graph.Float, []int64{1, n})
 	m.AddInitializer(graph.FloatTensor("eye", []int64{n, n}, eye))
 	m.Op("MatMul", "mm", []string{"x", "eye"}, []string{"y"})
 	m.AddOutput("y", graph.Float, []int64{1, n})
-	return m, map[string]*runtime.Tensor{"x": runtime.Float32([]int64{1, n}, xs)}, "y"
+	return m, map[string]*ort.Tensor{"x": ort.Float32([]int64{1, n}, xs)}, "y"
 }

@@ -5,8 +5,8 @@ import (
 	"math"
 	"sort"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
 )
 
 // Tiny is the floor Max(clip, Tiny) puts under every clip, so that a clip

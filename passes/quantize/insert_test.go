@@ -6,8 +6,8 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/quantize"
-	"github.com/qatc/qatc/runtime"
 )
 
 func TestInsertErrors(t *testing.T) {
@@ -158,9 +158,9 @@ func TestGranularity(t *testing.T) {
 			// onnxruntime's QDQ fusion turns a blocked DequantizeLinear
 			// feeding MatMul into MatMulIntegerToFloat, which rejects
 			// blocked scales; the graph itself is valid and runs unfused.
-			var opts *runtime.Options
+			var opts *ort.Options
 			if p.Granularity == "block" {
-				opts = &runtime.Options{Optimization: runtime.OptimizeBasic}
+				opts = &ort.Options{Optimization: ort.OptimizeBasic}
 			}
 			rel := runTorch(t, m, 17, opts)
 			t.Logf("%s: relative logits error %.4f (activation clips 16.0)", tt.name, rel)

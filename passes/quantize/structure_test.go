@@ -4,8 +4,8 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/quantize"
-	"github.com/qatc/qatc/runtime"
 )
 
 // TestStructure checks placement rules the reference models do not
@@ -98,12 +98,12 @@ func TestStructure(t *testing.T) {
 	if found, err := quantize.Find(m); err != nil || len(found) != len(wants) {
 		t.Errorf("Find: %d quantizers, %v", len(found), err)
 	}
-	s, err := runtime.Open(m, nil)
+	s, err := ort.Open(m, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if _, err := s.Run(map[string]*runtime.Tensor{"ids": runtime.Int64([]int64{1, 2}, []int64{3, 7})}); err != nil {
+	if _, err := s.Run(map[string]*ort.Tensor{"ids": ort.Int64([]int64{1, 2}, []int64{3, 7})}); err != nil {
 		t.Errorf("onnxruntime: %v", err)
 	}
 }

@@ -1,6 +1,6 @@
 package transformer
 
-import "github.com/advancedclimatesystems/gonnx/onnx"
+import "github.com/qatc/qatc/onnx"
 
 // Model is the typed transformer found in a graph.
 type Model struct {

@@ -2,7 +2,7 @@ package transformer
 
 import (
 	"fmt"
-	"github.com/advancedclimatesystems/gonnx/onnx"
+	"github.com/qatc/qatc/onnx"
 
 	"github.com/qatc/qatc/graph"
 )

@@ -7,8 +7,8 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
 )
 
 // ErrNotEncoderDecoder is wrapped by Recognize's errors for graphs that

@@ -5,8 +5,8 @@ import (
 	"math"
 	"strings"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
 )
 
 // walker holds what the recogniser reads about a graph: the value index,

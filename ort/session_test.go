@@ -1,9 +1,9 @@
-package runtime
+package ort
 
 import (
 	"encoding/json"
-	"github.com/advancedclimatesystems/gonnx/onnx"
-	ort "github.com/yalue/onnxruntime_go"
+	"github.com/qatc/qatc/onnx"
+	onnxrt "github.com/yalue/onnxruntime_go"
 	"math"
 	"os"
 	"path/filepath"
@@ -295,7 +295,7 @@ func TestInputsNotCopied(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer v.Destroy()
-	got := v.(*ort.Tensor[float32]).GetData()
+	got := v.(*onnxrt.Tensor[float32]).GetData()
 	if &got[0] != &data[0] || len(got) != len(data) {
 		t.Errorf("onnxruntime tensor is backed by a copy of the Go slice")
 	}

@@ -1,4 +1,4 @@
-package runtime
+package ort
 
 import (
 	"fmt"
@@ -12,9 +12,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
-	ort "github.com/yalue/onnxruntime_go"
+	"github.com/qatc/qatc/onnx"
+	onnxrt "github.com/yalue/onnxruntime_go"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
@@ -71,7 +71,7 @@ type Options struct {
 // from several goroutines at once.
 type Session struct {
 	name    string // the model's path or graph name, for messages
-	sess    *ort.DynamicAdvancedSession
+	sess    *onnxrt.DynamicAdvancedSession
 	inputs  []IOInfo
 	outputs []IOInfo
 	inIdx   map[string]int
@@ -132,7 +132,9 @@ func OpenFile(path string, opts *Options) (*Session, error) {
 		opts = lowerForBlocks(opts, blocked)
 	}
 	s := newSession(path, in, out)
-	if err := s.fillRanks(func() ([]ort.InputOutputInfo, []ort.InputOutputInfo, error) { return ort.GetInputOutputInfo(path) }); err != nil {
+	if err := s.fillRanks(func() ([]onnxrt.InputOutputInfo, []onnxrt.InputOutputInfo, error) {
+		return onnxrt.GetInputOutputInfo(path)
+	}); err != nil {
 		return nil, err
 	}
 	so, err := sessionOptions(opts)
@@ -140,7 +142,7 @@ func OpenFile(path string, opts *Options) (*Session, error) {
 		return nil, fmt.Errorf("%s: %v", path, err)
 	}
 	defer so.Destroy()
-	s.sess, err = ort.NewDynamicAdvancedSession(path, names(in), names(out), so)
+	s.sess, err = onnxrt.NewDynamicAdvancedSession(path, names(in), names(out), so)
 	if err != nil {
 		return nil, fmt.Errorf("%s: onnxruntime: %s", path, ortMessage(err))
 	}
@@ -185,10 +187,12 @@ func open(m *graph.Model, name string, opts *Options) (*Session, error) {
 			return nil, fmt.Errorf("%s: %v", name, err)
 		}
 		defer cleanup()
-		if err := s.fillRanks(func() ([]ort.InputOutputInfo, []ort.InputOutputInfo, error) { return ort.GetInputOutputInfo(path) }); err != nil {
+		if err := s.fillRanks(func() ([]onnxrt.InputOutputInfo, []onnxrt.InputOutputInfo, error) {
+			return onnxrt.GetInputOutputInfo(path)
+		}); err != nil {
 			return nil, err
 		}
-		s.sess, err = ort.NewDynamicAdvancedSession(path, names(in), names(out), so)
+		s.sess, err = onnxrt.NewDynamicAdvancedSession(path, names(in), names(out), so)
 		if err != nil {
 			return nil, fmt.Errorf("%s: onnxruntime: %s", name, ortMessage(err))
 		}
@@ -199,12 +203,12 @@ func open(m *graph.Model, name string, opts *Options) (*Session, error) {
 			return nil, fmt.Errorf("%s: encode model: %v", name, err)
 		}
 		buf = append(buf, tail...)
-		if err := s.fillRanks(func() ([]ort.InputOutputInfo, []ort.InputOutputInfo, error) {
-			return ort.GetInputOutputInfoWithONNXData(buf)
+		if err := s.fillRanks(func() ([]onnxrt.InputOutputInfo, []onnxrt.InputOutputInfo, error) {
+			return onnxrt.GetInputOutputInfoWithONNXData(buf)
 		}); err != nil {
 			return nil, err
 		}
-		s.sess, err = ort.NewDynamicAdvancedSessionWithONNXData(buf, names(in), names(out), so)
+		s.sess, err = onnxrt.NewDynamicAdvancedSessionWithONNXData(buf, names(in), names(out), so)
 		if err != nil {
 			return nil, fmt.Errorf("%s: onnxruntime: %s", name, ortMessage(err))
 		}
@@ -417,7 +421,7 @@ func tensorIO(name string, t graph.TensorInfo) IOInfo {
 // gets by loading the model once more. Run needs every output's rank: the
 // binding cannot return a scalar it allocated itself, so scalar outputs
 // get a buffer before the run.
-func (s *Session) fillRanks(info func() ([]ort.InputOutputInfo, []ort.InputOutputInfo, error)) error {
+func (s *Session) fillRanks(info func() ([]onnxrt.InputOutputInfo, []onnxrt.InputOutputInfo, error)) error {
 	missing := false
 	for _, o := range s.outputs {
 		missing = missing || o.Dims == nil
@@ -431,7 +435,7 @@ func (s *Session) fillRanks(info func() ([]ort.InputOutputInfo, []ort.InputOutpu
 	}
 	for _, o := range outs {
 		i, ok := s.outIdx[o.Name]
-		if !ok || s.outputs[i].Dims != nil || o.OrtValueType != ort.ONNXTypeTensor {
+		if !ok || s.outputs[i].Dims != nil || o.OrtValueType != onnxrt.ONNXTypeTensor {
 			continue
 		}
 		v := &s.outputs[i]
@@ -457,8 +461,8 @@ func newSession(name string, in, out []IOInfo) *Session {
 // sessionOptions translates opts for onnxruntime. Runs are sequential with
 // one inter-op thread: qatc's graphs are chains of large ops, where
 // parallelism inside an op is what pays.
-func sessionOptions(opts *Options) (*ort.SessionOptions, error) {
-	so, err := ort.NewSessionOptions()
+func sessionOptions(opts *Options) (*onnxrt.SessionOptions, error) {
+	so, err := onnxrt.NewSessionOptions()
 	if err != nil {
 		return nil, err
 	}
@@ -470,7 +474,7 @@ func sessionOptions(opts *Options) (*ort.SessionOptions, error) {
 	return so, nil
 }
 
-func setOptions(so *ort.SessionOptions, opts *Options) error {
+func setOptions(so *onnxrt.SessionOptions, opts *Options) error {
 	if opts.Threads < 0 {
 		return fmt.Errorf("Options.Threads is %d; want 0 (onnxruntime's default) or more", opts.Threads)
 	}
@@ -482,20 +486,20 @@ func setOptions(so *ort.SessionOptions, opts *Options) error {
 	if err := so.SetInterOpNumThreads(1); err != nil {
 		return err
 	}
-	if err := so.SetExecutionMode(ort.ExecutionModeSequential); err != nil {
+	if err := so.SetExecutionMode(onnxrt.ExecutionModeSequential); err != nil {
 		return err
 	}
 	if opts.Optimization != OptimizeDefault {
-		var level ort.GraphOptimizationLevel
+		var level onnxrt.GraphOptimizationLevel
 		switch opts.Optimization {
 		case OptimizeNone:
-			level = ort.GraphOptimizationLevelDisableAll
+			level = onnxrt.GraphOptimizationLevelDisableAll
 		case OptimizeBasic:
-			level = ort.GraphOptimizationLevelEnableBasic
+			level = onnxrt.GraphOptimizationLevelEnableBasic
 		case OptimizeExtended:
-			level = ort.GraphOptimizationLevelEnableExtended
+			level = onnxrt.GraphOptimizationLevelEnableExtended
 		case OptimizeAll:
-			level = ort.GraphOptimizationLevelEnableAll
+			level = onnxrt.GraphOptimizationLevelEnableAll
 		default:
 			return fmt.Errorf("Options.Optimization: unknown level %d", opts.Optimization)
 		}
@@ -572,7 +576,7 @@ func (s *Session) RunInto(inputs, into map[string]*Tensor, outputs ...string) (m
 		}
 	}
 
-	in := make([]ort.Value, len(s.inputs))
+	in := make([]onnxrt.Value, len(s.inputs))
 	defer destroyAll(in)
 	for i, info := range s.inputs {
 		v, err := newValue(inputs[info.Name])
@@ -581,7 +585,7 @@ func (s *Session) RunInto(inputs, into map[string]*Tensor, outputs ...string) (m
 		}
 		in[i] = v
 	}
-	out := make([]ort.Value, len(s.outputs))
+	out := make([]onnxrt.Value, len(s.outputs))
 	defer destroyAll(out)
 	for name := range into {
 		if _, ok := s.outIdx[name]; !ok {
@@ -740,7 +744,7 @@ func names(infos []IOInfo) []string {
 	return n
 }
 
-func destroyAll(vs []ort.Value) {
+func destroyAll(vs []onnxrt.Value) {
 	for _, v := range vs {
 		if v != nil {
 			v.Destroy()

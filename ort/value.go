@@ -1,15 +1,15 @@
-package runtime
+package ort
 
 import (
 	"fmt"
 
 	"github.com/qatc/qatc/graph"
-	ort "github.com/yalue/onnxruntime_go"
+	onnxrt "github.com/yalue/onnxruntime_go"
 )
 
 // newValue wraps t's Go slice as an onnxruntime tensor, without copying.
 // t has been checked.
-func newValue(t *Tensor) (ort.Value, error) {
+func newValue(t *Tensor) (onnxrt.Value, error) {
 	switch d := t.Data.(type) {
 	case []float32:
 		return wrap(t.Shape, d)
@@ -32,65 +32,65 @@ func newValue(t *Tensor) (ort.Value, error) {
 // wrap makes the onnxruntime value over d. The binding's tensors need at
 // least one dim, so a scalar goes through its Scalar type (one element is
 // copied).
-func wrap[T ort.TensorData](shape []int64, d []T) (ort.Value, error) {
+func wrap[T onnxrt.TensorData](shape []int64, d []T) (onnxrt.Value, error) {
 	if len(shape) == 0 {
-		return ort.NewScalar(d[0])
+		return onnxrt.NewScalar(d[0])
 	}
-	return ort.NewTensor(ort.NewShape(shape...), d)
+	return onnxrt.NewTensor(onnxrt.NewShape(shape...), d)
 }
 
 // newScalar allocates a rank-0 output buffer of element type dt.
-func newScalar(dt graph.DataType) (ort.Value, error) {
+func newScalar(dt graph.DataType) (onnxrt.Value, error) {
 	switch dt {
 	case graph.Float:
-		return ort.NewEmptyScalar[float32]()
+		return onnxrt.NewEmptyScalar[float32]()
 	case graph.Double:
-		return ort.NewEmptyScalar[float64]()
+		return onnxrt.NewEmptyScalar[float64]()
 	case graph.Int64:
-		return ort.NewEmptyScalar[int64]()
+		return onnxrt.NewEmptyScalar[int64]()
 	case graph.Int32:
-		return ort.NewEmptyScalar[int32]()
+		return onnxrt.NewEmptyScalar[int32]()
 	case graph.Int8:
-		return ort.NewEmptyScalar[int8]()
+		return onnxrt.NewEmptyScalar[int8]()
 	case graph.Uint8:
-		return ort.NewEmptyScalar[uint8]()
+		return onnxrt.NewEmptyScalar[uint8]()
 	case graph.Bool:
-		return ort.NewEmptyScalar[bool]()
+		return onnxrt.NewEmptyScalar[bool]()
 	}
 	return nil, fmt.Errorf("scalar of type %s is not supported", dt)
 }
 
 // fromValue turns an onnxruntime result into a Tensor. The binding has
 // already copied the result into a Go slice, which the Tensor takes over.
-func fromValue(v ort.Value) (*Tensor, error) {
+func fromValue(v onnxrt.Value) (*Tensor, error) {
 	switch x := v.(type) {
-	case *ort.Tensor[float32]:
+	case *onnxrt.Tensor[float32]:
 		return &Tensor{Shape: x.GetShape(), Data: x.GetData()}, nil
-	case *ort.Tensor[float64]:
+	case *onnxrt.Tensor[float64]:
 		return &Tensor{Shape: x.GetShape(), Data: x.GetData()}, nil
-	case *ort.Tensor[int64]:
+	case *onnxrt.Tensor[int64]:
 		return &Tensor{Shape: x.GetShape(), Data: x.GetData()}, nil
-	case *ort.Tensor[int32]:
+	case *onnxrt.Tensor[int32]:
 		return &Tensor{Shape: x.GetShape(), Data: x.GetData()}, nil
-	case *ort.Tensor[int8]:
+	case *onnxrt.Tensor[int8]:
 		return &Tensor{Shape: x.GetShape(), Data: x.GetData()}, nil
-	case *ort.Tensor[uint8]:
+	case *onnxrt.Tensor[uint8]:
 		return &Tensor{Shape: x.GetShape(), Data: x.GetData()}, nil
-	case *ort.Tensor[bool]:
+	case *onnxrt.Tensor[bool]:
 		return &Tensor{Shape: x.GetShape(), Data: x.GetData()}, nil
-	case *ort.Scalar[float32]:
+	case *onnxrt.Scalar[float32]:
 		return &Tensor{Shape: []int64{}, Data: []float32{x.GetData()}}, nil
-	case *ort.Scalar[float64]:
+	case *onnxrt.Scalar[float64]:
 		return &Tensor{Shape: []int64{}, Data: []float64{x.GetData()}}, nil
-	case *ort.Scalar[int64]:
+	case *onnxrt.Scalar[int64]:
 		return &Tensor{Shape: []int64{}, Data: []int64{x.GetData()}}, nil
-	case *ort.Scalar[int32]:
+	case *onnxrt.Scalar[int32]:
 		return &Tensor{Shape: []int64{}, Data: []int32{x.GetData()}}, nil
-	case *ort.Scalar[int8]:
+	case *onnxrt.Scalar[int8]:
 		return &Tensor{Shape: []int64{}, Data: []int8{x.GetData()}}, nil
-	case *ort.Scalar[uint8]:
+	case *onnxrt.Scalar[uint8]:
 		return &Tensor{Shape: []int64{}, Data: []uint8{x.GetData()}}, nil
-	case *ort.Scalar[bool]:
+	case *onnxrt.Scalar[bool]:
 		return &Tensor{Shape: []int64{}, Data: []bool{x.GetData()}}, nil
 	case nil:
 		return nil, fmt.Errorf("onnxruntime returned no value")
@@ -98,6 +98,6 @@ func fromValue(v ort.Value) (*Tensor, error) {
 	return nil, fmt.Errorf("element type %s is not supported (want float32, float64, int64, int32, int8, uint8 or bool)", ortTypeName(v))
 }
 
-func ortTypeName(v ort.Value) string {
-	return ort.TensorElementDataType(v.DataType()).String()
+func ortTypeName(v onnxrt.Value) string {
+	return onnxrt.TensorElementDataType(v.DataType()).String()
 }

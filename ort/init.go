@@ -1,4 +1,4 @@
-package runtime
+package ort
 
 import (
 	"errors"
@@ -9,7 +9,7 @@ import (
 	"strings"
 	"sync"
 
-	ort "github.com/yalue/onnxruntime_go"
+	onnxrt "github.com/yalue/onnxruntime_go"
 )
 
 // ortVersion is the onnxruntime release the install script fetches.
@@ -73,7 +73,7 @@ func Library() (path, version string) {
 	if !initDone {
 		return "", ""
 	}
-	return initLib, ort.GetVersion()
+	return initLib, onnxrt.GetVersion()
 }
 
 // libraryCandidates lists where to look when QATC_ORT_LIB is unset, in
@@ -112,10 +112,10 @@ func load(path string) error {
 			return fmt.Errorf("no such file")
 		}
 	}
-	ort.SetSharedLibraryPath(path)
+	onnxrt.SetSharedLibraryPath(path)
 	// Errors come back through the API with onnxruntime's message, so its
 	// own log would only repeat them on stderr.
-	if err := ort.InitializeEnvironment(ort.WithLogLevelFatal()); err != nil {
+	if err := onnxrt.InitializeEnvironment(onnxrt.WithLogLevelFatal()); err != nil {
 		// The binding reports a library without C API 24 as a failure to
 		// set the API base (code 2); say what that means.
 		msg := err.Error()
@@ -131,9 +131,9 @@ func load(path string) error {
 		}
 		return errors.New(msg)
 	}
-	v := ort.GetVersion()
+	v := onnxrt.GetVersion()
 	if !versionAtLeast(v, minMajor, minMinor) {
-		ort.DestroyEnvironment()
+		onnxrt.DestroyEnvironment()
 		return &oldVersionError{version: v}
 	}
 	initLib, initDone = path, true

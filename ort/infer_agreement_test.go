@@ -1,11 +1,11 @@
-package runtime_test
+package ort_test
 
 import (
 	"path/filepath"
 	"testing"
 
 	"github.com/qatc/qatc/graph"
-	"github.com/qatc/qatc/runtime"
+	"github.com/qatc/qatc/ort"
 )
 
 // TestInferAgreement checks graph's shape inference against onnxruntime:
@@ -15,18 +15,18 @@ import (
 // or named after an input dim (batch, src_len, tgt_len).
 func TestInferAgreement(t *testing.T) {
 	dir := "../../shared/models"
-	src, err := runtime.ReadNpy(filepath.Join(dir, "torch_transformer_src_ids.npy"))
+	src, err := ort.ReadNpy(filepath.Join(dir, "torch_transformer_src_ids.npy"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	tgt, err := runtime.ReadNpy(filepath.Join(dir, "torch_transformer_tgt_ids.npy"))
+	tgt, err := ort.ReadNpy(filepath.Join(dir, "torch_transformer_tgt_ids.npy"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The shared batch, and its first row cut to other lengths.
-	feeds := []map[string]*runtime.Tensor{
+	feeds := []map[string]*ort.Tensor{
 		{"src_ids": src, "tgt_ids": tgt},
-		{"src_ids": runtime.Int64([]int64{1, 5}, src.Int64s()[:5]), "tgt_ids": runtime.Int64([]int64{1, 4}, tgt.Int64s()[:4])},
+		{"src_ids": ort.Int64([]int64{1, 5}, src.Int64s()[:5]), "tgt_ids": ort.Int64([]int64{1, 4}, tgt.Int64s()[:4])},
 	}
 	for _, model := range []string{"torch_transformer_opset14.onnx", "torch_transformer_opset17.onnx"} {
 		t.Run(model, func(t *testing.T) {
@@ -46,7 +46,7 @@ func TestInferAgreement(t *testing.T) {
 					}
 				}
 			}
-			s, err := runtime.Open(m, &runtime.Options{Threads: 1, Outputs: values})
+			s, err := ort.Open(m, &ort.Options{Threads: 1, Outputs: values})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -95,7 +95,7 @@ func TestInferAgreement(t *testing.T) {
 
 // disagreement says how inference (want) and the actual tensor differ, or
 // returns "" when they agree.
-func disagreement(want graph.TensorInfo, got *runtime.Tensor, sizes map[string]int64) string {
+func disagreement(want graph.TensorInfo, got *ort.Tensor, sizes map[string]int64) string {
 	switch {
 	case want.Elem != got.DType():
 		return "element type differs"

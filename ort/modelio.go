@@ -1,12 +1,12 @@
-package runtime
+package ort
 
 import (
 	"fmt"
 	"os"
 	"syscall"
 
-	"github.com/advancedclimatesystems/gonnx/onnx"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )

@@ -15,4 +15,4 @@
 // input and both types; onnxruntime's own errors are returned with the
 // model's path. ReadNpy and WriteNpy move Tensors in and out of NumPy
 // .npy files.
-package runtime
+package ort
