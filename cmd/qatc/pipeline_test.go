@@ -103,7 +103,7 @@ func TestPipeline(t *testing.T) {
 		}
 	}
 	out = must("export", tuned, "-o", filepath.Join(dir, "model.pb"), "--format", "lightseq", "--src", src)
-	if !strings.Contains(out, "hidden 32, heads 4, FFN 64, vocabulary 64, 2+2 layers") {
+	if !strings.Contains(out, "hidden 32, heads 4, FFN 64, vocabulary 64, 2+2 layers") || !strings.Contains(out, "(min 90%)") || !strings.Contains(out, "(max 15%)") {
 		t.Errorf("lightseq: %s", out)
 	}
 	out = must("eval", fp32, tuned, filepath.Join(dir, "qoperator.onnx"), filepath.Join(dir, "model.pb"), "--src", src, "--ref", tgt, "--json", "--threads", "1",

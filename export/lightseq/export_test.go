@@ -487,123 +487,100 @@ func withoutCross(t *testing.T, cfg testmodels.Config, dropEncoder bool) *graph.
 	return m
 }
 
-// TestReferenceTeacherForced compares the reference decoder's logits with
-// the QAT ONNX model's at every target position of a random batch.
-func TestReferenceTeacherForced(t *testing.T) {
+// TestVerify holds correct files and broken ones to Verify's bounds on a
+// check batch other than the calibration batch: the correct files pass
+// with the figures measured when the bounds were chosen, and each break
+// fails on the bound it exceeds.
+func TestVerify(t *testing.T) {
+	fused := func(c *testmodels.Config) { c.FusedQKV, c.PreNorm, c.Activation, c.Opset = true, false, "gelu", 14 }
+	// swapQK swaps Q and K in encoder layer 1's fused kernel.
+	swapQK := func(qt *lspb.QuantTransformer, h int) {
+		k := qt.EncoderStack[1].MultiheadProjectKernelQkv
+		for i := range h {
+			row := k[i*3*h : (i+1)*3*h]
+			for j := range h {
+				row[j], row[h+j] = row[h+j], row[j]
+			}
+		}
+	}
+	// transposeFFN2 transposes encoder layer 0's square part of dense2.
+	transposeFFN2 := func(qt *lspb.QuantTransformer, h int) {
+		k := qt.EncoderStack[0].FfnSecondKernel
+		for i := range h {
+			for j := i + 1; j < h; j++ {
+				k[i*h+j], k[j*h+i] = k[j*h+i], k[i*h+j]
+			}
+		}
+	}
+	doubleClip := func(qt *lspb.QuantTransformer, _ int) { qt.DecoderStack[0].FfnFirstKernelClipMax *= 2 }
 	for _, tc := range []struct {
-		name string
-		edit func(*testmodels.Config)
+		name      string
+		edit      func(*testmodels.Config)
+		brk       func(*lspb.QuantTransformer, int)
+		top1, rms float64 // expected, ±0.005 and ±0.003
+		fail      string  // expected error text
 	}{
-		{"tiny", func(*testmodels.Config) {}},
-		{"fused-postnorm-gelu-opset14", func(c *testmodels.Config) { c.FusedQKV, c.PreNorm, c.Activation, c.Opset = true, false, "gelu", 14 }},
+		{"tiny", func(*testmodels.Config) {}, nil, 0.9866, 0.0291, ""},
+		{"fused-postnorm-gelu", fused, nil, 0.9597, 0.0311, ""},
+		{"tiny-ffn-transposed", func(*testmodels.Config) {}, transposeFFN2, 0.8456, 0.2346, "more than the 15%"},
+		{"tiny-clip-doubled", func(*testmodels.Config) {}, doubleClip, 0.8389, 0.2120, "more than the 15%"},
+		{"fused-qk-swapped", fused, swapQK, 0.8926, 0.1339, "below the 90%"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := testmodels.Tiny()
 			tc.edit(&cfg)
-			teacherForced(t, cfg)
+			m, b := tinyQAT(t, cfg)
+			qt, rep, err := lightseq.Export(m, lightseq.Options{BosID: testmodels.BOS, EosID: testmodels.EOS, Calib: b})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.brk != nil {
+				tc.brk(qt, cfg.Hidden)
+			}
+			r, err := lightseq.Verify(m, rep.Model, qt, batchOf(cfg, 16, 12, 12, 99))
+			t.Log(r)
+			if r.Positions != 149 || math.Abs(r.Top1-tc.top1) > 0.005 || math.Abs(r.RMSErr-tc.rms) > 0.003 {
+				t.Errorf("%d positions, top-1 %.4f, RMS error %.4f; want 149, %.4f, %.4f", r.Positions, r.Top1, r.RMSErr, tc.top1, tc.rms)
+			}
+			switch {
+			case tc.fail == "" && err != nil:
+				t.Errorf("a correct file fails: %v", err)
+			case tc.fail != "" && (err == nil || !strings.Contains(err.Error(), tc.fail)):
+				t.Errorf("error %v, want one saying %q", err, tc.fail)
+			}
 		})
 	}
 }
 
-func teacherForced(t *testing.T, cfg testmodels.Config) {
-	m, b := tinyQAT(t, cfg)
-	qt, _, err := lightseq.Export(m, lightseq.Options{BosID: testmodels.BOS, EosID: testmodels.EOS, Calib: b})
-	if err != nil {
-		t.Fatal(err)
-	}
-	agree, maxDiff, maxAbs := compareLogits(t, cfg, m, qt)
-	// LightSeq requantizes every GEMM output to int8 where the QAT model
-	// stays in float, and runs softmax in float where the QAT model
-	// quantizes it: the logits differ by a few per cent of their range, and
-	// near-ties flip. A wrong weight layout or clip gives differences of
-	// the logits' own size (TestReferenceCatchesLayout).
-	if agree < 0.9 || maxDiff > 0.1*maxAbs {
-		t.Fatalf("the reference decoder does not follow the QAT model")
-	}
-}
-
-// TestReferenceCatchesLayout is the negative control of the comparison:
-// a file with Q and K swapped in one encoder layer's fused kernel must
-// fail it.
-func TestReferenceCatchesLayout(t *testing.T) {
+// TestVerifyNoPositions: a check batch of padding alone, or without the
+// model's inputs, is an error, not a division by zero.
+func TestVerifyNoPositions(t *testing.T) {
 	cfg := testmodels.Tiny()
 	m, b := tinyQAT(t, cfg)
-	qt, _, err := lightseq.Export(m, lightseq.Options{BosID: testmodels.BOS, EosID: testmodels.EOS, Calib: b})
+	qt, rep, err := lightseq.Export(m, lightseq.Options{BosID: testmodels.BOS, EosID: testmodels.EOS, Calib: b})
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := cfg.Hidden
-	k := qt.EncoderStack[1].MultiheadProjectKernelQkv
-	for i := range h {
-		row := k[i*3*h : (i+1)*3*h]
-		for j := range h {
-			row[j], row[h+j] = row[h+j], row[j]
+	pads := make([]int64, 3*5)
+	for i := range pads {
+		pads[i] = cfg.PadID
+	}
+	for name, batch := range map[string]map[string]*ort.Tensor{
+		"all padding": {
+			testmodels.SrcInput: ort.Int64([]int64{3, 5}, pads),
+			testmodels.TgtInput: ort.Int64([]int64{3, 5}, pads),
+		},
+		"no rows": {
+			testmodels.SrcInput: ort.Int64([]int64{0, 5}, nil),
+			testmodels.TgtInput: ort.Int64([]int64{0, 5}, nil),
+		},
+		"no target": {testmodels.SrcInput: ort.Int64([]int64{3, 5}, pads)},
+	} {
+		r, err := lightseq.Verify(m, rep.Model, qt, batch)
+		if err == nil || strings.Contains(err.Error(), "\n") || math.IsNaN(r.Top1) || r.Positions != 0 {
+			t.Errorf("%s: error %v, report %+v; want one line and no positions", name, err, r)
 		}
 	}
-	agree, maxDiff, maxAbs := compareLogits(t, cfg, m, qt)
-	if agree >= 0.9 && maxDiff <= 0.1*maxAbs {
-		t.Fatalf("a file with Q and K swapped passed the comparison (agreement %.1f%%, max diff %.3g)", 100*agree, maxDiff)
-	}
-}
-
-// compareLogits runs the reference decoder on qt and the QAT model m over
-// one random batch, teacher-forced, and returns the fraction of positions
-// whose argmax agrees, the largest logit difference and the largest
-// |logit|.
-func compareLogits(t *testing.T, cfg testmodels.Config, m *graph.Model, qt *lspb.QuantTransformer) (agree, maxDiff, maxAbs float64) {
-	t.Helper()
-	ref, err := lightseq.NewReference(qt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref.Epsilon = testmodels.LayerNormEpsilon
-	const n, srcLen, tgtLen = 16, 10, 10
-	src, tgt := testmodels.RandomBatch(cfg, n, srcLen, tgtLen, 5)
-	s, err := ort.Open(m, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	out, err := s.Run(map[string]*ort.Tensor{
-		testmodels.SrcInput: ort.Int64([]int64{n, srcLen}, src),
-		testmodels.TgtInput: ort.Int64([]int64{n, tgtLen}, tgt),
-	}, testmodels.LogitsOutput)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logits := out[testmodels.LogitsOutput].Float32s()
-	v := cfg.Vocab
-	same, total := 0, 0
-	distinct := map[int]bool{}
-	for i := range n {
-		sr := src[i*srcLen : (i+1)*srcLen]
-		enc, err := ref.Encode(sr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for k := 1; k <= tgtLen; k++ {
-			if tgt[i*tgtLen+k-1] == cfg.PadID {
-				break
-			}
-			got, err := ref.Logits(sr, enc, tgt[i*tgtLen:i*tgtLen+k])
-			if err != nil {
-				t.Fatal(err)
-			}
-			want := logits[(i*tgtLen+k-1)*v : (i*tgtLen+k)*v]
-			if argmax(got) == argmax(want) {
-				same++
-			}
-			distinct[argmax(want)] = true
-			total++
-			for j := range want {
-				maxDiff = max(maxDiff, math.Abs(float64(got[j]-want[j])))
-				maxAbs = max(maxAbs, math.Abs(float64(want[j])))
-			}
-		}
-	}
-	agree = float64(same) / float64(total)
-	t.Logf("teacher-forced: argmax agrees at %d of %d positions (%.1f%%, %d distinct tokens); logits differ by at most %.3g (|logits| up to %.3g)", same, total, 100*agree, len(distinct), maxDiff, maxAbs)
-	return agree, maxDiff, maxAbs
 }
 
 func argmax(v []float32) int {
