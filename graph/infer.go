@@ -66,11 +66,12 @@ func (m *Model) infer() (*inferer, error) {
 
 // ValueNames returns the name of every value that nodes produce, in
 // topological order (graph outputs included, graph inputs and
-// initializers not).
-func (m *Model) ValueNames() []string {
+// initializers not). A graph with a cycle has no such order: the error
+// names a node on it.
+func (m *Model) ValueNames() ([]string, error) {
 	order, err := m.topoOrder()
 	if err != nil {
-		order = m.Proto.Graph.Node
+		return nil, err
 	}
 	var names []string
 	for _, n := range order {
@@ -80,7 +81,7 @@ func (m *Model) ValueNames() []string {
 			}
 		}
 	}
-	return names
+	return names, nil
 }
 
 // topoOrder returns the nodes in an order where each follows its inputs'

@@ -285,7 +285,10 @@ func TestInferShapesShared(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			names := m.ValueNames()
+			names, err := m.ValueNames()
+			if err != nil {
+				t.Fatal(err)
+			}
 			if len(names) < len(m.Proto.Graph.Node) {
 				t.Fatalf("%d values for %d nodes", len(names), len(m.Proto.Graph.Node))
 			}
@@ -308,8 +311,22 @@ func TestValueNamesOrder(t *testing.T) {
 	m.AddInput("x", Float, []int64{2})
 	m.Op("Neg", "b", []string{"a"}, []string{"b"})
 	m.Op("Neg", "a", []string{"x"}, []string{"a"})
-	if got := strings.Join(m.ValueNames(), ","); got != "a,b" {
-		t.Fatalf("ValueNames %s, want a,b", got)
+	names, err := m.ValueNames()
+	if got := strings.Join(names, ","); err != nil || got != "a,b" {
+		t.Fatalf("ValueNames %s, %v; want a,b", got, err)
+	}
+	// A cycle has no order: an error naming a node on it, not file order.
+	c := New("c", 17)
+	c.AddInput("x", Float, []int64{2})
+	c.Op("Add", "first", []string{"x", "b"}, []string{"a"})
+	c.Op("Neg", "second", []string{"a"}, []string{"b"})
+	c.AddOutput("b", Float, []int64{2})
+	names, err = c.ValueNames()
+	if err == nil || names != nil || !strings.Contains(err.Error(), "cycle through node") {
+		t.Fatalf("ValueNames of a cycle: %v, %v; want no names and the cycle named", names, err)
+	}
+	if _, err := c.InferShapes(); err == nil || !strings.Contains(err.Error(), "cycle through node") {
+		t.Fatalf("InferShapes of a cycle: %v", err)
 	}
 }
 
