@@ -72,6 +72,10 @@ type VerifyReport struct {
 	MaxAbsErr float64
 	Step      float64
 	Bound     float64
+	// StepRule says which rule gave Step: the quantized projection that
+	// computes the output, or max |logit|/127 and why the projection rule
+	// did not apply.
+	StepRule string
 	// Top1 is the fraction of positions whose argmax over the last axis
 	// agrees; MinTop1 the required fraction; Positions how many.
 	Top1      float64
@@ -144,9 +148,11 @@ func Verify(qat, exported *graph.Model, inputs map[string]*ort.Tensor) (VerifyRe
 			r.MaxAbsErr = math.Inf(1)
 		}
 	}
-	r.Step = amax / 127
-	if step, ok := projectionStep(qat, r.Output); ok {
-		r.Step = step
+	if step, rule, err := projectionStep(qat, r.Output); err == nil {
+		r.Step, r.StepRule = step, rule
+	} else {
+		r.Step = amax / 127
+		r.StepRule = fmt.Sprintf("max|%s|/127, one 8-bit step of the output's range, because no quantized projection step applies: %v", r.Output, err)
 	}
 	r.Bound = b.Steps * r.Step
 	r.MinTop1 = b.Top1
@@ -278,11 +284,12 @@ func elemType(v *onnx.ValueInfoProto) graph.DataType {
 
 // projectionStep returns one activation quantization step at the scale of
 // output: s·max_j Σ_i |W_ij| for the quantized projection y = DQ(x)·DQ(W)
-// (+ bias) that produces it, read from the folded QAT model.
-func projectionStep(qat *graph.Model, output string) (float64, bool) {
+// (+ bias) that produces it, read from the folded QAT model, with the rule
+// in words; or why no such projection computes the output.
+func projectionStep(qat *graph.Model, output string) (float64, string, error) {
 	m := graph.FromProto(proto.Clone(qat.Proto).(*onnx.ModelProto), qat.Dir)
 	if _, err := fold.Fold(m); err != nil {
-		return 0, false
+		return 0, "", fmt.Errorf("the QAT model does not fold: %v", err)
 	}
 	v := output
 	var mm *onnx.NodeProto
@@ -290,7 +297,7 @@ func projectionStep(qat *graph.Model, output string) (float64, bool) {
 		p := m.Producer(v)
 		switch {
 		case p == nil:
-			return 0, false
+			return 0, "", fmt.Errorf("%s is not computed by a MatMul or Gemm", output)
 		case p.OpType == "MatMul" || p.OpType == "Gemm" && graph.IntAttr(p, "transA", 0) == 0:
 			mm = p
 		case p.OpType == "Add" || p.OpType == "Identity" || p.OpType == "Reshape":
@@ -300,12 +307,12 @@ func projectionStep(qat *graph.Model, output string) (float64, bool) {
 				v = p.Input[1]
 			}
 		default:
-			return 0, false
+			return 0, "", fmt.Errorf("%s is computed by %s %s, not a MatMul or Gemm (through bias Add, Reshape or Identity)", output, p.OpType, graph.NodeName(p))
 		}
 	}
 	sa, _, _, ok := dequantizedConst(m, mm.Input[0], false)
 	if !ok || len(sa) != 1 {
-		return 0, false
+		return 0, "", fmt.Errorf("the input of %s %s is not quantized per tensor", mm.OpType, graph.NodeName(mm))
 	}
 	// The weight may be read through a Transpose after its
 	// DequantizeLinear (a blocked scale does not move past it).
@@ -315,11 +322,11 @@ func projectionStep(qat *graph.Model, output string) (float64, bool) {
 	}
 	sw, w, tr, ok := dequantizedConst(m, wv, true)
 	if !ok || len(w.Dims) != 2 {
-		return 0, false
+		return 0, "", fmt.Errorf("the weight of %s %s is not a quantized matrix", mm.OpType, graph.NodeName(mm))
 	}
 	q, err := graph.Int64s(w)
 	if err != nil {
-		return 0, false
+		return 0, "", fmt.Errorf("the weight of %s %s: %v", mm.OpType, graph.NodeName(mm), err)
 	}
 	// d indexes the DequantizeLinear's input, w or wᵀ (tr).
 	rows, cols := int(w.Dims[0]), int(w.Dims[1])
@@ -329,7 +336,7 @@ func projectionStep(qat *graph.Model, output string) (float64, bool) {
 	}
 	scale, ok := scaleOf(m.Producer(wv), sw, d0, d1)
 	if !ok {
-		return 0, false
+		return 0, "", fmt.Errorf("the weight scale of %s %s (%d values) fits no per-tensor, per-axis or blocked layout of [%d, %d]", mm.OpType, graph.NodeName(mm), len(sw), d0, d1)
 	}
 	// The product reads B = d, or dᵀ under one of a Transpose after the
 	// DequantizeLinear and Gemm's transB.
@@ -354,7 +361,10 @@ func projectionStep(qat *graph.Model, output string) (float64, bool) {
 		}
 		best = math.Max(best, sum)
 	}
-	return float64(sa[0]) * best, best > 0
+	if best == 0 {
+		return 0, "", fmt.Errorf("the weight of %s %s is all zeros", mm.OpType, graph.NodeName(mm))
+	}
+	return float64(sa[0]) * best, fmt.Sprintf("one input step s of %s %s carried to its outputs (s·max_j Σ_i |W_ij|)", mm.OpType, graph.NodeName(mm)), nil
 }
 
 // scaleOf returns the scale of element (i, j) of a DequantizeLinear d

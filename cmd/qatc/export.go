@@ -83,6 +83,7 @@ func exportAction(c *cli.Context) error {
 		rep.IntWeights, humanBytes(rep.Size), 100*float64(rep.Size)/float64(rep.SourceSize), humanBytes(rep.SourceSize))
 	fmt.Fprintf(w, "check against the QAT model on %d positions: max abs error %.4g (bound %.4g), top-1 agreement %.2f%% (min %.1f%%)\n",
 		ver.Positions, ver.MaxAbsErr, ver.Bound, 100*ver.Top1, 100*ver.MinTop1)
+	fmt.Fprintf(w, "bound = %g × step %.4g, step = %s\n", ver.Bound/ver.Step, ver.Step, ver.StepRule)
 	fmt.Fprintf(w, "onnxruntime ran %d integer matrix kernels and %d float MatMul/Gemm\n", ver.IntKernels, ver.FloatMatMuls)
 	for _, n := range rep.Notes {
 		fmt.Fprintf(w, "note: %s\n", n)
