@@ -63,7 +63,7 @@ func inspectAction(c *cli.Context) error {
 		return nil
 	}
 	s := summarize(m, c.Int("top"))
-	if s.Quantizers, err = quantizerRows(m); err != nil {
+	if s.Quantizers, s.QuantNote, err = quantizerRows(m); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	if c.Bool("json") {
@@ -71,7 +71,7 @@ func inspectAction(c *cli.Context) error {
 	}
 	s.print(c.App.Writer)
 	if len(s.Quantizers) > 0 {
-		printQuantRows(c.App.Writer, s.Quantizers)
+		printQuantRows(c.App.Writer, s.Quantizers, s.QuantNote)
 	}
 	return nil
 }
@@ -106,6 +106,8 @@ type modelSummary struct {
 	Metadata     map[string]string `json:"metadata,omitempty"`
 	// Quantizers lists a QAT or exported model's quantizers.
 	Quantizers []quantRow `json:"quantizers,omitempty"`
+	// QuantNote says why the weights' clipped share and SQNR are unknown.
+	QuantNote string `json:"quantizers_note,omitempty"`
 }
 
 type valueSummary struct {

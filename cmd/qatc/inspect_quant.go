@@ -93,20 +93,26 @@ func granularity(axis *int, blockSize int) string {
 // very integers an export stores, the share of values the quantizer clips
 // and the SQNR of the fake-quantized weight; an exported model has no float
 // weights, so both are unknown there, and so they are for a graph that
-// cannot be folded (a training graph, whose clips are inputs).
-func quantizerRows(m *graph.Model) ([]quantRow, error) {
+// cannot be folded (a training graph, whose clips are inputs): the note
+// then says why.
+func quantizerRows(m *graph.Model) (rows []quantRow, note string, err error) {
 	if exported(m) {
-		return exportedRows(m)
+		rows, err := exportedRows(m)
+		if len(rows) > 0 {
+			note = "an exported model keeps no float weights, so the clipped share and SQNR of its weights are not known"
+		}
+		return rows, note, err
 	}
 	qs, err := quantize.Find(m)
 	if err != nil || len(qs) == 0 {
-		return nil, err
+		return nil, "", err
 	}
 	fv, err := foldCopy(m)
 	if err != nil {
 		fv = nil
+		note = fmt.Sprintf("the weights' clipped share and SQNR are not measured: the model does not fold as an export would (%v)", err)
 	}
-	rows := make([]quantRow, len(qs))
+	rows = make([]quantRow, len(qs))
 	for i, q := range qs {
 		r := quantRow{Tensor: q.Tensor, Kind: q.Kind, Bits: q.Bits, Granularity: granularity(q.Axis, q.BlockSize), Axis: q.Axis, BlockSize: q.BlockSize}
 		_, qmax := q.QRange()
@@ -116,7 +122,7 @@ func quantizerRows(m *graph.Model) ([]quantRow, error) {
 		case m.Initializer(q.Clip) != nil:
 			c, err := graph.Floats(m.Initializer(q.Clip))
 			if err != nil {
-				return nil, fmt.Errorf("clip %q: %v", q.Clip, err)
+				return nil, "", fmt.Errorf("clip %q: %v", q.Clip, err)
 			}
 			// The graph's own float32 arithmetic: Max(clip, tiny) / qmax.
 			sc := make([]float32, len(c))
@@ -128,7 +134,7 @@ func quantizerRows(m *graph.Model) ([]quantRow, error) {
 		if f := fv.weight(q.Tensor); f != nil {
 			st, err := fv.weightStats(m, f)
 			if err != nil {
-				return nil, err
+				return nil, "", err
 			}
 			r.Clipped = &st.clipped
 			if !math.IsInf(st.sqnr, 0) {
@@ -137,7 +143,7 @@ func quantizerRows(m *graph.Model) ([]quantRow, error) {
 		}
 		rows[i] = r
 	}
-	return rows, nil
+	return rows, note, nil
 }
 
 // exportedRows lists an exported model's quantizers from its record, with
@@ -219,7 +225,7 @@ func constFloatsOf(m *graph.Model, name string) []float32 {
 	return v
 }
 
-func printQuantRows(w io.Writer, rows []quantRow) {
+func printQuantRows(w io.Writer, rows []quantRow, note string) {
 	fmt.Fprintf(w, "\n%d quantizers\n", len(rows))
 	table := make([][]string, len(rows))
 	for i, r := range rows {
@@ -234,6 +240,9 @@ func printQuantRows(w io.Writer, rows []quantRow) {
 		table[i] = []string{r.Tensor, r.Kind, fmt.Sprint(r.Bits), r.Granularity, r.Clip.String(), r.Scale.String(), clipped, sqnr}
 	}
 	writeTable(w, []string{"tensor", "kind", "bits", "granularity", "clip", "scale", "clipped", "sqnr_db"}, table)
+	if note != "" {
+		fmt.Fprintf(w, "note: %s\n", note)
+	}
 }
 
 // foldView is a folded copy of a QAT model: the integers and constant
