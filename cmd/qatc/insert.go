@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -120,7 +121,7 @@ func quantParams(c *cli.Context) (quantize.Params, error) {
 	}
 	p.BlockSize = c.Int("block-size")
 	p.WeightInit = c.String("weight-init")
-	if p.WeightInit == "" && c.String("calib-method") != "" {
+	if p.WeightInit == "" && calibMethod(c) != "" {
 		p.WeightInit = quantize.InitMax
 	}
 	p.Include = c.StringSlice("include")
@@ -174,6 +175,17 @@ func modelRoles(c *cli.Context, m *graph.Model) (train.Roles, error) {
 	return train.FindRoles(m, train.Roles{Src: c.String("src-input"), Tgt: c.String("tgt-input"), Logits: c.String("logits-output")})
 }
 
+// calibMethod is the calibration the flags ask for: --calib-method, or
+// minmax when --calib-src comes alone; "" for none. Weight clips then
+// start at max |w| unless --weight-init says otherwise, whichever way the
+// method was chosen.
+func calibMethod(c *cli.Context) string {
+	if m := c.String("calib-method"); m != "" || c.String("calib-src") == "" {
+		return m
+	}
+	return calibrate.MinMax
+}
+
 func insertAction(c *cli.Context) error {
 	path, err := oneArg(c, "MODEL")
 	if err != nil {
@@ -187,12 +199,9 @@ func insertAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	method := c.String("calib-method")
+	method := calibMethod(c)
 	if method != "" && c.String("calib-src") == "" {
 		return usagef("--calib-method needs --calib-src (and optionally --calib-tgt) to calibrate on")
-	}
-	if c.String("calib-src") != "" && method == "" {
-		method = calibrate.MinMax
 	}
 	switch method {
 	case "", calibrate.MinMax, calibrate.Percentile, calibrate.MSE:
@@ -211,7 +220,8 @@ func insertAction(c *cli.Context) error {
 		if c.Bool("json") {
 			return writeJSON(c.App.Writer, plan)
 		}
-		printPlan(c, plan)
+		printPlan(c, plan.Quantizers)
+		printUnquantized(c.App.Writer, plan.Unquantized)
 		return nil
 	}
 	// Calibration runs the fp32 model, so it reads the activations before
@@ -222,7 +232,7 @@ func insertAction(c *cli.Context) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
-		collector = calibrate.NewCollector(&quantize.Record{Quantizers: plan})
+		collector = calibrate.NewCollector(plan)
 		roles, err := modelRoles(c, m)
 		if err != nil {
 			return fmt.Errorf("%s: %w", path, err)
@@ -270,12 +280,31 @@ func insertAction(c *cli.Context) error {
 			parts = append(parts, fmt.Sprintf("%d %s", counts[k], k))
 		}
 	}
-	how := fmt.Sprintf("clips from init values (weights %g, activations %g)", p.WeightClipMax, p.ActClipMax)
+	how := "weight clips from " + weightInitText(p) + ", activation clips "
 	if collector != nil {
-		how = "activation clips calibrated by " + method
+		how += "calibrated by " + method
+	} else {
+		how += fmt.Sprintf("at %g", p.ActClipMax)
 	}
 	fmt.Fprintf(c.App.Writer, "wrote %s: %d quantizers (%s), W%dA%d, %s\n", out, len(rec.Quantizers), strings.Join(parts, ", "), p.WeightBits, p.ActBits, how)
+	printUnquantized(c.App.Writer, rec.Unquantized)
 	return nil
+}
+
+// printUnquantized says which constant operands of matrix products stay
+// float, and why.
+func printUnquantized(w io.Writer, us []quantize.Unquantized) {
+	if len(us) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "%d matrix-product operands stay float:\n", len(us))
+	for _, u := range us {
+		where := fmt.Sprintf("%s input %d", u.Node, u.Input)
+		if u.Input < 0 {
+			where = u.Node
+		}
+		fmt.Fprintf(w, "  %s: %s\n", where, u.Reason)
+	}
 }
 
 func printPlan(c *cli.Context, plan []quantize.Quantizer) {
@@ -288,4 +317,21 @@ func printPlan(c *cli.Context, plan []quantize.Quantizer) {
 		rows[i] = []string{q.Tensor, q.Kind, fmt.Sprint(q.Bits), axis, strings.Join(q.Consumers, " ")}
 	}
 	writeTable(c.App.Writer, []string{"tensor", "kind", "bits", "axis", "consumers"}, rows)
+}
+
+// weightInitText says in words where p starts weight clips.
+func weightInitText(p quantize.Params) string {
+	switch p.WeightInit {
+	case quantize.InitMax:
+		return "max |w|"
+	case quantize.InitPercentile:
+		pct := p.Percentile
+		if pct == 0 {
+			pct = 99.99
+		}
+		return fmt.Sprintf("the %gth percentile of |w|", pct)
+	case quantize.InitMSE:
+		return "the MSE-optimal clip of each weight"
+	}
+	return fmt.Sprintf("the value %g", p.WeightClipMax)
 }

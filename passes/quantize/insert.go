@@ -66,7 +66,7 @@ func Insert(m *graph.Model, p Params) (*Record, error) {
 		}
 	}
 	in := &inserter{m: m, consts: map[string]string{}, scales: map[string]string{}, clipOf: map[*cand]string{}}
-	rec := &Record{Params: p}
+	rec := &Record{Params: p, Unquantized: pl.unreached}
 	rec.Params.Granularity, _ = p.granularity()
 	if rec.Params.WeightInit == InitPercentile && rec.Params.Percentile == 0 {
 		rec.Params.Percentile = 99.99

@@ -185,7 +185,7 @@ func TestPlan(t *testing.T) {
 	p := quantize.DefaultParams()
 	p.Include = []string{"decoder/layers.1/"}
 	p.Exclude = []string{"Softmax"}
-	planned, err := quantize.Plan(m, p)
+	plan, err := quantize.Plan(m, p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,6 +198,7 @@ func TestPlan(t *testing.T) {
 	}
 	// Decoder layer 1: 20 operands, less its two softmax inputs, plus the
 	// shared memory transpose its K/V projection reads.
+	planned := plan.Quantizers
 	if len(planned) != 19 || len(rec.Quantizers) != 19 {
 		t.Errorf("planned %d, inserted %d, want 19", len(planned), len(rec.Quantizers))
 	}

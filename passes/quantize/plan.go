@@ -49,22 +49,36 @@ type planner struct {
 	cands  []*cand
 	by     map[string]*cand
 	depMem map[string]bool
+	// unreached lists the constant operands left in float, and why.
+	unreached []Unquantized
 }
 
-// Plan returns the quantizers Insert would add to m with p, in graph order,
-// without changing m. Their node and clip names are left empty.
-func Plan(m *graph.Model, p Params) ([]Quantizer, error) {
+// Plan returns the record Insert would write for m with p, without
+// changing m: the quantizers in graph order (their node and clip names
+// left empty) and the operands left in float.
+func Plan(m *graph.Model, p Params) (*Record, error) {
 	pl, err := plan(m, p)
 	if err != nil {
 		return nil, err
 	}
-	var qs []Quantizer
+	rec := &Record{Params: p, Unquantized: pl.unreached}
 	for _, c := range pl.cands {
 		if !c.skip {
-			qs = append(qs, c.quantizer())
+			rec.Quantizers = append(rec.Quantizers, c.quantizer())
 		}
 	}
-	return qs, nil
+	return rec, nil
+}
+
+// followed are the ops traceWeight sees through from a product to its
+// weight.
+var followed = []string{"Transpose", "Identity", "Cast", "Slice", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
+
+// unplaced are matrix products the placement does not quantize: their
+// operands stay float, and Plan says so.
+var unplaced = map[string]bool{
+	"Einsum": true, "Conv": true, "ConvTranspose": true, "FusedMatMul": true,
+	"MatMulInteger": true, "QLinearMatMul": true, "Attention": true, "MultiHeadAttention": true,
 }
 
 func plan(m *graph.Model, p Params) (*planner, error) {
@@ -142,8 +156,13 @@ func (pl *planner) discover() error {
 			if len(n.Input) < 2 || !pl.dataDependent(n.Input[1]) {
 				continue
 			}
-			init, chain, ok := pl.traceWeight(n.Input[0])
-			if !ok {
+			init, chain, why := pl.traceWeight(n.Input[0])
+			if why != "" {
+				// A lookup in a constant table of integers is not an
+				// embedding; one of other floats is, left in float.
+				if !pl.dataDependent(n.Input[0]) && !pl.integerTable(n.Input[0]) {
+					pl.unreach(n, 0, why)
+				}
 				continue
 			}
 			axis := int(graph.IntAttr(n, "axis", 0))
@@ -153,6 +172,11 @@ func (pl *planner) discover() error {
 				}
 				return axis, pick(r == 2, 1-axis, -1)
 			})
+		default:
+			if unplaced[n.OpType] {
+				pl.unreached = append(pl.unreached, Unquantized{Node: nodeName(n), Input: -1,
+					Reason: n.OpType + " is not an operator qatc quantizes (it quantizes MatMul, Gemm and embedding Gather operands); export it as MatMul"})
+			}
 		}
 	}
 	for _, c := range pl.cands {
@@ -186,12 +210,14 @@ func nodeName(n *onnx.NodeProto) string { return graph.NodeName(n) }
 // input axes of a weight of the given rank in the operand's layout.
 func (pl *planner) operand(n *onnx.NodeProto, i int, axes func(rank int) (int, int)) {
 	v := n.Input[i]
-	if init, chain, ok := pl.traceWeight(v); ok {
+	init, chain, why := pl.traceWeight(v)
+	if why == "" {
 		pl.addWeight(n, init, chain, axes)
 		return
 	}
 	if !pl.dataDependent(v) {
-		return // computed from constants (or a non-float32 initializer): no activation
+		pl.unreach(n, i, why) // constant, but not a weight the placement can reach
+		return
 	}
 	c := pl.get(v, false)
 	c.uses = append(c.uses, use{n, i})
@@ -232,30 +258,62 @@ func (pl *planner) addWeight(n *onnx.NodeProto, init string, chain []*onnx.NodeP
 	}
 }
 
-// traceWeight follows v back through layout-only ops to a float
-// initializer.
-func (pl *planner) traceWeight(v string) (string, []*onnx.NodeProto, bool) {
+// unreach records that input i of n stays float, and why.
+func (pl *planner) unreach(n *onnx.NodeProto, i int, why string) {
+	pl.unreached = append(pl.unreached, Unquantized{Node: nodeName(n), Input: i, Tensor: n.Input[i], Reason: why})
+}
+
+// integerTable reports whether v is an integer or boolean initializer,
+// seen through the ops traceWeight follows.
+func (pl *planner) integerTable(v string) bool {
+	for {
+		if t := pl.m.Initializer(v); t != nil {
+			switch graph.TensorType(t) {
+			case graph.Float, graph.Double, graph.Float16, graph.BFloat16:
+				return false
+			}
+			return true
+		}
+		p := pl.m.Producer(v)
+		if p == nil || len(p.Input) == 0 || !slices.Contains(followed, p.OpType) {
+			return false
+		}
+		v = p.Input[0]
+	}
+}
+
+// traceWeight follows v back through layout-only ops (followed) to a
+// float32 initializer; else it says why v is not such a weight.
+func (pl *planner) traceWeight(v string) (string, []*onnx.NodeProto, string) {
 	var chain []*onnx.NodeProto
 	for {
 		if t := pl.m.Initializer(v); t != nil {
-			return v, chain, graph.TensorType(t) == graph.Float && len(t.Dims) >= 1
+			switch {
+			case graph.TensorType(t) != graph.Float:
+				return "", nil, fmt.Sprintf("initializer %s is %s; only float32 weights are quantized (convert the model to float32)", v, graph.TensorType(t))
+			case len(t.Dims) == 0:
+				return "", nil, fmt.Sprintf("initializer %s is a scalar, not a weight matrix", v)
+			}
+			return v, chain, ""
 		}
 		p := pl.m.Producer(v)
 		if p == nil || len(p.Input) == 0 {
-			return "", nil, false
-		}
-		switch p.OpType {
-		case "Transpose", "Identity", "Cast", "Slice", "Reshape", "Squeeze", "Unsqueeze", "Flatten":
-			for _, in := range p.Input[1:] {
-				// Bounds and shapes may follow activations' shapes
-				// (as PyTorch slices in_proj by the embedding size),
-				// never their values.
-				if in != "" && pl.dataDependent(in) {
-					return "", nil, false
-				}
+			what := "a graph input"
+			if p != nil {
+				what = fmt.Sprintf("made by %s %s from no inputs", p.OpType, nodeName(p))
 			}
-		default:
-			return "", nil, false
+			return "", nil, fmt.Sprintf("%s is %s, not an initializer", v, what)
+		}
+		if !slices.Contains(followed, p.OpType) {
+			return "", nil, fmt.Sprintf("%s is made by %s %s, which the placement does not follow to a weight (it follows %s)", v, p.OpType, nodeName(p), strings.Join(followed, ", "))
+		}
+		for _, in := range p.Input[1:] {
+			// Bounds and shapes may follow activations' shapes
+			// (as PyTorch slices in_proj by the embedding size),
+			// never their values.
+			if in != "" && pl.dataDependent(in) {
+				return "", nil, fmt.Sprintf("%s %s takes %s from the data", p.OpType, nodeName(p), in)
+			}
 		}
 		chain = append(chain, p)
 		v = p.Input[0]

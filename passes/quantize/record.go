@@ -75,6 +75,20 @@ type Record struct {
 	Params      Params       `json:"params"`
 	Calibration *Calibration `json:"calibration,omitempty"`
 	Quantizers  []Quantizer  `json:"quantizers"`
+	// Unquantized lists the constant operands of matrix products that
+	// stay float because the placement cannot quantize them, and why.
+	Unquantized []Unquantized `json:"unquantized,omitempty"`
+}
+
+// Unquantized is a constant operand of a MatMul, Gemm or embedding Gather
+// (or a whole product of another operator, Input −1) that the placement
+// left in float: a weight that is not float32, or one computed by ops it
+// does not follow.
+type Unquantized struct {
+	Node   string `json:"node"`
+	Input  int    `json:"input"`
+	Tensor string `json:"tensor,omitempty"`
+	Reason string `json:"reason"`
 }
 
 // Lookup returns the record's quantizer on tensor, or nil.

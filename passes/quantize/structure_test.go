@@ -50,7 +50,7 @@ func TestStructure(t *testing.T) {
 
 	p := quantize.DefaultParams()
 	p.PerChannel = true
-	qs, err := quantize.Plan(m, p)
+	plan, err := quantize.Plan(m, p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,6 +71,7 @@ func TestStructure(t *testing.T) {
 		"hB":  {"act", "", false, -1, 1},
 	}
 	got := map[string]quantize.Quantizer{}
+	qs := plan.Quantizers
 	for _, q := range qs {
 		got[q.Tensor] = q
 	}
