@@ -24,6 +24,10 @@ type trainingGraph struct {
 	Labels, Loss string
 	// Tied lists, per parameter, the initializers that are copies of it.
 	Tied map[string][]tiedCopy
+	// Hidden are the distilled forward values, TeacherHidden the inputs
+	// that take the teacher's values of them.
+	Hidden        []string
+	TeacherHidden map[string]string
 }
 
 // tiedCopy is an initializer holding a (possibly transposed) copy of a
@@ -121,6 +125,15 @@ func buildTrainingGraph(m *graph.Model, roles Roles, cfg Config) (*trainingGraph
 			}
 		}
 	}
+	if cfg.Loss.Hidden < 0 {
+		return nil, fmt.Errorf("hidden-state distillation weight %v: want >= 0", cfg.Loss.Hidden)
+	}
+	if cfg.Loss.Hidden > 0 {
+		if opts.Loss.Hidden, err = quantizedActivations(m); err != nil {
+			return nil, err
+		}
+		opts.Loss.HiddenWeight = float32(cfg.Loss.Hidden)
+	}
 	tm, info, err := autodiff.Build(m, opts)
 	if err != nil {
 		return nil, fmt.Errorf("training graph: %v", err)
@@ -136,7 +149,8 @@ func buildTrainingGraph(m *graph.Model, roles Roles, cfg Config) (*trainingGraph
 	if tg.Labels == "" {
 		return nil, fmt.Errorf("training graph: it takes no labels")
 	}
-	if cfg.Loss.usesTeacher() && info.TeacherLogits != teacherInput {
+	tg.Hidden, tg.TeacherHidden = opts.Loss.Hidden, info.TeacherHidden
+	if cfg.Loss.usesTeacherLogits() && info.TeacherLogits != teacherInput {
 		return nil, fmt.Errorf("training graph: the distillation loss takes no %q input", teacherInput)
 	}
 	for _, p := range info.Params {
@@ -150,6 +164,29 @@ func buildTrainingGraph(m *graph.Model, roles Roles, cfg Config) (*trainingGraph
 		tg.Tied[t.Param] = append(tg.Tied[t.Param], tiedCopy{Name: t.Copy, Transpose: t.Transposed})
 	}
 	return tg, nil
+}
+
+// quantizedActivations returns the tensors the activation quantizers of a
+// QAT graph quantize, in graph order, each once: the values hidden-state
+// distillation compares with the teacher's.
+func quantizedActivations(m *graph.Model) ([]string, error) {
+	qs, err := quantize.Find(m)
+	if err != nil {
+		return nil, err
+	}
+	var xs []string
+	seen := map[string]bool{}
+	for _, q := range qs {
+		if q.Kind == quantize.KindWeight || m.Initializer(q.Tensor) != nil || seen[q.Tensor] {
+			continue
+		}
+		seen[q.Tensor] = true
+		xs = append(xs, q.Tensor)
+	}
+	if len(xs) == 0 {
+		return nil, fmt.Errorf("hidden-state distillation: the model has no activation quantizers; insert them first (it distils the quantized activations)")
+	}
+	return xs, nil
 }
 
 // clipKinds maps every clip range of a QAT graph to whether it quantizes a

@@ -29,10 +29,20 @@ type Loss struct {
 	// WeightClipL2 and ActClipL2 add c² times them for every weight and
 	// activation clip range (NeurST: 0.001 and 0.01).
 	WeightClipL2, ActClipL2 float64
+	// Hidden, when positive, distils every quantized activation of a QAT
+	// model (the LayerNorm outputs that feed projections, attention
+	// probabilities, FFN activations: the tensors the activation
+	// quantizers see) from the fp32 teacher: Hidden times the sum of their
+	// relative squared errors ‖x − teacher‖²/‖teacher‖² (TernaryBERT's
+	// hidden-state and attention distillation).
+	Hidden float64
 }
 
-// usesTeacher reports whether the loss needs teacher logits.
-func (l Loss) usesTeacher() bool { return l.Kind == "kd" || l.Kind == "ce+kd" }
+// usesTeacherLogits reports whether the loss needs teacher logits.
+func (l Loss) usesTeacherLogits() bool { return l.Kind == "kd" || l.Kind == "ce+kd" }
+
+// usesTeacher reports whether the loss needs the teacher at all.
+func (l Loss) usesTeacher() bool { return l.usesTeacherLogits() || l.Hidden > 0 }
 
 // Config configures Run.
 type Config struct {
@@ -326,6 +336,11 @@ func (t *Trainer) openSessions() error {
 		if err != nil {
 			return err
 		}
+		for _, x := range t.tg.Hidden {
+			if !tm.IsGraphOutput(x) {
+				tm.AddOutput(x, graph.Float, nil)
+			}
+		}
 		if t.teacher, err = ort.Open(tm, opts); err != nil {
 			return fmt.Errorf("teacher: %v", err)
 		}
@@ -460,11 +475,21 @@ func (t *Trainer) Step() (loss, gradNorm float64, err error) {
 	if t.teacher != nil {
 		tin := map[string]*ort.Tensor{}
 		t.batchInputs(tin, b)
-		out, err := t.teacher.Run(tin, t.roles.Logits)
+		var want []string
+		if t.cfg.Loss.usesTeacherLogits() {
+			want = append(want, t.roles.Logits)
+		}
+		want = append(want, t.tg.Hidden...)
+		out, err := t.teacher.Run(tin, want...)
 		if err != nil {
 			return 0, 0, fmt.Errorf("step %d: teacher: %v", step, err)
 		}
-		in[teacherInput] = out[t.roles.Logits]
+		if t.cfg.Loss.usesTeacherLogits() {
+			in[teacherInput] = out[t.roles.Logits]
+		}
+		for _, x := range t.tg.Hidden {
+			in[t.tg.TeacherHidden[x]] = out[x]
+		}
 	}
 	// The session writes the gradients straight into the buffers the
 	// optimizer reads.

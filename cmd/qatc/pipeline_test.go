@@ -189,6 +189,7 @@ func TestTrainBadInputs(t *testing.T) {
 		{"train a QAT model", []string{"train", qat, "--src", src, "--tgt", tgt}, 1, "finetune"},
 		{"unknown clip gradient", []string{"finetune", qat, "--src", src, "--tgt", tgt, "--clip-grad", "pact"}, 2, "pact"},
 		{"unknown loss", []string{"finetune", qat, "--src", src, "--tgt", tgt, "--loss", "mse"}, 2, "mse"},
+		{"negative hidden distillation", []string{"finetune", qat, "--src", src, "--tgt", tgt, "--kd-hidden", "-1"}, 2, "--kd-hidden -1"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

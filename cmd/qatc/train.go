@@ -71,6 +71,7 @@ func finetuneCommand() *cli.Command {
 			&cli.StringFlag{Name: "clip-grad", Value: "neurst", Usage: "clip gradient: neurst or lsq"},
 			&cli.Float64Flag{Name: "weight-clip-l2", Value: 0.001, Usage: "L2 on weight clips (NeurST: 0.001)"},
 			&cli.Float64Flag{Name: "act-clip-l2", Value: 0.01, Usage: "L2 on activation clips (NeurST: 0.01)"},
+			&cli.Float64Flag{Name: "kd-hidden", Usage: "weight of hidden-state distillation: every quantized activation (hidden states, attention probabilities) against the fp32 teacher's, relative squared error (0: off)"},
 		),
 		Action: func(c *cli.Context) error { return trainAction(c, true) },
 	}
@@ -160,6 +161,9 @@ func trainAction(c *cli.Context, qat bool) error {
 		cfg.ClipGrad = c.String("clip-grad")
 		cfg.Loss.WeightClipL2 = c.Float64("weight-clip-l2")
 		cfg.Loss.ActClipL2 = c.Float64("act-clip-l2")
+		if cfg.Loss.Hidden = c.Float64("kd-hidden"); cfg.Loss.Hidden < 0 || math.IsNaN(cfg.Loss.Hidden) {
+			return usagef("--kd-hidden %v: want a weight >= 0", cfg.Loss.Hidden)
+		}
 	}
 	if !qat && cfg.Loss.Kind != "ce" {
 		return usagef("--loss %s needs a QAT model (the teacher is its fp32 form); qatc train uses ce", cfg.Loss.Kind)

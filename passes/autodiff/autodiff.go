@@ -31,6 +31,14 @@ type Loss struct {
 	// ClipL2 adds coef·Σ clip² to the loss for each named clip parameter
 	// (NeurST: 0.001 for weight clips, 0.01 for activation clips).
 	ClipL2 map[string]float32
+	// Hidden lists forward values to distil from the teacher (hidden
+	// states, attention probabilities: TernaryBERT's intermediate
+	// distillation). For each value X the graph takes the teacher's X as
+	// the input "teacher/X" and adds HiddenWeight · ‖X − teacher/X‖² /
+	// ‖teacher/X‖², a relative squared error that weighs tensors of every
+	// scale alike. It works with any Kind but "scalar".
+	Hidden       []string
+	HiddenWeight float32
 }
 
 // Options configure Build.
@@ -74,16 +82,21 @@ type Info struct {
 	Batch         []string // batch inputs: the model's inputs, then Labels and TeacherLogits
 	Labels        string   // int64 [batch, tgt_len]; "" for a scalar loss
 	TeacherLogits string   // float [batch, tgt_len, vocab]; "" unless the loss uses kd
-	Loss          string   // scalar float output
-	Opset         int64    // the training graph's opset
+	// TeacherHidden maps each value of Loss.Hidden to the input that takes
+	// the teacher's value of it (the same shape).
+	TeacherHidden map[string]string
+	Loss          string // scalar float output
+	Opset         int64  // the training graph's opset
 }
 
 // The names of the training graph's fixed inputs and outputs.
 const (
 	LabelsInput  = "labels"
 	TeacherInput = "teacher_logits"
-	LossOutput   = "loss"
-	GradSuffix   = "_grad"
+	// TeacherPrefix starts the inputs of the teacher's hidden values.
+	TeacherPrefix = "teacher/"
+	LossOutput    = "loss"
+	GradSuffix    = "_grad"
 )
 
 // Build returns the training graph of m: the forward graph with its
@@ -105,6 +118,9 @@ func Build(m *graph.Model, opts Options) (*graph.Model, *Info, error) {
 	case "scalar":
 		if opts.Logits == "" {
 			return nil, nil, fmt.Errorf("loss scalar: name the scalar output that is the loss")
+		}
+		if len(opts.Loss.Hidden) > 0 {
+			return nil, nil, fmt.Errorf("loss scalar: hidden-state distillation needs a ce or kd loss")
 		}
 	default:
 		return nil, nil, fmt.Errorf("loss %q: want ce, kd, ce+kd or scalar", opts.Loss.Kind)

@@ -107,6 +107,11 @@ func buildLoss(b *builder, logits string, info *Info) error {
 		return err
 	}
 	terms = append(terms, l2...)
+	hidden, err := hiddenKD(b, logits, info)
+	if err != nil {
+		return err
+	}
+	terms = append(terms, hidden...)
 	loss := terms[0]
 	if len(terms) > 1 {
 		loss = b.typed(dt, 0, "Sum", terms)
@@ -128,6 +133,59 @@ func (b *builder) reduceMean(x string, axis int64) string {
 		return b.typed(b.f.Elem(x), r, "ReduceMean", []string{x, b.ints(axis)}, graph.AttrInt("keepdims", 0))
 	}
 	return b.typed(b.f.Elem(x), r, "ReduceMean", []string{x}, graph.AttrInts("axes", axis), graph.AttrInt("keepdims", 0))
+}
+
+// hiddenKD returns the terms w·‖x − t‖²/‖t‖² of the distilled hidden
+// values and seeds their gradients, 2w·(x − t)/‖t‖². The teacher's values
+// come in as inputs; no gradient flows into them.
+func hiddenKD(b *builder, logits string, info *Info) ([]string, error) {
+	L := b.opts.Loss
+	if len(L.Hidden) == 0 {
+		return nil, nil
+	}
+	if L.HiddenWeight <= 0 {
+		return nil, fmt.Errorf("hidden-state distillation: weight %v, want > 0", L.HiddenWeight)
+	}
+	info.TeacherHidden = map[string]string{}
+	var terms []string
+	for _, x := range L.Hidden {
+		if _, dup := info.TeacherHidden[x]; dup {
+			return nil, fmt.Errorf("hidden-state distillation: %q is listed twice", x)
+		}
+		if b.m.Producer(x) == nil {
+			return nil, fmt.Errorf("hidden-state distillation: %q is not computed by a node of the model", x)
+		}
+		if !b.needs(x) {
+			return nil, fmt.Errorf("hidden-state distillation: %q does not depend on a trainable parameter", x)
+		}
+		dt, r := b.f.Elem(x), b.f.Rank(x)
+		if !isFloat(dt) {
+			return nil, fmt.Errorf("hidden-state distillation: %q is %s, not float", x, dt)
+		}
+		t := TeacherPrefix + x
+		if b.m.HasName(t) {
+			return nil, fmt.Errorf("hidden-state distillation: the model already uses the name %q", t)
+		}
+		dims := make([]int64, max(r, 0))
+		for i := range dims {
+			dims[i] = -1
+		}
+		b.m.AddInput(t, dt, dims)
+		b.f.set(t, dt, r)
+		info.TeacherHidden[x] = t
+		info.Batch = append(info.Batch, t)
+		sum := func(v string) string {
+			return b.typed(dt, 0, "ReduceSum", []string{v}, graph.AttrInt("keepdims", 0))
+		}
+		d := b.sub(x, t)
+		// ‖t‖² is at least tiny: an all-zero teacher value adds ‖x‖²/tiny,
+		// large but finite.
+		norm := b.like(x, "Max", []string{sum(b.mul(t, t)), b.constOf(x, 1e-12)})
+		b.f.rank[norm] = 0
+		terms = append(terms, castTo(b, b.mul(b.div(sum(b.mul(d, d)), norm), b.constOf(x, float64(L.HiddenWeight))), logits))
+		b.accum(x, b.mul(d, b.div(b.constOf(x, 2*float64(L.HiddenWeight)), norm)))
+	}
+	return terms, nil
 }
 
 // clipL2 returns the terms coef·Σ clip² and adds their gradients.
