@@ -62,10 +62,13 @@ func TestSentencePiece(t *testing.T) {
 		normalizer [][2]uint64
 		enc        map[string][]int64
 	}{
-		// spm_train's defaults: a dummy "▁" before the text, whitespace
-		// runs collapsed. "▁ab▁c" merges ▁a, then ▁ab, then ▁c.
+		// spm_train's defaults: a dummy "▁" before the text, runs of
+		// spaces collapsed. "▁ab▁c" merges ▁a, then ▁ab, then ▁c. The
+		// identity rule leaves a tab a tab (only a normalization table
+		// maps blanks to spaces), so it stays, unknown, as spm_encode
+		// keeps it: ▁ab ▁ <unk> ▁c.
 		{"defaults written", [][2]uint64{{3, 1}, {4, 1}, {5, 1}},
-			map[string][]int64{"ab c": {9, 10}, "  ab \t  c ": {9, 10}, "": {}}},
+			map[string][]int64{"ab c": {9, 10}, "  ab   c ": {9, 10}, "  ab \t  c ": {9, 3, 0, 10}, "": {}}},
 		{"defaults absent", [][2]uint64{}, map[string][]int64{"ab c": {9, 10}}},
 		{"no spec", nil, map[string][]int64{"ab c": {9, 10}}},
 		// Without the options the text is taken as it is: "ab▁c".
