@@ -60,9 +60,35 @@ func (s InverseSqrt) String() string {
 	return fmt.Sprintf("inverse-sqrt (warmup %d)", s.Warmup)
 }
 
-// ParseSchedule returns the schedule called name ("constant" or
-// "inverse-sqrt"), with warmup and initial step for the latter.
-func ParseSchedule(name string, warmup, initialStep int64) (Schedule, error) {
+// Cosine warms up linearly to the base learning rate at step Warmup, then
+// decays it along a half cosine to 0 at step Total, the usual schedule of a
+// fine-tuning run of known length:
+//
+//	factor(s) = s/Warmup                                   for s ≤ Warmup,
+//	            (1 + cos(π·(s − Warmup)/(Total − Warmup)))/2  up to Total, then 0.
+type Cosine struct {
+	Warmup, Total int64
+}
+
+// Factor returns the schedule's value at step.
+func (c Cosine) Factor(step int64) float64 {
+	switch {
+	case step <= 0 || step >= c.Total:
+		return 0
+	case step <= c.Warmup:
+		return float64(step) / float64(c.Warmup)
+	}
+	return (1 + math.Cos(math.Pi*float64(step-c.Warmup)/float64(c.Total-c.Warmup))) / 2
+}
+
+func (c Cosine) String() string {
+	return fmt.Sprintf("cosine (warmup %d, to 0 at step %d)", c.Warmup, c.Total)
+}
+
+// ParseSchedule returns the schedule called name: "constant",
+// "inverse-sqrt" (with warmup and initial step) or "cosine" (with warmup
+// and total steps, which it needs).
+func ParseSchedule(name string, warmup, initialStep, total int64) (Schedule, error) {
 	if warmup < 0 || initialStep < 0 {
 		return nil, fmt.Errorf("schedule: warmup %d and initial step %d must not be negative", warmup, initialStep)
 	}
@@ -74,6 +100,16 @@ func ParseSchedule(name string, warmup, initialStep int64) (Schedule, error) {
 		return Constant{}, nil
 	case "inverse-sqrt", "inverse_sqrt", "rsqrt", "noam":
 		return InverseSqrt{Warmup: warmup, InitialStep: initialStep}, nil
+	case "cosine":
+		switch {
+		case initialStep != 0:
+			return nil, fmt.Errorf("schedule: an initial step only applies to inverse-sqrt")
+		case total <= 0:
+			return nil, fmt.Errorf("schedule cosine decays to 0 at the last step: give the number of steps")
+		case warmup >= total:
+			return nil, fmt.Errorf("schedule cosine: warmup %d must be shorter than the %d steps", warmup, total)
+		}
+		return Cosine{Warmup: warmup, Total: total}, nil
 	}
-	return nil, fmt.Errorf("unknown learning-rate schedule %q; use constant or inverse-sqrt", name)
+	return nil, fmt.Errorf("unknown learning-rate schedule %q; use constant, inverse-sqrt or cosine", name)
 }

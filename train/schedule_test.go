@@ -24,6 +24,13 @@ func TestSchedules(t *testing.T) {
 		{InverseSqrt{Warmup: 4000, InitialStep: 60000}, 4000, 0.25},
 		{InverseSqrt{Warmup: 4000}, 0, 0},
 		{InverseSqrt{}, 4, 0.5},
+		{Cosine{Warmup: 100, Total: 1100}, 50, 0.5},
+		{Cosine{Warmup: 100, Total: 1100}, 100, 1},
+		{Cosine{Warmup: 100, Total: 1100}, 350, (1 + math.Sqrt(0.5)) / 2},
+		{Cosine{Warmup: 100, Total: 1100}, 600, 0.5},
+		{Cosine{Warmup: 100, Total: 1100}, 1100, 0},
+		{Cosine{Warmup: 0, Total: 10}, 1, (1 + math.Cos(math.Pi/10)) / 2},
+		{Cosine{Warmup: 0, Total: 10}, 0, 0},
 	} {
 		if got := tc.s.Factor(tc.step); math.Abs(got-tc.want) > 1e-12 {
 			t.Errorf("%s at step %d = %g, want %g", tc.s, tc.step, got, tc.want)
@@ -47,20 +54,26 @@ func TestNoamForm(t *testing.T) {
 }
 
 func TestParseSchedule(t *testing.T) {
-	s, err := ParseSchedule("inverse-sqrt", 10, 5)
+	s, err := ParseSchedule("inverse-sqrt", 10, 5, 0)
 	if err != nil || s != (InverseSqrt{Warmup: 10, InitialStep: 5}) {
 		t.Errorf("ParseSchedule = %v, %v", s, err)
 	}
+	if s, err := ParseSchedule("cosine", 10, 0, 500); err != nil || s != (Cosine{Warmup: 10, Total: 500}) {
+		t.Errorf("ParseSchedule(cosine) = %v, %v", s, err)
+	}
 	for _, tc := range []struct {
-		name         string
-		warmup, init int64
-		want         string
+		name                string
+		warmup, init, total int64
+		want                string
 	}{
-		{"cosine", 0, 0, `unknown learning-rate schedule "cosine"`},
-		{"constant", 0, 10, "initial step only applies to inverse-sqrt"},
-		{"inverse-sqrt", -1, 0, "must not be negative"},
+		{"linear", 0, 0, 0, `unknown learning-rate schedule "linear"`},
+		{"constant", 0, 10, 0, "initial step only applies to inverse-sqrt"},
+		{"cosine", 0, 10, 100, "initial step only applies to inverse-sqrt"},
+		{"cosine", 10, 0, 0, "give the number of steps"},
+		{"cosine", 100, 0, 100, "warmup 100 must be shorter than the 100 steps"},
+		{"inverse-sqrt", -1, 0, 0, "must not be negative"},
 	} {
-		if _, err := ParseSchedule(tc.name, tc.warmup, tc.init); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if _, err := ParseSchedule(tc.name, tc.warmup, tc.init, tc.total); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: error %v, want %q", tc.name, err, tc.want)
 		}
 	}

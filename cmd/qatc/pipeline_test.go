@@ -189,6 +189,7 @@ func TestTrainBadInputs(t *testing.T) {
 		{"train a QAT model", []string{"train", qat, "--src", src, "--tgt", tgt}, 1, "finetune"},
 		{"unknown clip gradient", []string{"finetune", qat, "--src", src, "--tgt", tgt, "--clip-grad", "pact"}, 2, "pact"},
 		{"unknown loss", []string{"finetune", qat, "--src", src, "--tgt", tgt, "--loss", "mse"}, 2, "mse"},
+		{"cosine without steps", []string{"train", model, "--src", src, "--tgt", tgt, "--schedule", "cosine"}, 2, "give the number of steps"},
 		{"negative hidden distillation", []string{"finetune", qat, "--src", src, "--tgt", tgt, "--kd-hidden", "-1"}, 2, "--kd-hidden -1"},
 	}
 	for _, tc := range tests {

@@ -35,8 +35,8 @@ func trainFlags() []cli.Flag {
 		&cli.Float64Flag{Name: "weight-decay", Usage: "weight decay"},
 		&cli.BoolFlag{Name: "adamw", Usage: "decoupled weight decay (AdamW)"},
 		&cli.Float64Flag{Name: "grad-clip", Usage: "clip the gradients' global norm to this (0: no clipping)"},
-		&cli.StringFlag{Name: "schedule", Value: "constant", Usage: "constant or inverse-sqrt"},
-		&cli.Int64Flag{Name: "warmup", Value: 4000, Usage: "warm-up steps of inverse-sqrt"},
+		&cli.StringFlag{Name: "schedule", Value: "constant", Usage: "constant, inverse-sqrt or cosine (warm-up, then a half cosine to 0 at --steps)"},
+		&cli.Int64Flag{Name: "warmup", Value: 4000, Usage: "warm-up steps of inverse-sqrt and cosine"},
 		&cli.Int64Flag{Name: "initial-step", Usage: "continue an inverse-sqrt schedule from this step (NeurST's initial_step)"},
 		&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "seed of the batch order"},
 		&cli.IntFlag{Name: "threads", Usage: "intra-op threads (0: onnxruntime's default)"},
@@ -101,7 +101,7 @@ func trainAction(c *cli.Context, qat bool) error {
 	if (c.String("valid-src") == "") != (c.String("valid-tgt") == "") {
 		return usagef("--valid-src and --valid-tgt go together")
 	}
-	sched, err := train.ParseSchedule(c.String("schedule"), c.Int64("warmup"), c.Int64("initial-step"))
+	sched, err := train.ParseSchedule(c.String("schedule"), c.Int64("warmup"), c.Int64("initial-step"), c.Int64("steps"))
 	if err != nil {
 		return usagef("--schedule: %v", err)
 	}
