@@ -2,10 +2,12 @@ package train
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/calibrate"
+	"github.com/qatc/qatc/passes/smooth"
 )
 
 // CalibrationOptions configure Calibrate.
@@ -27,7 +29,48 @@ type CalibrationOptions struct {
 // activations are alive at a time, so memory stays flat however many
 // batches run.
 func Calibrate(m *graph.Model, d *Dataset, c *calibrate.Collector, opts CalibrationOptions) error {
-	tensors := c.Tensors()
+	return eachBatch(m, d, c.Tensors(), opts, func(name string, _ []int64, v []float32) { c.Observe(name, v) })
+}
+
+// ChannelMax runs the fp32 model m over the dataset's batches (as
+// Calibrate does) and returns, for each named tensor, the largest |x| of
+// each channel of its last axis: the activation statistics of
+// SmoothQuant (passes/smooth).
+func ChannelMax(m *graph.Model, d *Dataset, tensors []string, opts CalibrationOptions) (map[string][]float32, error) {
+	maxima := map[string][]float32{}
+	var bad error
+	err := eachBatch(m, d, tensors, opts, func(name string, shape []int64, v []float32) {
+		mx := maxima[name]
+		if len(shape) == 0 || mx != nil && int64(len(mx)) != shape[len(shape)-1] {
+			if bad == nil {
+				bad = fmt.Errorf("channel statistics: %q has shape %v, not a fixed last axis", name, shape)
+			}
+			return
+		}
+		c := shape[len(shape)-1]
+		if mx == nil {
+			mx = make([]float32, c)
+			maxima[name] = mx
+		}
+		for i, x := range v {
+			j := i % int(c)
+			if x < 0 {
+				x = -x
+			}
+			mx[j] = max(mx[j], x)
+		}
+	})
+	if err == nil {
+		err = bad
+	}
+	return maxima, err
+}
+
+// eachBatch runs m over the dataset's batches (at most opts.Batches,
+// spread over the length buckets) and hands each named tensor's values to
+// observe. Only one batch's activations are alive at a time, so memory
+// stays flat however many batches run.
+func eachBatch(m *graph.Model, d *Dataset, tensors []string, opts CalibrationOptions, observe func(name string, shape []int64, v []float32)) error {
 	if len(tensors) == 0 {
 		return nil
 	}
@@ -67,11 +110,36 @@ func Calibrate(m *graph.Model, d *Dataset, c *calibrate.Collector, opts Calibrat
 			if !ok {
 				return fmt.Errorf("calibration: tensor %q is %s, not float32", t, outs[t].DType())
 			}
-			c.Observe(t, v)
+			observe(t, outs[t].Shape, v)
 		}
 		if opts.Progress != nil {
 			opts.Progress(i+1, len(plan))
 		}
 	}
 	return nil
+}
+
+// Smooth applies SmoothQuant (passes/smooth) to the fp32 transformer m with
+// strength alpha: it measures the per-channel maxima of every smoothable
+// LayerNorm's output over the dataset's batches, then moves them into the
+// weights that read it. m keeps its function.
+func Smooth(m *graph.Model, d *Dataset, alpha float64, opts CalibrationOptions) (smooth.Report, error) {
+	groups, skipped, err := smooth.Groups(m)
+	if err != nil {
+		return smooth.Report{}, err
+	}
+	if len(groups) == 0 {
+		return smooth.Report{Skipped: skipped}, fmt.Errorf("smoothing: no LayerNorm of the model feeds only projections (%s)", strings.Join(skipped, "; "))
+	}
+	var norms []string
+	for _, g := range groups {
+		norms = append(norms, g.Norm.Output)
+	}
+	maxima, err := ChannelMax(m, d, norms, opts)
+	if err != nil {
+		return smooth.Report{}, err
+	}
+	r, err := smooth.Apply(m, groups, maxima, alpha)
+	r.Skipped = skipped
+	return r, err
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/passes/calibrate"
 	"github.com/qatc/qatc/passes/quantize"
+	"github.com/qatc/qatc/passes/smooth"
 	"github.com/qatc/qatc/spm"
 	"github.com/qatc/qatc/train"
 	"github.com/urfave/cli/v2"
@@ -43,6 +45,7 @@ func insertCommand() *cli.Command {
 			&cli.IntFlag{Name: "calib-batches", Value: 16, Usage: "calibration batches"},
 			&cli.Float64Flag{Name: "calib-percentile", Value: calibrate.DefaultPercentile, Usage: "percentile for --calib-method percentile"},
 			&cli.IntFlag{Name: "batch-tokens", Value: 4096, Usage: "padded tokens per calibration batch"},
+			&cli.Float64Flag{Name: "smooth", Usage: "SmoothQuant strength α in (0, 1]: move the per-channel range of LayerNorm outputs into the weights that read them, measured on --calib-src, before inserting (0: off)"},
 			&cli.IntFlag{Name: "threads", Usage: "intra-op threads (0: onnxruntime's default)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the quantization record as JSON"},
 		}, dataFlags()...),
@@ -208,6 +211,13 @@ func insertAction(c *cli.Context) error {
 	default:
 		return usagef("--calib-method %q: want minmax, percentile or mse", method)
 	}
+	alpha := c.Float64("smooth")
+	if alpha < 0 || alpha > 1 || math.IsNaN(alpha) {
+		return usagef("--smooth %v: want a strength in (0, 1], or 0 for none", alpha)
+	}
+	if alpha > 0 && c.String("calib-src") == "" {
+		return usagef("--smooth measures the activations: give --calib-src (and optionally --calib-tgt)")
+	}
 	m, err := loadModel(path)
 	if err != nil {
 		return err
@@ -225,14 +235,10 @@ func insertAction(c *cli.Context) error {
 		return nil
 	}
 	// Calibration runs the fp32 model, so it reads the activations before
-	// the quantizers exist.
+	// the quantizers exist (and after smoothing, which changes them).
 	var collector *calibrate.Collector
+	var smoothed smooth.Report
 	if src := c.String("calib-src"); src != "" {
-		plan, err := quantize.Plan(m, p)
-		if err != nil {
-			return fmt.Errorf("%s: %w", path, err)
-		}
-		collector = calibrate.NewCollector(plan)
 		roles, err := modelRoles(c, m)
 		if err != nil {
 			return fmt.Errorf("%s: %w", path, err)
@@ -245,11 +251,27 @@ func insertAction(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		prog := newProgress(c.App.ErrWriter, "calibrating")
-		err = train.Calibrate(m, data, collector, train.CalibrationOptions{
+		opts := train.CalibrationOptions{
 			Roles: roles, Batches: c.Int("calib-batches"), BatchTokens: c.Int("batch-tokens"),
-			Threads: c.Int("threads"), Progress: prog.update,
-		})
+			Threads: c.Int("threads"),
+		}
+		if alpha > 0 {
+			prog := newProgress(c.App.ErrWriter, "smoothing")
+			opts.Progress = prog.update
+			smoothed, err = train.Smooth(m, data, alpha, opts)
+			prog.done()
+			if err != nil {
+				return fmt.Errorf("%s: %w", path, err)
+			}
+		}
+		plan, err := quantize.Plan(m, p)
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		collector = calibrate.NewCollector(plan)
+		prog := newProgress(c.App.ErrWriter, "calibrating")
+		opts.Progress = prog.update
+		err = train.Calibrate(m, data, collector, opts)
 		prog.done()
 		if err != nil {
 			return err
@@ -285,6 +307,9 @@ func insertAction(c *cli.Context) error {
 		how += "calibrated by " + method
 	} else {
 		how += fmt.Sprintf("at %g", p.ActClipMax)
+	}
+	if alpha > 0 {
+		how += fmt.Sprintf(", %d LayerNorms smoothed (α %g)", len(smoothed.Smoothed), alpha)
 	}
 	fmt.Fprintf(c.App.Writer, "wrote %s: %d quantizers (%s), W%dA%d, %s\n", out, len(rec.Quantizers), strings.Join(parts, ", "), p.WeightBits, p.ActBits, how)
 	printUnquantized(c.App.Writer, rec.Unquantized)

@@ -78,6 +78,24 @@ func TestInsertAndCalibrate(t *testing.T) {
 	}
 }
 
+// TestInsertSmooth inserts W8A8 quantizers after SmoothQuant: the
+// PyTorch export's five pre-norm LayerNorms that feed only projections are
+// smoothed, and the calibrated QAT model stays as close to fp32 as
+// calibration alone gets it (TestInsertAndCalibrate's bound).
+func TestInsertSmooth(t *testing.T) {
+	dir := t.TempDir()
+	src, tgt := fixtureText(t, dir)
+	fp32 := models + "torch_transformer_opset17.onnx"
+	out := filepath.Join(dir, "smooth.onnx")
+	code, stdout, errOut := qatc(t, "insert", fp32, "-o", out, "--calib-src", src, "--calib-tgt", tgt, "--calib-method", "minmax", "--smooth", "0.5")
+	if code != 0 || !strings.Contains(stdout, "5 LayerNorms smoothed (α 0.5)") {
+		t.Fatalf("insert --smooth: exit %d\n%s%s", code, stdout, errOut)
+	}
+	if e := relErr(t, fp32, out); e > 0.05 {
+		t.Errorf("relative logits error %.4f after smoothing, want ≤ 0.05", e)
+	}
+}
+
 // Bad insert inputs: one line, exit 1 or 2, the input untouched and no
 // output written.
 func TestInsertBadInputs(t *testing.T) {
@@ -121,6 +139,8 @@ func TestInsertBadInputs(t *testing.T) {
 		{"ids beyond the vocabulary", []string{"--calib-src", beyond}, 1, "4470"},
 		{"calibration method without data", []string{"--calib-method", "mse"}, 2, "--calib-src"},
 		{"unknown calibration method", []string{"--calib-src", src, "--calib-method", "kl"}, 2, "kl"},
+		{"smoothing beyond 1", []string{"--calib-src", src, "--smooth", "1.5"}, 2, "--smooth 1.5"},
+		{"smoothing without data", []string{"--smooth", "0.5"}, 2, "--calib-src"},
 	}
 	before := sha256.Sum256(data)
 	for _, tc := range tests {
