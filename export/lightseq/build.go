@@ -5,8 +5,8 @@ import (
 	"math"
 
 	"github.com/qatc/qatc/export/lightseq/lspb"
-	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
+	"github.com/qatc/qatc/passes/quantize"
 	"github.com/qatc/qatc/passes/transformer"
 )
 
@@ -37,8 +37,56 @@ type matrix struct {
 	at      func(i, j int) float32
 }
 
-// kernel returns projection p's weight as an [in, out] matrix.
-func (e *exporter) kernel(p transformer.Projection) (matrix, error) {
+// part is a projection as LightSeq computes it: the constant scalings the
+// graph applies around it folded into its kernel (gain) and its bias
+// (biasGain), so that LightSeq's fixed computation gives the graph's
+// values.
+type part struct {
+	transformer.Projection
+	gain, biasGain float64
+}
+
+// plain is a projection with nothing to fold.
+func plain(p transformer.Projection) part { return part{p, 1, 1} }
+
+// attnParts returns an attention's projections as LightSeq computes them.
+// LightSeq scales Q·Kᵀ by 1/√head size; the graph's own temperature
+// (a.Scale, however it splits between q, k and the scores) is folded
+// into Q as the ratio, V's scaling into V, and the context's into the
+// output kernel (the context enters it linearly; its bias is unscaled).
+func (e *exporter) attnParts(where string, a transformer.Attention) (q, k, v, out part) {
+	r, vs, cs := e.attnGains(a)
+	q, k, v, out = part{a.Q, r, r}, plain(a.K), part{a.V, vs, vs}, part{a.Out, cs, 1}
+	for _, f := range []struct {
+		what string
+		k    float64
+	}{{"Q (the scores' scale over 1/√head size)", r}, {"V", vs}, {"the output projection (the context's scale)", cs}} {
+		if !near(f.k, 1) {
+			e.rep.Notes = append(e.rep.Notes, fmt.Sprintf("%s: the graph's constant scaling %.6g is folded into %s", where, f.k, f.what))
+		}
+	}
+	return q, k, v, out
+}
+
+// attnGains returns what attnParts folds into Q, V and the output kernel.
+func (e *exporter) attnGains(a transformer.Attention) (q, v, ctx float64) {
+	return a.Scale * math.Sqrt(float64(e.tm.Hidden/e.tm.Heads)), a.VScale, a.ContextScale
+}
+
+// ffnParts returns a feed-forward block's projections as LightSeq
+// computes them: a scaling of the hidden activation folded into dense2.
+func (e *exporter) ffnParts(where string, f transformer.FFN) (d1, d2 part) {
+	if !near(f.HiddenScale, 1) {
+		e.rep.Notes = append(e.rep.Notes, fmt.Sprintf("%s: the graph's constant scaling %.6g of the hidden activation is folded into dense2", where, f.HiddenScale))
+	}
+	return plain(f.Dense1), part{f.Dense2, f.HiddenScale, 1}
+}
+
+// near reports whether a and b agree to float32 rounding.
+func near(a, b float64) bool { return math.Abs(a-b) <= 1e-6*math.Max(1, math.Abs(b)) }
+
+// kernel returns part p's weight, times its gain, as an [in, out] matrix.
+func (e *exporter) kernel(p part) (matrix, error) {
 	w, err := e.floats(p.Weight)
 	if err != nil {
 		return matrix{}, err
@@ -46,14 +94,15 @@ func (e *exporter) kernel(p transformer.Projection) (matrix, error) {
 	d := e.m.Initializer(p.Weight).Dims
 	rows, cols := int(d[0]), int(d[1])
 	lo := p.Out.Lo
+	g := float32(p.gain)
 	if p.Transposed {
-		return matrix{cols, p.Out.Len(), func(i, j int) float32 { return w[(lo+j)*cols+i] }}, nil
+		return matrix{cols, p.Out.Len(), func(i, j int) float32 { return w[(lo+j)*cols+i] * g }}, nil
 	}
-	return matrix{rows, p.Out.Len(), func(i, j int) float32 { return w[i*cols+lo+j] }}, nil
+	return matrix{rows, p.Out.Len(), func(i, j int) float32 { return w[i*cols+lo+j] * g }}, nil
 }
 
 // concat writes the [in, Σout] matrix of ps side by side.
-func (e *exporter) concat(ps ...transformer.Projection) ([]float32, int, error) {
+func (e *exporter) concat(ps ...part) ([]float32, int, error) {
 	var ms []matrix
 	width := 0
 	for _, p := range ps {
@@ -78,8 +127,9 @@ func (e *exporter) concat(ps ...transformer.Projection) ([]float32, int, error) 
 	return out, ms[0].in, nil
 }
 
-// biases returns the projections' biases side by side (zeros where none).
-func (e *exporter) biases(ps ...transformer.Projection) ([]float32, error) {
+// biases returns the parts' biases, times their bias gains, side by side
+// (zeros where none).
+func (e *exporter) biases(ps ...part) ([]float32, error) {
 	var out []float32
 	for _, p := range ps {
 		if p.Bias == "" {
@@ -90,25 +140,36 @@ func (e *exporter) biases(ps ...transformer.Projection) ([]float32, error) {
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, b[p.BiasOut.Lo:p.BiasOut.Hi]...)
+		for _, x := range b[p.BiasOut.Lo:p.BiasOut.Hi] {
+			out = append(out, x*float32(p.biasGain))
+		}
 	}
 	return out, nil
 }
 
-// kernelBytes encodes projections fused into one LightSeq kernel with one
-// clip: the largest of their weight clips.
-func (e *exporter) kernelBytes(field string, ps ...transformer.Projection) ([]byte, float32, error) {
+// kernelBytes encodes parts fused into one LightSeq kernel with one clip:
+// the largest of their weight clips, each times its part's gain (so that
+// a lone part keeps the QAT model's integers).
+func (e *exporter) kernelBytes(field string, ps ...part) ([]byte, float32, error) {
 	var c float32
 	src := ""
-	seen := map[string]bool{}
+	type key struct {
+		w string
+		g float64
+	}
+	seen := map[key]bool{}
 	for _, p := range ps {
-		if seen[p.Weight] {
+		if seen[key{p.Weight, p.gain}] {
 			continue
 		}
-		seen[p.Weight] = true
+		seen[key{p.Weight, p.gain}] = true
 		pc, s, err := e.weightClip(p.Weight)
 		if err != nil {
 			return nil, 0, err
+		}
+		if g := float32(math.Abs(p.gain)); g != 1 {
+			pc *= g
+			s += fmt.Sprintf(" × %g folded", g)
 		}
 		if pc > c {
 			c = pc
@@ -142,99 +203,57 @@ func (e *exporter) norm(ln *transformer.LayerNorm) ([]float32, []float32, error)
 	return s, b, err
 }
 
-// qkvDense returns the clip of an attention's Q/K/V GEMM output: from the
-// quantizers on the K and V operands (the same values, seen through
-// views), and on Q when nothing scales it in between.
-func (e *exporter) qkvDense(field string, a transformer.Attention, q, k, v bool) float32 {
-	var c float32
-	var srcs []string
-	try := func(operand string, ok bool) {
-		if !ok {
-			return
-		}
-		qq, has := e.quant[operand]
-		if !has {
-			return
-		}
-		if _, s := e.walkScale(operand); s != 1 {
-			return
-		}
-		if cv, err := e.clipValue(qq); err == nil {
-			c = max(c, cv)
-			srcs = append(srcs, operand)
-		}
+// qkvDense returns the clip of an attention's Q/K/V GEMM output as
+// LightSeq computes it (attnParts): the largest clip of the quantizers on
+// the K and V operands of the attention MatMuls (the projection outputs
+// seen through views and scalings), each carried back through the
+// graph's scaling and forward through what attnParts folds; the Q
+// operand's only when K and V have none (its quantizer usually sits after
+// the score scaling, so an uncalibrated clip carried back grows by √head
+// size and would coarsen the grid the three share); else calibration of
+// the GEMM outputs; else the fallback.
+func (e *exporter) qkvDense(field string, a transformer.Attention) float32 {
+	qg, vg, _ := e.attnGains(a)
+	type operand struct {
+		v string
+		k float64 // operand clip → LightSeq's output clip
 	}
-	try(a.QOperand, q)
-	try(a.KOperand, k)
-	try(a.VOperand, v)
-	if len(srcs) > 0 {
-		return e.record(field, c, fmt.Sprintf("quantizers on %v", srcs))
-	}
-	var vs []string
-	for i, p := range []transformer.Projection{a.Q, a.K, a.V} {
-		if []bool{q, k, v}[i] {
-			vs = append(vs, p.Node.Output[0])
-		}
-	}
-	return e.fallback(field, vs...)
-}
-
-// walkScale returns the constant factor between an attention operand and
-// the projection output it comes from.
-func (e *exporter) walkScale(v string) (string, float64) {
-	scale := 1.0
-	for {
-		p := e.m.Producer(v)
-		if p == nil {
-			return v, scale
-		}
-		switch p.OpType {
-		case "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity":
-			v = p.Input[0]
-			continue
-		case "Mul", "Div":
-			if t := constFloat(e.m, p.Input[1]); t != nil {
-				if p.OpType == "Mul" {
-					scale *= float64(*t)
-				} else {
-					scale /= float64(*t)
-				}
-				v = p.Input[0]
+	for _, ops := range [][]operand{
+		{{a.KOperand, 1 / a.KScale}, {a.VOperand, vg / a.VScale}},
+		{{a.QOperand, qg / a.QScale}},
+	} {
+		var c float32
+		var srcs []string
+		for _, o := range ops {
+			qq, has := e.quant[o.v]
+			if !has || qq.Kind == quantize.KindWeight || qq.Kind == quantize.KindSoftmax {
 				continue
 			}
-		}
-		return v, scale
-	}
-}
-
-// constFloat reads a one-element float initializer or Constant.
-func constFloat(m *graph.Model, v string) *float32 {
-	t := m.Initializer(v)
-	if t == nil {
-		if p := m.Producer(v); p != nil && p.OpType == "Constant" {
-			if a := graph.Attr(p, "value"); a != nil {
-				t = a.T
+			if cv, err := e.clipValue(qq); err == nil {
+				k := math.Abs(o.k)
+				c = max(c, cv*float32(k))
+				if near(k, 1) {
+					srcs = append(srcs, o.v)
+				} else {
+					srcs = append(srcs, fmt.Sprintf("%s × %.6g", o.v, k))
+				}
 			}
 		}
+		if len(srcs) > 0 {
+			return e.record(field, c, fmt.Sprintf("quantizers on %v", srcs))
+		}
 	}
-	if t == nil {
-		return nil
-	}
-	f, err := graph.Floats(t)
-	if err != nil || len(f) != 1 {
-		return nil
-	}
-	return &f[0]
+	return e.fallbackScaled(field, []scaled{{a.Q.Node.Output[0], qg}, {a.K.Node.Output[0], 1}, {a.V.Node.Output[0], vg}})
 }
 
 // ffnFirstOutput is the FFN1 output clip: calibration, else the
-// activation quantizer's clip.
+// activation quantizer's clip carried back through the hidden scaling.
 func (e *exporter) ffnFirstOutput(field string, f transformer.FFN) float32 {
 	if c, ok := e.calib[f.Dense1.Node.Output[0]]; ok && c > 0 {
 		return e.record(field, c, "calibration: max|x| of "+f.Dense1.Node.Output[0])
 	}
 	if c, src, ok, err := e.actClip(f.Hidden); ok && err == nil {
-		return e.record(field, c, "consumer's "+src)
+		return e.record(field, c/float32(math.Abs(f.HiddenScale)), "consumer's "+src)
 	}
 	return e.fallback(field, f.Dense1.Node.Output[0])
 }
@@ -267,131 +286,138 @@ func (e *exporter) build() (*lspb.QuantTransformer, error) {
 		f := fmt.Sprintf("encoder[%d].", i)
 		el := &lspb.QuantEncoderLayer{}
 		a := l.SelfAttn
+		q, k, v, out := e.attnParts(fmt.Sprintf("encoder layer %d self-attention", i), a)
+		d1, d2 := e.ffnParts(fmt.Sprintf("encoder layer %d feed-forward block", i), l.FFN)
 		if el.MultiheadNormScale, el.MultiheadNormBias, err = e.norm(a.Norm); err != nil {
 			return nil, fmt.Errorf("%s: %v", f, err)
 		}
-		if el.MultiheadProjectKernelQkv, el.MultiheadProjectKernelQkvClipMax, err = e.kernelBytes(f+"multihead_project_kernel_qkv_clip_max", a.Q, a.K, a.V); err != nil {
+		if el.MultiheadProjectKernelQkv, el.MultiheadProjectKernelQkvClipMax, err = e.kernelBytes(f+"multihead_project_kernel_qkv_clip_max", q, k, v); err != nil {
 			return nil, err
 		}
-		if el.MultiheadProjectBiasQkv, err = e.biases(a.Q, a.K, a.V); err != nil {
+		if el.MultiheadProjectBiasQkv, err = e.biases(q, k, v); err != nil {
 			return nil, err
 		}
-		if el.MultiheadProjectKernelOutput, el.MultiheadProjectKernelOutputClipMax, err = e.kernelBytes(f+"multihead_project_kernel_output_clip_max", a.Out); err != nil {
+		if el.MultiheadProjectKernelOutput, el.MultiheadProjectKernelOutputClipMax, err = e.kernelBytes(f+"multihead_project_kernel_output_clip_max", out); err != nil {
 			return nil, err
 		}
-		if el.MultiheadProjectBiasOutput, err = e.biases(a.Out); err != nil {
+		if el.MultiheadProjectBiasOutput, err = e.biases(out); err != nil {
 			return nil, err
 		}
 		if el.FfnNormScale, el.FfnNormBias, err = e.norm(l.FFN.Norm); err != nil {
 			return nil, fmt.Errorf("%s: %v", f, err)
 		}
-		if el.FfnFirstKernel, el.FfnFirstKernelClipMax, err = e.kernelBytes(f+"ffn_first_kernel_clip_max", l.FFN.Dense1); err != nil {
+		if el.FfnFirstKernel, el.FfnFirstKernelClipMax, err = e.kernelBytes(f+"ffn_first_kernel_clip_max", d1); err != nil {
 			return nil, err
 		}
-		if el.FfnFirstBias, err = e.biases(l.FFN.Dense1); err != nil {
+		if el.FfnFirstBias, err = e.biases(d1); err != nil {
 			return nil, err
 		}
-		if el.FfnSecondKernel, el.FfnSecondKernelClipMax, err = e.kernelBytes(f+"ffn_second_kernel_clip_max", l.FFN.Dense2); err != nil {
+		if el.FfnSecondKernel, el.FfnSecondKernelClipMax, err = e.kernelBytes(f+"ffn_second_kernel_clip_max", d2); err != nil {
 			return nil, err
 		}
-		if el.FfnSecondBias, err = e.biases(l.FFN.Dense2); err != nil {
+		if el.FfnSecondBias, err = e.biases(d2); err != nil {
 			return nil, err
 		}
 		for _, c := range []struct {
 			dst   *float32
 			field string
 			v     string
+			k     float64 // the scaling between LightSeq's value and the graph's
 		}{
-			{&el.MultiheadLnClipMax, "multihead_ln_clip_max", a.Q.Input},
-			{&el.MultiheadProjectOutputClipMax, "multihead_project_output_clip_max", a.Context},
-			{&el.FfnLnClipMax, "ffn_ln_clip_max", l.FFN.Dense1.Input},
-			{&el.FfnFirstActClipMax, "ffn_first_act_clip_max", l.FFN.Hidden},
+			{&el.MultiheadLnClipMax, "multihead_ln_clip_max", a.Q.Input, 1},
+			{&el.MultiheadProjectOutputClipMax, "multihead_project_output_clip_max", a.Context, a.ContextScale},
+			{&el.FfnLnClipMax, "ffn_ln_clip_max", l.FFN.Dense1.Input, 1},
+			{&el.FfnFirstActClipMax, "ffn_first_act_clip_max", l.FFN.Hidden, l.FFN.HiddenScale},
 		} {
-			if *c.dst, err = e.inputClip(f+c.field, c.v); err != nil {
+			if *c.dst, err = e.inputClip(f+c.field, c.v, c.k); err != nil {
 				return nil, err
 			}
 		}
-		el.MultiheadQkvDenseClipMax = e.qkvDense(f+"multihead_qkv_dense_clip_max", a, true, true, true)
+		el.MultiheadQkvDenseClipMax = e.qkvDense(f+"multihead_qkv_dense_clip_max", a)
 		el.MultiheadOutputDenseClipMax = e.denseOut(f+"multihead_output_dense_clip_max", a.Out)
 		el.FfnFirstOutputClipMax = e.ffnFirstOutput(f+"ffn_first_output_clip_max", l.FFN)
 		el.FfnSecondOutputClipMax = e.denseOut(f+"ffn_second_output_clip_max", l.FFN.Dense2)
 		qt.EncoderStack = append(qt.EncoderStack, el)
 	}
-	var kvs []transformer.Projection
+	var kvs []part
 	for i, l := range tm.Decoder {
 		f := fmt.Sprintf("decoder[%d].", i)
 		dl := &lspb.QuantDecoderLayer{}
 		a, x := l.SelfAttn, l.CrossAttn
+		q, k, v, out := e.attnParts(fmt.Sprintf("decoder layer %d self-attention", i), a)
+		xq, xk, xv, xout := e.attnParts(fmt.Sprintf("decoder layer %d cross-attention", i), x)
+		d1, d2 := e.ffnParts(fmt.Sprintf("decoder layer %d feed-forward block", i), l.FFN)
 		if dl.SelfNormScale, dl.SelfNormBias, err = e.norm(a.Norm); err != nil {
 			return nil, fmt.Errorf("%s: %v", f, err)
 		}
-		if dl.SelfProjectKernelQkv, dl.SelfProjectKernelQkvClipMax, err = e.kernelBytes(f+"self_project_kernel_qkv_clip_max", a.Q, a.K, a.V); err != nil {
+		if dl.SelfProjectKernelQkv, dl.SelfProjectKernelQkvClipMax, err = e.kernelBytes(f+"self_project_kernel_qkv_clip_max", q, k, v); err != nil {
 			return nil, err
 		}
-		if dl.SelfProjectBiasQkv, err = e.biases(a.Q, a.K, a.V); err != nil {
+		if dl.SelfProjectBiasQkv, err = e.biases(q, k, v); err != nil {
 			return nil, err
 		}
-		if dl.SelfProjectKernelOutput, dl.SelfProjectKernelOutputClipMax, err = e.kernelBytes(f+"self_project_kernel_output_clip_max", a.Out); err != nil {
+		if dl.SelfProjectKernelOutput, dl.SelfProjectKernelOutputClipMax, err = e.kernelBytes(f+"self_project_kernel_output_clip_max", out); err != nil {
 			return nil, err
 		}
-		if dl.SelfProjectBiasOutput, err = e.biases(a.Out); err != nil {
+		if dl.SelfProjectBiasOutput, err = e.biases(out); err != nil {
 			return nil, err
 		}
 		if dl.EncdecNormScale, dl.EncdecNormBias, err = e.norm(x.Norm); err != nil {
 			return nil, fmt.Errorf("%s: %v", f, err)
 		}
-		if dl.EncdecProjectKernelQ, dl.EncdecProjectKernelQClipMax, err = e.kernelBytes(f+"encdec_project_kernel_q_clip_max", x.Q); err != nil {
+		if dl.EncdecProjectKernelQ, dl.EncdecProjectKernelQClipMax, err = e.kernelBytes(f+"encdec_project_kernel_q_clip_max", xq); err != nil {
 			return nil, err
 		}
-		if dl.EncdecProjectBiasQ, err = e.biases(x.Q); err != nil {
+		if dl.EncdecProjectBiasQ, err = e.biases(xq); err != nil {
 			return nil, err
 		}
-		if dl.EncdecProjectKernelOutput, dl.EncdecProjectKernelOutputClipMax, err = e.kernelBytes(f+"encdec_project_kernel_output_clip_max", x.Out); err != nil {
+		if dl.EncdecProjectKernelOutput, dl.EncdecProjectKernelOutputClipMax, err = e.kernelBytes(f+"encdec_project_kernel_output_clip_max", xout); err != nil {
 			return nil, err
 		}
-		if dl.EncdecProjectBiasOutput, err = e.biases(x.Out); err != nil {
+		if dl.EncdecProjectBiasOutput, err = e.biases(xout); err != nil {
 			return nil, err
 		}
 		if dl.FfnNormScale, dl.FfnNormBias, err = e.norm(l.FFN.Norm); err != nil {
 			return nil, fmt.Errorf("%s: %v", f, err)
 		}
-		if dl.FfnFirstKernel, dl.FfnFirstKernelClipMax, err = e.kernelBytes(f+"ffn_first_kernel_clip_max", l.FFN.Dense1); err != nil {
+		if dl.FfnFirstKernel, dl.FfnFirstKernelClipMax, err = e.kernelBytes(f+"ffn_first_kernel_clip_max", d1); err != nil {
 			return nil, err
 		}
-		if dl.FfnFirstBias, err = e.biases(l.FFN.Dense1); err != nil {
+		if dl.FfnFirstBias, err = e.biases(d1); err != nil {
 			return nil, err
 		}
-		if dl.FfnSecondKernel, dl.FfnSecondKernelClipMax, err = e.kernelBytes(f+"ffn_second_kernel_clip_max", l.FFN.Dense2); err != nil {
+		if dl.FfnSecondKernel, dl.FfnSecondKernelClipMax, err = e.kernelBytes(f+"ffn_second_kernel_clip_max", d2); err != nil {
 			return nil, err
 		}
-		if dl.FfnSecondBias, err = e.biases(l.FFN.Dense2); err != nil {
+		if dl.FfnSecondBias, err = e.biases(d2); err != nil {
 			return nil, err
 		}
 		for _, c := range []struct {
 			dst   *float32
 			field string
 			v     string
+			k     float64 // the scaling between LightSeq's value and the graph's
 		}{
-			{&dl.SelfLnClipMax, "self_ln_clip_max", a.Q.Input},
-			{&dl.SelfProjectOutputClipMax, "self_project_output_clip_max", a.Context},
-			{&dl.EncdecLnClipMax, "encdec_ln_clip_max", x.Q.Input},
-			{&dl.EncdecProjectOutputClipMax, "encdec_project_output_clip_max", x.Context},
-			{&dl.FfnLnClipMax, "ffn_ln_clip_max", l.FFN.Dense1.Input},
-			{&dl.FfnFirstActClipMax, "ffn_first_act_clip_max", l.FFN.Hidden},
+			{&dl.SelfLnClipMax, "self_ln_clip_max", a.Q.Input, 1},
+			{&dl.SelfProjectOutputClipMax, "self_project_output_clip_max", a.Context, a.ContextScale},
+			{&dl.EncdecLnClipMax, "encdec_ln_clip_max", x.Q.Input, 1},
+			{&dl.EncdecProjectOutputClipMax, "encdec_project_output_clip_max", x.Context, x.ContextScale},
+			{&dl.FfnLnClipMax, "ffn_ln_clip_max", l.FFN.Dense1.Input, 1},
+			{&dl.FfnFirstActClipMax, "ffn_first_act_clip_max", l.FFN.Hidden, l.FFN.HiddenScale},
 		} {
-			if *c.dst, err = e.inputClip(f+c.field, c.v); err != nil {
+			if *c.dst, err = e.inputClip(f+c.field, c.v, c.k); err != nil {
 				return nil, err
 			}
 		}
-		dl.SelfQkvDenseClipMax = e.qkvDense(f+"self_qkv_dense_clip_max", a, true, true, true)
-		dl.SelfQkvBiasOutClipMax = e.qkvDense(f+"self_qkv_bias_out_clip_max", a, true, true, true)
+		dl.SelfQkvDenseClipMax = e.qkvDense(f+"self_qkv_dense_clip_max", a)
+		dl.SelfQkvBiasOutClipMax = e.qkvDense(f+"self_qkv_bias_out_clip_max", a)
 		dl.EncdecQDenseClipMax = e.encdecQ(f+"encdec_q_dense_clip_max", x)
 		dl.SelfOutputDenseClipMax = e.denseOut(f+"self_output_dense_clip_max", a.Out)
 		dl.EncdecOutputDenseClipMax = e.denseOut(f+"encdec_output_dense_clip_max", x.Out)
 		dl.FfnFirstOutputClipMax = e.ffnFirstOutput(f+"ffn_first_output_clip_max", l.FFN)
 		dl.FfnSecondOutputClipMax = e.denseOut(f+"ffn_second_output_clip_max", l.FFN.Dense2)
 		qt.DecoderStack = append(qt.DecoderStack, dl)
-		kvs = append(kvs, x.K, x.V)
+		kvs = append(kvs, xk, xv)
 	}
 	if qt.SrcEmbedding, err = e.embedding("src", tm.Src, tm.EncoderNorm); err != nil {
 		return nil, err
@@ -411,29 +437,30 @@ func (e *exporter) build() (*lspb.QuantTransformer, error) {
 	if t.EncodeOutputProjectBiasKv, err = e.biases(kvs...); err != nil {
 		return nil, err
 	}
-	if t.SharedBias, err = e.biases(tm.Logits); err != nil {
+	if t.SharedBias, err = e.biases(plain(tm.Logits)); err != nil {
 		return nil, err
 	}
-	if t.OutputLnClipMax, err = e.inputClip("trg.output_ln_clip_max", tm.Logits.Input); err != nil {
+	if t.OutputLnClipMax, err = e.inputClip("trg.output_ln_clip_max", tm.Logits.Input, 1); err != nil {
 		return nil, err
 	}
 	t.LogitsClipMax = e.denseOut("trg.logits_clip_max", tm.Logits)
 	return qt, nil
 }
 
-// encdecQ is the cross-attention Q GEMM output clip: calibration, else
-// the Q operand quantizer's clip mapped back through the score scale.
+// encdecQ is the cross-attention Q GEMM output clip as LightSeq computes
+// it (attnParts): calibration, else the Q operand quantizer's clip
+// carried back through the graph's scaling of q and forward through the
+// temperature folded into Q.
 func (e *exporter) encdecQ(field string, a transformer.Attention) float32 {
+	qg, _, _ := e.attnGains(a)
 	if c, ok := e.calib[a.Q.Node.Output[0]]; ok && c > 0 {
-		return e.record(field, c, "calibration: max|x| of "+a.Q.Node.Output[0])
+		return e.record(field, c*float32(math.Abs(qg)), "calibration: max|x| of "+a.Q.Node.Output[0])
 	}
-	if q, ok := e.quant[a.QOperand]; ok {
-		if c, err := e.clipValue(q); err == nil {
-			_, s := e.walkScale(a.QOperand)
-			return e.record(field, c/float32(s), fmt.Sprintf("quantizer on the Q operand %s divided by its scale %g", a.QOperand, s))
-		}
+	if c, src, ok, err := e.actClip(a.QOperand); ok && err == nil {
+		k := math.Abs(qg / a.QScale)
+		return e.record(field, c*float32(k), fmt.Sprintf("%s × %.6g (the scalings between it and LightSeq's Q)", src, k))
 	}
-	return e.fallback(field, a.Q.Node.Output[0])
+	return e.fallbackScaled(field, []scaled{{a.Q.Node.Output[0], qg}})
 }
 
 // embedding writes one token table, positions and final LayerNorm.

@@ -11,7 +11,12 @@
 // unscaled (the runtime multiplies by √H), the target table transposed to
 // [H, V] because it is also the logits kernel; positions as a float
 // table, evaluated with onnxruntime when the graph computes them; and
-// model_conf from the graph and Options. Every clip comes from the qatc
+// model_conf from the graph and Options. Constant scalings the graph
+// applies around attention and the feed-forward block are folded into the
+// kernels (the softmax temperature beyond LightSeq's fixed 1/√head size
+// into Q, V's into V, the context's into the output kernel, the hidden
+// activation's into dense2), so one model exported through different
+// paths gives the same file. Every clip comes from the qatc
 // quantizer clipTable names (ClipTable prints it); the GEMM-output clips
 // qatc has no quantizer for are measured on Options.Calib or take the
 // documented fallback, and the Report lists each field's source. What

@@ -220,32 +220,54 @@ func (e *exporter) record(field string, v float32, src string) float32 {
 	return v
 }
 
-// inputClip is an activation clip that must come from a quantizer: the
-// fallback (with a note) when the input was excluded from quantization.
-func (e *exporter) inputClip(field, v string) (float32, error) {
+// inputClip is an activation clip that must come from a quantizer on v,
+// where the graph holds k times the value LightSeq quantizes (the clip is
+// divided by |k|): the fallback (with a note) when the input was excluded
+// from quantization.
+func (e *exporter) inputClip(field, v string, k float64) (float32, error) {
 	c, src, ok, err := e.actClip(v)
 	if err != nil {
 		return 0, err
 	}
 	if !ok {
-		return e.fallback(field, v), nil
+		return e.fallbackScaled(field, []scaled{{v, 1 / k}}), nil
+	}
+	if k = math.Abs(k); k != 1 {
+		c /= float32(k)
+		src += fmt.Sprintf(" / %.6g (the graph's scaling)", k)
 	}
 	return e.record(field, c, src), nil
 }
 
-// fallback writes Params.ActClipMax, or the calibrated range of v.
+// scaled is a value whose calibrated range, times k, gives a clip.
+type scaled struct {
+	v string
+	k float64
+}
+
+// fallback writes the calibrated range of vs, or Params.ActClipMax.
 func (e *exporter) fallback(field string, vs ...string) float32 {
+	ss := make([]scaled, len(vs))
+	for i, v := range vs {
+		ss[i] = scaled{v, 1}
+	}
+	return e.fallbackScaled(field, ss)
+}
+
+// fallbackScaled writes the largest calibrated range of the values, each
+// times its factor, or Params.ActClipMax when none was calibrated.
+func (e *exporter) fallbackScaled(field string, vs []scaled) float32 {
 	var mx float32
 	found := false
 	for _, v := range vs {
-		if c, ok := e.calib[v]; ok {
-			mx, found = max(mx, c), true
+		if c, ok := e.calib[v.v]; ok {
+			mx, found = max(mx, c*float32(math.Abs(v.k))), true
 		}
 	}
 	if found && mx > 0 {
-		return e.record(field, mx, fmt.Sprintf("calibration: max|x| of %s", vs[0]))
+		return e.record(field, mx, fmt.Sprintf("calibration: max|x| of %s", vs[0].v))
 	}
-	return e.record(field, e.params.ActClipMax, fmt.Sprintf("fallback: Params.ActClipMax (no quantizer or calibration for %s)", vs[0]))
+	return e.record(field, e.params.ActClipMax, fmt.Sprintf("fallback: Params.ActClipMax (no quantizer or calibration for %s)", vs[0].v))
 }
 
 // denseClips lists the GEMM outputs that have no quantizer of their own,
@@ -277,7 +299,9 @@ func (e *exporter) denseValues() []string {
 }
 
 // calibrate runs the QAT model on Options.Calib and records max |x| of
-// every dense output.
+// every dense output. LightSeq requantizes a GEMM's output before adding
+// the bias, so the output of a Gemm that adds its bias itself is measured
+// less that bias (as a MatMul's output is, its bias Add coming after).
 func (e *exporter) calibrate() error {
 	e.calib = map[string]float32{}
 	if e.opts.Calib == nil {
@@ -293,14 +317,52 @@ func (e *exporter) calibrate() error {
 	if err != nil {
 		return fmt.Errorf("calibration: %v", err)
 	}
+	biases, err := e.gemmBiases()
+	if err != nil {
+		return fmt.Errorf("calibration: %v", err)
+	}
 	for _, v := range vs {
 		var mx float32
-		for _, x := range out[v].Float32s() {
+		b := biases[v]
+		for i, x := range out[v].Float32s() {
+			if len(b) > 0 {
+				x -= b[i%len(b)]
+			}
 			mx = max(mx, float32(math.Abs(float64(x))))
 		}
 		e.calib[v] = mx
 	}
 	return nil
+}
+
+// gemmBiases returns the bias vectors that Gemm nodes of the model's
+// projections add themselves, by the node's output.
+func (e *exporter) gemmBiases() (map[string][]float32, error) {
+	out := map[string][]float32{}
+	add := func(ps ...transformer.Projection) error {
+		for _, p := range ps {
+			n := p.Node
+			// The C operand itself, whole: what the Gemm adds.
+			if n.OpType != "Gemm" || len(n.Input) < 3 || n.Input[2] != p.Bias || p.Bias == "" || out[n.Output[0]] != nil {
+				continue
+			}
+			b, err := e.floats(p.Bias)
+			if err != nil {
+				return err
+			}
+			out[n.Output[0]] = b
+		}
+		return nil
+	}
+	var ps []transformer.Projection
+	for _, l := range e.tm.Encoder {
+		ps = append(ps, l.SelfAttn.Q, l.SelfAttn.K, l.SelfAttn.V, l.SelfAttn.Out, l.FFN.Dense1, l.FFN.Dense2)
+	}
+	for _, l := range e.tm.Decoder {
+		ps = append(ps, l.SelfAttn.Q, l.SelfAttn.K, l.SelfAttn.V, l.SelfAttn.Out, l.CrossAttn.Q, l.CrossAttn.K, l.CrossAttn.V, l.CrossAttn.Out, l.FFN.Dense1, l.FFN.Dense2)
+	}
+	ps = append(ps, e.tm.Logits)
+	return out, add(ps...)
 }
 
 // Format returns the report as aligned text: one line per clip field

@@ -370,8 +370,11 @@ func (pl *planner) dataDependent(v string) bool {
 }
 
 // actKind follows an activation back through layout-only ops to the op
-// that computed it.
+// that computed it; also through multiplications or divisions by a
+// positive constant, which keep a ReLU's output non-negative (but not a
+// softmax's within its fixed [0, 1] grid).
 func (pl *planner) actKind(v string) string {
+	scaled := false
 	for {
 		p := pl.m.Producer(v)
 		if p == nil || len(p.Input) == 0 {
@@ -381,13 +384,52 @@ func (pl *planner) actKind(v string) string {
 		case "Relu":
 			return KindReLU
 		case "Softmax":
+			if scaled {
+				return KindAct
+			}
 			return KindSoftmax
 		case "Reshape", "Transpose", "Dropout", "Identity", "Squeeze", "Unsqueeze", "Flatten":
 			v = p.Input[0]
+		case "Mul", "Div":
+			x, ok := pl.positiveScaling(p)
+			if !ok {
+				return KindAct
+			}
+			v, scaled = x, true
 		default:
 			return KindAct
 		}
 	}
+}
+
+// positiveScaling reads a Mul or Div node by a positive one-element float
+// constant (an initializer or Constant) and returns the other operand.
+func (pl *planner) positiveScaling(p *onnx.NodeProto) (string, bool) {
+	positive := func(v string) bool {
+		t := pl.m.Initializer(v)
+		if t == nil {
+			if c := pl.m.Producer(v); c != nil && c.OpType == "Constant" {
+				if a := graph.Attr(c, "value"); a != nil {
+					t = a.T
+				}
+			}
+		}
+		if t == nil || graph.TensorType(t) != graph.Float {
+			return false
+		}
+		f, err := graph.Floats(t)
+		return err == nil && len(f) == 1 && f[0] > 0
+	}
+	if len(p.Input) != 2 {
+		return "", false
+	}
+	if positive(p.Input[1]) {
+		return p.Input[0], true
+	}
+	if p.OpType == "Mul" && positive(p.Input[0]) {
+		return p.Input[1], true
+	}
+	return "", false
 }
 
 // tie finds weights that are byte-equal or transposed-equal copies of an

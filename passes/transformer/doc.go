@@ -6,7 +6,14 @@
 //
 // Recognize anchors on each Softmax (one per attention). It follows the
 // Q·Kᵀ operands back through mask additions, views (Reshape, Transpose,
-// Squeeze, Unsqueeze) and constant scalings to their projections: MatMul
+// Squeeze, Unsqueeze) and constant scalings to their projections. A
+// scaling is a Mul or Div by any subgraph that evaluates to one number
+// from constants and static dimensions (a literal, 1/Sqrt of the head
+// size, Pow(head size, −¼) on q and on k as scaled-dot-product attention
+// exports it), on either side of the views; each factor is reported
+// (Attention's QScale, KScale, ScoreScale, VScale, ContextScale, FFN's
+// HiddenScale) for consumers to fold, and a scaled residual branch is an
+// error rather than ignored. Projections are MatMul
 // or Gemm with an initializer weight (stored [in, out] or [out, in], seen
 // through Transpose and Slice), an optional bias Add, and an optional
 // Split or Slice of the output features for fused Q/K/V kernels. Slice

@@ -89,9 +89,21 @@ type Attention struct {
 	// Memory is the value K and V are computed from, seen through views.
 	Self   bool
 	Memory string
-	// Scale is the factor the graph applies to Q·Kᵀ (1/√head size in every
-	// standard transformer), found from the constant Mul/Div on the path.
-	Scale float64
+	// The constant factors the graph applies on the way, read from any
+	// constant subgraph of Mul/Div (a literal, Sqrt or Pow of the head
+	// size, …) on either side of the views: QScale and KScale between the
+	// Q and K projections and the operands of Q·Kᵀ, ScoreScale between
+	// Q·Kᵀ and the Softmax, VScale between the V projection and its
+	// operand, ContextScale between the probabilities and the output
+	// projection's input (the probabilities' and the context's scalings).
+	// Scale = QScale·KScale·ScoreScale is the softmax temperature, 1/√head
+	// size in a standard transformer (scaled q alone, or q and k by
+	// head size^−¼ each); the others are 1 in every common exporter.
+	// Consumers fold them: the QOperand, KOperand and VOperand quantizers
+	// see the scaled values, Context the scaled context.
+	Scale                      float64
+	QScale, KScale, ScoreScale float64
+	VScale, ContextScale       float64
 }
 
 // FFN is the feed-forward block.
@@ -99,9 +111,11 @@ type FFN struct {
 	Norm           *LayerNorm
 	Dense1, Dense2 Projection
 	// Hidden is the activation's output (Dense2's input), as its quantizer
-	// sees it.
-	Hidden   string
-	Residual string
+	// sees it; HiddenScale the constant factor the graph applies between
+	// the activation and that input (1 unless the graph scales it).
+	Hidden      string
+	HiddenScale float64
+	Residual    string
 }
 
 // EncoderLayer is self-attention then FFN.

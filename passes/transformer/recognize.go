@@ -357,36 +357,45 @@ func (r *recognizer) attention(s *onnx.NodeProto) *block {
 		return fail("attention scores Q·Kᵀ not found: %v%s", err, r.around(s.Input[0]))
 	}
 	a.QOperand, a.KOperand = r.skipQ(scores.Input[0]), r.skipQ(scores.Input[1])
-	// probs·V.
+	a.ScoreScale = scale
+	// probs·V, through views and constant scalings of the probabilities.
 	var ctx *onnx.NodeProto
+	probsScale := 1.0
 	for _, c := range r.forward(s.Output[0]) {
-		if c.OpType == "MatMul" && r.base(c.Input[0]) == s.Output[0] {
-			ctx = c
+		if c.OpType != "MatMul" {
+			continue
+		}
+		if b, k := r.back(c.Input[0]); b == s.Output[0] {
+			ctx, probsScale = c, k
 		}
 	}
 	if ctx == nil {
 		return fail("probs·V not found: no MatMul reads the attention probabilities%s", r.around(s.Output[0]))
 	}
 	a.Probs, a.VOperand = r.skipQ(ctx.Input[0]), r.skipQ(ctx.Input[1])
-	qb, qs := r.back(a.QOperand)
-	a.Scale = scale * qs
+	var qb, kb, vb string
+	qb, a.QScale = r.back(a.QOperand)
 	if a.Q, err = r.projection(qb); err != nil {
 		return fail("Q projection not found: %v%s", err, r.around(qb))
 	}
-	kb, ks := r.back(a.KOperand)
-	a.Scale *= ks
+	kb, a.KScale = r.back(a.KOperand)
 	if a.K, err = r.projection(kb); err != nil {
 		return fail("K projection not found: %v%s", err, r.around(kb))
 	}
-	vb := r.base(a.VOperand)
+	a.Scale = a.QScale * a.KScale * a.ScoreScale
+	vb, a.VScale = r.back(a.VOperand)
 	if a.V, err = r.projection(vb); err != nil {
 		return fail("V projection not found: %v%s", err, r.around(vb))
 	}
-	// Output projection: the dense layer reading the merged context.
+	// Output projection: the dense layer reading the merged context,
+	// through views and constant scalings.
 	var out *onnx.NodeProto
 	for _, c := range r.forward(ctx.Output[0]) {
-		if (c.OpType == "MatMul" || c.OpType == "Gemm") && r.base(c.Input[0]) == ctx.Output[0] {
-			out = c
+		if c.OpType != "MatMul" && c.OpType != "Gemm" {
+			continue
+		}
+		if b, k := r.back(c.Input[0]); b == ctx.Output[0] {
+			out, a.ContextScale = c, probsScale*k
 		}
 	}
 	if out == nil {
@@ -496,12 +505,16 @@ func (r *recognizer) reachesScores(v string, depth int) bool {
 func (r *recognizer) residual(b *block, y, in string, norm **LayerNorm, res *string) error {
 	var add *onnx.NodeProto
 	other := ""
+	yb, ys := r.back(y)
 	for _, c := range r.forward(y) {
 		if c.OpType != "Add" {
 			continue
 		}
 		for i := range 2 {
-			if r.base(c.Input[i]) == r.base(y) && !r.isConst(c.Input[1-i]) {
+			if b, k := r.back(c.Input[i]); b == yb && !r.isConst(c.Input[1-i]) {
+				if !near(k, ys) {
+					return fmt.Errorf("the sublayer output is scaled by %.6g before the residual Add %s; a scaled residual branch is not a standard transformer layer%s", k/ys, graph.NodeName(c), r.around(y))
+				}
 				add, other = c, c.Input[1-i]
 			}
 		}
@@ -552,17 +565,24 @@ func (r *recognizer) ffnAt(n *onnx.NodeProto) *block {
 		}
 		act = "gelu"
 	}
+	// dense2 reads y through views and constant scalings (GELU's own ½
+	// may come last, so compare what both are scalings of).
+	yb, ys := r.back(y)
 	var d2 *onnx.NodeProto
+	hiddenScale := 1.0
 	for _, c := range r.forward(y) {
-		if (c.OpType == "MatMul" || c.OpType == "Gemm") && r.base(c.Input[0]) == y && !r.isConst(c.Input[0]) {
-			d2 = c
+		if c.OpType != "MatMul" && c.OpType != "Gemm" || r.isConst(c.Input[0]) {
+			continue
+		}
+		if b, k := r.back(c.Input[0]); b == yb {
+			d2, hiddenScale = c, k/ys
 		}
 	}
 	if d2 == nil {
 		return nil // an activation outside a feed-forward block
 	}
 	b := &block{}
-	f := &FFN{Hidden: r.skipQ(d2.Input[0])}
+	f := &FFN{Hidden: r.skipQ(d2.Input[0]), HiddenScale: hiddenScale}
 	var err error
 	if f.Dense1, err = r.projection(x); err != nil {
 		b.err = fmt.Errorf("feed-forward dense1 not found: %v%s", err, r.around(x))
@@ -744,12 +764,17 @@ func (r *recognizer) logits(tm *Model, dec string) error {
 	return fmt.Errorf("recognise transformer: output projection not found: no graph output is a dense layer of the decoder output (%s)%s", strings.Join(errs, "; "), r.around(dec))
 }
 
-// transposedCopy reports whether weight, used as an [hidden, vocab]
-// operand, holds exactly the transposed table (the copy PyTorch writes for
-// a tied projection).
+// transposedCopy reports whether weight, read as an [hidden, vocab]
+// operand (transposed when stored [vocab, hidden]), holds exactly the
+// table's values: the transposed copy PyTorch writes for a tied
+// projection, or a plain copy read through transB or a Transpose.
 func (r *recognizer) transposedCopy(weight string, transposed bool, table string) bool {
 	w, t := r.m.Initializer(weight), r.m.Initializer(table)
-	if w == nil || t == nil || transposed || len(w.Dims) != 2 || w.Dims[0] != t.Dims[1] || w.Dims[1] != t.Dims[0] {
+	if w == nil || t == nil || len(w.Dims) != 2 || len(t.Dims) != 2 {
+		return false
+	}
+	rows, cols := int(t.Dims[0]), int(t.Dims[1])
+	if transposed && (w.Dims[0] != t.Dims[0] || w.Dims[1] != t.Dims[1]) || !transposed && (w.Dims[0] != t.Dims[1] || w.Dims[1] != t.Dims[0]) {
 		return false
 	}
 	wf, err1 := graph.Floats(w)
@@ -757,10 +782,13 @@ func (r *recognizer) transposedCopy(weight string, transposed bool, table string
 	if err1 != nil || err2 != nil {
 		return false
 	}
-	rows, cols := int(t.Dims[0]), int(t.Dims[1])
 	for i := range rows {
 		for j := range cols {
-			if tf[i*cols+j] != wf[j*rows+i] {
+			x := wf[j*rows+i]
+			if transposed {
+				x = wf[i*cols+j]
+			}
+			if tf[i*cols+j] != x {
 				return false
 			}
 		}
@@ -803,9 +831,8 @@ func checkSub(where string, h int, tm *Model, self Attention, cross *Attention, 
 		if a.Q.Out.Len() != h {
 			return fmt.Errorf("recognise transformer: %s: attention width %d, model width %d", where, a.Q.Out.Len(), h)
 		}
-		dh := float64(h / tm.Heads)
-		if !near(a.Scale, 1/math.Sqrt(dh)) {
-			return fmt.Errorf("recognise transformer: %s: attention scores are scaled by %.6g, not 1/√%d", where, a.Scale, h/tm.Heads)
+		if !(a.Scale > 0) || math.IsInf(a.Scale, 0) {
+			return fmt.Errorf("recognise transformer: %s: attention scores are scaled by %.6g; a softmax temperature must be positive", where, a.Scale)
 		}
 	}
 	if f.Dense1.Out.Len() != tm.FFN || f.Dense2.Out.Len() != h {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -382,5 +383,119 @@ func TestReadMap(t *testing.T) {
 	os.WriteFile(bad, []byte("- a\n- b\n"), 0o644)
 	if _, err := transformer.ReadMap(bad); err == nil || !strings.Contains(err.Error(), "role: tensor name") {
 		t.Errorf("list accepted as a map: %v", err)
+	}
+}
+
+// TestScalings: the recogniser sees through the constant scalings of
+// testmodels.Rescale (q and k by Pow(head size, −¼) computed from their
+// shapes, V, the context and the hidden activation by literals) and
+// reports each factor; the softmax temperature stays 1/√head size.
+func TestScalings(t *testing.T) {
+	cfg := testmodels.Tiny()
+	m, err := testmodels.Build(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := testmodels.Rescale(m); err != nil {
+		t.Fatal(err)
+	}
+	tm, err := transformer.Recognize(m, transformer.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	quarter := math.Pow(float64(cfg.Hidden/cfg.Heads), -0.25)
+	check := func(where string, a transformer.Attention) {
+		got := []float64{a.Scale, a.QScale, a.KScale, a.ScoreScale, a.VScale, a.ContextScale}
+		want := []float64{quarter * quarter, quarter, quarter, 1, 2, 0.5}
+		for i := range got {
+			if math.Abs(got[i]-want[i]) > 1e-6 {
+				t.Errorf("%s: scale, q, k, scores, v, context = %v, want %v", where, got, want)
+				break
+			}
+		}
+	}
+	for i, l := range tm.Encoder {
+		check(fmt.Sprintf("encoder layer %d", i), l.SelfAttn)
+		if l.FFN.HiddenScale != 4 {
+			t.Errorf("encoder layer %d: hidden scale %g, want 4", i, l.FFN.HiddenScale)
+		}
+	}
+	for i, l := range tm.Decoder {
+		check(fmt.Sprintf("decoder layer %d self", i), l.SelfAttn)
+		check(fmt.Sprintf("decoder layer %d cross", i), l.CrossAttn)
+		if l.FFN.HiddenScale != 4 {
+			t.Errorf("decoder layer %d: hidden scale %g, want 4", i, l.FFN.HiddenScale)
+		}
+	}
+	// The original model: q by the literal, nothing else.
+	plain, err := testmodels.Build(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tm, err = transformer.Recognize(plain, transformer.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	a := tm.Decoder[1].CrossAttn
+	if got := []float64{a.Scale, a.QScale, a.KScale, a.ScoreScale, a.VScale, a.ContextScale, tm.Decoder[1].FFN.HiddenScale}; math.Abs(got[0]-quarter*quarter) > 1e-6 || math.Abs(got[1]-quarter*quarter) > 1e-6 || got[2] != 1 || got[3] != 1 || got[4] != 1 || got[5] != 1 || got[6] != 1 {
+		t.Errorf("plain model: scale, q, k, scores, v, context, hidden = %v", got)
+	}
+}
+
+// TestTiedCopy: an output projection reading an exact copy of the target
+// table (stored [vocab, hidden], read through a Transpose) is tied; a copy
+// that differs in one value is not.
+func TestTiedCopy(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		edit bool
+		tied bool
+	}{{"copy", false, true}, {"near copy", true, false}} {
+		m, err := testmodels.Build(testmodels.Tiny())
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr := m.Producer("softmax/shared_embedding_transposed")
+		table := m.Initializer(tr.Input[0])
+		vals, err := graph.Floats(table)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cp := append([]float32(nil), vals...)
+		if tc.edit {
+			cp[7] += 1e-3
+		}
+		m.AddInitializer(graph.FloatTensor("projection_copy", table.Dims, cp))
+		m.ReplaceInput(tr, 0, "projection_copy")
+		tm, err := transformer.Recognize(m, transformer.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tm.Logits.Weight != "projection_copy" || tm.Tied != tc.tied {
+			t.Errorf("%s: logits weight %s, tied %v; want projection_copy, %v", tc.name, tm.Logits.Weight, tm.Tied, tc.tied)
+		}
+	}
+}
+
+// TestScaledResidual: a sublayer output scaled before its residual Add is
+// an error naming the factor, not a layer read without it.
+func TestScaledResidual(t *testing.T) {
+	m, err := testmodels.Build(testmodels.Tiny())
+	if err != nil {
+		t.Fatal(err)
+	}
+	y := "encoder/layer_0/ffn/dense2/BiasAdd"
+	uses := m.Consumers(y)
+	if len(uses) != 1 || uses[0].OpType != "Add" {
+		t.Fatalf("%s is read by %v", y, uses)
+	}
+	m.AddInitializer(graph.FloatTensor("three", nil, []float32{3}))
+	m.Op("Mul", "scaled_branch", []string{y, "three"}, []string{"scaled_branch"})
+	m.ReplaceInput(uses[0], slices.Index(uses[0].Input, y), "scaled_branch")
+	if err := m.TopoSort(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = transformer.Recognize(m, transformer.Options{})
+	if err == nil || !strings.Contains(err.Error(), "scaled by 3 before the residual Add") {
+		t.Errorf("error %v, want one naming the scaled residual branch", err)
 	}
 }

@@ -93,8 +93,9 @@ func (w *walker) base(v string) string {
 	return b
 }
 
-// forward returns the nodes that read v, looking through quantizers and
-// views: the first consumers that are neither.
+// forward returns the nodes that read v, looking through quantizers,
+// views and multiplications or divisions by a constant: the first
+// consumers that are none of these.
 func (w *walker) forward(v string) []*onnx.NodeProto {
 	var out []*onnx.NodeProto
 	seen := map[string]bool{}
@@ -120,6 +121,12 @@ func (w *walker) forward(v string) []*onnx.NodeProto {
 				}
 			case viewOps[c.OpType] && c.Input[0] == v:
 				visit(c.Output[0])
+			case c.OpType == "Mul" || c.OpType == "Div":
+				if x, _, ok := w.unscale(c); ok && x == v {
+					visit(c.Output[0])
+				} else {
+					out = append(out, c)
+				}
 			default:
 				out = append(out, c)
 			}
@@ -151,13 +158,82 @@ func (w *walker) constant(v string) ([]float32, bool) {
 	return nil, false
 }
 
-// scalar returns v's value when it is a one-element float constant.
-func (w *walker) scalar(v string) (float64, bool) {
-	f, ok := w.constant(v)
-	if !ok || len(f) != 1 {
+// scalar returns v's value when it is one number computed from constants
+// alone: initializers, Constant nodes and the small integers shape
+// inference evaluates (a static dimension, as exporters read the head
+// size off a tensor's shape), through casts, views and arithmetic. So a
+// scaling written as a literal, as Div by Sqrt(head size), or as
+// Pow(head size, −0.25) on q and on k reads as its value.
+func (w *walker) scalar(v string) (float64, bool) { return w.eval(v, 24) }
+
+// eval is scalar with a bound on the depth of the subgraph it reads.
+func (w *walker) eval(v string, depth int) (float64, bool) {
+	if depth == 0 || v == "" {
 		return 0, false
 	}
-	return float64(f[0]), true
+	if f, ok := w.constant(v); ok {
+		if len(f) != 1 {
+			return 0, false
+		}
+		return float64(f[0]), true
+	}
+	if is, ok := w.ints[v]; ok {
+		if len(is) != 1 {
+			return 0, false
+		}
+		return float64(is[0]), true
+	}
+	p := w.m.Producer(v)
+	if p == nil || len(p.Input) == 0 {
+		return 0, false
+	}
+	x, ok := w.eval(p.Input[0], depth-1)
+	if !ok {
+		return 0, false
+	}
+	y := func() (float64, bool) {
+		if len(p.Input) < 2 {
+			return 0, false
+		}
+		return w.eval(p.Input[1], depth-1)
+	}
+	switch p.OpType {
+	case "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Expand":
+		// One number, whatever the shape around it.
+		return x, true
+	case "Cast":
+		switch graph.DataType(graph.IntAttr(p, "to", 0)) {
+		case graph.Float, graph.Double, graph.Float16, graph.BFloat16:
+			return x, true
+		case graph.Int64, graph.Int32, graph.Int16, graph.Int8, graph.Uint8, graph.Uint16, graph.Uint32, graph.Uint64:
+			return math.Trunc(x), true
+		}
+		return 0, false
+	case "Neg":
+		return -x, true
+	case "Reciprocal":
+		return 1 / x, x != 0
+	case "Sqrt":
+		return math.Sqrt(x), x >= 0
+	}
+	b, ok := y()
+	if !ok {
+		return 0, false
+	}
+	switch p.OpType {
+	case "Mul":
+		return x * b, true
+	case "Div":
+		return x / b, b != 0
+	case "Add":
+		return x + b, true
+	case "Sub":
+		return x - b, true
+	case "Pow":
+		r := math.Pow(x, b)
+		return r, !math.IsNaN(r) && !math.IsInf(r, 0)
+	}
+	return 0, false
 }
 
 // isConst reports whether v is an initializer or computed from constants

@@ -1,0 +1,173 @@
+package lightseq_test
+
+import (
+	"fmt"
+	"math"
+	"testing"
+
+	"github.com/qatc/qatc/export/lightseq"
+	"github.com/qatc/qatc/export/lightseq/lspb"
+	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
+	"github.com/qatc/qatc/passes/quantize"
+	"github.com/qatc/qatc/testmodels"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// TestScalingsFolded exports the tiny model and testmodels.Rescale's
+// equivalent of it (q and k scaled by Pow(head size, −¼) from their
+// shapes, V, the context and the hidden activation by compensated
+// literals): the recogniser sees through every scaling and the writer
+// folds them, so both files hold the same integer weights, biases,
+// LayerNorms and clips (to float rounding); the rescaled file passes
+// Verify.
+func TestScalingsFolded(t *testing.T) {
+	cfg := testmodels.Tiny()
+	cfg.Heads = 2 // head size 16: Pow(16, −¼) = ½, so every factor is exact
+	b := batchOf(cfg, 8, 12, 10, 7)
+	var files []*lspb.QuantTransformer
+	for _, rescale := range []bool{false, true} {
+		m, err := testmodels.Build(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rescale {
+			if err := testmodels.Rescale(m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		m = calibratedQAT(t, m, b)
+		qt, rep, err := lightseq.Export(m, lightseq.Options{BosID: testmodels.BOS, EosID: testmodels.EOS, Calib: b})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rescale {
+			notes := 0
+			for _, n := range rep.Notes {
+				if len(n) > 0 && (contains(n, "folded into V") || contains(n, "folded into the output projection") || contains(n, "folded into dense2")) {
+					notes++
+				}
+			}
+			// 2+2 layers: 6 attentions (V and context each) and 4 FFNs.
+			if notes != 6*2+4 {
+				t.Errorf("%d notes on folded scalings, want 16: %q", notes, rep.Notes)
+			}
+			r, err := lightseq.Verify(m, rep.Model, qt, batchOf(cfg, 16, 12, 12, 99))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Log(r)
+		}
+		files = append(files, qt)
+	}
+	bytesFields, floats := 0, 0
+	compareFiles(t, "", files[0].ProtoReflect(), files[1].ProtoReflect(), &bytesFields, &floats)
+	// 2 encoder layers × 4 kernels, 2 decoder layers × 6, two tables and
+	// the encoder-decoder K/V kernel.
+	if bytesFields != 2*4+2*6+3 || floats == 0 {
+		t.Errorf("compared %d byte fields", bytesFields)
+	}
+}
+
+// calibratedQAT inserts 8-bit quantizers with weight clips at max|w| and
+// sets every activation clip to the largest |x| the fp32 model computes
+// on batch, as qatc insert --calib-method minmax does (the fp32 model, so
+// that equivalent graphs get equivalent clips).
+func calibratedQAT(t *testing.T, m *graph.Model, batch map[string]*ort.Tensor) *graph.Model {
+	t.Helper()
+	plan, err := quantize.Plan(m, maxParams())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var acts []string
+	for _, q := range plan.Quantizers {
+		if q.Kind == quantize.KindAct || q.Kind == quantize.KindReLU {
+			acts = append(acts, q.Tensor)
+		}
+	}
+	s, err := ort.Open(m, &ort.Options{Outputs: acts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := s.Run(batch, acts...)
+	s.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := quantize.Insert(m, maxParams())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range rec.Quantizers {
+		if v, ok := out[q.Tensor]; ok {
+			var mx float32
+			for _, x := range v.Float32s() {
+				mx = max(mx, float32(math.Abs(float64(x))))
+			}
+			if err := graph.SetFloats(m.Initializer(q.Clip), []float32{mx}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return m
+}
+
+func contains(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return true
+		}
+	}
+	return false
+}
+
+// compareFiles requires every bytes field (the int8 weights) of x and y
+// to be equal and every float within 1e-5 relative, field by field.
+func compareFiles(t *testing.T, path string, x, y protoreflect.Message, bytesFields, floats *int) {
+	t.Helper()
+	x.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		w := y.Get(fd)
+		name := path + "." + string(fd.Name())
+		near := func(a, b float64) bool { return math.Abs(a-b) <= 1e-5*math.Max(1, math.Abs(b)) }
+		switch {
+		case fd.IsList() && fd.Message() != nil:
+			for i := 0; i < v.List().Len(); i++ {
+				compareFiles(t, fmt.Sprintf("%s[%d]", name, i), v.List().Get(i).Message(), w.List().Get(i).Message(), bytesFields, floats)
+			}
+		case fd.Message() != nil:
+			compareFiles(t, name, v.Message(), w.Message(), bytesFields, floats)
+		case fd.Kind() == protoreflect.BytesKind:
+			*bytesFields++
+			p, q := v.Bytes(), w.Bytes()
+			diff := len(p) != len(q)
+			for i := range p {
+				diff = diff || p[i] != q[i]
+			}
+			if diff {
+				t.Errorf("%s: the int8 weights differ", name)
+			}
+		case fd.IsList() && (fd.Kind() == protoreflect.FloatKind || fd.Kind() == protoreflect.DoubleKind):
+			if v.List().Len() != w.List().Len() {
+				t.Errorf("%s: %d and %d values", name, v.List().Len(), w.List().Len())
+				return true
+			}
+			for i := 0; i < v.List().Len(); i++ {
+				*floats++
+				if a, b := v.List().Get(i).Float(), w.List().Get(i).Float(); !near(a, b) {
+					t.Errorf("%s[%d]: %g and %g", name, i, a, b)
+					return true
+				}
+			}
+		case fd.Kind() == protoreflect.FloatKind || fd.Kind() == protoreflect.DoubleKind:
+			*floats++
+			if a, b := v.Float(), w.Float(); !near(a, b) {
+				t.Errorf("%s: %g and %g", name, a, b)
+			}
+		default:
+			if v.Interface() != w.Interface() {
+				t.Errorf("%s: %v and %v", name, v.Interface(), w.Interface())
+			}
+		}
+		return true
+	})
+}
