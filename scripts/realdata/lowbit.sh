@@ -66,7 +66,6 @@ for s in ${LOWBIT_SETTINGS:-W8A8 W4A8 W4A4 W3A8 W2A8}; do
   w=${s:1:1} a=${s:3:1}
   gran=(--weight-granularity block --block-size 32) format=qdq
   if [ "$w" = 8 ]; then gran=(--weight-granularity channel) format=qoperator; fi
-  [ "$w" = 2 ] && format=matmulnbits
   q insert "$model" -o "$out/$s.ptq.onnx" --weight-bits "$w" --act-bits "$a" "${gran[@]}" --weight-init mse \
     --calib-src "$valid_src" --calib-tgt "$valid_tgt" "${data[@]}" --calib-method percentile --calib-batches 8 \
     --threads "$threads" "${insert_extra[@]}"
