@@ -250,7 +250,8 @@ func TestIntegerFormats(t *testing.T) {
 		n      int
 		tol    float64 // static scales: float summation order only
 	}{
-		{"qoperator", fold.QOperator, "MatMulIntegerToFloat", 4, 1e-5},
+		// mm1, mm2 and mm3 read x: one product of their weights side by side.
+		{"qoperator", fold.QOperator, "MatMulIntegerToFloat", 2, 1e-5},
 		{"dynamic", fold.Dynamic, "MatMulInteger", 4, 0.5},
 	} {
 		m := clone(t, qat)
@@ -295,5 +296,53 @@ func TestFoldNoQuantizers(t *testing.T) {
 	m.AddOutput("y", graph.Float, nil)
 	if _, err := fold.Fold(m); err == nil || !strings.Contains(err.Error(), "qatc insert") {
 		t.Fatalf("got %v, want an error naming qatc insert", err)
+	}
+}
+
+// TestQOperatorFusions checks that QOperator gives the projections of one
+// activation (Q, K and V) one integer product with their biases inside:
+// one MatMulIntegerToFloat with a bias input and a Split, no Add, and the
+// QAT model's outputs to float rounding.
+func TestQOperatorFusions(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	m := graph.New("qkv", 17)
+	m.AddInput("x", graph.Float, []int64{2, 3, 8})
+	for i, p := range []string{"q", "k", "v"} {
+		w, b := p+"/kernel", p+"/bias"
+		m.AddInitializer(graph.FloatTensor(w, []int64{8, 6}, randn(r, 48, 0.5)))
+		m.AddInitializer(graph.FloatTensor(b, []int64{6}, randn(r, 6, 0.2)))
+		m.Op("MatMul", p+"/MatMul", []string{"x", w}, []string{p + "/mm"})
+		m.Op("Add", p+"/BiasAdd", []string{p + "/mm", b}, []string{p})
+		m.AddOutput(p, graph.Float, nil)
+		quantizer(m, w, fold.KindWeight, 8, []float32{0.8 + 0.1*float32(i)}, 1)
+	}
+	quantizer(m, "x", fold.KindAct, 8, []float32{2}, 1)
+	if err := m.TopoSort(); err != nil {
+		t.Fatal(err)
+	}
+	in := map[string]*ort.Tensor{"x": ort.Float32([]int64{2, 3, 8}, randn(r, 48, 1))}
+	ref := runAll(t, m, in, &ort.Options{Optimization: ort.OptimizeBasic})
+	res, err := fold.Fold(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fold.QOperator(m, res); err != nil {
+		t.Fatal(err)
+	}
+	ops := map[string]int{}
+	for _, n := range m.Graph().Node {
+		ops[n.OpType]++
+		if n.OpType == "MatMulIntegerToFloat" && len(n.Input) != 7 {
+			t.Errorf("%s has no bias input: %v", n.Name, n.Input)
+		}
+	}
+	if ops["MatMulIntegerToFloat"] != 1 || ops["Split"] != 1 || ops["Add"] != 0 {
+		t.Errorf("ops %v: want one MatMulIntegerToFloat, one Split, no Add", ops)
+	}
+	got := runAll(t, m, in, nil)
+	for name, want := range ref {
+		if d := maxDiff(want.Float32s(), got[name].Float32s()); d > 1e-5 {
+			t.Errorf("output %s differs by %g", name, d)
+		}
 	}
 }

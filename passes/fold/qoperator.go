@@ -64,7 +64,11 @@ func (o *operand) perColumn() bool {
 // kernels: onnxruntime fuses that chain only when the scales are computed
 // at run time, and its constant folding computes static ones first. The
 // activations' QuantizeLinear nodes stay: they quantize with the learned
-// scales. Other quantized ops keep their DequantizeLinear.
+// scales. Other quantized ops keep their DequantizeLinear. A bias Add
+// after a product becomes the kernel's bias input, and the products of
+// one activation (an attention's Q, K and V projections) become one
+// product of their weights side by side and a Split (fuseShared): the
+// same numbers from fewer, larger kernels.
 //
 // r is Fold's result. Every quantizer must have 8 bits; a weight's scale
 // must be per tensor or per output column.
@@ -122,6 +126,8 @@ func QOperator(m *graph.Model, r *Result) error {
 		}
 	}
 	unsignActivations(m)
+	fuseBias(m)
+	fuseShared(m)
 	m.SetOpset(msDomain, 1)
 	m.RemoveDead()
 	if err := m.TopoSort(); err != nil {
@@ -176,6 +182,39 @@ func unsignActivations(m *graph.Model) {
 		}
 	}
 	m.RemoveDead()
+}
+
+// fuseBias moves the bias Add after a MatMulIntegerToFloat into the
+// kernel's bias input: the kernel adds it to the rescaled accumulator as
+// the Add did, in one pass instead of two.
+func fuseBias(m *graph.Model) {
+	for _, n := range append([]*onnx.NodeProto(nil), m.Graph().Node...) {
+		if n.OpType != "MatMulIntegerToFloat" || len(n.Input) > 6 || m.IsGraphOutput(n.Output[0]) {
+			continue
+		}
+		uses := m.Consumers(n.Output[0])
+		if len(uses) != 1 || uses[0].OpType != "Add" {
+			continue
+		}
+		add := uses[0]
+		bias := add.Input[1]
+		if bias == n.Output[0] {
+			bias = add.Input[0]
+		}
+		t := constTensor(m, bias)
+		if t == nil || len(t.Dims) != 1 || graph.TensorType(t) != graph.Float || add.Input[0] == add.Input[1] {
+			continue
+		}
+		if w := m.Initializer(n.Input[1]); w == nil || len(w.Dims) != 2 || w.Dims[1] != t.Dims[0] {
+			continue
+		}
+		for len(n.Input) < 6 {
+			n.Input = append(n.Input, "")
+		}
+		n.Input = append(n.Input, bias)
+		n.Output[0] = add.Output[0]
+		m.RemoveNodes(add)
+	}
 }
 
 // msDomain is onnxruntime's contrib-operator domain.
