@@ -19,7 +19,7 @@
 //     (token-weighted cross-entropy), atomic checkpoints, exact resume,
 //     cancellation that checkpoints, a NaN guard naming the step and data
 //     lines, and distillation from the model with its quantizers removed
-//     (StripQuantizers).
+//     (quantize.Strip).
 //
 // The gradients come from passes/autodiff; train itself only removes
 // quantizers for the teacher and turns parameters into inputs of the

@@ -14,54 +14,6 @@ func cloneModel(m *graph.Model) *graph.Model {
 	return graph.FromProto(proto.Clone(m.Proto).(*onnx.ModelProto), m.Dir)
 }
 
-// StripQuantizers returns a copy of m with every QuantizeLinear →
-// DequantizeLinear pair removed: the pair's consumers read the quantizer's
-// input again, and the nodes and initializers only the quantizers used
-// (scale computations, clip ranges, zero points) are deleted. Applied to a
-// QAT graph it gives the fp32 model the quantizers were inserted into, the
-// teacher of distillation. A Clip on the integer tensor between the two
-// nodes (quantizers below 8 bits) is skipped too.
-func StripQuantizers(m *graph.Model) (*graph.Model, error) {
-	c := cloneModel(m)
-	var dqs []*onnx.NodeProto
-	for _, n := range c.Graph().Node {
-		if n.OpType == "DequantizeLinear" && n.Domain == "" {
-			dqs = append(dqs, n)
-		}
-	}
-	removed := 0
-	for _, dq := range dqs {
-		if len(dq.Input) == 0 || len(dq.Output) == 0 {
-			continue
-		}
-		src := c.Producer(dq.Input[0])
-		if src != nil && src.OpType == "Clip" && len(src.Input) > 0 {
-			src = c.Producer(src.Input[0])
-		}
-		if src == nil || src.OpType != "QuantizeLinear" || len(src.Input) == 0 {
-			continue
-		}
-		x, y := src.Input[0], dq.Output[0]
-		if c.IsGraphOutput(y) {
-			// The output keeps its name: an Identity now writes it.
-			c.Op("Identity", c.UniqueName(y+"/unquantized"), []string{x}, []string{y})
-			dq.Output[0] = c.UniqueName(y + "/dead")
-			c.Reindex()
-		} else {
-			c.ReplaceUses(y, x)
-		}
-		removed++
-	}
-	if removed == 0 {
-		return c, nil
-	}
-	c.RemoveDead()
-	if err := c.TopoSort(); err != nil {
-		return nil, fmt.Errorf("removing quantizers: %v", err)
-	}
-	return c, nil
-}
-
 // withParamsAsInputs returns a copy of m in which the named float
 // initializers are graph inputs of the same name and shape, so that a
 // session over it reads the training loop's parameter buffers; the copies

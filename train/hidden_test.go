@@ -7,6 +7,7 @@ import (
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
+	"github.com/qatc/qatc/passes/quantize"
 )
 
 // TestHiddenDistillation checks the hidden-state term end to end: on the
@@ -43,7 +44,7 @@ func TestHiddenDistillation(t *testing.T) {
 	if len(xs) < 10 {
 		t.Fatalf("only %d quantized activations: %v", len(xs), xs)
 	}
-	teacher, err := StripQuantizers(qat)
+	teacher, err := quantize.Strip(qat)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,7 +46,7 @@ func logitsOf(t *testing.T, m *graph.Model, src, tgt []int64, batch, srcLen, tgt
 // logits.
 func TestTeacherIsFP32(t *testing.T) {
 	fp32, qat := qatTiny(t)
-	teacher, err := StripQuantizers(qat)
+	teacher, err := quantize.Strip(qat)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/autodiff"
+	"github.com/qatc/qatc/passes/quantize"
 )
 
 // Loss chooses the training objective, which passes/autodiff builds into
@@ -332,7 +333,7 @@ func (t *Trainer) openSessions() error {
 		return fmt.Errorf("training graph: %v", err)
 	}
 	if t.cfg.Loss.usesTeacher() {
-		tm, err := StripQuantizers(t.model)
+		tm, err := quantize.Strip(t.model)
 		if err != nil {
 			return err
 		}
