@@ -119,7 +119,7 @@ type source struct {
 	quant map[string]*quantize.Quantizer
 	// dropQuant builds the graphs without the quantizers.
 	dropQuant bool
-	rec   *quantize.Record
+	rec       *quantize.Record
 	// streams are the residual-stream values (embedding outputs, LayerNorm
 	// outputs, residual sums) where operand walks stop.
 	streams map[string]bool

@@ -239,7 +239,7 @@ func TestLayout(t *testing.T) {
 		return out
 	}
 	for _, tc := range []struct {
-		m        *graph.Model
+		m       *graph.Model
 		in, out []string
 	}{
 		{s.Encoder, []string{"input_ids[batch_size,encoder_sequence_length]", "attention_mask[batch_size,encoder_sequence_length]"},

@@ -537,7 +537,7 @@ func (b *builder) attention(a *transformer.Attention, h string, src kv) (string,
 	if err != nil {
 		return "", "", "", err
 	}
-	var q, k, v string
+	var q, k, v, kt string
 	switch {
 	case src.cross:
 		qs, err := b.project(qIn, &a.Q)
@@ -570,7 +570,17 @@ func (b *builder) attention(a *transformer.Attention, h string, src kv) (string,
 			}
 		}
 		q, k, v = split(ys[0]), split(ys[1]), split(ys[2])
-		if k, err = b.apply(k, p.k); err != nil {
+		if src.past[0] == "" && src.present[0] == "" {
+			// Keys read only here are transposed before their scaling
+			// and quantizer, as the source's Q·Kᵀ operand is: a
+			// DequantizeLinear feeding a Transpose makes onnxruntime
+			// 1.30 move quantizers across it, which it gets wrong at
+			// opset 21.
+			kt = b.op("Transpose", "key_t", []string{k}, graph.AttrInts("perm", 0, 1, 3, 2))
+			if kt, err = b.apply(kt, p.k); err != nil {
+				return "", "", "", err
+			}
+		} else if k, err = b.apply(k, p.k); err != nil {
 			return "", "", "", err
 		}
 		if v, err = b.apply(v, p.v); err != nil {
@@ -592,8 +602,14 @@ func (b *builder) attention(a *transformer.Attention, h string, src kv) (string,
 	if q, err = b.apply(q, p.q); err != nil {
 		return "", "", "", err
 	}
-	kt := b.op("Transpose", "key_t", []string{k}, graph.AttrInts("perm", 0, 1, 3, 2))
-	s := b.op("MatMul", "scores", []string{q, kt})
+	var s string
+	if kt != "" {
+		s = b.op("MatMul", "scores", []string{q, kt})
+	} else {
+		// Q·Kᵀ of the cached keys, as onnxruntime fuses a Transpose and
+		// MatMul (with no Transpose after a DequantizeLinear; see above).
+		s = b.msOp("FusedMatMul", "scores", []string{q, k}, graph.AttrInt("transB", 1))
+	}
 	if s, err = b.apply(s, p.scores); err != nil {
 		return "", "", "", err
 	}
