@@ -9,81 +9,83 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
-
-	"github.com/qatc/qatc/ort"
 )
 
-// BenchOptions configure Bench: one forward pass over a batch of Batch
-// sources of SrcLen tokens and target prefixes of TgtLen tokens (BOS
-// first), Warmup untimed passes, then Iters timed ones.
+// BenchOptions configure a synthetic benchmark: decoding TgtLen tokens
+// for Batch sources of SrcLen tokens, Warmup untimed rounds, then Iters
+// timed ones.
 type BenchOptions struct {
 	Batch, SrcLen, TgtLen int
-	// Threads is the intra-op thread count BenchFile opens the session
-	// with (0: onnxruntime's default); Bench only records it.
+	// Threads is the number of parts the batch is split into and decoded
+	// at once (see Threads; 0: one per CPU).
 	Threads       int
 	Warmup, Iters int
 	Special       Special // zero value: DefaultSpecial
 }
 
-// BenchResult is the latency of one forward pass.
+// BenchResult is the latency of one model.
 type BenchResult struct {
 	Model   string `json:"model"`
+	Cached  bool   `json:"cached"`
 	Batch   int    `json:"batch"`
 	SrcLen  int    `json:"src_len"`
 	TgtLen  int    `json:"tgt_len"`
 	Threads int    `json:"threads"`
 	Iters   int    `json:"iters"`
-	// MedianMs and P90Ms are the median and 90th percentile (nearest
-	// rank) of the timed passes; MeanMs their mean.
+	// MedianMs, P90Ms (nearest rank) and MeanMs time producing TgtLen
+	// tokens for the batch: the encoder then TgtLen decoder steps with the
+	// cache, or, for a model without one, TgtLen forward passes over the
+	// growing target prefixes.
 	MedianMs float64 `json:"median_ms"`
 	P90Ms    float64 `json:"p90_ms"`
 	MeanMs   float64 `json:"mean_ms"`
+	// EncoderMs is the median time until every part's encoder has run
+	// (0 without a cache: the encoder runs in every step), StepMs the
+	// median time of one decoding step of the whole batch.
+	EncoderMs float64 `json:"encoder_ms"`
+	StepMs    float64 `json:"step_ms"`
 	// SentencesPerSec and TokensPerSec are Batch and Batch·TgtLen over
 	// the median.
 	SentencesPerSec float64 `json:"sentences_per_sec"`
 	TokensPerSec    float64 `json:"tokens_per_sec"`
 	// PeakRSSBytes is the process's peak resident memory (VmHWM) after
-	// the runs: an upper bound on what the session needed, as it
-	// includes everything the process held before.
+	// the runs: an upper bound on what the models needed, as it includes
+	// everything the process held before.
 	PeakRSSBytes int64 `json:"peak_rss_bytes"`
 }
 
-// BenchFile opens the model at path with opts.Threads threads and
-// benchmarks it (see Bench).
-func BenchFile(path string, roles Roles, opts BenchOptions) (*BenchResult, error) {
-	sess, err := ort.OpenFile(path, &ort.Options{Threads: opts.Threads})
-	if err != nil {
-		return nil, err
-	}
-	defer sess.Close()
-	m, err := NewSeq2Seq(path, sess, roles)
-	if err != nil {
-		return nil, err
-	}
-	r, err := Bench(m, opts)
-	if err != nil {
-		return nil, err
-	}
-	r.Model = filepath.Base(path)
-	return r, nil
+// BenchModel is a model to benchmark.
+type BenchModel struct {
+	Name   string
+	Model  Model
+	Vocab  int
+	Cached bool
 }
 
-// Bench times forward passes of m (see BenchAll).
-func Bench(m *Seq2Seq, opts BenchOptions) (*BenchResult, error) {
-	rs, err := BenchAll([]*Seq2Seq{m}, opts)
+// BenchFile loads the model at path (a file or an incremental directory,
+// see Load) with sessions of one thread each and benchmarks it.
+func BenchFile(path string, roles Roles, opts BenchOptions) (*BenchResult, error) {
+	l, err := Load(ModelSpec{Path: path, Roles: roles}, opts.Special, 1)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Close()
+	rs, err := BenchAll([]BenchModel{{Name: filepath.Base(path), Model: l.Model, Vocab: l.Vocab, Cached: l.Cached}}, opts)
 	if err != nil {
 		return nil, err
 	}
 	return rs[0], nil
 }
 
-// BenchAll times forward passes of several models interleaved: each timed
-// round runs every model once, so that a change in the machine's load
+// BenchAll times several models interleaved: each timed round decodes the
+// batch with every model once, so that a change in the machine's load
 // (other processes, frequency scaling) affects all of them alike and their
-// ratios stay meaningful. The ids are fixed pseudo-random tokens above the
-// special ids, so every run computes the same thing.
-func BenchAll(ms []*Seq2Seq, opts BenchOptions) ([]*BenchResult, error) {
+// ratios stay meaningful. The batch is split into opts.Threads parts
+// decoded at once. The tokens are fixed pseudo-random ids above the
+// special ids (no EOS), so every round computes the same thing.
+func BenchAll(ms []BenchModel, opts BenchOptions) ([]*BenchResult, error) {
 	if opts.Batch < 1 || opts.SrcLen < 1 || opts.TgtLen < 1 || opts.Iters < 1 || opts.Warmup < 0 {
 		return nil, fmt.Errorf("bench: batch %d, source length %d, target length %d, iterations %d must be at least 1 (warm-up %d at least 0)",
 			opts.Batch, opts.SrcLen, opts.TgtLen, opts.Iters, opts.Warmup)
@@ -92,27 +94,30 @@ func BenchAll(ms []*Seq2Seq, opts BenchOptions) ([]*BenchResult, error) {
 	if sp == (Special{}) {
 		sp = DefaultSpecial()
 	}
-	inputs := make([]map[string]*ort.Tensor, len(ms))
+	workers := min(Threads(opts.Threads), opts.Batch)
+	type timing struct{ total, enc, step []float64 }
+	times := make([]timing, len(ms))
+	batches := make([]benchBatch, len(ms))
 	for i, m := range ms {
-		in, err := benchInputs(m, sp, opts)
+		b, err := newBenchBatch(m, sp, opts)
 		if err != nil {
 			return nil, err
 		}
-		inputs[i] = in
-		for range opts.Warmup {
-			if _, err := m.Session.Run(in, m.Roles.Logits); err != nil {
-				return nil, err
-			}
-		}
+		batches[i] = b
 	}
-	ms2 := make([][]float64, len(ms))
-	for range opts.Iters {
+	for it := range opts.Warmup + opts.Iters {
 		for i, m := range ms {
-			t := time.Now()
-			if _, err := m.Session.Run(inputs[i], m.Roles.Logits); err != nil {
-				return nil, err
+			total, enc, err := batches[i].decode(m.Model, workers)
+			if err != nil {
+				return nil, fmt.Errorf("bench %s: %w", m.Name, err)
 			}
-			ms2[i] = append(ms2[i], float64(time.Since(t).Nanoseconds())/1e6)
+			if it < opts.Warmup {
+				continue
+			}
+			t := &times[i]
+			t.total = append(t.total, total)
+			t.enc = append(t.enc, enc)
+			t.step = append(t.step, (total-enc)/float64(opts.TgtLen))
 		}
 	}
 	hwm, err := PeakRSS()
@@ -122,10 +127,12 @@ func BenchAll(ms []*Seq2Seq, opts BenchOptions) ([]*BenchResult, error) {
 	out := make([]*BenchResult, len(ms))
 	for i, m := range ms {
 		r := &BenchResult{
-			Model: m.Name, Batch: opts.Batch, SrcLen: opts.SrcLen, TgtLen: opts.TgtLen,
-			Threads: opts.Threads, Iters: opts.Iters, PeakRSSBytes: hwm,
+			Model: m.Name, Cached: m.Cached, Batch: opts.Batch, SrcLen: opts.SrcLen, TgtLen: opts.TgtLen,
+			Threads: workers, Iters: opts.Iters, PeakRSSBytes: hwm,
 		}
-		r.MedianMs, r.P90Ms, r.MeanMs = latencyStats(ms2[i])
+		r.MedianMs, r.P90Ms, r.MeanMs = latencyStats(times[i].total)
+		r.EncoderMs, _, _ = latencyStats(times[i].enc)
+		r.StepMs, _, _ = latencyStats(times[i].step)
 		r.SentencesPerSec = float64(opts.Batch) / (r.MedianMs / 1000)
 		r.TokensPerSec = float64(opts.Batch*opts.TgtLen) / (r.MedianMs / 1000)
 		out[i] = r
@@ -133,39 +140,150 @@ func BenchAll(ms []*Seq2Seq, opts BenchOptions) ([]*BenchResult, error) {
 	return out, nil
 }
 
-// benchInputs makes m's fixed benchmark batch.
-func benchInputs(m *Seq2Seq, sp Special, opts BenchOptions) (map[string]*ort.Tensor, error) {
-	vocab, err := m.Vocab(sp)
-	if err != nil {
-		return nil, err
-	}
+// benchBatch is a model's fixed benchmark batch.
+type benchBatch struct {
+	srcs   [][]int64
+	tokens [][]int64 // the target tokens of each step, BOS first
+}
+
+// newBenchBatch draws the batch for m's vocabulary.
+func newBenchBatch(m BenchModel, sp Special, opts BenchOptions) (benchBatch, error) {
 	lo := max(sp.Pad, sp.BOS, sp.EOS) + 1
-	if int64(vocab) <= lo {
-		return nil, fmt.Errorf("bench: %s has a vocabulary of %d, too small for tokens above the special ids", m.Name, vocab)
+	if int64(m.Vocab) <= lo {
+		return benchBatch{}, fmt.Errorf("bench: %s has a vocabulary of %d, too small for tokens above the special ids", m.Name, m.Vocab)
 	}
 	x := uint64(0x9e3779b97f4a7c15)
 	token := func() int64 {
 		x ^= x << 13
 		x ^= x >> 7
 		x ^= x << 17
-		return lo + int64(x%uint64(int64(vocab)-lo))
+		return lo + int64(x%uint64(int64(m.Vocab)-lo))
 	}
-	src := make([]int64, opts.Batch*opts.SrcLen)
-	tgt := make([]int64, opts.Batch*opts.TgtLen)
-	for b := 0; b < opts.Batch; b++ {
-		for i := 0; i < opts.SrcLen; i++ {
-			src[b*opts.SrcLen+i] = token()
+	var b benchBatch
+	for range opts.Batch {
+		src := make([]int64, opts.SrcLen)
+		for i := range src {
+			src[i] = token()
 		}
-		src[(b+1)*opts.SrcLen-1] = sp.EOS
-		tgt[b*opts.TgtLen] = sp.BOS
-		for i := 1; i < opts.TgtLen; i++ {
-			tgt[b*opts.TgtLen+i] = token()
+		src[len(src)-1] = sp.EOS
+		b.srcs = append(b.srcs, src)
+	}
+	for t := range opts.TgtLen {
+		step := make([]int64, opts.Batch)
+		for i := range step {
+			step[i] = sp.BOS
+			if t > 0 {
+				step[i] = token()
+			}
+		}
+		b.tokens = append(b.tokens, step)
+	}
+	return b, nil
+}
+
+// decode runs the batch, split into parts decoded at once, and returns the
+// wall time of the whole and of the encoders (all parts started), in ms.
+func (b benchBatch) decode(m Model, workers int) (total, enc float64, err error) {
+	n := len(b.srcs)
+	size := (n + workers - 1) / workers
+	type part struct {
+		st     State
+		lo, hi int
+		err    error
+	}
+	var parts []*part
+	for lo := 0; lo < n; lo += size {
+		parts = append(parts, &part{lo: lo, hi: min(lo+size, n)})
+	}
+	start := time.Now()
+	var wg sync.WaitGroup
+	for _, p := range parts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.st, p.err = m.Start(b.srcs[p.lo:p.hi])
+		}()
+	}
+	wg.Wait()
+	encDone := time.Now()
+	for _, p := range parts {
+		if p.err != nil {
+			return 0, 0, p.err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, step := range b.tokens {
+				if _, _, err := p.st.Step(step[p.lo:p.hi]); err != nil {
+					p.err = err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	end := time.Now()
+	for _, p := range parts {
+		if p.err != nil {
+			return 0, 0, p.err
 		}
 	}
-	return map[string]*ort.Tensor{
-		m.Roles.Src: ort.Int64([]int64{int64(opts.Batch), int64(opts.SrcLen)}, src),
-		m.Roles.Tgt: ort.Int64([]int64{int64(opts.Batch), int64(opts.TgtLen)}, tgt),
-	}, nil
+	ms := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e6 }
+	return ms(end.Sub(start)), ms(encDone.Sub(start)), nil
+}
+
+// DecodeBench is one model's decoding of a set of sentences.
+type DecodeBench struct {
+	Model  string `json:"model"`
+	Cached bool   `json:"cached"`
+	// Sentences were decoded Rounds times; Seconds is the median and
+	// SentencesPerSec the sentences over it.
+	Sentences       int     `json:"sentences"`
+	Rounds          int     `json:"rounds"`
+	Threads         int     `json:"threads"`
+	Beam            int     `json:"beam"`
+	Seconds         float64 `json:"seconds"`
+	SentencesPerSec float64 `json:"sentences_per_sec"`
+	PeakRSSBytes    int64   `json:"peak_rss_bytes"`
+}
+
+// BenchDecode decodes srcs with every model rounds times, interleaved (one
+// decode per model per round, after a two-sentence warm-up), and returns
+// each model's median.
+func BenchDecode(ms []BenchModel, srcs [][]int64, opts DecodeOptions, rounds int) ([]DecodeBench, error) {
+	if rounds < 1 || len(srcs) == 0 {
+		return nil, fmt.Errorf("bench: %d rounds of %d sentences: need at least one of each", rounds, len(srcs))
+	}
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	secs := make([][]float64, len(ms))
+	for _, m := range ms {
+		if _, err := Decode(m.Model, srcs[:min(2, len(srcs))], o); err != nil {
+			return nil, fmt.Errorf("bench %s: %w", m.Name, err)
+		}
+	}
+	for range rounds {
+		for i, m := range ms {
+			t := time.Now()
+			if _, err := Decode(m.Model, srcs, o); err != nil {
+				return nil, fmt.Errorf("bench %s: %w", m.Name, err)
+			}
+			secs[i] = append(secs[i], time.Since(t).Seconds())
+		}
+	}
+	hwm, err := PeakRSS()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]DecodeBench, len(ms))
+	for i, m := range ms {
+		med, _, _ := latencyStats(secs[i])
+		out[i] = DecodeBench{Model: m.Name, Cached: m.Cached, Sentences: len(srcs), Rounds: rounds, Threads: o.Workers,
+			Beam: max(o.Beam, 1), Seconds: med, SentencesPerSec: float64(len(srcs)) / med, PeakRSSBytes: hwm}
+	}
+	return out, nil
 }
 
 // latencyStats returns the median (the mean of the middle two for an even

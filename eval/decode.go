@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"sync"
 
 	"github.com/qatc/qatc/ort"
 )
@@ -46,17 +47,92 @@ type DecodeOptions struct {
 	// BatchSize is the number of sentences run together (0 means 32);
 	// sentences are sorted by source length first, so a batch pads little.
 	BatchSize int
+	// Workers is the number of batches decoded at once (0 means 1); the
+	// model's Start and its states' Steps then run concurrently.
+	Workers int
 	// Progress, when set, is called after each batch with the number of
-	// sentences done and the total.
+	// sentences done and the total (never concurrently).
 	Progress func(done, total int)
 }
 
-// Stepper is what decoding needs of a model: the logits of the next token
-// after each row's target prefix. Seq2Seq implements it with onnxruntime.
+// Model is what decoding needs of a model: the decoding state of a batch
+// of sources. Decode may call Start from several goroutines at once.
+type Model interface {
+	// Start encodes the sources (token ids as the model reads them) and
+	// returns the batch's state, one row per source, before any target
+	// token.
+	Start(srcs [][]int64) (State, error)
+}
+
+// State is a batch being decoded, one row per hypothesis.
+type State interface {
+	// Step feeds each row's next target token (BOS first) and returns the
+	// logits of the token after it, [rows × vocab] row-major, and the
+	// vocabulary size.
+	Step(tokens []int64) ([]float32, int, error)
+	// Reorder makes row i what row rows[i] was: rows may leave rows out
+	// (finished sentences) and repeat them (beams of one parent).
+	Reorder(rows []int) error
+}
+
+// StartFunc is a Model made of its Start function, for decoders whose
+// state has a type of its own (lightseq's Reference).
+type StartFunc func(srcs [][]int64) (State, error)
+
+// Start calls f.
+func (f StartFunc) Start(srcs [][]int64) (State, error) { return f(srcs) }
+
+// Stepper is a model that scores a whole target prefix at once: the
+// logits of the next token after each row's prefix. Seq2Seq implements it
+// with onnxruntime; Rerun turns one into a Model that re-runs it over the
+// growing prefixes.
 type Stepper interface {
 	// NextLogits returns for src [rows, S] and tgt [rows, T] the logits at
 	// position T-1, [rows × vocab] row-major, and the vocabulary size.
 	NextLogits(src, tgt *ort.Tensor) ([]float32, int, error)
+}
+
+// Rerun decodes with a Stepper: every step runs it on the sources and the
+// whole target prefixes, so a step costs the full forward pass (no cache).
+func Rerun(m Stepper, sp Special) Model { return rerun{m, sp} }
+
+type rerun struct {
+	m  Stepper
+	sp Special
+}
+
+func (r rerun) Start(srcs [][]int64) (State, error) {
+	return &rerunState{m: r.m, sp: r.sp, srcs: srcs, fed: make([][]int64, len(srcs))}, nil
+}
+
+// rerunState holds each row's source and the target tokens fed so far.
+type rerunState struct {
+	m    Stepper
+	sp   Special
+	srcs [][]int64
+	fed  [][]int64
+}
+
+func (s *rerunState) Step(tokens []int64) ([]float32, int, error) {
+	if len(tokens) != len(s.srcs) {
+		return nil, 0, fmt.Errorf("decoding: %d tokens for %d rows", len(tokens), len(s.srcs))
+	}
+	for i, t := range tokens {
+		s.fed[i] = append(s.fed[i], t)
+	}
+	src, tgt := rows(s.srcs, s.fed, s.sp)
+	return s.m.NextLogits(src, tgt)
+}
+
+func (s *rerunState) Reorder(rows []int) error {
+	srcs := make([][]int64, len(rows))
+	fed := make([][]int64, len(rows))
+	for i, r := range rows {
+		srcs[i] = s.srcs[r]
+		fed[i] = append([]int64(nil), s.fed[r]...)
+	}
+	s.srcs, s.fed = srcs, fed
+	return nil
 }
 
 // Hypothesis is one decoded translation.
@@ -74,8 +150,10 @@ type Hypothesis struct {
 
 // Decode translates each source (token ids as the model reads them, EOS
 // included where the model was trained so) with m, greedily or by beam
-// search, and returns the hypotheses in the sources' order.
-func Decode(m Stepper, srcs [][]int64, opts DecodeOptions) ([]Hypothesis, error) {
+// search, and returns the hypotheses in the sources' order. Sources are
+// sorted by length and decoded in batches of similar length, Workers
+// batches at a time.
+func Decode(m Model, srcs [][]int64, opts DecodeOptions) ([]Hypothesis, error) {
 	o, err := opts.withDefaults()
 	if err != nil {
 		return nil, err
@@ -85,28 +163,72 @@ func Decode(m Stepper, srcs [][]int64, opts DecodeOptions) ([]Hypothesis, error)
 		order[i] = i
 	}
 	sort.SliceStable(order, func(a, b int) bool { return len(srcs[order[a]]) > len(srcs[order[b]]) })
+	// Fewer sentences than workers × batch: smaller batches, so that every
+	// worker has one.
+	size := o.BatchSize
+	if o.Workers > 1 {
+		size = max(1, min(size, (len(srcs)+o.Workers-1)/o.Workers))
+	}
+	var batches [][]int
+	for start := 0; start < len(order); start += size {
+		batches = append(batches, order[start:min(start+size, len(order))])
+	}
 	out := make([]Hypothesis, len(srcs))
-	for start := 0; start < len(order); start += o.BatchSize {
-		idx := order[start:min(start+o.BatchSize, len(order))]
-		batch := make([][]int64, len(idx))
-		for i, j := range idx {
-			batch[i] = srcs[j]
+	var (
+		mu    sync.Mutex
+		done  int
+		first error
+	)
+	work := make(chan []int)
+	var wg sync.WaitGroup
+	for range min(o.Workers, len(batches)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for idx := range work {
+				batch := make([][]int64, len(idx))
+				for i, j := range idx {
+					batch[i] = srcs[j]
+				}
+				var hyps []Hypothesis
+				var err error
+				if o.Beam <= 1 {
+					hyps, err = greedy(m, batch, o)
+				} else {
+					hyps, err = beamSearch(m, batch, o)
+				}
+				mu.Lock()
+				if err != nil {
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+					continue
+				}
+				for i, j := range idx {
+					out[j] = hyps[i]
+				}
+				done += len(idx)
+				if o.Progress != nil {
+					o.Progress(done, len(srcs))
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, idx := range batches {
+		mu.Lock()
+		failed := first != nil
+		mu.Unlock()
+		if failed {
+			break
 		}
-		var hyps []Hypothesis
-		if o.Beam <= 1 {
-			hyps, err = greedy(m, batch, o)
-		} else {
-			hyps, err = beamSearch(m, batch, o)
-		}
-		if err != nil {
-			return nil, err
-		}
-		for i, j := range idx {
-			out[j] = hyps[i]
-		}
-		if o.Progress != nil {
-			o.Progress(start+len(idx), len(srcs))
-		}
+		work <- idx
+	}
+	close(work)
+	wg.Wait()
+	if first != nil {
+		return nil, first
 	}
 	return out, nil
 }
@@ -128,7 +250,10 @@ func (o DecodeOptions) withDefaults() (DecodeOptions, error) {
 		return o, fmt.Errorf("maximum length: extra %d, cap %d: neither may be negative", o.MaxExtra, o.MaxLen)
 	case o.BatchSize < 0:
 		return o, fmt.Errorf("batch size %d: use 1 or more", o.BatchSize)
+	case o.Workers < 0:
+		return o, fmt.Errorf("%d workers: use 1 or more", o.Workers)
 	}
+	o.Workers = max(o.Workers, 1)
 	if o.MaxExtra == 0 && o.MaxLen == 0 {
 		o.MaxExtra = DefaultMaxExtra
 	}
@@ -160,14 +285,15 @@ func (o DecodeOptions) lengthNorm(n int) float64 {
 	return math.Pow((5+float64(n))/6, -o.LengthPenalty)
 }
 
-// rows builds the model's inputs for the given sources and target prefixes
-// (all of one length): sources padded to the longest, each prefix after BOS.
-func rows(srcs [][]int64, prefixes [][]int64, sp Special) (src, tgt *ort.Tensor) {
+// rows builds a full-sequence model's inputs for the given sources and
+// target tokens fed so far (BOS first, all of one length): sources padded
+// to the longest.
+func rows(srcs [][]int64, fed [][]int64, sp Special) (src, tgt *ort.Tensor) {
 	s := 1
 	for _, x := range srcs {
 		s = max(s, len(x))
 	}
-	t := 1 + len(prefixes[0])
+	t := len(fed[0])
 	sd := make([]int64, len(srcs)*s)
 	td := make([]int64, len(srcs)*t)
 	for r := range srcs {
@@ -176,22 +302,20 @@ func rows(srcs [][]int64, prefixes [][]int64, sp Special) (src, tgt *ort.Tensor)
 		for i := n; i < s; i++ {
 			row[i] = sp.Pad
 		}
-		td[r*t] = sp.BOS
-		copy(td[r*t+1:(r+1)*t], prefixes[r])
+		copy(td[r*t:(r+1)*t], fed[r])
 	}
 	return ort.Int64([]int64{int64(len(srcs)), int64(s)}, sd),
 		ort.Int64([]int64{int64(len(srcs)), int64(t)}, td)
 }
 
-// step runs m on the rows and checks the logits' size.
-func step(m Stepper, srcs, prefixes [][]int64, sp Special) ([]float32, int, error) {
-	src, tgt := rows(srcs, prefixes, sp)
-	logits, v, err := m.NextLogits(src, tgt)
+// step feeds tokens to st and checks the logits' size.
+func step(st State, tokens []int64, sp Special) ([]float32, int, error) {
+	logits, v, err := st.Step(tokens)
 	if err != nil {
 		return nil, 0, err
 	}
-	if v <= 0 || len(logits) != len(srcs)*v {
-		return nil, 0, fmt.Errorf("decoding: the model returned %d logits for %d rows (vocabulary %d)", len(logits), len(srcs), v)
+	if v <= 0 || len(logits) != len(tokens)*v {
+		return nil, 0, fmt.Errorf("decoding: the model returned %d logits for %d rows (vocabulary %d)", len(logits), len(tokens), v)
 	}
 	for _, id := range []int64{sp.EOS, sp.BOS, sp.Pad} {
 		if id < 0 || id >= int64(v) {
@@ -201,53 +325,81 @@ func step(m Stepper, srcs, prefixes [][]int64, sp Special) ([]float32, int, erro
 	return logits, v, nil
 }
 
-// logSumExp returns log Σ exp(row), in float64.
+// logSumExp returns log Σ exp(row), in float64. Terms more than 30
+// below the maximum (e^-30 ≈ 1e-13 each) are left out, and exp is a
+// polynomial after range reduction; both keep the result to about 1e-12,
+// at half the cost of math.Exp over a large vocabulary.
 func logSumExp(row []float32) float64 {
-	mx := math.Inf(-1)
-	for _, x := range row {
-		mx = math.Max(mx, float64(x))
+	if len(row) == 0 {
+		return math.Inf(-1)
 	}
-	if math.IsInf(mx, 0) || math.IsNaN(mx) {
-		return mx
+	mx := row[0]
+	for _, x := range row {
+		if x > mx || x != x {
+			mx = x
+		}
+	}
+	m := float64(mx)
+	if math.IsInf(m, 0) || math.IsNaN(m) {
+		return m
 	}
 	s := 0.0
 	for _, x := range row {
-		s += math.Exp(float64(x) - mx)
+		if d := float64(x) - m; d > -30 {
+			s += expNeg(d)
+		}
 	}
-	return mx + math.Log(s)
+	return m + math.Log(s)
+}
+
+// expNeg returns e^d for -30 < d ≤ 0: d = k·ln2 + r with |r| ≤ ln2/2,
+// e^r by its Taylor series to r^10 (relative error below 1e-12), times 2^k.
+func expNeg(d float64) float64 {
+	k := math.Floor(d*math.Log2E + 0.5)
+	r := d - k*6.93147180369123816490e-01 - k*1.90821492927058770002e-10
+	p := 1 + r*(1+r*(1.0/2+r*(1.0/6+r*(1.0/24+r*(1.0/120+r*(1.0/720+r*(1.0/5040+r*(1.0/40320+r*(1.0/362880+r/3628800)))))))))
+	return p * math.Float64frombits(uint64(int64(k)+1023)<<52)
+}
+
+// argmaxLogSumExp returns the index of row's largest value (the first of
+// ties) and log Σ exp(row).
+func argmaxLogSumExp(row []float32) (int, float64) {
+	best := 0
+	for k, x := range row {
+		if x > row[best] {
+			best = k
+		}
+	}
+	return best, logSumExp(row)
 }
 
 // greedy decodes a batch by taking the most likely token at each step;
 // sentences that finish leave the batch.
-func greedy(m Stepper, srcs [][]int64, o DecodeOptions) ([]Hypothesis, error) {
+func greedy(m Model, srcs [][]int64, o DecodeOptions) ([]Hypothesis, error) {
+	st, err := m.Start(srcs)
+	if err != nil {
+		return nil, err
+	}
 	out := make([]Hypothesis, len(srcs))
 	active := make([]int, len(srcs))
 	prefix := make([][]int64, len(srcs))
+	tokens := make([]int64, len(srcs))
 	for i := range active {
 		active[i] = i
 		prefix[i] = []int64{}
+		tokens[i] = o.Special.BOS
 	}
 	for len(active) > 0 {
-		as := make([][]int64, len(active))
-		ap := make([][]int64, len(active))
-		for r, i := range active {
-			as[r], ap[r] = srcs[i], prefix[i]
-		}
-		logits, v, err := step(m, as, ap, o.Special)
+		logits, v, err := step(st, tokens, o.Special)
 		if err != nil {
 			return nil, err
 		}
-		next := active[:0:0]
+		next, keep, nextTokens := active[:0:0], []int(nil), tokens[:0:0]
 		for r, i := range active {
 			row := logits[r*v : (r+1)*v]
-			best := 0
-			for k, x := range row {
-				if x > row[best] {
-					best = k
-				}
-			}
+			best, lse := argmaxLogSumExp(row)
 			h := &out[i]
-			h.LogProb += float64(row[best]) - logSumExp(row)
+			h.LogProb += float64(row[best]) - lse
 			n := len(prefix[i]) + 1
 			switch {
 			case int64(best) == o.Special.EOS:
@@ -257,11 +409,18 @@ func greedy(m Stepper, srcs [][]int64, o DecodeOptions) ([]Hypothesis, error) {
 			default:
 				prefix[i] = append(prefix[i], int64(best))
 				next = append(next, i)
+				keep = append(keep, r)
+				nextTokens = append(nextTokens, int64(best))
 				continue
 			}
 			h.Score = h.LogProb * o.lengthNorm(n)
 		}
-		active = next
+		if len(next) > 0 && len(next) < len(active) {
+			if err := st.Reorder(keep); err != nil {
+				return nil, err
+			}
+		}
+		active, tokens = next, nextTokens
 	}
 	return out, nil
 }
@@ -294,38 +453,35 @@ type beamState struct {
 // which only falls, scaled by the smallest length factor still possible
 // (at the length limit), is no better than the Beam-th finished score.
 // At the length limit the live beams finish without EOS.
-func beamSearch(m Stepper, srcs [][]int64, o DecodeOptions) ([]Hypothesis, error) {
+func beamSearch(m Model, srcs [][]int64, o DecodeOptions) ([]Hypothesis, error) {
 	k := o.Beam
+	st, err := m.Start(srcs)
+	if err != nil {
+		return nil, err
+	}
 	states := make([]beamState, len(srcs))
+	tokens := make([]int64, len(srcs))
 	for i := range states {
 		states[i].alive = []beam{{ids: []int64{}}}
+		tokens[i] = o.Special.BOS
 	}
 	for {
-		var rs, rp [][]int64
-		for i := range states {
-			if states[i].done {
-				continue
-			}
-			for _, b := range states[i].alive {
-				rs = append(rs, srcs[i])
-				rp = append(rp, b.ids)
-			}
-		}
-		if len(rs) == 0 {
-			break
-		}
-		logits, v, err := step(m, rs, rp, o.Special)
+		logits, v, err := step(st, tokens, o.Special)
 		if err != nil {
 			return nil, err
 		}
+		// The rows of the next step: each live beam's parent row.
+		var parents []int
+		tokens = tokens[:0:0]
 		r := 0
 		for i := range states {
-			st := &states[i]
-			if st.done {
+			s := &states[i]
+			if s.done {
 				continue
 			}
+			first := r
 			var cands []candidate
-			for bi, b := range st.alive {
+			for bi, b := range s.alive {
 				row := logits[r*v : (r+1)*v]
 				r++
 				lse := logSumExp(row)
@@ -334,13 +490,14 @@ func beamSearch(m Stepper, srcs [][]int64, o DecodeOptions) ([]Hypothesis, error
 				}
 			}
 			sort.SliceStable(cands, func(a, b int) bool { return cands[a].logProb > cands[b].logProb })
-			n := len(st.alive[0].ids) + 1 // tokens after this step, EOS counted
+			n := len(s.alive[0].ids) + 1 // tokens after this step, EOS counted
 			limit := o.limit(len(srcs[i]))
 			var alive []beam
+			var from []int
 			for _, c := range cands {
-				prev := st.alive[c.beam].ids
+				prev := s.alive[c.beam].ids
 				if c.token == o.Special.EOS {
-					st.finished = append(st.finished, Hypothesis{IDs: prev, LogProb: c.logProb, Score: c.logProb * o.lengthNorm(n), Finished: true})
+					s.finished = append(s.finished, Hypothesis{IDs: prev, LogProb: c.logProb, Score: c.logProb * o.lengthNorm(n), Finished: true})
 					continue
 				}
 				if len(alive) < k {
@@ -348,31 +505,44 @@ func beamSearch(m Stepper, srcs [][]int64, o DecodeOptions) ([]Hypothesis, error
 					copy(ids, prev)
 					ids[len(prev)] = c.token
 					alive = append(alive, beam{ids, c.logProb})
+					from = append(from, first+c.beam)
 				}
 			}
 			if n >= limit {
 				for _, b := range alive {
-					st.finished = append(st.finished, Hypothesis{IDs: b.ids, LogProb: b.logProb, Score: b.logProb * o.lengthNorm(n)})
+					s.finished = append(s.finished, Hypothesis{IDs: b.ids, LogProb: b.logProb, Score: b.logProb * o.lengthNorm(n)})
 				}
 				alive = nil
 			}
-			sort.SliceStable(st.finished, func(a, b int) bool { return st.finished[a].Score > st.finished[b].Score })
-			if len(st.finished) > k {
-				st.finished = st.finished[:k]
+			sort.SliceStable(s.finished, func(a, b int) bool { return s.finished[a].Score > s.finished[b].Score })
+			if len(s.finished) > k {
+				s.finished = s.finished[:k]
 			}
-			st.alive = alive
+			s.alive = alive
 			switch {
 			case len(alive) == 0:
-				st.done = true
-			case len(st.finished) == k:
+				s.done = true
+			case len(s.finished) == k:
 				bound := alive[0].logProb * o.lengthNorm(limit)
-				st.done = bound <= st.finished[k-1].Score
+				s.done = bound <= s.finished[k-1].Score
 			}
+			if !s.done {
+				parents = append(parents, from...)
+				for _, b := range alive {
+					tokens = append(tokens, b.ids[len(b.ids)-1])
+				}
+			}
+		}
+		if len(parents) == 0 {
+			break
+		}
+		if err := st.Reorder(parents); err != nil {
+			return nil, err
 		}
 	}
 	out := make([]Hypothesis, len(srcs))
-	for i, st := range states {
-		out[i] = st.finished[0]
+	for i, s := range states {
+		out[i] = s.finished[0]
 	}
 	return out, nil
 }

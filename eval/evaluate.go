@@ -7,30 +7,15 @@ import (
 	"time"
 
 	"github.com/qatc/qatc/onnx"
-	"github.com/qatc/qatc/ort"
 	"google.golang.org/protobuf/proto"
 )
 
-// ModelSpec names a model to evaluate.
-type ModelSpec struct {
-	// Name labels the model's row; empty means the file's base name.
-	Name string
-	// Path is the ONNX file.
-	Path string
-	// Roles names the model's inputs and output; empty fields are found
-	// by shape (FindRoles).
-	Roles Roles
-	// Stepper, when set, decodes instead of an onnxruntime session over
-	// Path (a model in another format, such as a LightSeq file run by its
-	// reference decoder); Vocab is then its vocabulary size.
-	Stepper Stepper
-	Vocab   int
-}
-
 // EvalOptions configure Evaluate.
 type EvalOptions struct {
+	// Decode configures decoding; Decode.Workers is set from Threads.
 	Decode DecodeOptions
-	// Threads is onnxruntime's intra-op thread count (0: its default).
+	// Threads is the number of batches decoded at once (each session runs
+	// on one thread; 0: one per CPU), see Threads.
 	Threads int
 	// Src and Tgt tokenize the source lines and detokenize the
 	// translations; nil means the lines are token ids (IDs).
@@ -64,6 +49,10 @@ type Row struct {
 	DecodeSeconds      float64 `json:"decode_seconds"`
 	MsPerSentence      float64 `json:"ms_per_sentence"`
 	SentencesPerSecond float64 `json:"sentences_per_second"`
+	// Cached reports decoding with a key/value cache; Note says why a
+	// model decoded without one.
+	Cached bool   `json:"cached"`
+	Note   string `json:"note,omitempty"`
 	// Hypotheses are the detokenized translations, one per source line.
 	Hypotheses []string `json:"hypotheses,omitempty"`
 
@@ -96,16 +85,9 @@ func Evaluate(models []ModelSpec, src, ref []string, opts EvalOptions) ([]Row, e
 	if ttok == nil {
 		ttok = IDs{}
 	}
-	srcIDs := make([][]int64, len(src))
-	for i, line := range src {
-		ids, err := stok.Encode(line)
-		if err != nil {
-			return nil, fmt.Errorf("%s:%d: %v", srcName, i+1, err)
-		}
-		if !opts.NoSrcEOS {
-			ids = append(ids, dopts.Special.EOS)
-		}
-		srcIDs[i] = ids
+	srcIDs, err := EncodeSources(src, stok, srcName, dopts.Special, opts.NoSrcEOS)
+	if err != nil {
+		return nil, err
 	}
 
 	var rows []Row
@@ -136,37 +118,13 @@ func evaluateOne(spec ModelSpec, srcIDs [][]int64, ref []string, ttok Tokenizer,
 	if name == "" {
 		name = filepath.Base(spec.Path)
 	}
-	var (
-		m     Stepper
-		roles Roles
-		vocab int
-		size  int64
-	)
-	if spec.Stepper != nil {
-		st, err := os.Stat(spec.Path)
-		if err != nil {
-			return nil, err
-		}
-		m, vocab, size = spec.Stepper, spec.Vocab, st.Size()
-	} else {
-		var err error
-		if size, err = ModelSize(spec.Path); err != nil {
-			return nil, err
-		}
-		sess, err := ort.OpenFile(spec.Path, &ort.Options{Threads: opts.Threads})
-		if err != nil {
-			return nil, err
-		}
-		defer sess.Close()
-		s2s, err := NewSeq2Seq(spec.Path, sess, spec.Roles)
-		if err != nil {
-			return nil, err
-		}
-		if vocab, err = s2s.Vocab(dopts.Special); err != nil {
-			return nil, err
-		}
-		m, roles = s2s, s2s.Roles
+	l, err := Load(spec, dopts.Special, 1)
+	if err != nil {
+		return nil, err
 	}
+	defer l.Close()
+	m, roles, vocab, size := l.Model, l.Roles, l.Vocab, l.SizeBytes
+	dopts.Workers = Threads(opts.Threads)
 	if err := CheckVocab(ttok, nameOr(opts.TgtTokName, "the SentencePiece model"), vocab, spec.Path); err != nil {
 		return nil, err
 	}
@@ -205,7 +163,7 @@ func evaluateOne(spec ModelSpec, srcIDs [][]int64, ref []string, ttok Tokenizer,
 		Model: name, Path: spec.Path, Roles: roles,
 		BLEU: bleu, ChrF: chrf, SizeBytes: size,
 		DecodeSeconds: secs, MsPerSentence: 1000 * secs / n, SentencesPerSecond: n / secs,
-		Hypotheses: text, ids: ids,
+		Cached: l.Cached, Note: l.Note, Hypotheses: text, ids: ids,
 	}, nil
 }
 

@@ -191,7 +191,20 @@ type Seq2Seq struct {
 	Name    string // the model in errors (its file)
 	Session *ort.Session
 	Roles   Roles
+	// Special are the ids Start pads sources with (zero value:
+	// DefaultSpecial).
+	Special Special
 	vocab   int
+}
+
+// Start begins decoding srcs by re-running the whole model at every step
+// (see Rerun): Seq2Seq is a Model without a cache.
+func (m *Seq2Seq) Start(srcs [][]int64) (State, error) {
+	sp := m.Special
+	if sp == (Special{}) {
+		sp = DefaultSpecial()
+	}
+	return Rerun(m, sp).Start(srcs)
 }
 
 // NewSeq2Seq finds the roles of s's inputs and outputs (see FindRoles;

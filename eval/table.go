@@ -125,14 +125,35 @@ func WriteEvalTable(w io.Writer, rows []Row) error {
 
 // BenchTable returns the header and cells of the benchmark table.
 func BenchTable(rs []BenchResult) ([]string, [][]string) {
-	header := []string{"model", "batch", "src", "tgt", "threads", "median ms", "p90 ms", "sent/s", "tok/s", "peak RSS"}
+	header := []string{"model", "cache", "batch", "src", "tgt", "threads", "encoder ms", "step ms", "median ms", "p90 ms", "sent/s", "tok/s", "peak RSS"}
 	cells := make([][]string, len(rs))
 	for i, r := range rs {
+		cache := "no"
+		if r.Cached {
+			cache = "yes"
+		}
 		cells[i] = []string{
-			r.Model, strconv.Itoa(r.Batch), strconv.Itoa(r.SrcLen), strconv.Itoa(r.TgtLen), strconv.Itoa(r.Threads),
+			r.Model, cache, strconv.Itoa(r.Batch), strconv.Itoa(r.SrcLen), strconv.Itoa(r.TgtLen), strconv.Itoa(r.Threads),
+			fmt.Sprintf("%.2f", r.EncoderMs), fmt.Sprintf("%.2f", r.StepMs),
 			fmt.Sprintf("%.2f", r.MedianMs), fmt.Sprintf("%.2f", r.P90Ms),
 			fmt.Sprintf("%.1f", r.SentencesPerSec), fmt.Sprintf("%.0f", r.TokensPerSec), FormatBytes(r.PeakRSSBytes),
 		}
+	}
+	return header, cells
+}
+
+// DecodeBenchTable returns the header and cells of the decoding
+// benchmark's table, with each model's speed relative to the first.
+func DecodeBenchTable(rs []DecodeBench) ([]string, [][]string) {
+	header := []string{"model", "cache", "sentences", "threads", "beam", "rounds", "decode s", "sent/s", "speed-up"}
+	cells := make([][]string, len(rs))
+	for i, r := range rs {
+		cache := "no"
+		if r.Cached {
+			cache = "yes"
+		}
+		cells[i] = []string{r.Model, cache, strconv.Itoa(r.Sentences), strconv.Itoa(r.Threads), strconv.Itoa(r.Beam), strconv.Itoa(r.Rounds),
+			fmt.Sprintf("%.3f", r.Seconds), fmt.Sprintf("%.1f", r.SentencesPerSec), fmt.Sprintf("%.2fx", rs[0].Seconds/r.Seconds)}
 	}
 	return header, cells
 }

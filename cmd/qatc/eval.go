@@ -27,6 +27,7 @@ func evalCommand() *cli.Command {
 			&cli.IntFlag{Name: "batch", Value: 32, Usage: "sentences decoded together"},
 			&cli.IntFlag{Name: "threads", Usage: "intra-op threads (0: onnxruntime's default)"},
 			&cli.StringFlag{Name: "hyp-dir", Usage: "write each model's translations to DIR/<model>.hyp"},
+			&cli.BoolFlag{Name: "no-cache", Usage: "decode full-sequence files by re-running them at every step instead of building their cached decoders"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON document"},
 		}, append(roleFlags(), specialFlags()...)...),
 		Action: evalAction,
@@ -83,7 +84,7 @@ func evalAction(c *cli.Context) error {
 	roles := evalRoles(c)
 	var specs []eval.ModelSpec
 	for _, p := range c.Args().Slice() {
-		spec := eval.ModelSpec{Path: p, Roles: roles}
+		spec := eval.ModelSpec{Path: p, Roles: roles, Rerun: c.Bool("no-cache")}
 		if strings.HasSuffix(p, ".pb") {
 			// A LightSeq file, translated by the Go reference decoder of
 			// LightSeq's int8 numerics.
@@ -95,7 +96,8 @@ func evalAction(c *cli.Context) error {
 			if err != nil {
 				return fmt.Errorf("%s: %w", p, err)
 			}
-			spec.Stepper, spec.Vocab = ref, ref.Vocab
+			spec.Model = eval.StartFunc(func(s [][]int64) (eval.State, error) { return ref.Start(s) })
+			spec.Vocab = ref.Vocab
 		}
 		specs = append(specs, spec)
 	}
@@ -120,7 +122,11 @@ func evalAction(c *cli.Context) error {
 			return fmt.Errorf("--hyp-dir: %w", err)
 		}
 		for _, r := range rows {
-			name := filepath.Join(dir, strings.TrimSuffix(r.Model, filepath.Ext(r.Model))+".hyp")
+			base := r.Model
+			if ext := filepath.Ext(base); ext == ".onnx" || ext == ".pb" {
+				base = strings.TrimSuffix(base, ext)
+			}
+			name := filepath.Join(dir, base+".hyp")
 			if err := os.WriteFile(name, []byte(strings.Join(r.Hypotheses, "\n")+"\n"), 0o644); err != nil {
 				return fmt.Errorf("--hyp-dir: %w", err)
 			}

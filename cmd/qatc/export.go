@@ -22,14 +22,15 @@ func exportCommand() *cli.Command {
 		Usage:     "write a QAT model for deployment: int8 (or 4-bit) ONNX, or a LightSeq weight file; the result is read back and checked",
 		ArgsUsage: "QAT",
 		Flags: append([]cli.Flag{
-			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "the file to write (.onnx, or .pb for lightseq)", Required: true},
-			&cli.StringFlag{Name: "format", Value: "qdq", Usage: "qdq, qoperator, dynamic, matmulnbits or lightseq"},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "the file to write (.onnx, or .pb for lightseq; a directory with --incremental)", Required: true},
+			&cli.StringFlag{Name: "format", Value: "qdq", Usage: "qdq, qoperator, dynamic, matmulnbits or lightseq; fp32 too with --incremental"},
+			&cli.BoolFlag{Name: "incremental", Usage: "write an encoder and a decoder with a key/value cache (Hugging Face Optimum's layout) to the directory -o"},
 			&cli.BoolFlag{Name: "in-place", Usage: "allow -o to name the input model"},
 			&cli.StringFlag{Name: "src", Usage: "source sentences of the check batch (default: random valid token ids)"},
 			&cli.StringFlag{Name: "tgt", Usage: "target sentences of the check batch (default: the source file)"},
 			&cli.IntFlag{Name: "batch", Value: 16, Usage: "sentences in the check batch"},
 			&cli.IntFlag{Name: "len", Value: 24, Usage: "length of random check sentences"},
-			&cli.StringFlag{Name: "map", Usage: "lightseq: YAML or JSON file naming tensors by role where the recogniser fails"},
+			&cli.StringFlag{Name: "map", Usage: "lightseq, --incremental: YAML or JSON file naming tensors by role where the recogniser fails"},
 			&cli.IntFlag{Name: "beam", Value: 4, Usage: "lightseq: beam size written to model_conf"},
 			&cli.Float64Flag{Name: "length-penalty", Value: 0.6, Usage: "lightseq: length penalty written to model_conf"},
 			&cli.BoolFlag{Name: "verbose", Usage: "lightseq: list every clip field and where its value came from"},
@@ -61,6 +62,9 @@ func exportAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if c.Bool("incremental") {
+		return exportIncremental(c, m, path, out, format, batch[roles.Src], batch[roles.Tgt])
+	}
 	if format == "lightseq" {
 		return exportLightSeq(c, m, path, out, batch)
 	}
@@ -89,6 +93,48 @@ func exportAction(c *cli.Context) error {
 		fmt.Fprintf(w, "note: %s\n", n)
 	}
 	return nil
+}
+
+func exportIncremental(c *cli.Context, m *graph.Model, path, out, format string, src, tgt *ort.Tensor) error {
+	opts := export.IncrementalOptions{Source: path, Pad: c.Int64("pad-id"), BOS: c.Int64("bos-id"), EOS: c.Int64("eos-id"), Src: src, Tgt: tgt}
+	var err error
+	if opts.Map, err = roleMap(c); err != nil {
+		return err
+	}
+	set, rep, err := export.Incremental(m, format, opts)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if err := export.WriteIncremental(out, set); err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return writeJSON(c.App.Writer, map[string]any{"output": out, "incremental": rep})
+	}
+	w := c.App.Writer
+	cfg := rep.Config
+	fmt.Fprintf(w, "wrote %s (%s, Optimum's seq2seq layout): hidden %d, %d heads, %d+%d layers, vocabulary %d\n",
+		out, format, cfg.Hidden, cfg.DecoderHeads, cfg.EncoderLayers, cfg.DecoderLayers, cfg.Vocab)
+	for _, f := range rep.Files {
+		fmt.Fprintf(w, "  %-30s %9s  %3d integer weights, onnxruntime ran %d integer and %d float matrix kernels\n",
+			f.File, humanBytes(f.Size), f.IntWeights, f.IntKernels, f.FloatMatMuls)
+	}
+	k := rep.Check
+	fmt.Fprintf(w, "check against the full-sequence model, teacher-forced through the cache on %d positions: max abs error %.4g (bound %.4g), top-1 agreement %.2f%% (min %.1f%%)\n",
+		k.Positions, k.MaxAbsErr, k.Bound, 100*k.Top1, 100*k.MinTop1)
+	for _, n := range rep.Notes {
+		fmt.Fprintf(w, "note: %s\n", n)
+	}
+	return nil
+}
+
+// roleMap reads the --map file (nil without one).
+func roleMap(c *cli.Context) (map[string]string, error) {
+	f := c.String("map")
+	if f == "" {
+		return nil, nil
+	}
+	return transformer.ReadMap(f)
 }
 
 // checkBatch is the batch exports are checked on: sentences from --src
@@ -136,12 +182,9 @@ func exportLightSeq(c *cli.Context, m *graph.Model, path, out string, batch map[
 		BeamSize: c.Int("beam"), LengthPenalty: float32(c.Float64("length-penalty")),
 		Calib: batch,
 	}
-	if f := c.String("map"); f != "" {
-		mp, err := transformer.ReadMap(f)
-		if err != nil {
-			return err
-		}
-		opts.Map = mp
+	var err error
+	if opts.Map, err = roleMap(c); err != nil {
+		return err
 	}
 	qt, rep, err := lightseq.Export(m, opts)
 	if err != nil {

@@ -132,6 +132,7 @@ func commands() []*cli.Command {
 		finetuneCommand(),
 		exportCommand(),
 		evalCommand(),
+		translateCommand(),
 		benchCommand(),
 	}
 }

@@ -678,3 +678,55 @@ func TestCheck(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// TestReferenceCache checks the reference decoder's cached batch state
+// against its teacher-forced logits: rows of different sources stepped
+// together, and rows copied by Reorder (beams of one parent) that then
+// take different tokens, each keep exactly the logits of their own
+// history.
+func TestReferenceCache(t *testing.T) {
+	cfg := testmodels.Tiny()
+	m, b := tinyQAT(t, cfg)
+	qt, _, err := lightseq.Export(m, lightseq.Options{BosID: testmodels.BOS, EosID: testmodels.EOS, Calib: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := lightseq.NewReference(qt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srcs := [][]int64{{5, 6, 7, 3}, {9, 10, 3}, {11, 12, 13, 14, 15, 3}}
+	st, err := ref.Start(srcs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Three steps for all rows, then row 1 twice (parents 1, 1, 0, 2)
+	// with different tokens.
+	hist := [][]int64{{2, 20, 21}, {2, 22, 23}, {2, 24, 25}}
+	for j := range 3 {
+		if _, _, err := st.Step([]int64{hist[0][j], hist[1][j], hist[2][j]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.Reorder([]int{1, 1, 0, 2}); err != nil {
+		t.Fatal(err)
+	}
+	next := []int64{30, 31, 32, 33}
+	got, v, err := st.Step(next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, parent := range []int{1, 1, 0, 2} {
+		tgt := append(append([]int64(nil), hist[parent]...), next[i])
+		want, err := ref.TeacherForced(srcs[parent], tgt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := want[len(want)-1]
+		for k := range w {
+			if got[i*v+k] != w[k] {
+				t.Fatalf("row %d (parent %d): logit %d is %g, teacher-forced %g", i, parent, k, got[i*v+k], w[k])
+			}
+		}
+	}
+}

@@ -2,7 +2,6 @@ package lightseq
 
 import (
 	"fmt"
-	"github.com/qatc/qatc/ort"
 	"math"
 
 	"github.com/qatc/qatc/export/lightseq/lspb"
@@ -22,10 +21,6 @@ type Reference struct {
 	// Epsilon is the LayerNorm epsilon (LightSeq's kernels do not read it
 	// from the file).
 	Epsilon float32
-
-	// enc caches encoder outputs by source sentence for NextLogits, which
-	// sees the same sources at every decoding step.
-	enc map[string][]float32
 }
 
 // NewReference checks qt and prepares it for decoding.
@@ -231,12 +226,12 @@ func (r *Reference) sublayer(x, scale, bias []float32, post bool, f func(in []fl
 }
 
 // embed looks tokens up in an int8 table ([V, H] when !transposed, else
-// [H, V]), scales by √H and adds positions.
-func (r *Reference) embed(l *lspb.QuantEmbeddingLayer, ids []int64, vocab int, transposed bool) ([]float32, error) {
+// [H, V]), scales by √H and adds positions from first on.
+func (r *Reference) embed(l *lspb.QuantEmbeddingLayer, ids []int64, first int, vocab int, transposed bool) ([]float32, error) {
 	h := r.Hidden
 	maxStep := len(l.PositionEmbedding) / h
-	if len(ids) > maxStep {
-		return nil, fmt.Errorf("sequence of %d tokens exceeds the %d positions", len(ids), maxStep)
+	if first+len(ids) > maxStep {
+		return nil, fmt.Errorf("sequence of %d tokens exceeds the %d positions", first+len(ids), maxStep)
 	}
 	sq := float32(math.Sqrt(float64(h)))
 	out := make([]float32, len(ids)*h)
@@ -244,6 +239,7 @@ func (r *Reference) embed(l *lspb.QuantEmbeddingLayer, ids []int64, vocab int, t
 		if id < 0 || int(id) >= vocab {
 			return nil, fmt.Errorf("token id %d outside the vocabulary [0, %d)", id, vocab)
 		}
+		pos := l.PositionEmbedding[(first+t)*h : (first+t+1)*h]
 		for j := range h {
 			var u byte
 			if transposed {
@@ -251,7 +247,7 @@ func (r *Reference) embed(l *lspb.QuantEmbeddingLayer, ids []int64, vocab int, t
 			} else {
 				u = l.TokenEmbedding[int(id)*h+j]
 			}
-			out[t*h+j] = float32(int(u)-127)*l.EmbClipMax/127*sq + l.PositionEmbedding[t*h+j]
+			out[t*h+j] = float32(int(u)-127)*l.EmbClipMax/127*sq + pos[j]
 		}
 	}
 	return out, nil
@@ -260,7 +256,7 @@ func (r *Reference) embed(l *lspb.QuantEmbeddingLayer, ids []int64, vocab int, t
 // Encode runs the encoder on one source sentence: [len, H].
 func (r *Reference) Encode(src []int64) ([]float32, error) {
 	h, n := r.Hidden, len(src)
-	x, err := r.embed(r.qt.SrcEmbedding, src, r.SrcVocab, false)
+	x, err := r.embed(r.qt.SrcEmbedding, src, 0, r.SrcVocab, false)
 	if err != nil {
 		return nil, err
 	}
@@ -286,17 +282,11 @@ func (r *Reference) Encode(src []int64) ([]float32, error) {
 	return x, nil
 }
 
-// Logits runs the decoder over the target prefix tgt (teacher forcing)
-// against the encoder output enc of src, returning the logits of the last
-// position [V].
-func (r *Reference) Logits(src []int64, enc []float32, tgt []int64) ([]float32, error) {
-	h, n, m, L := r.Hidden, len(tgt), len(src), r.DecoderLayers
+// crossKV computes the encoder-decoder keys and values of every layer for
+// the encoder output enc of m tokens in one float GEMM: [m, L·2·H].
+func (r *Reference) crossKV(enc []float32, m int) []float32 {
+	h, L := r.Hidden, r.DecoderLayers
 	t := r.qt.TrgEmbedding
-	x, err := r.embed(t, tgt, r.Vocab, true)
-	if err != nil {
-		return nil, err
-	}
-	// Encoder-decoder K/V of every layer in one float GEMM: [m, L·2·H].
 	kvw := 2 * L * h
 	kvc := t.EncodeOutputProjectKernelKvClipMax[0]
 	kv := make([]float32, m*kvw)
@@ -310,16 +300,79 @@ func (r *Reference) Logits(src []int64, enc []float32, tgt []int64) ([]float32, 
 		}
 	}
 	addBias(kv, t.EncodeOutputProjectBiasKv)
+	return kv
+}
+
+// State is a batch decoded with a key/value cache: the encoder and the
+// cross-attention keys and values run once per sentence, and each Step
+// runs the decoder on one new token per row, attending to the keys and
+// values of the earlier ones. It computes exactly what the decoder
+// computes on the whole prefix at that position. It implements eval's
+// State.
+type State struct {
+	r    *Reference
+	rows []*cacheRow
+	pos  int
+}
+
+// cacheRow is one hypothesis: its source, the source's cross-attention
+// keys and values (shared by the beams of a sentence, never written) and
+// its self-attention keys and values per layer, [pos, H] each.
+type cacheRow struct {
+	src        []int64
+	kv         []float32
+	keys, vals [][]float32
+}
+
+// Start encodes each source (without padding) and returns the state
+// before the first target token.
+func (r *Reference) Start(srcs [][]int64) (*State, error) {
+	s := &State{r: r}
+	for _, src := range srcs {
+		enc, err := r.Encode(src)
+		if err != nil {
+			return nil, err
+		}
+		s.rows = append(s.rows, &cacheRow{src: src, kv: r.crossKV(enc, len(src)),
+			keys: make([][]float32, r.DecoderLayers), vals: make([][]float32, r.DecoderLayers)})
+	}
+	return s, nil
+}
+
+// Step feeds one target token per row (the start id first) and returns
+// the logits of the next token, [rows × V], and V.
+func (s *State) Step(tokens []int64) ([]float32, int, error) {
+	r := s.r
+	if len(tokens) != len(s.rows) {
+		return nil, 0, fmt.Errorf("lightseq reference: %d tokens for %d rows", len(tokens), len(s.rows))
+	}
+	h, n := r.Hidden, len(tokens)
+	t := r.qt.TrgEmbedding
+	// Every row's token sits at the same position.
+	x := make([]float32, 0, n*h)
+	for _, tok := range tokens {
+		e, err := r.embed(t, []int64{tok}, s.pos, r.Vocab, true)
+		if err != nil {
+			return nil, 0, err
+		}
+		x = append(x, e...)
+	}
+	kvw := 2 * r.DecoderLayers * h
 	pad := int64(r.qt.ModelConf.SrcPaddingId)
 	post := r.qt.ModelConf.IsPostLn
-	causal := func(i, j int) bool { return j > i }
-	srcMask := func(_, j int) bool { return src[j] == pad }
+	none := func(_, _ int) bool { return false }
 	for li, l := range r.qt.DecoderStack {
 		x = r.sublayer(x, l.SelfNormScale, l.SelfNormBias, post, func(in []float32) []float32 {
 			qkv := dense8(in, n, h, l.SelfLnClipMax, l.SelfProjectKernelQkv, l.SelfProjectKernelQkvClipMax, 3*h, l.SelfQkvDenseClipMax)
 			addBias(qkv, l.SelfProjectBiasQkv)
 			qkv = dequant8(qkv, l.SelfQkvBiasOutClipMax)
-			ctx := r.attention(qkv, 3*h, n, qkv[h:], qkv[2*h:], 3*h, n, causal)
+			ctx := make([]float32, n*h)
+			for i, row := range s.rows {
+				q := qkv[i*3*h : (i+1)*3*h]
+				row.keys[li] = append(row.keys[li], q[h:2*h]...)
+				row.vals[li] = append(row.vals[li], q[2*h:]...)
+				copy(ctx[i*h:], r.attention(q, 3*h, 1, row.keys[li], row.vals[li], h, s.pos+1, none))
+			}
 			o := dense8(ctx, n, h, l.SelfProjectOutputClipMax, l.SelfProjectKernelOutput, l.SelfProjectKernelOutputClipMax, h, l.SelfOutputDenseClipMax)
 			addBias(o, l.SelfProjectBiasOutput)
 			return o
@@ -328,7 +381,12 @@ func (r *Reference) Logits(src []int64, enc []float32, tgt []int64) ([]float32, 
 			q := dense8(in, n, h, l.EncdecLnClipMax, l.EncdecProjectKernelQ, l.EncdecProjectKernelQClipMax, h, l.EncdecQDenseClipMax)
 			addBias(q, l.EncdecProjectBiasQ)
 			off := li * 2 * h
-			ctx := r.attention(q, h, n, kv[off:], kv[off+h:], kvw, m, srcMask)
+			ctx := make([]float32, n*h)
+			for i, row := range s.rows {
+				src := row.src
+				mask := func(_, j int) bool { return src[j] == pad }
+				copy(ctx[i*h:], r.attention(q[i*h:], h, 1, row.kv[off:], row.kv[off+h:], kvw, len(src), mask))
+			}
 			o := dense8(ctx, n, h, l.EncdecProjectOutputClipMax, l.EncdecProjectKernelOutput, l.EncdecProjectKernelOutputClipMax, h, l.EncdecOutputDenseClipMax)
 			addBias(o, l.EncdecProjectBiasOutput)
 			return o
@@ -337,19 +395,71 @@ func (r *Reference) Logits(src []int64, enc []float32, tgt []int64) ([]float32, 
 			return r.ffn(in, n, l.FfnLnClipMax, l.FfnFirstKernel, l.FfnFirstKernelClipMax, l.FfnFirstBias, l.FfnFirstOutputClipMax, l.FfnFirstActClipMax, l.FfnSecondKernel, l.FfnSecondKernelClipMax, l.FfnSecondBias)
 		})
 	}
-	last := x[(n-1)*h:]
 	if !post {
-		last = r.layerNorm(last, t.NormScale, t.NormBias)
+		x = r.layerNorm(x, t.NormScale, t.NormBias)
 	}
-	logits := dense8(last, 1, h, t.OutputLnClipMax, t.TokenEmbedding, t.EmbClipMax, r.Vocab, t.LogitsClipMax)
+	logits := dense8(x, n, h, t.OutputLnClipMax, t.TokenEmbedding, t.EmbClipMax, r.Vocab, t.LogitsClipMax)
 	addBias(logits, t.SharedBias)
-	return logits, nil
+	s.pos++
+	return logits, r.Vocab, nil
+}
+
+// Reorder makes row i what row rows[i] was; a row taken more than once
+// gets its own copy of the self-attention cache.
+func (s *State) Reorder(rows []int) error {
+	taken := make([]bool, len(s.rows))
+	out := make([]*cacheRow, len(rows))
+	for i, ri := range rows {
+		if ri < 0 || ri >= len(s.rows) {
+			return fmt.Errorf("lightseq reference: reorder to row %d of %d", ri, len(s.rows))
+		}
+		row := s.rows[ri]
+		if taken[ri] {
+			c := &cacheRow{src: row.src, kv: row.kv, keys: make([][]float32, len(row.keys)), vals: make([][]float32, len(row.vals))}
+			for l := range row.keys {
+				c.keys[l] = append([]float32(nil), row.keys[l]...)
+				c.vals[l] = append([]float32(nil), row.vals[l]...)
+			}
+			row = c
+		}
+		taken[ri] = true
+		out[i] = row
+	}
+	s.rows = out
+	return nil
+}
+
+// Logits runs the decoder over the target prefix tgt (teacher forcing)
+// against the encoder output enc of src, returning the logits of the last
+// position [V].
+func (r *Reference) Logits(src []int64, enc []float32, tgt []int64) ([]float32, error) {
+	out, err := r.forced(src, enc, tgt)
+	if err != nil {
+		return nil, err
+	}
+	return out[len(out)-1], nil
+}
+
+// forced steps a one-row state through tgt, returning every position's
+// logits.
+func (r *Reference) forced(src []int64, enc []float32, tgt []int64) ([][]float32, error) {
+	s := &State{r: r, rows: []*cacheRow{{src: src, kv: r.crossKV(enc, len(src)),
+		keys: make([][]float32, r.DecoderLayers), vals: make([][]float32, r.DecoderLayers)}}}
+	out := make([][]float32, len(tgt))
+	for i, id := range tgt {
+		l, _, err := s.Step([]int64{id})
+		if err != nil {
+			return nil, err
+		}
+		out[i] = l
+	}
+	return out, nil
 }
 
 // Greedy decodes src greedily: from the start id, append the argmax token
 // until the end id or maxLen tokens (the start id not counted).
 func (r *Reference) Greedy(src []int64, maxLen int) ([]int64, error) {
-	enc, err := r.Encode(src)
+	s, err := r.Start([][]int64{src})
 	if err != nil {
 		return nil, err
 	}
@@ -358,9 +468,10 @@ func (r *Reference) Greedy(src []int64, maxLen int) ([]int64, error) {
 	if end == 0 {
 		end = int64(r.Vocab - 1)
 	}
-	tgt := []int64{int64(conf.TrgStartId)}
-	for len(tgt) <= maxLen {
-		logits, err := r.Logits(src, enc, tgt)
+	var out []int64
+	next := int64(conf.TrgStartId)
+	for len(out) < maxLen {
+		logits, _, err := s.Step([]int64{next})
 		if err != nil {
 			return nil, err
 		}
@@ -370,69 +481,21 @@ func (r *Reference) Greedy(src []int64, maxLen int) ([]int64, error) {
 				best = j
 			}
 		}
-		tgt = append(tgt, int64(best))
-		if int64(best) == end {
+		next = int64(best)
+		out = append(out, next)
+		if next == end {
 			break
-		}
-	}
-	return tgt[1:], nil
-}
-
-// TeacherForced returns the logits [len(tgt)][V] of every target position:
-// position i sees the prefix tgt[:i+1]. The decoder has no cache, so each
-// position reruns the prefix, as Greedy does.
-func (r *Reference) TeacherForced(src, tgt []int64) ([][]float32, error) {
-	enc, err := r.Encode(src)
-	if err != nil {
-		return nil, err
-	}
-	out := make([][]float32, len(tgt))
-	for i := range tgt {
-		if out[i], err = r.Logits(src, enc, tgt[:i+1]); err != nil {
-			return nil, err
 		}
 	}
 	return out, nil
 }
 
-// NextLogits returns, for each row of src [rows, S] and tgt [rows, T]
-// (padded with the file's padding id), the logits after the row's target
-// prefix, [rows × vocab] row-major: the form of one decoding step that
-// eval.Decode steps through, so that a LightSeq file can be evaluated like
-// an ONNX model.
-func (r *Reference) NextLogits(src, tgt *ort.Tensor) ([]float32, int, error) {
-	if len(src.Shape) != 2 || len(tgt.Shape) != 2 || src.Shape[0] != tgt.Shape[0] {
-		return nil, 0, fmt.Errorf("lightseq reference: want source and target ids [rows, len], got %v and %v", src.Shape, tgt.Shape)
+// TeacherForced returns the logits [len(tgt)][V] of every target position:
+// position i sees the prefix tgt[:i+1].
+func (r *Reference) TeacherForced(src, tgt []int64) ([][]float32, error) {
+	enc, err := r.Encode(src)
+	if err != nil {
+		return nil, err
 	}
-	if r.enc == nil {
-		r.enc = map[string][]float32{}
-	}
-	rows, sl, tl := int(src.Shape[0]), int(src.Shape[1]), int(tgt.Shape[1])
-	pad := int64(r.qt.ModelConf.SrcPaddingId)
-	out := make([]float32, 0, rows*r.Vocab)
-	for i := range rows {
-		s := src.Int64s()[i*sl : (i+1)*sl]
-		for len(s) > 0 && s[len(s)-1] == pad {
-			s = s[:len(s)-1]
-		}
-		key := fmt.Sprint(s)
-		enc, ok := r.enc[key]
-		if !ok {
-			var err error
-			if enc, err = r.Encode(s); err != nil {
-				return nil, 0, err
-			}
-			r.enc[key] = enc
-		}
-		t := tgt.Int64s()[i*tl : (i+1)*tl]
-		for len(t) > 1 && t[len(t)-1] == pad {
-			t = t[:len(t)-1]
-		}
-		logits, err := r.Logits(s, enc, t)
-		if err != nil {
-			return nil, 0, err
-		}
-		out = append(out, logits...)
-	}
-	return out, r.Vocab, nil
+	return r.forced(src, enc, tgt)
 }

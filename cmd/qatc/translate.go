@@ -1,0 +1,124 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/qatc/qatc/eval"
+	"github.com/qatc/qatc/graph"
+	"github.com/urfave/cli/v2"
+)
+
+func translateCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "translate",
+		Usage:     "translate sentences with a model: an incremental directory, or a full-sequence ONNX file whose encoder and cached decoder are built in memory",
+		ArgsUsage: "MODEL|DIR",
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "src", Usage: "source sentences, one per line (default: standard input)"},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "translations, one per line (default: standard output)"},
+			&cli.StringFlag{Name: "spm", Usage: "SentencePiece model: the source is text and translations are detokenized (default: token ids)"},
+			&cli.IntFlag{Name: "beam", Value: 1, Usage: "beam size (1: greedy)"},
+			&cli.Float64Flag{Name: "length-penalty", Value: 0.6, Usage: "LightSeq's length_penalty α for beam search"},
+			&cli.IntFlag{Name: "max-extra", Value: 50, Usage: "translations have at most source length + this many tokens"},
+			&cli.IntFlag{Name: "batch", Value: 32, Usage: "sentences decoded together (sorted by length)"},
+			&cli.IntFlag{Name: "threads", Value: 2, Usage: "batches decoded at once, one thread each (0: one per CPU)"},
+			&cli.BoolFlag{Name: "no-cache", Usage: "decode a full-sequence file by re-running it at every step instead of building its cached decoder"},
+			&cli.StringFlag{Name: "map", Usage: "YAML or JSON file naming tensors by role where the recogniser fails"},
+		}, append(roleFlags(), specialFlags()...)...),
+		Action: translateAction,
+	}
+}
+
+func translateAction(c *cli.Context) error {
+	path, err := oneArg(c, "MODEL|DIR")
+	if err != nil {
+		return err
+	}
+	opts, err := decodeOptions(c)
+	if err != nil {
+		return err
+	}
+	topts := eval.TranslateOptions{Decode: opts, Threads: c.Int("threads"), SrcName: "standard input",
+		Rerun: c.Bool("no-cache"), Roles: evalRoles(c)}
+	if err := tokenizers(c, &topts.Src, &topts.Tgt, &topts.TgtTokName); err != nil {
+		return err
+	}
+	if topts.Map, err = roleMap(c); err != nil {
+		return err
+	}
+	var in io.Reader = os.Stdin
+	if src := c.String("src"); src != "" {
+		f, err := os.Open(src)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		in, topts.SrcName = f, src
+	}
+	out := c.String("output")
+	if out != "" {
+		if err := checkOutput(c, path, out); err != nil {
+			return err
+		}
+	}
+	if isTerminal(c.App.ErrWriter) {
+		p := newProgress(c.App.ErrWriter, "translating")
+		topts.Progress = func(done, total int) {
+			p.update(done, total)
+			if done == total {
+				p.done()
+			}
+		}
+	}
+	var buf bytes.Buffer
+	w := c.App.Writer
+	if out != "" {
+		w = &buf
+	}
+	rep, err := eval.Translate(path, in, w, topts)
+	if err != nil {
+		return err
+	}
+	if rep.Note != "" {
+		fmt.Fprintf(c.App.ErrWriter, "note: %s: %s\n", path, rep.Note)
+	}
+	if out != "" {
+		return graph.WriteFileAtomic(out, buf.Bytes())
+	}
+	return nil
+}
+
+// decodeOptions reads the decoding flags.
+func decodeOptions(c *cli.Context) (eval.DecodeOptions, error) {
+	if b := c.Int("beam"); b < 1 {
+		return eval.DecodeOptions{}, usagef("--beam %d: use 1 (greedy) or more", b)
+	}
+	if b := c.Int("batch"); b < 1 {
+		return eval.DecodeOptions{}, usagef("--batch %d: use 1 or more", b)
+	}
+	if n := c.Int("threads"); n < 0 {
+		return eval.DecodeOptions{}, usagef("--threads %d: use 0 (one per CPU) or more", n)
+	}
+	return eval.DecodeOptions{
+		Special: eval.Special{Pad: c.Int64("pad-id"), BOS: c.Int64("bos-id"), EOS: c.Int64("eos-id")},
+		Beam:    c.Int("beam"), LengthPenalty: c.Float64("length-penalty"),
+		MaxExtra: c.Int("max-extra"), BatchSize: c.Int("batch"),
+	}, nil
+}
+
+// tokenizers sets the source and target tokenizers from --spm (nil: ids).
+func tokenizers(c *cli.Context, src, tgt *eval.Tokenizer, name *string) error {
+	path := c.String("spm")
+	if path == "" {
+		return nil
+	}
+	tok, err := eval.LoadSentencePiece(path)
+	if err != nil {
+		return err
+	}
+	*src, *tgt, *name = tok, tok, path
+	return nil
+}

@@ -1,0 +1,485 @@
+package eval
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
+	"github.com/qatc/qatc/passes/incremental"
+)
+
+// Incremental is a translation model as an encoder and a decoder with a
+// key/value cache, in Hugging Face Optimum's seq2seq layout (see
+// passes/incremental): the encoder runs once per batch, the first decoder
+// step also returns every layer's cross-attention keys and values, and
+// each further step feeds one token per row with the cache, which grows
+// by one position. Start may be called from several goroutines at once.
+type Incremental struct {
+	// Name is the model in messages (its directory).
+	Name   string
+	Config incremental.Config
+
+	enc, first, next *ort.Session
+	layers, heads    int
+	headSize, vocab  int
+	hidden           int
+}
+
+// IsIncrementalDir reports whether path is a directory (an incremental
+// export, or meant to be one).
+func IsIncrementalDir(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && st.IsDir()
+}
+
+// OpenIncremental opens the three models of directory dir with opts (nil:
+// onnxruntime's defaults) and checks that they and dir's config.json
+// belong together.
+func OpenIncremental(dir string, opts *ort.Options) (*Incremental, error) {
+	cfg, err := incremental.ReadConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range incremental.Files {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			return nil, fmt.Errorf("%s: %s is missing: the directory holds an incomplete export; write it again with qatc export --incremental", dir, f)
+		}
+	}
+	m := &Incremental{Name: dir, Config: *cfg}
+	sessions := []**ort.Session{&m.enc, &m.first, &m.next}
+	for i, f := range incremental.Files {
+		s, err := ort.OpenFile(filepath.Join(dir, f), fileOptions(opts, i))
+		if err != nil {
+			m.Close()
+			return nil, err
+		}
+		*sessions[i] = s
+	}
+	if err := m.check(); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+// NewIncremental opens sessions over the graphs of s, built in memory;
+// name labels the model in messages.
+func NewIncremental(name string, s *incremental.Set, opts *ort.Options) (*Incremental, error) {
+	m := &Incremental{Name: name, Config: s.Config}
+	sessions := []**ort.Session{&m.enc, &m.first, &m.next}
+	for i, g := range []*graph.Model{s.Encoder, s.Decoder, s.DecoderWithPast} {
+		sess, err := ort.Open(g, fileOptions(opts, i))
+		if err != nil {
+			m.Close()
+			return nil, fmt.Errorf("%s: %s: %w", name, incremental.Files[i], err)
+		}
+		*sessions[i] = sess
+	}
+	if err := m.check(); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+// fileOptions returns opts for file i: a profile of its own.
+func fileOptions(opts *ort.Options, i int) *ort.Options {
+	if opts == nil || opts.ProfilePrefix == "" {
+		return opts
+	}
+	c := *opts
+	c.ProfilePrefix += "_" + strings.TrimSuffix(incremental.Files[i], ".onnx")
+	return &c
+}
+
+// Close releases the sessions.
+func (m *Incremental) Close() error {
+	var errs []error
+	for _, s := range []*ort.Session{m.enc, m.first, m.next} {
+		if s != nil {
+			errs = append(errs, s.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// EndProfiling closes the sessions of a model opened with
+// Options.ProfilePrefix and returns each file's profile.
+func (m *Incremental) EndProfiling() (map[string]string, error) {
+	out := map[string]string{}
+	for i, s := range []*ort.Session{m.enc, m.first, m.next} {
+		p, err := s.EndProfiling()
+		if err != nil {
+			return nil, err
+		}
+		out[incremental.Files[i]] = p
+	}
+	return out, nil
+}
+
+// TeacherForced runs the model on sources and targets of equal count
+// (BOS first), feeding the target tokens one step at a time through the
+// cache, and returns every position's logits, [rows][T × vocab], T the
+// longest target; rows past their target's end read padding.
+func (m *Incremental) TeacherForced(srcs, tgts [][]int64) ([][]float32, error) {
+	if len(srcs) != len(tgts) {
+		return nil, fmt.Errorf("%d sources, %d targets", len(srcs), len(tgts))
+	}
+	T := 0
+	for _, t := range tgts {
+		T = max(T, len(t))
+	}
+	st, err := m.Start(srcs)
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]float32, len(srcs))
+	tokens := make([]int64, len(srcs))
+	for j := range T {
+		for r, t := range tgts {
+			tokens[r] = m.Config.PadID
+			if j < len(t) {
+				tokens[r] = t[j]
+			}
+		}
+		logits, v, err := st.Step(tokens)
+		if err != nil {
+			return nil, err
+		}
+		for r := range out {
+			out[r] = append(out[r], logits[r*v:(r+1)*v]...)
+		}
+	}
+	return out, nil
+}
+
+// Vocab returns the target vocabulary size.
+func (m *Incremental) Vocab() int { return m.vocab }
+
+// check reads the sizes from the three models and makes sure they agree
+// with each other and with the config: a directory mixing files of
+// different exports is refused, naming the file.
+func (m *Incremental) check() error {
+	cfg := &m.Config
+	file := func(i int) string { return filepath.Join(m.Name, incremental.Files[i]) }
+	// The export's id, where the files carry one.
+	if cfg.Qatc.ID != "" {
+		for i, s := range []*ort.Session{m.enc, m.first, m.next} {
+			v, ok, err := s.Metadata(incremental.MetadataKey)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				continue
+			}
+			var p incremental.Part
+			if json.Unmarshal([]byte(v), &p) != nil || p.ID != cfg.Qatc.ID {
+				return fmt.Errorf("%s comes from another export than %s (export id %q, config %q): the directory mixes files of different models; export it again", file(i), filepath.Join(m.Name, incremental.ConfigFile), p.ID, cfg.Qatc.ID)
+			}
+		}
+	}
+	find := func(list []ort.IOInfo, name string) (ort.IOInfo, bool) {
+		for _, io := range list {
+			if io.Name == name {
+				return io, true
+			}
+		}
+		return ort.IOInfo{}, false
+	}
+	need := func(i int, list []ort.IOInfo, kind, name string, elem graph.DataType, rank int) (ort.IOInfo, error) {
+		io, ok := find(list, name)
+		if !ok {
+			return io, fmt.Errorf("%s has no %s %s: not a seq2seq model in Optimum's layout", file(i), kind, name)
+		}
+		if io.Elem != elem || io.Dims != nil && len(io.Dims) != rank {
+			return io, fmt.Errorf("%s: %s %s is %s, want %s of rank %d", file(i), kind, name, io, elem, rank)
+		}
+		return io, nil
+	}
+	// dim checks a static dim against the size the model must have.
+	dim := func(i int, io ort.IOInfo, axis int, want int, what string) error {
+		if io.Dims == nil || axis >= len(io.Dims) || io.Dims[axis] < 0 || want <= 0 {
+			return nil
+		}
+		if int(io.Dims[axis]) != want {
+			return fmt.Errorf("%s: %s has %s %d where %s says %d: the files come from different models; export the directory again", file(i), io, what, io.Dims[axis], filepath.Join(m.Name, incremental.ConfigFile), want)
+		}
+		return nil
+	}
+	m.hidden, m.vocab, m.heads, m.layers = cfg.Hidden, cfg.Vocab, cfg.DecoderHeads, cfg.DecoderLayers
+	m.headSize = cfg.HeadSize()
+	enc, first, next := m.enc, m.first, m.next
+	if _, err := need(0, enc.Inputs(), "input", incremental.InputIDs, graph.Int64, 2); err != nil {
+		return err
+	}
+	if _, err := need(0, enc.Inputs(), "input", incremental.AttentionMask, graph.Int64, 2); err != nil {
+		return err
+	}
+	h, err := need(0, enc.Outputs(), "output", incremental.LastHiddenState, graph.Float, 3)
+	if err != nil {
+		return err
+	}
+	if err := dim(0, h, 2, m.hidden, "width"); err != nil {
+		return err
+	}
+	for i, s := range []*ort.Session{first, next} {
+		i++
+		if _, err := need(i, s.Inputs(), "input", incremental.InputIDs, graph.Int64, 2); err != nil {
+			return err
+		}
+		if _, err := need(i, s.Inputs(), "input", incremental.EncoderAttentionMask, graph.Int64, 2); err != nil {
+			return err
+		}
+		l, err := need(i, s.Outputs(), "output", incremental.Logits, graph.Float, 3)
+		if err != nil {
+			return err
+		}
+		if err := dim(i, l, 2, m.vocab, "a vocabulary of"); err != nil {
+			return err
+		}
+		for layer := range m.layers {
+			for _, st := range []string{"decoder", "encoder"} {
+				for _, kv := range []string{"key", "value"} {
+					var io ort.IOInfo
+					if i == 1 {
+						io, err = need(i, s.Outputs(), "output", incremental.Present(layer, st, kv), graph.Float, 4)
+					} else {
+						io, err = need(i, s.Inputs(), "input", incremental.Past(layer, st, kv), graph.Float, 4)
+					}
+					if err != nil {
+						return err
+					}
+					if err := dim(i, io, 1, m.heads, "heads"); err != nil {
+						return err
+					}
+					if err := dim(i, io, 3, m.headSize, "a head size of"); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		for _, io := range s.Inputs() {
+			if strings.HasPrefix(io.Name, "past_key_values.") {
+				var layer int
+				if _, err := fmt.Sscanf(io.Name, "past_key_values.%d.", &layer); err == nil && layer >= m.layers {
+					return fmt.Errorf("%s has a cache input for layer %d; %s says %d decoder layers: the files come from different models", file(i), layer, filepath.Join(m.Name, incremental.ConfigFile), m.layers)
+				}
+			}
+		}
+		if i == 1 {
+			e, err := need(i, s.Inputs(), "input", incremental.EncoderHiddenStates, graph.Float, 3)
+			if err != nil {
+				return err
+			}
+			if err := dim(i, e, 2, m.hidden, "width"); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// incState is a batch decoded with the cache.
+type incState struct {
+	m      *Incremental
+	rows   int
+	srcLen int
+	// mask is the source attention mask, one row per state row.
+	mask []int64
+	// enc holds the encoder output until the first step.
+	enc *ort.Tensor
+	// self holds each layer's self-attention keys and values (2 per
+	// layer), spare their second buffers for the next step's output.
+	self, spare []*ort.Tensor
+	// cross holds the cross-attention keys and values; crossOf names the
+	// sentence each of its rows belongs to, sentence that of each state
+	// row. They differ after a Reorder until the next Step gathers cross.
+	cross             []*ort.Tensor
+	crossOf, sentence []int
+	logits            []float32
+	steps             int
+}
+
+// Start runs the encoder on a batch of sources, padded to the longest.
+func (m *Incremental) Start(srcs [][]int64) (State, error) {
+	rows := len(srcs)
+	s := 1
+	for _, x := range srcs {
+		s = max(s, len(x))
+	}
+	if max := m.Config.MaxPositions; max > 0 && s > max {
+		return nil, fmt.Errorf("%s: a source of %d tokens is longer than the model's %d positions", m.Name, s, max)
+	}
+	ids := make([]int64, rows*s)
+	mask := make([]int64, rows*s)
+	for r, x := range srcs {
+		row := ids[r*s : (r+1)*s]
+		copy(row, x)
+		for i := range row {
+			if i >= len(x) {
+				row[i] = m.Config.PadID
+			} else {
+				mask[r*s+i] = 1
+			}
+		}
+	}
+	shape := []int64{int64(rows), int64(s)}
+	out, err := m.enc.Run(map[string]*ort.Tensor{incremental.InputIDs: ort.Int64(shape, ids), incremental.AttentionMask: ort.Int64(shape, mask)}, incremental.LastHiddenState)
+	if err != nil {
+		return nil, err
+	}
+	st := &incState{m: m, rows: rows, srcLen: s, mask: mask, enc: out[incremental.LastHiddenState]}
+	st.sentence = make([]int, rows)
+	for i := range st.sentence {
+		st.sentence[i] = i
+	}
+	return st, nil
+}
+
+// Step runs the first decoder step, or a step with the cache.
+func (s *incState) Step(tokens []int64) ([]float32, int, error) {
+	m := s.m
+	if len(tokens) != s.rows {
+		return nil, 0, fmt.Errorf("decoding: %d tokens for %d rows", len(tokens), s.rows)
+	}
+	ids := ort.Int64([]int64{int64(s.rows), 1}, tokens)
+	mask := ort.Int64([]int64{int64(s.rows), int64(s.srcLen)}, s.mask)
+	v := m.vocab
+	if cap(s.logits) < s.rows*v {
+		s.logits = make([]float32, s.rows*v)
+	}
+	logits := ort.Float32([]int64{int64(s.rows), 1, int64(v)}, s.logits[:s.rows*v])
+	into := map[string]*ort.Tensor{incremental.Logits: logits}
+	if s.steps == 0 {
+		out, err := m.first.RunInto(map[string]*ort.Tensor{
+			incremental.InputIDs: ids, incremental.EncoderAttentionMask: mask, incremental.EncoderHiddenStates: s.enc,
+		}, into)
+		if err != nil {
+			return nil, 0, err
+		}
+		s.enc = nil
+		for l := range m.layers {
+			for _, kv := range []string{"key", "value"} {
+				s.self = append(s.self, out[incremental.Present(l, "decoder", kv)])
+				s.cross = append(s.cross, out[incremental.Present(l, "encoder", kv)])
+			}
+		}
+		s.spare = make([]*ort.Tensor, len(s.self))
+		s.crossOf = append([]int(nil), s.sentence...)
+	} else {
+		if err := s.gatherCross(); err != nil {
+			return nil, 0, err
+		}
+		in := map[string]*ort.Tensor{incremental.InputIDs: ids, incremental.EncoderAttentionMask: mask}
+		t := s.self[0].Shape[2]
+		for l := range m.layers {
+			for j, kv := range []string{"key", "value"} {
+				i := 2*l + j
+				in[incremental.Past(l, "decoder", kv)] = s.self[i]
+				in[incremental.Past(l, "encoder", kv)] = s.cross[i]
+				s.spare[i] = s.buffer(s.spare[i], []int64{int64(s.rows), int64(m.heads), t + 1, int64(m.headSize)})
+				into[incremental.Present(l, "decoder", kv)] = s.spare[i]
+			}
+		}
+		if _, err := m.next.RunInto(in, into); err != nil {
+			return nil, 0, err
+		}
+		s.self, s.spare = s.spare, s.self
+	}
+	s.steps++
+	return s.logits[:s.rows*v], v, nil
+}
+
+// buffer returns a float tensor of the given shape over t's memory when
+// it is large enough, else over new memory with room to grow.
+func (s *incState) buffer(t *ort.Tensor, shape []int64) *ort.Tensor {
+	n := int(graph.NumElements(shape))
+	var data []float32
+	if t != nil {
+		data = t.Float32s()
+	}
+	if cap(data) < n {
+		data = make([]float32, n, n+n/2)
+	}
+	return ort.Float32(shape, data[:n])
+}
+
+// Reorder gathers the rows of the self-attention cache and the mask; the
+// cross-attention values follow at the next Step, and only when a row
+// now reads another sentence's (beams of one sentence share them).
+func (s *incState) Reorder(rows []int) error {
+	for _, r := range rows {
+		if r < 0 || r >= s.rows {
+			return fmt.Errorf("decoding: reorder to row %d of %d", r, s.rows)
+		}
+	}
+	for i, t := range s.self {
+		shape := append([]int64{int64(len(rows))}, t.Shape[1:]...)
+		s.spare[i] = s.buffer(s.spare[i], shape)
+		gatherRows(s.spare[i].Float32s(), t.Float32s(), rows)
+	}
+	s.self, s.spare = s.spare, s.self
+	mask := make([]int64, len(rows)*s.srcLen)
+	sentence := make([]int, len(rows))
+	for i, r := range rows {
+		copy(mask[i*s.srcLen:(i+1)*s.srcLen], s.mask[r*s.srcLen:(r+1)*s.srcLen])
+		sentence[i] = s.sentence[r]
+	}
+	s.mask, s.sentence, s.rows = mask, sentence, len(rows)
+	return nil
+}
+
+// gatherCross makes row i of the cross-attention values sentence i's.
+func (s *incState) gatherCross() error {
+	if len(s.crossOf) == len(s.sentence) {
+		same := true
+		for i := range s.sentence {
+			if s.crossOf[i] != s.sentence[i] {
+				same = false
+				break
+			}
+		}
+		if same {
+			return nil
+		}
+	}
+	at := map[int]int{}
+	for r, sent := range s.crossOf {
+		if _, ok := at[sent]; !ok {
+			at[sent] = r
+		}
+	}
+	rows := make([]int, len(s.sentence))
+	for i, sent := range s.sentence {
+		r, ok := at[sent]
+		if !ok {
+			return fmt.Errorf("internal error: sentence %d has no cross-attention values", sent)
+		}
+		rows[i] = r
+	}
+	for i, t := range s.cross {
+		shape := append([]int64{int64(len(rows))}, t.Shape[1:]...)
+		g := ort.Float32(shape, make([]float32, graph.NumElements(shape)))
+		gatherRows(g.Float32s(), t.Float32s(), rows)
+		s.cross[i] = g
+	}
+	s.crossOf = append(s.crossOf[:0], s.sentence...)
+	return nil
+}
+
+// gatherRows copies rows of src (equal-sized, len(src)/n... each) into dst
+// in the order rows gives.
+func gatherRows(dst, src []float32, rows []int) {
+	if len(rows) == 0 {
+		return
+	}
+	size := len(dst) / len(rows)
+	for i, r := range rows {
+		copy(dst[i*size:(i+1)*size], src[r*size:(r+1)*size])
+	}
+}

@@ -1,0 +1,343 @@
+package eval
+
+import (
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/qatc/qatc/ort"
+	"github.com/qatc/qatc/passes/incremental"
+	"github.com/qatc/qatc/testmodels"
+	"github.com/qatc/qatc/testmodels/demo"
+)
+
+// tinySources draws n sources of 2 to 9 tokens (EOS last) for cfg.
+func tinySources(cfg testmodels.Config, n int, seed uint64) [][]int64 {
+	r := rand.New(rand.NewPCG(seed, 1))
+	var srcs [][]int64
+	for range n {
+		s := make([]int64, 1+r.IntN(8))
+		for i := range s {
+			s[i] = 4 + r.Int64N(int64(cfg.Vocab-4))
+		}
+		srcs = append(srcs, append(s, testmodels.EOS))
+	}
+	return srcs
+}
+
+// openBoth returns the tiny model decoded by re-running it and with its
+// incremental graphs built in memory.
+func openBoth(t *testing.T, cfg testmodels.Config) (*Seq2Seq, *Incremental) {
+	t.Helper()
+	m, err := testmodels.Build(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ort.Open(m, &ort.Options{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	full, err := NewSeq2Seq("tiny", s, Roles{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := incremental.Build(m, incremental.Options{Pad: 0, BOS: testmodels.BOS, EOS: testmodels.EOS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inc, err := NewIncremental("tiny", set, &ort.Options{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inc.Close() })
+	return full, inc
+}
+
+// TestIncrementalDecode decodes with the cache and by re-running the full
+// model, greedily and with beams, in batches of several lengths and with
+// several workers: the translations are the same, and so are their
+// log-probabilities to float rounding.
+func TestIncrementalDecode(t *testing.T) {
+	cfg := testmodels.Tiny()
+	full, inc := openBoth(t, cfg)
+	srcs := tinySources(cfg, 17, 1)
+	for _, beam := range []int{1, 3} {
+		opts := DecodeOptions{Beam: beam, MaxExtra: 6, BatchSize: 5}
+		want, err := Decode(full, srcs, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, workers := range []int{1, 3} {
+			opts.Workers = workers
+			got, err := Decode(inc, srcs, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range srcs {
+				if !reflect.DeepEqual(got[i].IDs, want[i].IDs) || got[i].Finished != want[i].Finished || math.Abs(got[i].LogProb-want[i].LogProb) > 1e-4 {
+					t.Errorf("beam %d, %d workers, sentence %d: cached %+v, re-run %+v", beam, workers, i, got[i], want[i])
+				}
+			}
+		}
+	}
+}
+
+// TestLogSumExp compares the fast log-sum-exp with the definition.
+func TestLogSumExp(t *testing.T) {
+	r := rand.New(rand.NewPCG(2, 3))
+	for _, tc := range []struct {
+		name string
+		row  []float32
+	}{
+		{"one", []float32{3}},
+		{"equal", []float32{1, 1, 1, 1}},
+		{"masked", []float32{float32(math.Inf(-1)), 0, -1e4}},
+		{"spread", nil},
+		{"far", []float32{0, -29, -31, -100}},
+	} {
+		row := tc.row
+		if row == nil {
+			for range 6000 {
+				row = append(row, float32(r.NormFloat64()*8))
+			}
+		}
+		mx := math.Inf(-1)
+		for _, x := range row {
+			mx = math.Max(mx, float64(x))
+		}
+		s := 0.0
+		for _, x := range row {
+			s += math.Exp(float64(x) - mx)
+		}
+		want := mx + math.Log(s)
+		if got := logSumExp(row); math.Abs(got-want) > 1e-10*math.Max(1, math.Abs(want)) {
+			t.Errorf("%s: %.15g, want %.15g", tc.name, got, want)
+		}
+	}
+	if !math.IsNaN(logSumExp([]float32{0, float32(math.NaN())})) {
+		t.Error("NaN logits must give NaN")
+	}
+}
+
+// writeDir writes a set as an incremental directory.
+func writeDir(t *testing.T, s *incremental.Set) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, g := range s.Graphs() {
+		if err := g.Save(filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg, err := s.Config.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, incremental.ConfigFile), cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// TestOpenIncremental opens a directory and checks the one-line errors for
+// directories that cannot be decoded.
+func TestOpenIncremental(t *testing.T) {
+	build := func(cfg testmodels.Config) *incremental.Set {
+		m, err := testmodels.Build(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := incremental.Build(m, incremental.Options{BOS: 2, EOS: 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	tiny := testmodels.Tiny()
+	wide := tiny
+	wide.Hidden, wide.Heads = 48, 4
+	a, b, c := build(tiny), build(tiny), build(wide)
+	good := writeDir(t, a)
+	m, err := OpenIncremental(good, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hyps, err := Decode(m, tinySources(tiny, 4, 2), DecodeOptions{MaxExtra: 3})
+	m.Close()
+	if err != nil || len(hyps) != 4 {
+		t.Fatalf("decode: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		edit func(dir string)
+		want string
+	}{
+		{"missing file", func(dir string) { os.Remove(filepath.Join(dir, incremental.DecoderWithPastFile)) }, "decoder_with_past_model.onnx is missing"},
+		{"no config", func(dir string) { os.Remove(filepath.Join(dir, incremental.ConfigFile)) }, "no config.json"},
+		{"another export", func(dir string) {
+			if err := b.Decoder.Save(filepath.Join(dir, incremental.DecoderFile)); err != nil {
+				t.Fatal(err)
+			}
+		}, "comes from another export"},
+		{"another model", func(dir string) {
+			g := c.DecoderWithPast
+			g.SetMetadata(incremental.MetadataKey, "")
+			if err := g.Save(filepath.Join(dir, incremental.DecoderWithPastFile)); err != nil {
+				t.Fatal(err)
+			}
+		}, "different models"},
+	} {
+		dir := writeDir(t, a)
+		tc.edit(dir)
+		_, err := OpenIncremental(dir, nil)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%s: got %v, want one line containing %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// bruteBeam is beam search written plainly for one sentence: every
+// hypothesis is scored by running the full model over its whole prefix,
+// with Decode's rules (2·beam candidates per hypothesis, EOS ends a
+// hypothesis, LightSeq's length penalty, the stopping bound).
+func bruteBeam(t *testing.T, m *Seq2Seq, src []int64, o DecodeOptions) Hypothesis {
+	t.Helper()
+	o, err := o.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, sp := o.Beam, o.Special
+	type hyp struct {
+		ids []int64
+		lp  float64
+	}
+	alive := []hyp{{ids: []int64{}}}
+	var finished []Hypothesis
+	limit := o.limit(len(src))
+	for len(alive) > 0 {
+		type cand struct {
+			ids []int64
+			lp  float64
+			eos bool
+		}
+		var cands []cand
+		// One forward pass of the whole model over every live prefix.
+		var srcIDs, tgtIDs []int64
+		for _, h := range alive {
+			srcIDs = append(srcIDs, src...)
+			tgtIDs = append(append(tgtIDs, sp.BOS), h.ids...)
+		}
+		n := int64(len(alive))
+		all, v, err := m.NextLogits(ort.Int64([]int64{n, int64(len(src))}, srcIDs), ort.Int64([]int64{n, int64(len(tgtIDs)) / n}, tgtIDs))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for r, h := range alive {
+			logits := all[r*v : (r+1)*v]
+			lse := 0.0
+			mx := math.Inf(-1)
+			for _, x := range logits {
+				mx = math.Max(mx, float64(x))
+			}
+			for _, x := range logits {
+				lse += math.Exp(float64(x) - mx)
+			}
+			lse = mx + math.Log(lse)
+			for _, tok := range topN(logits, min(2*k, v)) {
+				ids := append(append([]int64(nil), h.ids...), int64(tok))
+				cands = append(cands, cand{ids, h.lp + float64(logits[tok]) - lse, int64(tok) == sp.EOS})
+			}
+		}
+		for i := 1; i < len(cands); i++ { // stable insertion sort, best first
+			for j := i; j > 0 && cands[j].lp > cands[j-1].lp; j-- {
+				cands[j], cands[j-1] = cands[j-1], cands[j]
+			}
+		}
+		length := len(alive[0].ids) + 1
+		var next []hyp
+		for _, c := range cands {
+			if c.eos {
+				finished = append(finished, Hypothesis{IDs: c.ids[:len(c.ids)-1], LogProb: c.lp, Score: c.lp * o.lengthNorm(length), Finished: true})
+			} else if len(next) < k {
+				next = append(next, hyp{c.ids, c.lp})
+			}
+		}
+		if length >= limit {
+			for _, h := range next {
+				finished = append(finished, Hypothesis{IDs: h.ids, LogProb: h.lp, Score: h.lp * o.lengthNorm(length)})
+			}
+			next = nil
+		}
+		for i := 1; i < len(finished); i++ {
+			for j := i; j > 0 && finished[j].Score > finished[j-1].Score; j-- {
+				finished[j], finished[j-1] = finished[j-1], finished[j]
+			}
+		}
+		if len(finished) > k {
+			finished = finished[:k]
+		}
+		alive = next
+		if len(alive) > 0 && len(finished) == k && alive[0].lp*o.lengthNorm(limit) <= finished[k-1].Score {
+			break
+		}
+	}
+	return finished[0]
+}
+
+// TestBeamBruteForce decodes 50 demo test sentences with a beam of 4 and
+// LightSeq's length penalty through the demo model's cache, in batches,
+// and checks each translation against the plain beam search over the
+// full model.
+func TestBeamBruteForce(t *testing.T) {
+	tok, err := LoadSentencePiece("../testmodels/demo/data/spm.model")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, p := range demo.Generate(3, 50) { // the test split's seed
+		lines = append(lines, p.Src)
+	}
+	srcs, err := EncodeSources(lines, tok, "test", DefaultSpecial(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := Load(ModelSpec{Path: "../testmodels/demo/data/model.onnx"}, DefaultSpecial(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if !l.Cached {
+		t.Fatalf("the demo model decodes without a cache: %s", l.Note)
+	}
+	opts := DecodeOptions{Beam: 4, LengthPenalty: DefaultLengthPenalty, Workers: 2}
+	got, err := Decode(l.Model, srcs, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := rerunModel(t, "../testmodels/demo/data/model.onnx")
+	for i, src := range srcs {
+		want := bruteBeam(t, full, src, opts)
+		if !reflect.DeepEqual(got[i].IDs, want.IDs) || math.Abs(got[i].Score-want.Score) > 1e-4 {
+			t.Errorf("sentence %d: cached beam %v (score %.5f), plain beam %v (score %.5f)", i, got[i].IDs, got[i].Score, want.IDs, want.Score)
+		}
+	}
+}
+
+// rerunModel opens a full-sequence file to be run whole.
+func rerunModel(t *testing.T, path string) *Seq2Seq {
+	t.Helper()
+	s, err := ort.OpenFile(path, &ort.Options{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	m, err := NewSeq2Seq(path, s, Roles{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}

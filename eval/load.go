@@ -1,0 +1,144 @@
+package eval
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+
+	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
+	"github.com/qatc/qatc/passes/incremental"
+)
+
+// ModelSpec names a model to decode.
+type ModelSpec struct {
+	// Name labels the model's row; empty means the file's base name.
+	Name string
+	// Path is an ONNX file (a full-sequence seq2seq model) or a directory
+	// written by qatc export --incremental.
+	Path string
+	// Roles names a full-sequence model's inputs and output; empty fields
+	// are found by shape (FindRoles).
+	Roles Roles
+	// Model, when set, decodes instead of onnxruntime sessions over Path (a
+	// model in another format, such as a LightSeq file run by its
+	// reference decoder); Vocab is then its vocabulary size.
+	Model Model
+	Vocab int
+	// Rerun decodes a full-sequence file the way it runs: the whole model
+	// at every step, without building its incremental graphs.
+	Rerun bool
+	// Map names tensors by role for the recogniser (transformer.Options).
+	Map map[string]string
+}
+
+// Loaded is a model ready to decode.
+type Loaded struct {
+	Model Model
+	Vocab int
+	// Roles are a full-sequence model's roles when it decodes by re-running.
+	Roles Roles
+	// SizeBytes is what the model takes on disk.
+	SizeBytes int64
+	// Cached reports decoding with a key/value cache; Note says why a
+	// full-sequence file decodes without one.
+	Cached bool
+	Note   string
+	// Incremental is the cached model, when it is one.
+	Incremental *Incremental
+	closers     []func() error
+}
+
+// Close releases the model's sessions.
+func (l *Loaded) Close() error {
+	var errs []error
+	for _, c := range l.closers {
+		errs = append(errs, c())
+	}
+	return errors.Join(errs...)
+}
+
+// Threads returns the decoding workers for a thread count: n, or the
+// number of CPUs for n ≤ 0. Decoding steps are small, so threads pay as
+// independent batches (each session run on one thread) rather than as
+// onnxruntime's intra-op threads, which spend more time handing work out
+// than a step's operators take.
+func Threads(n int) int {
+	if n > 0 {
+		return n
+	}
+	return runtime.NumCPU()
+}
+
+// Load opens spec for decoding with sessions of the given intra-op thread
+// count (0: onnxruntime's default): a directory with its cache, a
+// full-sequence fp32 or QAT file with the incremental graphs built from it
+// in memory, and any other seq2seq file, or one with spec.Rerun, by
+// re-running it at every step (Note says why).
+func Load(spec ModelSpec, sp Special, threads int) (*Loaded, error) {
+	if sp == (Special{}) {
+		sp = DefaultSpecial()
+	}
+	opts := &ort.Options{Threads: threads}
+	if spec.Model != nil {
+		st, err := os.Stat(spec.Path)
+		if err != nil {
+			return nil, err
+		}
+		return &Loaded{Model: spec.Model, Vocab: spec.Vocab, SizeBytes: st.Size()}, nil
+	}
+	if IsIncrementalDir(spec.Path) {
+		m, err := OpenIncremental(spec.Path, opts)
+		if err != nil {
+			return nil, err
+		}
+		size := int64(0)
+		for _, f := range incremental.Files {
+			n, err := ModelSize(spec.Path + "/" + f)
+			if err != nil {
+				m.Close()
+				return nil, err
+			}
+			size += n
+		}
+		return &Loaded{Model: m, Vocab: m.vocab, SizeBytes: size, Cached: true, Incremental: m, closers: []func() error{m.Close}}, nil
+	}
+	size, err := ModelSize(spec.Path)
+	if err != nil {
+		return nil, err
+	}
+	note := "decoding by re-running the whole model at each step, as asked"
+	if !spec.Rerun {
+		g, err := graph.Load(spec.Path)
+		if err != nil {
+			return nil, err
+		}
+		set, err := incremental.Build(g, incremental.Options{Map: spec.Map, Pad: sp.Pad, BOS: sp.BOS, EOS: sp.EOS})
+		if err == nil {
+			m, err := NewIncremental(spec.Path, set, opts)
+			if err != nil {
+				return nil, err
+			}
+			return &Loaded{Model: m, Vocab: m.vocab, SizeBytes: size, Cached: true, Incremental: m, closers: []func() error{m.Close}}, nil
+		}
+		// Any seq2seq graph still decodes, the slow way.
+		note = fmt.Sprintf("decoding without a cache (the whole model re-runs at each step): %v", err)
+	}
+	sess, err := ort.OpenFile(spec.Path, opts)
+	if err != nil {
+		return nil, err
+	}
+	s2s, err := NewSeq2Seq(spec.Path, sess, spec.Roles)
+	if err != nil {
+		sess.Close()
+		return nil, err
+	}
+	s2s.Special = sp
+	vocab, err := s2s.Vocab(sp)
+	if err != nil {
+		sess.Close()
+		return nil, err
+	}
+	return &Loaded{Model: s2s, Vocab: vocab, Roles: s2s.Roles, SizeBytes: size, Note: note, closers: []func() error{sess.Close}}, nil
+}

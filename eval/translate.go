@@ -1,0 +1,116 @@
+package eval
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// TranslateOptions configure Translate.
+type TranslateOptions struct {
+	// Decode configures decoding; Decode.Workers is set from Threads.
+	Decode DecodeOptions
+	// Threads is the number of batches decoded at once (see Threads).
+	Threads int
+	// Src and Tgt tokenize the source lines and detokenize the
+	// translations; nil means the lines are token ids (IDs).
+	Src, Tgt Tokenizer
+	// SrcName names the input in errors; TgtTokName the target
+	// tokenizer's model.
+	SrcName, TgtTokName string
+	// NoSrcEOS feeds sources without the EOS qatc's training appends.
+	NoSrcEOS bool
+	// Rerun, Roles and Map are ModelSpec's.
+	Rerun bool
+	Roles Roles
+	Map   map[string]string
+	// Progress, when set, is called after each batch.
+	Progress func(done, total int)
+}
+
+// TranslateReport says how Translate decoded.
+type TranslateReport struct {
+	Sentences int
+	Cached    bool
+	// Note says why a full-sequence model decoded without a cache.
+	Note string
+}
+
+// Translate reads source sentences from r, one a line, translates them
+// with the model at path (see Load) and writes one translation a line to
+// w, in the input's order. Every line is read and checked before any is
+// decoded, and nothing is written unless all of them are translated.
+func Translate(path string, r io.Reader, w io.Writer, opts TranslateOptions) (*TranslateReport, error) {
+	name := nameOr(opts.SrcName, "the source")
+	dopts, err := opts.Decode.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	dopts.Workers = Threads(opts.Threads)
+	dopts.Progress = opts.Progress
+	stok, ttok := opts.Src, opts.Tgt
+	if stok == nil {
+		stok = IDs{}
+	}
+	if ttok == nil {
+		ttok = IDs{}
+	}
+	var lines []string
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<20), 1<<26)
+	for sc.Scan() {
+		lines = append(lines, strings.TrimRight(sc.Text(), "\r"))
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	for i, line := range lines {
+		if strings.TrimSpace(line) == "" {
+			return nil, fmt.Errorf("%s:%d: empty line: there is nothing to translate; give one sentence per line", name, i+1)
+		}
+	}
+	srcs, err := EncodeSources(lines, stok, name, dopts.Special, opts.NoSrcEOS)
+	if err != nil {
+		return nil, err
+	}
+	l, err := Load(ModelSpec{Path: path, Roles: opts.Roles, Rerun: opts.Rerun, Map: opts.Map}, dopts.Special, 1)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Close()
+	if err := CheckVocab(ttok, nameOr(opts.TgtTokName, "the SentencePiece model"), l.Vocab, path); err != nil {
+		return nil, err
+	}
+	rep := &TranslateReport{Sentences: len(srcs), Cached: l.Cached, Note: l.Note}
+	if len(srcs) == 0 {
+		return rep, nil
+	}
+	hyps, err := Decode(l.Model, srcs, dopts)
+	if err != nil {
+		return nil, err
+	}
+	bw := bufio.NewWriter(w)
+	for _, h := range hyps {
+		bw.WriteString(ttok.Decode(h.IDs))
+		bw.WriteByte('\n')
+	}
+	return rep, bw.Flush()
+}
+
+// EncodeSources tokenizes source lines (name names them in errors) and
+// appends EOS unless noEOS: the ids a model trained by qatc reads.
+func EncodeSources(lines []string, tok Tokenizer, name string, sp Special, noEOS bool) ([][]int64, error) {
+	srcs := make([][]int64, len(lines))
+	for i, line := range lines {
+		ids, err := tok.Encode(line)
+		if err != nil {
+			return nil, fmt.Errorf("%s:%d: %v", name, i+1, err)
+		}
+		if !noEOS {
+			ids = append(ids, sp.EOS)
+		}
+		srcs[i] = ids
+	}
+	return srcs, nil
+}
