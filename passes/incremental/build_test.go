@@ -128,7 +128,9 @@ func TestParity(t *testing.T) {
 		name     string
 		cfg      testmodels.Config
 		computed bool // positions gathered by a computed Range
-	}{{"pre-norm tied", tiny, false}, {"post-norm separate", post, false}, {"fused gelu", fused, false}, {"opset 14", old, false}, {"computed positions", tiny, true}} {
+		rescale  bool // the scalings of testmodels.Rescale
+	}{{"pre-norm tied", tiny, false, false}, {"post-norm separate", post, false, false}, {"fused gelu", fused, false, false},
+		{"opset 14", old, false, false}, {"computed positions", tiny, true, false}, {"rescaled", post, false, true}} {
 		for _, qat := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s qat=%v", tc.name, qat), func(t *testing.T) {
 				m, err := testmodels.Build(tc.cfg)
@@ -137,6 +139,11 @@ func TestParity(t *testing.T) {
 				}
 				if tc.computed {
 					computePositions(t, m)
+				}
+				if tc.rescale {
+					if err := testmodels.Rescale(m); err != nil {
+						t.Fatal(err)
+					}
 				}
 				if qat {
 					if _, err := quantize.Insert(m, quantize.DefaultParams()); err != nil {

@@ -250,15 +250,15 @@ var views = map[string]bool{
 // a stream value or a value none of those computes). It returns that
 // value and the steps from it to v, in the order they apply.
 func (b *builder) walk(v, stop string) (string, []step, error) {
-	return b.walkBy(v, stop, true)
+	return b.walkUntil(v, stop, func(v string) bool { return v == stop || stop == "" && b.streams[v] })
 }
 
-// walkBy is walk, through scalings only when scalings is set.
-func (b *builder) walkBy(v, stop string, scalings bool) (string, []step, error) {
+// walkUntil is walk, stopping where done says.
+func (b *builder) walkUntil(v, stop string, done func(string) bool) (string, []step, error) {
 	src := b.src()
 	var rev []step
 	for range 64 {
-		if v == stop || (stop == "" && b.streams[v]) {
+		if done(v) {
 			break
 		}
 		if q := b.quant[v]; q != nil {
@@ -274,7 +274,7 @@ func (b *builder) walkBy(v, stop string, scalings bool) (string, []step, error) 
 			v = p.Input[0]
 			continue
 		}
-		if scalings && (p.OpType == "Mul" || p.OpType == "Div") {
+		if p.OpType == "Mul" || p.OpType == "Div" {
 			if i, ok := b.scaling(p); ok {
 				rev = append(rev, step{node: p, data: i})
 				v = p.Input[i]
@@ -302,14 +302,15 @@ func describe(m *graph.Model, v string) string {
 }
 
 // scaling reports whether Mul or Div node p scales a data operand by a
-// one-element constant, and which operand is the data.
+// number computed from constants alone (as the recogniser reads
+// scalings: literals, Sqrt or Pow of a dimension read off a shape), and
+// which operand is the data.
 func (b *builder) scaling(p *onnx.NodeProto) (int, bool) {
 	for i := range 2 {
 		if p.OpType == "Div" && i == 1 {
 			break // data / constant only
 		}
-		c := p.Input[1-i]
-		if b.isConst(c) && b.oneElement(c) {
+		if _, ok := b.tm.Scalar(p.Input[1-i]); ok {
 			return i, true
 		}
 	}
@@ -334,46 +335,6 @@ func (b *builder) isConst(v string) bool {
 	return true
 }
 
-// oneElement reports whether source value v holds one element, as far
-// as the source's shape inference knows.
-func (b *builder) oneElement(v string) bool {
-	if t := b.src().Initializer(v); t != nil {
-		return graph.NumElements(t.Dims) == 1
-	}
-	if p := b.src().Producer(v); p != nil && p.OpType == "Constant" {
-		if a := graph.Attr(p, "value"); a != nil && a.T != nil {
-			return graph.NumElements(a.T.Dims) == 1
-		}
-		return graph.Attr(p, "value_float") != nil
-	}
-	sh, err := b.shapes()
-	if err != nil {
-		return false
-	}
-	t, ok := sh[v]
-	if !ok || !t.RankKnown {
-		return false
-	}
-	for _, d := range t.Dims {
-		if d.Value != 1 {
-			return false
-		}
-	}
-	return true
-}
-
-// shapes returns the source's inferred shapes (computed once).
-func (b *builder) shapes() (map[string]graph.TensorInfo, error) {
-	if b.source.shapesOf == nil {
-		sh, err := b.src().InferShapes()
-		if err != nil {
-			return nil, err
-		}
-		b.source.shapesOf = sh
-	}
-	return b.source.shapesOf, nil
-}
-
 // apply performs steps on x.
 func (b *builder) apply(x string, steps []step) (string, error) {
 	for _, s := range steps {
@@ -384,10 +345,9 @@ func (b *builder) apply(x string, steps []step) (string, error) {
 			}
 			continue
 		}
-		c, err := b.copyConst(s.node.Input[1-s.data])
-		if err != nil {
-			return "", err
-		}
+		// The factor as the recogniser evaluates it, one float32 constant.
+		k, _ := b.tm.Scalar(s.node.Input[1-s.data])
+		c := b.float(float32(k))
 		ins := []string{x, c}
 		if s.data == 1 {
 			ins = []string{c, x}

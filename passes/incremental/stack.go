@@ -667,13 +667,15 @@ func (b *builder) ffn(f *transformer.FFN, h string) (string, error) {
 	default:
 		return "", fmt.Errorf("activation %q", b.tm.Activation)
 	}
-	// The activation's output: behind dense2's operand through
-	// quantizers and views only (an erf GELU ends in a scaling).
-	act, _, err := b.walkBy(f.Dense2.Node.Input[0], "", false)
-	if err != nil {
-		return "", err
+	// Back from dense2's operand to the activation's output, through
+	// quantizers, views and scalings (an erf GELU's own last Mul by ½
+	// belongs to the activation).
+	src := b.src()
+	isAct := func(v string) bool {
+		p := src.Producer(v)
+		return p != nil && (p.OpType == "Relu" || p.OpType == "Gelu" || (p.OpType == "Mul" || p.OpType == "Div") && b.erfWithin(p, 4))
 	}
-	_, steps, err = b.walk(f.Dense2.Node.Input[0], act)
+	_, steps, err = b.walkUntil(f.Dense2.Node.Input[0], "", isAct)
 	if err != nil {
 		return "", err
 	}
@@ -685,6 +687,20 @@ func (b *builder) ffn(f *transformer.FFN, h string) (string, error) {
 		return "", err
 	}
 	return y[0], nil
+}
+
+// erfWithin reports whether an Erf computes one of n's inputs within
+// depth nodes: n is part of an erf GELU.
+func (b *builder) erfWithin(n *onnx.NodeProto, depth int) bool {
+	if depth == 0 {
+		return false
+	}
+	for _, in := range n.Input {
+		if p := b.src().Producer(in); p != nil && (p.OpType == "Erf" || b.erfWithin(p, depth-1)) {
+			return true
+		}
+	}
+	return false
 }
 
 // weight returns the value a weight operand reads: initializer w behind

@@ -23,6 +23,20 @@ type Model struct {
 	Tied   bool
 	// LogitsOutput is the graph output holding the logits.
 	LogitsOutput string
+
+	// w reads the graph the model was recognised in (Scalar).
+	w *walker
+}
+
+// Scalar returns the number value v of the recognised graph holds when it
+// is computed from constants alone (initializers, Constant nodes, static
+// dimensions read off shapes, through casts, views and arithmetic), as
+// the recogniser reads scalings; ok is false otherwise.
+func (tm *Model) Scalar(v string) (float64, bool) {
+	if tm.w == nil {
+		return 0, false
+	}
+	return tm.w.scalar(v)
 }
 
 // Embedding is a token table lookup, scaled, plus positions.

@@ -52,6 +52,7 @@ func Recognize(m *graph.Model, opts Options) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
+	tm.w = &r.walker
 	if len(opts.Map) > 0 {
 		if err := tm.apply(m, opts.Map); err != nil {
 			return nil, err
