@@ -3,11 +3,11 @@ package eval
 import (
 	"fmt"
 	"math"
-	"path/filepath"
 	"reflect"
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/internal/fixture"
 	"github.com/qatc/qatc/ort"
 )
 
@@ -217,27 +217,26 @@ func TestDecodeOptionErrors(t *testing.T) {
 // despite padding, and beam search's log-probability is the one a
 // teacher-forced pass over its output computes.
 func TestDecodeTorchTransformer(t *testing.T) {
-	dir := "../../shared/models"
-	s, err := ort.OpenFile(filepath.Join(dir, "torch_transformer_opset17.onnx"), &ort.Options{Threads: 1})
+	s, err := ort.OpenFile(fixture.Torch(t, fixture.Transformer17), &ort.Options{Threads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	m, err := NewSeq2Seq("torch_transformer_opset17.onnx", s, Roles{})
+	m, err := NewSeq2Seq(fixture.Transformer17, s, Roles{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if m.Roles != (Roles{"src_ids", "tgt_ids", "logits"}) {
 		t.Fatalf("roles %+v", m.Roles)
 	}
-	if v, _ := m.Vocab(DefaultSpecial()); v != 1000 {
-		t.Fatalf("vocab %d, want 1000", v)
+	if v, _ := m.Vocab(DefaultSpecial()); v != 512 {
+		t.Fatalf("vocab %d, want 512", v)
 	}
-	src, err := ort.ReadNpy(filepath.Join(dir, "torch_transformer_src_ids.npy"))
+	src, err := ort.ReadNpy(fixture.Torch(t, fixture.TransformerSrc))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref, err := ort.ReadNpy(filepath.Join(dir, "torch_transformer_logits.npy"))
+	ref, err := ort.ReadNpy(fixture.Torch(t, fixture.TransformerLogits))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,8 +316,7 @@ func TestDecodeTorchTransformer(t *testing.T) {
 // tokens each, as the random model never emits EOS), greedily and with a
 // beam of 4, one thread.
 func BenchmarkDecodeTorch(b *testing.B) {
-	dir := "../../shared/models"
-	s, err := ort.OpenFile(filepath.Join(dir, "torch_transformer_opset17.onnx"), &ort.Options{Threads: 1})
+	s, err := ort.OpenFile(fixture.Torch(b, fixture.Transformer17), &ort.Options{Threads: 1})
 	if err != nil {
 		b.Fatal(err)
 	}

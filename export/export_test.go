@@ -7,15 +7,15 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/internal/fixture"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/fold"
 	"github.com/qatc/qatc/testmodels"
 )
 
-const torchModel = "/work/shared/models/torch_transformer_opset17.onnx"
-
 var torch struct {
 	once  sync.Once
+	path  string
 	fp32  *graph.Model
 	qat   *graph.Model
 	batch map[string]*ort.Tensor
@@ -27,7 +27,8 @@ var torch struct {
 func torchQAT(t *testing.T) (fp32, qat *graph.Model, batch map[string]*ort.Tensor) {
 	t.Helper()
 	torch.once.Do(func() {
-		torch.fp32, torch.err = graph.Load(torchModel)
+		torch.path = fixture.Torch(t, fixture.Transformer17)
+		torch.fp32, torch.err = graph.Load(torch.path)
 		if torch.err != nil {
 			return
 		}
@@ -62,7 +63,7 @@ func TestFormats(t *testing.T) {
 		{"dynamic", weightProducts + 4, matMuls(fp32) - weightProducts - 4}, // + the cross-attention K/V, sliced from one weight
 	} {
 		t.Run(tc.format, func(t *testing.T) {
-			out, rep, err := Export(qat, tc.format, &Options{Source: torchModel})
+			out, rep, err := Export(qat, tc.format, &Options{Source: torch.path})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -88,7 +89,7 @@ func TestFormats(t *testing.T) {
 			if got, _ := out.Metadata(fold.RecordKey); got != want || want == "" {
 				t.Errorf("quantization record not carried over")
 			}
-			if src, _ := out.Metadata(SourceKey); src != torchModel {
+			if src, _ := out.Metadata(SourceKey); src != torch.path {
 				t.Errorf("source metadata %q", src)
 			}
 		})

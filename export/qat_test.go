@@ -245,7 +245,7 @@ func torchBatch(batch, srcLen, tgtLen int, seed uint64) map[string]*ort.Tensor {
 	ids := func(n int) []int64 {
 		v := make([]int64, n)
 		for i := range v {
-			v[i] = 4 + r.Int64N(996)
+			v[i] = 4 + r.Int64N(508)
 		}
 		return v
 	}

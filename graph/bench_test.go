@@ -62,11 +62,12 @@ func bigValue(i, j int) float32 {
 	return float32(int32(uint32(j)*2654435761+uint32(i))>>8) * 1e-9
 }
 
-// runBig runs TestBigHelper in a subprocess and returns the seconds the
-// operation took and the process's peak resident bytes.
+// runBig runs bigHelper in a subprocess (this test binary, see TestMain)
+// and returns the seconds the operation took and the process's peak
+// resident bytes.
 func runBig(b *testing.B, mode, path string) (float64, int64) {
 	b.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestBigHelper$", "-test.v")
+	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), bigEnvMode+"="+mode, bigEnvPath+"="+path)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -114,49 +115,62 @@ func benchBig(b *testing.B, mode string) {
 func BenchmarkLoadBig(b *testing.B) { benchBig(b, "load") }
 func BenchmarkSaveBig(b *testing.B) { benchBig(b, "save") }
 
-// TestBigHelper is the subprocess side of the Big benchmarks; it does
-// nothing in a normal test run.
-func TestBigHelper(t *testing.T) {
-	mode, path := os.Getenv(bigEnvMode), os.Getenv(bigEnvPath)
-	if mode == "" {
-		t.Skip("run by BenchmarkLoadBig and BenchmarkSaveBig")
+// TestMain runs the subprocess side of the Big benchmarks when runBig
+// starts this test binary with bigEnvMode set, and the tests otherwise.
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(bigEnvMode); mode != "" {
+		if err := bigHelper(mode, os.Getenv(bigEnvPath)); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
 	}
+	os.Exit(m.Run())
+}
+
+// bigHelper loads (and with mode "save" saves) the model at path and
+// prints the seconds the operation took and the peak resident memory.
+func bigHelper(mode, path string) error {
 	start := time.Now()
 	m, err := Load(path)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	if mode == "save" {
 		start = time.Now()
 		out := filepath.Join(filepath.Dir(path), "saved.onnx")
 		if err := m.SaveWith(out, &SaveOptions{ExternalData: true}); err != nil {
-			t.Fatal(err)
+			return err
 		}
 	}
 	secs := time.Since(start).Seconds()
 	// Check the data really arrived, so the benchmark measures a load.
 	w, err := Floats(m.Initializer("layer199.weight"))
 	if err != nil || len(w) != 1024*1024 || w[12345] != bigValue(199, 12345) {
-		t.Fatalf("layer199.weight not loaded correctly: %v", err)
+		return fmt.Errorf("layer199.weight not loaded correctly: %v", err)
 	}
-	fmt.Printf("BIG seconds=%g hwm=%d\n", secs, peakRSS(t))
+	hwm, err := peakRSS()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("BIG seconds=%g hwm=%d\n", secs, hwm)
+	return nil
 }
 
 // peakRSS reads the process's peak resident set size.
-func peakRSS(t *testing.T) int64 {
+func peakRSS() (int64, error) {
 	data, err := os.ReadFile("/proc/self/status")
 	if err != nil {
-		t.Skipf("no /proc: %v", err)
+		return 0, fmt.Errorf("peak memory: %v", err)
 	}
 	for _, line := range strings.Split(string(data), "\n") {
 		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
 			kb, err := strconv.ParseInt(f[1], 10, 64)
 			if err != nil {
-				t.Fatal(err)
+				return 0, fmt.Errorf("VmHWM: %v", err)
 			}
-			return kb << 10
+			return kb << 10, nil
 		}
 	}
-	t.Fatal("no VmHWM in /proc/self/status")
-	return 0
+	return 0, fmt.Errorf("no VmHWM in /proc/self/status")
 }

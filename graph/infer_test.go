@@ -255,26 +255,26 @@ func TestInferShapesCycle(t *testing.T) {
 	}
 }
 
-// TestInferShapesShared checks the reference models: every value gets a
+// TestInferShapesTorch checks the reference models: every value gets a
 // rank, the named dimensions reach the logits, and a sample of
 // intermediate values have the shapes onnxruntime reports for them.
-func TestInferShapesShared(t *testing.T) {
+func TestInferShapesTorch(t *testing.T) {
 	want := map[string]map[string]string{
-		"torch_transformer_opset14.onnx": {
-			"logits":               "float32[batch,tgt_len,1000]",
+		"transformer_opset14.onnx": {
+			"logits":               "float32[batch,tgt_len,512]",
 			"/emb/Gather_output_0": "float32[batch,src_len,64]",
 			"/Trilu_output_0":      "float32[tgt_len,tgt_len]",
 			"/Equal_output_0":      "bool[batch,src_len]",
 			"/tf/encoder/layers.0/self_attn/Reshape_output_0": "float32[src_len,?,16]",
 		},
-		"torch_transformer_opset17.onnx": {
-			"logits":                 "float32[batch,tgt_len,1000]",
+		"transformer_opset17.onnx": {
+			"logits":                 "float32[batch,tgt_len,512]",
 			"/emb_1/Gather_output_0": "float32[batch,tgt_len,64]",
 			"/tf/encoder/layers.0/norm1/LayerNormalization_output_0": "float32[batch,src_len,64]",
 			"/tf/encoder/layers.0/self_attn/Reshape_output_0":        "float32[src_len,?,16]",
 		},
 	}
-	for _, path := range sharedModelPaths(t) {
+	for _, path := range torchModelPaths(t) {
 		base := filepath.Base(path)
 		t.Run(base, func(t *testing.T) {
 			m, err := Load(path)

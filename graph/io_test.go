@@ -8,17 +8,17 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/qatc/qatc/internal/fixture"
 	"github.com/qatc/qatc/onnx"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
 
-const sharedModels = "../../shared/models"
-
-func sharedModelPaths(t testing.TB) []string {
-	paths, _ := filepath.Glob(filepath.Join(sharedModels, "*.onnx"))
-	if len(paths) == 0 {
-		t.Skipf("no models in %s", sharedModels)
+// torchModelPaths returns the paths of every PyTorch-exported fixture.
+func torchModelPaths(t testing.TB) []string {
+	var paths []string
+	for _, f := range fixture.Models() {
+		paths = append(paths, fixture.Torch(t, f.File))
 	}
 	return paths
 }
@@ -41,14 +41,14 @@ func assertSameModel(t *testing.T, a, b *Model) {
 	}
 }
 
-func TestRoundTripShared(t *testing.T) {
-	for _, path := range sharedModelPaths(t) {
+func TestRoundTripTorch(t *testing.T) {
+	for _, path := range torchModelPaths(t) {
 		t.Run(filepath.Base(path), func(t *testing.T) {
 			m, err := Load(path)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(m.Proto.Graph.Node) < 900 || len(m.Proto.Graph.Initializer) == 0 {
+			if len(m.Proto.Graph.Node) < 400 || len(m.Proto.Graph.Initializer) == 0 {
 				t.Fatalf("loaded %d nodes, %d initializers", len(m.Proto.Graph.Node), len(m.Proto.Graph.Initializer))
 			}
 			dir := t.TempDir()

@@ -142,8 +142,8 @@ func TestValidateTopoSortFixesOrder(t *testing.T) {
 	}
 }
 
-func TestValidateShared(t *testing.T) {
-	for _, path := range sharedModelPaths(t) {
+func TestValidateTorch(t *testing.T) {
+	for _, path := range torchModelPaths(t) {
 		m, err := Load(path)
 		if err != nil {
 			t.Fatal(err)

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/qatc/qatc/internal/fixture"
 )
 
 // checkErr fails unless err is a single line containing every want.
@@ -27,15 +29,15 @@ func checkErr(t *testing.T, err error, want ...string) {
 }
 
 func TestBadInputs(t *testing.T) {
-	model := sharedPath("torch_transformer_opset14.onnx")
+	model := fixture.Torch(t, "transformer_opset14.onnx")
 	s, err := OpenFile(model, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	src := mustReadNpy(t, "torch_transformer_src_ids.npy")
-	tgt := mustReadNpy(t, "torch_transformer_tgt_ids.npy")
-	logits := mustReadNpy(t, "torch_transformer_logits.npy")
+	src := mustReadNpy(t, "transformer_src_ids.npy")
+	tgt := mustReadNpy(t, "transformer_tgt_ids.npy")
+	logits := mustReadNpy(t, "transformer_logits.npy")
 	src32 := make([]int32, src.Len())
 	for i, v := range src.Int64s() {
 		src32[i] = int32(v)
@@ -49,7 +51,7 @@ func TestBadInputs(t *testing.T) {
 		{"wrong dtype", map[string]*Tensor{"src_ids": Int32(src.Shape, src32), "tgt_ids": tgt}, nil,
 			[]string{model, `input "src_ids"`, "given int32[2,9]", "expects int64[batch,src_len]"}},
 		{"npy of the wrong dtype", map[string]*Tensor{"src_ids": src, "tgt_ids": logits}, nil,
-			[]string{`input "tgt_ids"`, "given float32[2,7,1000]", "expects int64[batch,tgt_len]"}},
+			[]string{`input "tgt_ids"`, "given float32[2,7,512]", "expects int64[batch,tgt_len]"}},
 		{"wrong rank", map[string]*Tensor{"src_ids": Int64([]int64{18}, src.Int64s()), "tgt_ids": tgt}, nil,
 			[]string{`input "src_ids"`, "given int64[18] (rank 1)", "expects int64[batch,src_len] (rank 2)"}},
 		{"shape and data disagree", map[string]*Tensor{"src_ids": Int64([]int64{2, 10}, src.Int64s()), "tgt_ids": tgt}, nil,
@@ -79,7 +81,7 @@ func TestBadModels(t *testing.T) {
 	junk := filepath.Join(dir, "junk.onnx")
 	os.WriteFile(empty, nil, 0o644)
 	os.WriteFile(junk, []byte("\xff\xff\xff\xff not a protobuf"), 0o644)
-	model := sharedPath("torch_transformer_opset14.onnx")
+	model := fixture.Torch(t, "transformer_opset14.onnx")
 	tests := []struct {
 		name string
 		path string

@@ -1,10 +1,10 @@
 package ort_test
 
 import (
-	"path/filepath"
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/internal/fixture"
 	"github.com/qatc/qatc/ort"
 )
 
@@ -14,12 +14,11 @@ import (
 // match what onnxruntime produces, and so must every dim inferred static
 // or named after an input dim (batch, src_len, tgt_len).
 func TestInferAgreement(t *testing.T) {
-	dir := "../../shared/models"
-	src, err := ort.ReadNpy(filepath.Join(dir, "torch_transformer_src_ids.npy"))
+	src, err := ort.ReadNpy(fixture.Torch(t, fixture.TransformerSrc))
 	if err != nil {
 		t.Fatal(err)
 	}
-	tgt, err := ort.ReadNpy(filepath.Join(dir, "torch_transformer_tgt_ids.npy"))
+	tgt, err := ort.ReadNpy(fixture.Torch(t, fixture.TransformerTgt))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,9 +27,9 @@ func TestInferAgreement(t *testing.T) {
 		{"src_ids": src, "tgt_ids": tgt},
 		{"src_ids": ort.Int64([]int64{1, 5}, src.Int64s()[:5]), "tgt_ids": ort.Int64([]int64{1, 4}, tgt.Int64s()[:4])},
 	}
-	for _, model := range []string{"torch_transformer_opset14.onnx", "torch_transformer_opset17.onnx"} {
+	for _, model := range []string{fixture.Transformer14, fixture.Transformer17} {
 		t.Run(model, func(t *testing.T) {
-			m, err := graph.Load(filepath.Join(dir, model))
+			m, err := graph.Load(fixture.Torch(t, model))
 			if err != nil {
 				t.Fatal(err)
 			}

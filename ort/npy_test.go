@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/qatc/qatc/internal/fixture"
 	"github.com/sbinet/npyio"
 )
 
@@ -66,9 +67,9 @@ func TestNpyRoundTrip(t *testing.T) {
 // TestNpyShared checks ReadNpy against the raw little-endian copies of the
 // shared arrays.
 func TestNpyShared(t *testing.T) {
-	for _, name := range []string{"torch_transformer_src_ids", "torch_transformer_logits"} {
+	for _, name := range []string{"transformer_src_ids", "transformer_logits"} {
 		x := mustReadNpy(t, name+".npy")
-		raw, err := os.ReadFile(sharedPath(name + map[bool]string{true: ".f32", false: ".i64"}[x.DType().String() == "float32"]))
+		raw, err := os.ReadFile(fixture.Torch(t, name+map[bool]string{true: ".f32", false: ".i64"}[x.DType().String() == "float32"]))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,15 +1,12 @@
 package ort
 
 import (
-	"github.com/qatc/qatc/graph"
 	"math"
-	"path/filepath"
 	"testing"
+
+	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/internal/fixture"
 )
-
-const sharedModels = "../../shared/models"
-
-func sharedPath(name string) string { return filepath.Join(sharedModels, name) }
 
 // maxAbsDiff returns the largest |a[i]-b[i]|.
 func maxAbsDiff(a, b []float32) float64 {
@@ -22,7 +19,7 @@ func maxAbsDiff(a, b []float32) float64 {
 
 func mustReadNpy(t *testing.T, name string) *Tensor {
 	t.Helper()
-	x, err := ReadNpy(sharedPath(name))
+	x, err := ReadNpy(fixture.Torch(t, name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,12 +30,12 @@ func mustReadNpy(t *testing.T, name string) *Tensor {
 // the logits against PyTorch's, then runs the first row alone in the same
 // session to show that shapes may change between calls.
 func TestParity(t *testing.T) {
-	src := mustReadNpy(t, "torch_transformer_src_ids.npy")
-	tgt := mustReadNpy(t, "torch_transformer_tgt_ids.npy")
-	want := mustReadNpy(t, "torch_transformer_logits.npy")
-	for _, model := range []string{"torch_transformer_opset14.onnx", "torch_transformer_opset17.onnx"} {
+	src := mustReadNpy(t, "transformer_src_ids.npy")
+	tgt := mustReadNpy(t, "transformer_tgt_ids.npy")
+	want := mustReadNpy(t, "transformer_logits.npy")
+	for _, model := range []string{"transformer_opset14.onnx", "transformer_opset17.onnx"} {
 		t.Run(model, func(t *testing.T) {
-			s, err := OpenFile(sharedPath(model), &Options{Threads: 1})
+			s, err := OpenFile(fixture.Torch(t, model), &Options{Threads: 1})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -97,11 +94,11 @@ func equalShape(a, b []int64) bool {
 // scalar constant and a Shape result, and checks them against the logits
 // and the inputs: value × weight must equal the logits.
 func TestIntermediateOutputs(t *testing.T) {
-	src := mustReadNpy(t, "torch_transformer_src_ids.npy")
-	tgt := mustReadNpy(t, "torch_transformer_tgt_ids.npy")
-	for _, model := range []string{"torch_transformer_opset14.onnx", "torch_transformer_opset17.onnx"} {
+	src := mustReadNpy(t, "transformer_src_ids.npy")
+	tgt := mustReadNpy(t, "transformer_tgt_ids.npy")
+	for _, model := range []string{"transformer_opset14.onnx", "transformer_opset17.onnx"} {
 		t.Run(model, func(t *testing.T) {
-			m, err := graph.Load(sharedPath(model))
+			m, err := graph.Load(fixture.Torch(t, model))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -36,7 +36,7 @@ func init() {
 // QATC_BENCH_THREADS (2).
 func benchSetup(b *testing.B) (*graph.Model, testmodels.Config, *Dataset, int) {
 	if err := ort.Init(); err != nil {
-		b.Skipf("onnxruntime not available: %v", err)
+		b.Fatal(err)
 	}
 	preset := os.Getenv("QATC_BENCH_PRESET")
 	if preset == "" {

@@ -1,11 +1,11 @@
 package train
 
 import (
-	"os"
 	"slices"
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/internal/fixture"
 )
 
 // TestTorchExportTied trains a few steps of the PyTorch-exported reference
@@ -14,11 +14,7 @@ import (
 // the trained model, and validation (which rebuilds the copy from the
 // parameter as the training graph does) runs.
 func TestTorchExportTied(t *testing.T) {
-	const path = "/work/shared/models/torch_transformer_opset17.onnx"
-	if _, err := os.Stat(path); err != nil {
-		t.Skip("reference model not found:", err)
-	}
-	m, err := graph.Load(path)
+	m, err := graph.Load(fixture.Torch(t, fixture.Transformer17))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,11 +74,7 @@ func TestTorchExportTied(t *testing.T) {
 
 // TestTorchExportUntie checks that --untie makes both copies parameters.
 func TestTorchExportUntie(t *testing.T) {
-	const path = "/work/shared/models/torch_transformer_opset17.onnx"
-	if _, err := os.Stat(path); err != nil {
-		t.Skip("reference model not found:", err)
-	}
-	m, err := graph.Load(path)
+	m, err := graph.Load(fixture.Torch(t, fixture.Transformer17))
 	if err != nil {
 		t.Fatal(err)
 	}

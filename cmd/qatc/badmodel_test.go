@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/internal/fixture"
 	"github.com/qatc/qatc/onnx"
 	"google.golang.org/protobuf/proto"
 )
@@ -15,7 +16,7 @@ import (
 // a graph with a cycle. Each is one line on stderr and exit 1.
 func TestBrokenModels(t *testing.T) {
 	dir := t.TempDir()
-	m, err := graph.Load(models + "torch_transformer_opset17.onnx")
+	m, err := graph.Load(fixture.Torch(t, fixture.Transformer17))
 	if err != nil {
 		t.Fatal(err)
 	}

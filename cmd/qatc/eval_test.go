@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/internal/fixture"
 )
 
 func TestEvalBadInputs(t *testing.T) {
@@ -35,7 +36,7 @@ func TestEvalBadInputs(t *testing.T) {
 		want string
 	}{
 		{"line counts differ", []string{model, "--src", src, "--ref", short}, 1, "short.ref"},
-		{"spm vocabulary mismatch", []string{model, "--src", text, "--ref", text, "--spm", "../../testmodels/demo/data/spm.model"}, 1, "512"},
+		{"spm vocabulary mismatch", []string{model, "--src", text, "--ref", text, "--spm", fixture.Path(t, "testmodels/demo/data/spm.model")}, 1, "512"},
 		{"not seq2seq", []string{notSeq, "--src", src, "--ref", src}, 1, "not a seq2seq model"},
 		{"no model", []string{"--src", src, "--ref", src}, 2, "one or more models"},
 	}

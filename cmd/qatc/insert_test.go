@@ -9,18 +9,38 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/internal/fixture"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/quantize"
+	"strconv"
 )
 
-// fixtureText writes the shared fixture's sentences (pads dropped, the
+// fixtureText writes the PyTorch fixture's batch (pads dropped, the
 // target's BOS dropped) as id files for calibration.
 func fixtureText(t *testing.T, dir string) (src, tgt string) {
 	src, tgt = filepath.Join(dir, "fx.src"), filepath.Join(dir, "fx.tgt")
-	if err := os.WriteFile(src, []byte("5 447 904 924 239 317 387 657 135\n700 984 817 296 963 545\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(tgt, []byte("620 382 109 606 68 295\n206 600 237 290\n"), 0o644); err != nil {
-		t.Fatal(err)
+	for _, f := range []struct {
+		path, npy string
+		skip      int
+	}{{src, fixture.TransformerSrc, 0}, {tgt, fixture.TransformerTgt, 1}} {
+		x, err := ort.ReadNpy(fixture.Torch(t, f.npy))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var text strings.Builder
+		cols := int(x.Shape[1])
+		for r := range int(x.Shape[0]) {
+			var ids []string
+			for _, v := range x.Int64s()[r*cols+f.skip : (r+1)*cols] {
+				if v != 0 {
+					ids = append(ids, strconv.FormatInt(v, 10))
+				}
+			}
+			text.WriteString(strings.Join(ids, " ") + "\n")
+		}
+		if err := os.WriteFile(f.path, []byte(text.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return src, tgt
 }
@@ -28,8 +48,8 @@ func fixtureText(t *testing.T, dir string) (src, tgt string) {
 func relErr(t *testing.T, a, b string) float64 {
 	t.Helper()
 	code, out, errOut := qatc(t, "compare", a, b, "--json",
-		"--input", "src_ids="+models+"torch_transformer_src_ids.npy",
-		"--input", "tgt_ids="+models+"torch_transformer_tgt_ids.npy")
+		"--input", "src_ids="+fixture.Torch(t, fixture.TransformerSrc),
+		"--input", "tgt_ids="+fixture.Torch(t, fixture.TransformerTgt))
 	if code != 0 {
 		t.Fatalf("compare: exit %d: %s", code, errOut)
 	}
@@ -47,8 +67,8 @@ func relErr(t *testing.T, a, b string) float64 {
 func TestInsertAndCalibrate(t *testing.T) {
 	dir := t.TempDir()
 	src, tgt := fixtureText(t, dir)
-	for _, model := range []string{"torch_transformer_opset14.onnx", "torch_transformer_opset17.onnx"} {
-		fp32 := models + model
+	for _, model := range []string{fixture.Transformer14, fixture.Transformer17} {
+		fp32 := fixture.Torch(t, model)
 		plain := filepath.Join(dir, "plain-"+model)
 		calib := filepath.Join(dir, "calib-"+model)
 		if code, out, errOut := qatc(t, "insert", fp32, "-o", plain); code != 0 || !strings.Contains(out, "68 quantizers (22 weight, 36 act, 4 relu, 6 softmax)") {
@@ -85,7 +105,7 @@ func TestInsertAndCalibrate(t *testing.T) {
 func TestInsertSmooth(t *testing.T) {
 	dir := t.TempDir()
 	src, tgt := fixtureText(t, dir)
-	fp32 := models + "torch_transformer_opset17.onnx"
+	fp32 := fixture.Torch(t, fixture.Transformer17)
 	out := filepath.Join(dir, "smooth.onnx")
 	code, stdout, errOut := qatc(t, "insert", fp32, "-o", out, "--calib-src", src, "--calib-tgt", tgt, "--calib-method", "minmax", "--smooth", "0.5")
 	if code != 0 || !strings.Contains(stdout, "5 LayerNorms smoothed (α 0.5)") {
@@ -102,7 +122,7 @@ func TestInsertBadInputs(t *testing.T) {
 	dir := t.TempDir()
 	src, _ := fixtureText(t, dir)
 	fp32 := filepath.Join(dir, "model.onnx")
-	data, err := os.ReadFile(models + "torch_transformer_opset17.onnx")
+	data, err := os.ReadFile(fixture.Torch(t, fixture.Transformer17))
 	if err != nil {
 		t.Fatal(err)
 	}

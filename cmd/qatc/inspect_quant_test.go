@@ -14,15 +14,17 @@ import (
 
 	"github.com/qatc/qatc/export"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/internal/fixture"
 	"github.com/qatc/qatc/passes/quantize"
 )
 
-const fp32Model = models + "torch_transformer_opset17.onnx"
+// fp32Model is the PyTorch-exported opset-17 fixture.
+func fp32Model(t testing.TB) string { return fixture.Torch(t, fixture.Transformer17) }
 
 // insertModel writes a QAT model of the shared opset-17 model with p.
 func insertModel(t *testing.T, p quantize.Params) (*graph.Model, string) {
 	t.Helper()
-	m, err := graph.Load(fp32Model)
+	m, err := graph.Load(fp32Model(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +208,7 @@ func TestInspectTensorText(t *testing.T) {
 	for i, want := range []string{
 		"tensor      onnx::MatMul_1051",
 		"integers    onnx::MatMul_1051_quantized: int8, folded from the QAT model's float weight",
-		"shape       (64, 256)",
+		"shape       (64, 128)",
 		"dtype       int8 (values -128..127)",
 		"quantizer   weight, 8 bits, per tensor",
 		"clip        1",
@@ -239,11 +241,11 @@ func TestInspectTensorText(t *testing.T) {
 		if len(f) != 7 || f[3] != "..." {
 			t.Fatalf("row %q", matrix[r])
 		}
-		for k, col := range []int{0, 1, 2, -1, 253, 254, 255} {
+		for k, col := range []int{0, 1, 2, -1, 125, 126, 127} {
 			if col < 0 {
 				continue
 			}
-			if got, want := f[k], strconv.FormatInt(ints[row*256+col], 10); got != want {
+			if got, want := f[k], strconv.FormatInt(ints[row*128+col], 10); got != want {
 				t.Errorf("[%d, %d] = %s, want %s (round(w·127/c))", row, col, got, want)
 			}
 		}
@@ -282,11 +284,11 @@ func TestInspectTensorQATvsExport(t *testing.T) {
 		bits        int
 		granularity string
 		block       int
-		scales      int // of onnx::MatMul_1051 [64, 256]
+		scales      int // of onnx::MatMul_1051 [64, 128]
 	}{
 		{"W8 per tensor", 8, quantize.Tensor, 0, 1},
-		{"W4 per channel", 4, quantize.Channel, 0, 256},
-		{"W4 per block of 32", 4, quantize.Block, 32, 512},
+		{"W4 per channel", 4, quantize.Channel, 0, 128},
+		{"W4 per block of 32", 4, quantize.Block, 32, 256},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := quantize.DefaultParams()
@@ -317,8 +319,8 @@ func TestInspectTensorQATvsExport(t *testing.T) {
 					math.Abs(a.OutputMin-b.OutputMin) > 1e-6 || math.Abs(a.OutputMax-b.OutputMax) > 1e-6 {
 					t.Errorf("%s: QAT and export integers differ:\n%+v\n%+v", names[0], a.Ints, b.Ints)
 				}
-				if names[0] == "onnx::MatMul_1051" && (a.Scale.Count != tc.scales || !equalInts(a.Shape, []int64{64, 256})) {
-					t.Errorf("%s: %d scales, shape %v; want %d, [64 256]", names[0], a.Scale.Count, a.Shape, tc.scales)
+				if names[0] == "onnx::MatMul_1051" && (a.Scale.Count != tc.scales || !equalInts(a.Shape, []int64{64, 128})) {
+					t.Errorf("%s: %d scales, shape %v; want %d, [64 128]", names[0], a.Scale.Count, a.Shape, tc.scales)
 				}
 				// The printed integers are the same too.
 				_, ta, _ := qatc(t, "inspect", path, "--tensor", names[0])
@@ -352,7 +354,7 @@ func TestInspectTensorQATvsExport(t *testing.T) {
 			}
 			if tc.granularity != quantize.Tensor {
 				// The table's SQNR and clipped share, from the float weight
-				// [K=64, N=256] and its clip initializer, [N] per channel or
+				// [K=64, N=128] and its clip initializer, [N] per channel or
 				// [N, K/32] per block (DESIGN.md's layout), computed here.
 				var s modelSummary
 				inspectJSON(t, &s, path)
@@ -374,12 +376,12 @@ func TestInspectTensorQATvsExport(t *testing.T) {
 				var sig, noise float64
 				clipped := 0
 				for k := range 64 {
-					for n := range 256 {
+					for n := range 128 {
 						c := clip[n]
 						if tc.granularity == quantize.Block {
 							c = clip[n*2+k/32]
 						}
-						x := w[k*256+n]
+						x := w[k*128+n]
 						q, _, cl := fakeQuant([]float32{x}, c, 4)
 						y := float64(float32(q[0]) * (c / 7))
 						sig += float64(x) * float64(x)
@@ -387,8 +389,8 @@ func TestInspectTensorQATvsExport(t *testing.T) {
 						clipped += int(cl)
 					}
 				}
-				if sqnr := 10 * math.Log10(sig/noise); math.Abs(*row.SQNR-sqnr) > 1e-9*sqnr || *row.Clipped != float64(clipped)/(64*256) || row.Scale.Count != tc.scales {
-					t.Errorf("table row %+v: want sqnr %v, clipped %v, %d scales", *row, sqnr, float64(clipped)/(64*256), tc.scales)
+				if sqnr := 10 * math.Log10(sig/noise); math.Abs(*row.SQNR-sqnr) > 1e-9*sqnr || *row.Clipped != float64(clipped)/(64*128) || row.Scale.Count != tc.scales {
+					t.Errorf("table row %+v: want sqnr %v, clipped %v, %d scales", *row, sqnr, float64(clipped)/(64*128), tc.scales)
 				}
 			}
 			if tc.bits == 4 {
@@ -482,7 +484,7 @@ func TestInspectTensorErrors(t *testing.T) {
 			[]string{"activation quantizer (relu, 8 bits)"}},
 		{"activation in export", []string{xpath, "--tensor", "/tf/encoder/layers.0/Relu_output_0"}, 1,
 			[]string{"activation quantizer (relu, 8 bits)"}},
-		{"fp32 model", []string{fp32Model, "--tensor", "emb.weight"}, 1,
+		{"fp32 model", []string{fp32Model(t), "--tensor", "emb.weight"}, 1,
 			[]string{"has no quantizers"}},
 		{"plot of a missing tensor", []string{path, "--tensor", "pe", "--plot", plotPath}, 1,
 			[]string{"does not quantize the initializer \"pe\""}},

@@ -8,10 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/qatc/qatc/internal/fixture"
 	"github.com/qatc/qatc/ort"
 )
-
-const models = "../../../shared/models/"
 
 // qatc runs the command line in-process and returns exit code, stdout and
 // stderr.
@@ -32,11 +31,11 @@ func wantError(t *testing.T, code int, errOut string, want int, mention string) 
 }
 
 func TestRunMatchesPyTorch(t *testing.T) {
-	for _, model := range []string{"torch_transformer_opset14.onnx", "torch_transformer_opset17.onnx"} {
-		code, out, errOut := qatc(t, "run", models+model,
-			"--input", "src_ids="+models+"torch_transformer_src_ids.npy",
-			"--input", "tgt_ids="+models+"torch_transformer_tgt_ids.npy",
-			"--expect", "logits="+models+"torch_transformer_logits.npy", "--atol", "1e-4")
+	for _, model := range []string{fixture.Transformer14, fixture.Transformer17} {
+		code, out, errOut := qatc(t, "run", fixture.Torch(t, model),
+			"--input", "src_ids="+fixture.Torch(t, fixture.TransformerSrc),
+			"--input", "tgt_ids="+fixture.Torch(t, fixture.TransformerTgt),
+			"--expect", "logits="+fixture.Torch(t, fixture.TransformerLogits), "--atol", "1e-4")
 		if code != 0 || !strings.Contains(out, "ok (max abs err") {
 			t.Errorf("%s: exit %d\n%s%s", model, code, out, errOut)
 		}
@@ -46,19 +45,19 @@ func TestRunMatchesPyTorch(t *testing.T) {
 func TestRunExpectFailsAndSaves(t *testing.T) {
 	dir := t.TempDir()
 	// Perturb the reference so that the check must fail at a known element.
-	ref, err := ort.ReadNpy(models + "torch_transformer_logits.npy")
+	ref, err := ort.ReadNpy(fixture.Torch(t, fixture.TransformerLogits))
 	if err != nil {
 		t.Fatal(err)
 	}
 	v := ref.Float32s()
-	v[1*7*1000+3*1000+42] += 0.5
+	v[1*7*512+3*512+42] += 0.5
 	bad := filepath.Join(dir, "bad.npy")
 	if err := ort.WriteNpy(bad, ref); err != nil {
 		t.Fatal(err)
 	}
-	code, out, errOut := qatc(t, "run", models+"torch_transformer_opset17.onnx",
-		"--input", "src_ids="+models+"torch_transformer_src_ids.npy",
-		"--input", "tgt_ids="+models+"torch_transformer_tgt_ids.npy",
+	code, out, errOut := qatc(t, "run", fixture.Torch(t, fixture.Transformer17),
+		"--input", "src_ids="+fixture.Torch(t, fixture.TransformerSrc),
+		"--input", "tgt_ids="+fixture.Torch(t, fixture.TransformerTgt),
 		"--expect", "logits="+bad, "--atol", "1e-4", "--save", filepath.Join(dir, "out"))
 	if code != 1 || !strings.Contains(out, "FAIL at [1 3 42]") {
 		t.Errorf("exit %d, want 1 with the worst element [1 3 42]\n%s%s", code, out, errOut)
@@ -67,13 +66,13 @@ func TestRunExpectFailsAndSaves(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := saved.Shape; len(got) != 3 || got[2] != 1000 {
+	if got := saved.Shape; len(got) != 3 || got[2] != 512 {
 		t.Errorf("saved logits shape %v", got)
 	}
 }
 
 func TestInspect(t *testing.T) {
-	code, out, errOut := qatc(t, "inspect", models+"torch_transformer_opset14.onnx", "--json")
+	code, out, errOut := qatc(t, "inspect", fixture.Torch(t, fixture.Transformer14), "--json")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
@@ -81,22 +80,24 @@ func TestInspect(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &s); err != nil {
 		t.Fatal(err)
 	}
-	// 2+2 layers of d=64, FFN 256, vocabulary 1000; the tied table is
-	// written twice by the exporter (64000 elements each).
-	if s.Parameters != 365824 || s.OpCounts["MatMul"] != 29 || s.OpCounts["Gemm"] != 6 {
+	// 2+2 layers of d=64, FFN 128, vocabulary 512, 64 positions: 4096
+	// position values, the tied table written twice by the exporter
+	// (32768 elements each), 33472 per encoder and 50240 per decoder
+	// layer, two final LayerNorms.
+	if s.Parameters != 237312 || s.OpCounts["MatMul"] != 29 || s.OpCounts["Gemm"] != 6 {
 		t.Errorf("parameters %d, MatMul %d, Gemm %d", s.Parameters, s.OpCounts["MatMul"], s.OpCounts["Gemm"])
 	}
-	if len(s.Inputs) != 2 || s.Inputs[0].Shape != "[batch, src_len]" || s.Outputs[0].Shape != "[batch, tgt_len, 1000]" {
+	if len(s.Inputs) != 2 || s.Inputs[0].Shape != "[batch, src_len]" || s.Outputs[0].Shape != "[batch, tgt_len, 512]" {
 		t.Errorf("inputs %+v outputs %+v", s.Inputs, s.Outputs)
 	}
-	code, out, _ = qatc(t, "inspect", models+"torch_transformer_opset17.onnx")
+	code, out, _ = qatc(t, "inspect", fixture.Torch(t, fixture.Transformer17))
 	if code != 0 || !strings.Contains(out, "LayerNormalization  12") {
 		t.Errorf("text inspect: exit %d\n%s", code, out)
 	}
 }
 
 func TestCompareIdenticalModels(t *testing.T) {
-	code, out, errOut := qatc(t, "compare", models+"torch_transformer_opset14.onnx", models+"torch_transformer_opset17.onnx", "--json", "--batch", "2", "--len", "5")
+	code, out, errOut := qatc(t, "compare", fixture.Torch(t, fixture.Transformer14), fixture.Torch(t, fixture.Transformer17), "--json", "--batch", "2", "--len", "5")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
@@ -126,7 +127,7 @@ func TestBadInputs(t *testing.T) {
 		}
 		return p
 	}
-	model, err := os.ReadFile(models + "torch_transformer_opset17.onnx")
+	model, err := os.ReadFile(fixture.Torch(t, fixture.Transformer17))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,8 +143,8 @@ func TestBadInputs(t *testing.T) {
 		t.Fatal(err)
 	}
 	notNpy := write("not.npy", []byte("hello"))
-	good := models + "torch_transformer_opset17.onnx"
-	tgt := "tgt_ids=" + models + "torch_transformer_tgt_ids.npy"
+	good := fixture.Torch(t, fixture.Transformer17)
+	tgt := "tgt_ids=" + fixture.Torch(t, fixture.TransformerTgt)
 	tests := []struct {
 		name string
 		args []string
@@ -163,7 +164,7 @@ func TestBadInputs(t *testing.T) {
 		{"not npy", []string{"run", good, "--input", "src_ids=" + notNpy, "--input", tgt}, 1, "not.npy"},
 		{"missing input", []string{"run", good, "--input", tgt}, 1, "src_ids"},
 		{"bad input syntax", []string{"run", good, "--input", "src_ids"}, 2, "NAME=FILE"},
-		{"unknown expected output", []string{"run", good, "--input", "src_ids=" + models + "torch_transformer_src_ids.npy", "--input", tgt, "--expect", "probs=" + notNpy}, 1, "probs"},
+		{"unknown expected output", []string{"run", good, "--input", "src_ids=" + fixture.Torch(t, fixture.TransformerSrc), "--input", tgt, "--expect", "probs=" + notNpy}, 1, "probs"},
 		{"compare one model", []string{"compare", good}, 2, "two models"},
 	}
 	for _, tc := range tests {

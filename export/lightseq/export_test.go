@@ -11,6 +11,7 @@ import (
 	"github.com/qatc/qatc/export/lightseq"
 	"github.com/qatc/qatc/export/lightseq/lspb"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/internal/fixture"
 	"github.com/qatc/qatc/onnx"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/quantize"
@@ -20,8 +21,6 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/dynamicpb"
 )
-
-const torchDir = "/work/shared/models"
 
 // batchOf returns a feed of a testmodel batch.
 func batchOf(cfg testmodels.Config, n, srcLen, tgtLen int, seed int64) map[string]*ort.Tensor {
@@ -253,18 +252,18 @@ func TestExportTestmodel(t *testing.T) {
 }
 
 func TestExportTorch(t *testing.T) {
-	src, err := ort.ReadNpy(filepath.Join(torchDir, "torch_transformer_src_ids.npy"))
+	src, err := ort.ReadNpy(fixture.Torch(t, fixture.TransformerSrc))
 	if err != nil {
-		t.Skip("shared PyTorch models not available:", err)
+		t.Fatal(err)
 	}
-	tgt, err := ort.ReadNpy(filepath.Join(torchDir, "torch_transformer_tgt_ids.npy"))
+	tgt, err := ort.ReadNpy(fixture.Torch(t, fixture.TransformerTgt))
 	if err != nil {
 		t.Fatal(err)
 	}
 	b := map[string]*ort.Tensor{"src_ids": src, "tgt_ids": tgt}
-	for _, f := range []string{"torch_transformer_opset14.onnx", "torch_transformer_opset17.onnx"} {
+	for _, f := range []string{fixture.Transformer14, fixture.Transformer17} {
 		t.Run(f, func(t *testing.T) {
-			m, err := graph.Load(filepath.Join(torchDir, f))
+			m, err := graph.Load(fixture.Torch(t, f))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -273,8 +272,8 @@ func TestExportTorch(t *testing.T) {
 			if !rep.Model.Tied || rep.Model.Logits.Weight == rep.Model.Tgt.Table {
 				t.Fatalf("PyTorch's output projection is a transposed copy of the table: tied %v, weight %s", rep.Model.Tied, rep.Model.Logits.Weight)
 			}
-			if len(qt.TrgEmbedding.SharedBias) != 1000 || qt.TrgEmbedding.SharedBias[0] != 0 {
-				t.Fatalf("PyTorch's projection has no bias: shared_bias must be 1000 zeros")
+			if len(qt.TrgEmbedding.SharedBias) != 512 || qt.TrgEmbedding.SharedBias[0] != 0 {
+				t.Fatalf("PyTorch's projection has no bias: shared_bias must be 512 zeros")
 			}
 			if qt.ModelConf.HeadNum != 4 || len(qt.TrgEmbedding.PositionEmbedding) != 64*64 {
 				t.Fatalf("heads %d, positions %d values", qt.ModelConf.HeadNum, len(qt.TrgEmbedding.PositionEmbedding))

@@ -14,7 +14,7 @@ import (
 // 3+3 layers, vocabulary 8000) with a batch of 16 × 32 tokens.
 func benchModel(b testing.TB) (*graph.Model, map[string]*ort.Tensor) {
 	if err := ort.Init(); err != nil {
-		b.Skipf("onnxruntime not available: %v", err)
+		b.Fatal(err)
 	}
 	cfg := testmodels.Base()
 	cfg.Hidden, cfg.FFN, cfg.Heads, cfg.EncoderLayers, cfg.DecoderLayers = 256, 1024, 4, 3, 3

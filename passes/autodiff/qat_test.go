@@ -2,10 +2,10 @@ package autodiff_test
 
 import (
 	"math"
-	"path/filepath"
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/internal/fixture"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/autodiff"
 )
@@ -70,23 +70,23 @@ func fakeQuant(w []float32, cols int, clip []float32, axis int64) []float32 {
 // Σ_above g − 128/127·Σ_below g (per channel for per-channel clips).
 func TestQATMatchesSTE(t *testing.T) {
 	if err := ort.Init(); err != nil {
-		t.Skipf("onnxruntime not available: %v", err)
+		t.Fatal(err)
 	}
-	file := filepath.Join(modelsDir, "torch_transformer_opset17.onnx")
+	file := fixture.Torch(t, fixture.Transformer17)
 	fp, err := graph.Load(file)
 	if err != nil {
-		t.Skip(err)
+		t.Fatal(err)
 	}
 	ref := loadReference(t)
-	var ffn, proj string // an FFN kernel [64, 256] and the output projection [64, 1000]
-	for name, g := range ref.Gradients["torch_transformer_opset17.onnx"] {
+	var ffn, proj string // an FFN kernel [64, 128] and the output projection [64, 512]
+	for name, g := range ref.Gradients[fixture.Transformer17] {
 		if len(g.Shape) != 2 {
 			continue
 		}
-		if g.Shape[0] == 64 && g.Shape[1] == 256 && (ffn == "" || name < ffn) {
+		if g.Shape[0] == 64 && g.Shape[1] == 128 && (ffn == "" || name < ffn) {
 			ffn = name
 		}
-		if g.Shape[1] == 1000 {
+		if g.Shape[1] == 512 {
 			proj = name
 		}
 	}
@@ -97,16 +97,17 @@ func TestQATMatchesSTE(t *testing.T) {
 	}
 	wFFN, _ := graph.Floats(fp.Initializer(ffn))
 	wProj, _ := graph.Floats(fp.Initializer(proj))
-	// Clips at half the largest magnitude, so that some weights lie outside.
-	perChan := make([]float32, 256)
+	// Clips just under half the largest magnitude, so that some weights lie
+	// outside and none on the boundary (the weights are bfloat16 values).
+	perChan := make([]float32, 128)
 	for j := range perChan {
 		m := 0.0
 		for i := 0; i < 64; i++ {
-			m = max(m, math.Abs(float64(wFFN[i*256+j])))
+			m = max(m, math.Abs(float64(wFFN[i*128+j])))
 		}
-		perChan[j] = float32(m / 2)
+		perChan[j] = float32(m * 0.499)
 	}
-	quants := []qw{{ffn, 1, perChan}, {proj, -1, []float32{float32(maxAbs(wProj) / 2)}}}
+	quants := []qw{{ffn, 1, perChan}, {proj, -1, []float32{float32(maxAbs(wProj) * 0.499)}}}
 
 	qat, _ := graph.Load(file)
 	for _, q := range quants {
@@ -119,7 +120,7 @@ func TestQATMatchesSTE(t *testing.T) {
 	}
 	// The fp32 model with the two weights replaced by their fake-quantized
 	// values.
-	fq := map[string][]float32{ffn: fakeQuant(wFFN, 256, perChan, 1), proj: fakeQuant(wProj, 1000, quants[1].clip, -1)}
+	fq := map[string][]float32{ffn: fakeQuant(wFFN, 128, perChan, 1), proj: fakeQuant(wProj, 512, quants[1].clip, -1)}
 	fm, finfo, err := autodiff.Build(fp, autodiff.Options{Untie: true, Loss: loss})
 	if err != nil {
 		t.Fatal(err)
@@ -134,9 +135,9 @@ func TestQATMatchesSTE(t *testing.T) {
 		for name, v := range override {
 			feeds[name].Data = v
 		}
-		feeds["src_ids"] = readNpy(t, "torch_transformer_src_ids.npy")
-		feeds["tgt_ids"] = readNpy(t, "torch_transformer_tgt_ids.npy")
-		feeds["labels"] = readNpy(t, "torch_transformer_labels.npy")
+		feeds["src_ids"] = readNpy(t, fixture.TransformerSrc)
+		feeds["tgt_ids"] = readNpy(t, fixture.TransformerTgt)
+		feeds["labels"] = readNpy(t, fixture.TransformerLabels)
 		out, err := s.Run(feeds)
 		if err != nil {
 			t.Fatal(err)

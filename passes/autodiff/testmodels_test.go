@@ -21,7 +21,7 @@ import (
 // difference of the loss.
 func TestTestmodelsDirectional(t *testing.T) {
 	if err := ort.Init(); err != nil {
-		t.Skipf("onnxruntime not available: %v", err)
+		t.Fatal(err)
 	}
 	tiny := testmodels.Tiny()
 	variants := map[string]func(*testmodels.Config){

@@ -4,15 +4,13 @@ import (
 	"encoding/json"
 	"math"
 	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/internal/fixture"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/autodiff"
 )
-
-const modelsDir = "/work/shared/models"
 
 type reference struct {
 	Loss struct {
@@ -27,10 +25,7 @@ type reference struct {
 
 func loadReference(t *testing.T) *reference {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(modelsDir, "torch_transformer_reference.json"))
-	if err != nil {
-		t.Skipf("reference models not available: %v", err)
-	}
+	data := fixture.Read(t, fixture.TorchDir+"/"+fixture.TransformerRef)
 	var ref reference
 	if err := json.Unmarshal(data, &ref); err != nil {
 		t.Fatal(err)
@@ -53,7 +48,7 @@ func readF32(t *testing.T, path string) []float32 {
 
 func readNpy(t *testing.T, name string) *ort.Tensor {
 	t.Helper()
-	x, err := ort.ReadNpy(filepath.Join(modelsDir, name))
+	x, err := ort.ReadNpy(fixture.Torch(t, name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,9 +82,9 @@ func runTraining(t *testing.T, src *graph.Model, opts autodiff.Options) (map[str
 	}
 	defer s.Close()
 	feeds := paramFeeds(t, src, info)
-	feeds["src_ids"] = readNpy(t, "torch_transformer_src_ids.npy")
-	feeds["tgt_ids"] = readNpy(t, "torch_transformer_tgt_ids.npy")
-	feeds["labels"] = readNpy(t, "torch_transformer_labels.npy")
+	feeds["src_ids"] = readNpy(t, fixture.TransformerSrc)
+	feeds["tgt_ids"] = readNpy(t, fixture.TransformerTgt)
+	feeds["labels"] = readNpy(t, fixture.TransformerLabels)
 	out, err := s.Run(feeds)
 	if err != nil {
 		t.Fatal(err)
@@ -110,9 +105,9 @@ func maxAbs(v []float32) float64 {
 // computed, and the tied build against their sums.
 func TestTorchParity(t *testing.T) {
 	ref := loadReference(t)
-	for _, file := range []string{"torch_transformer_opset14.onnx", "torch_transformer_opset17.onnx"} {
+	for _, file := range []string{fixture.Transformer14, fixture.Transformer17} {
 		t.Run(file, func(t *testing.T) {
-			src, err := graph.Load(filepath.Join(modelsDir, file))
+			src, err := graph.Load(fixture.Torch(t, file))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -142,7 +137,7 @@ func TestTorchParity(t *testing.T) {
 					t.Errorf("no gradient output for %s", name)
 					continue
 				}
-				want := readF32(t, filepath.Join(modelsDir, g.File))
+				want := readF32(t, fixture.Torch(t, g.File))
 				have := res.Float32s()
 				if len(have) != len(want) {
 					t.Errorf("%s: %d values, want %d", name, len(have), len(want))
@@ -172,8 +167,8 @@ func TestTorchParity(t *testing.T) {
 			if len(tinfo.Params) != len(info.Params)-1 {
 				t.Errorf("tied build has %d parameters, want %d", len(tinfo.Params), len(info.Params)-1)
 			}
-			emb := readF32(t, filepath.Join(modelsDir, grads["emb.weight"].File))
-			proj := readF32(t, filepath.Join(modelsDir, grads[cp].File)) // [64, 1000]
+			emb := readF32(t, fixture.Torch(t, grads["emb.weight"].File))
+			proj := readF32(t, fixture.Torch(t, grads[cp].File)) // [64, 512]
 			rows, cols := int(grads["emb.weight"].Shape[0]), int(grads["emb.weight"].Shape[1])
 			want := make([]float32, len(emb))
 			for i := 0; i < rows; i++ {

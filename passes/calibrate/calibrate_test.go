@@ -3,26 +3,19 @@ package calibrate_test
 import (
 	"fmt"
 	"math"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/internal/fixture"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/calibrate"
 	"github.com/qatc/qatc/passes/quantize"
 )
 
-var sharedModels = filepath.Join("..", "..", "..", "shared", "models")
-
 func load(t *testing.T, opset int) *graph.Model {
 	t.Helper()
-	path := filepath.Join(sharedModels, fmt.Sprintf("torch_transformer_opset%d.onnx", opset))
-	if _, err := os.Stat(path); err != nil {
-		t.Skipf("reference model not available: %v", err)
-	}
-	m, err := graph.Load(path)
+	m, err := graph.Load(fixture.Torch(t, fmt.Sprintf("transformer_opset%d.onnx", opset)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +24,7 @@ func load(t *testing.T, opset int) *graph.Model {
 
 func npy(t *testing.T, name string) *ort.Tensor {
 	t.Helper()
-	x, err := ort.ReadNpy(filepath.Join(sharedModels, "torch_transformer_"+name+".npy"))
+	x, err := ort.ReadNpy(fixture.Torch(t, "transformer_"+name+".npy"))
 	if err != nil {
 		t.Fatal(err)
 	}

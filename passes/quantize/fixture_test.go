@@ -3,25 +3,17 @@ package quantize_test
 import (
 	"fmt"
 	"math"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/internal/fixture"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/quantize"
 )
 
-// sharedModels is where the PyTorch reference models live.
-var sharedModels = filepath.Join("..", "..", "..", "shared", "models")
-
 func loadTorch(t testing.TB, opset int) *graph.Model {
 	t.Helper()
-	path := filepath.Join(sharedModels, fmt.Sprintf("torch_transformer_opset%d.onnx", opset))
-	if _, err := os.Stat(path); err != nil {
-		t.Skipf("reference model not available: %v", err)
-	}
-	m, err := graph.Load(path)
+	m, err := graph.Load(fixture.Torch(t, fmt.Sprintf("transformer_opset%d.onnx", opset)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,13 +179,13 @@ func runTorch(t testing.TB, m *graph.Model, opset int, opts ...*ort.Options) flo
 	t.Helper()
 	feeds := map[string]*ort.Tensor{}
 	for _, name := range []string{"src_ids", "tgt_ids"} {
-		x, err := ort.ReadNpy(filepath.Join(sharedModels, "torch_transformer_"+name+".npy"))
+		x, err := ort.ReadNpy(fixture.Torch(t, "transformer_"+name+".npy"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		feeds[name] = x
 	}
-	ref, err := ort.ReadNpy(filepath.Join(sharedModels, "torch_transformer_logits.npy"))
+	ref, err := ort.ReadNpy(fixture.Torch(t, fixture.TransformerLogits))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,11 +218,11 @@ func relErr(y, ref []float32) float64 {
 // BenchmarkInsert measures Insert (no calibration) on the reference
 // transformer, loading included.
 func BenchmarkInsert(b *testing.B) {
-	path := filepath.Join(sharedModels, "torch_transformer_opset17.onnx")
+	path := fixture.Torch(b, fixture.Transformer17)
 	for i := 0; i < b.N; i++ {
 		m, err := graph.Load(path)
 		if err != nil {
-			b.Skip(err)
+			b.Fatal(err)
 		}
 		if _, err := quantize.Insert(m, quantize.DefaultParams()); err != nil {
 			b.Fatal(err)

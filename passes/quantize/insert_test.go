@@ -99,19 +99,19 @@ func TestGranularity(t *testing.T) {
 				"tf.encoder.layers.0.self_attn.out_proj.weight":     0, // Gemm transB=1: [out, in]
 				"tf.decoder.layers.0.multihead_attn.in_proj_weight": 0, // sliced, then transposed into [in, out]
 			},
-			map[string][]int64{"emb.weight_clip_max": {1000}, "onnx::MatMul_1044_clip_max": {192}}, 17, 0.2, false},
+			map[string][]int64{"emb.weight_clip_max": {512}, "onnx::MatMul_1044_clip_max": {192}}, 17, 0.2, false},
 		{"block32", func(p *quantize.Params) { p.Granularity, p.BlockSize, p.WeightInit = "block", 32, "max" },
 			map[string]int{
 				"emb.weight":        1, // blocks along d
 				"onnx::MatMul_1092": 0, // [d, vocab]: blocks along axis 0
-				"onnx::MatMul_1052": 0, // [256, 64]: input axis 0
+				"onnx::MatMul_1052": 0, // [128, 64]: input axis 0
 				"tf.encoder.layers.0.self_attn.out_proj.weight": 1,
 			},
-			map[string][]int64{"emb.weight_clip_max": {1000, 2}, "onnx::MatMul_1052_clip_max": {64, 8}}, 21, 0.2, false},
+			map[string][]int64{"emb.weight_clip_max": {512, 2}, "onnx::MatMul_1052_clip_max": {64, 4}}, 21, 0.2, false},
 		{"w4 tensor", func(p *quantize.Params) { p.WeightBits, p.WeightInit = 4, "mse" }, nil, nil, 17, 0.5, true},
 		{"w4 block percentile", func(p *quantize.Params) {
 			p.WeightBits, p.Granularity, p.BlockSize, p.WeightInit, p.Percentile = 4, "block", 16, "percentile", 99.9
-		}, nil, map[string][]int64{"onnx::MatMul_1051_clip_max": {256, 4}}, 21, 0.5, true},
+		}, nil, map[string][]int64{"onnx::MatMul_1051_clip_max": {128, 4}}, 21, 0.5, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

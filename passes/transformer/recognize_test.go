@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/internal/fixture"
 	"github.com/qatc/qatc/passes/quantize"
 	"github.com/qatc/qatc/passes/transformer"
 	"github.com/qatc/qatc/testmodels"
@@ -206,12 +207,12 @@ func checkTestmodel(t *testing.T, cfg testmodels.Config, tm *transformer.Model, 
 }
 
 func TestTorch(t *testing.T) {
-	for _, f := range []string{"torch_transformer_opset14.onnx", "torch_transformer_opset17.onnx"} {
+	for _, f := range []string{fixture.Transformer14, fixture.Transformer17} {
 		for _, qat := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/qat=%v", f, qat), func(t *testing.T) {
-				m, err := graph.Load("/work/shared/models/" + f)
+				m, err := graph.Load(fixture.Torch(t, f))
 				if err != nil {
-					t.Skip("shared PyTorch models not available:", err)
+					t.Fatal(err)
 				}
 				if qat {
 					if _, err := quantize.Insert(m, quantize.DefaultParams()); err != nil {
@@ -235,7 +236,7 @@ func TestTorch(t *testing.T) {
 // output projection through a transposed copy.
 func checkTorch(t *testing.T, m *graph.Model, tm *transformer.Model) {
 	t.Helper()
-	if tm.Hidden != 64 || tm.Heads != 4 || tm.FFN != 256 || tm.Vocab != 1000 || len(tm.Encoder) != 2 || len(tm.Decoder) != 2 || !tm.PreNorm || tm.Activation != "relu" {
+	if tm.Hidden != 64 || tm.Heads != 4 || tm.FFN != 128 || tm.Vocab != 512 || len(tm.Encoder) != 2 || len(tm.Decoder) != 2 || !tm.PreNorm || tm.Activation != "relu" {
 		t.Fatalf("H=%d heads=%d FFN=%d V=%d %d+%d pre=%v %s", tm.Hidden, tm.Heads, tm.FFN, tm.Vocab, len(tm.Encoder), len(tm.Decoder), tm.PreNorm, tm.Activation)
 	}
 	if tm.Src.Table != "emb.weight" || tm.Tgt.Table != "emb.weight" || tm.Src.PositionTable != "pe" || tm.Src.Scale != 8 {
