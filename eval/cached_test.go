@@ -87,43 +87,6 @@ func TestIncrementalDecode(t *testing.T) {
 	}
 }
 
-// TestLogSumExp compares the fast log-sum-exp with the definition.
-func TestLogSumExp(t *testing.T) {
-	r := rand.New(rand.NewPCG(2, 3))
-	for _, tc := range []struct {
-		name string
-		row  []float32
-	}{
-		{"one", []float32{3}},
-		{"equal", []float32{1, 1, 1, 1}},
-		{"masked", []float32{float32(math.Inf(-1)), 0, -1e4}},
-		{"spread", nil},
-		{"far", []float32{0, -29, -31, -100}},
-	} {
-		row := tc.row
-		if row == nil {
-			for range 6000 {
-				row = append(row, float32(r.NormFloat64()*8))
-			}
-		}
-		mx := math.Inf(-1)
-		for _, x := range row {
-			mx = math.Max(mx, float64(x))
-		}
-		s := 0.0
-		for _, x := range row {
-			s += math.Exp(float64(x) - mx)
-		}
-		want := mx + math.Log(s)
-		if got := logSumExp(row); math.Abs(got-want) > 1e-10*math.Max(1, math.Abs(want)) {
-			t.Errorf("%s: %.15g, want %.15g", tc.name, got, want)
-		}
-	}
-	if !math.IsNaN(logSumExp([]float32{0, float32(math.NaN())})) {
-		t.Error("NaN logits must give NaN")
-	}
-}
-
 // writeDir writes a set as an incremental directory.
 func writeDir(t *testing.T, s *incremental.Set) string {
 	t.Helper()

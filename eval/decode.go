@@ -308,69 +308,25 @@ func rows(srcs [][]int64, fed [][]int64, sp Special) (src, tgt *ort.Tensor) {
 		ort.Int64([]int64{int64(len(srcs)), int64(t)}, td)
 }
 
-// step feeds tokens to st and checks the logits' size.
-func step(st State, tokens []int64, sp Special) ([]float32, int, error) {
+// top feeds tokens to st and returns each row's k best next tokens
+// (k is capped at the vocabulary) and their log-probabilities, row-major,
+// with the k used.
+func top(st State, tokens []int64, k int, sp Special) ([]int64, []float32, int, error) {
 	logits, v, err := st.Step(tokens)
 	if err != nil {
-		return nil, 0, err
+		return nil, nil, 0, err
 	}
 	if v <= 0 || len(logits) != len(tokens)*v {
-		return nil, 0, fmt.Errorf("decoding: the model returned %d logits for %d rows (vocabulary %d)", len(logits), len(tokens), v)
+		return nil, nil, 0, fmt.Errorf("decoding: the model returned %d logits for %d rows (vocabulary %d)", len(logits), len(tokens), v)
 	}
 	for _, id := range []int64{sp.EOS, sp.BOS, sp.Pad} {
 		if id < 0 || id >= int64(v) {
-			return nil, 0, fmt.Errorf("special id %d is outside the model's vocabulary of %d; check --pad-id, --bos-id, --eos-id", id, v)
+			return nil, nil, 0, fmt.Errorf("special id %d is outside the model's vocabulary of %d; check --pad-id, --bos-id, --eos-id", id, v)
 		}
 	}
-	return logits, v, nil
-}
-
-// logSumExp returns log Σ exp(row), in float64. Terms more than 30
-// below the maximum (e^-30 ≈ 1e-13 each) are left out, and exp is a
-// polynomial after range reduction; both keep the result to about 1e-12,
-// at half the cost of math.Exp over a large vocabulary.
-func logSumExp(row []float32) float64 {
-	if len(row) == 0 {
-		return math.Inf(-1)
-	}
-	mx := row[0]
-	for _, x := range row {
-		if x > mx || x != x {
-			mx = x
-		}
-	}
-	m := float64(mx)
-	if math.IsInf(m, 0) || math.IsNaN(m) {
-		return m
-	}
-	s := 0.0
-	for _, x := range row {
-		if d := float64(x) - m; d > -30 {
-			s += expNeg(d)
-		}
-	}
-	return m + math.Log(s)
-}
-
-// expNeg returns e^d for -30 < d ≤ 0: d = k·ln2 + r with |r| ≤ ln2/2,
-// e^r by its Taylor series to r^10 (relative error below 1e-12), times 2^k.
-func expNeg(d float64) float64 {
-	k := math.Floor(d*math.Log2E + 0.5)
-	r := d - k*6.93147180369123816490e-01 - k*1.90821492927058770002e-10
-	p := 1 + r*(1+r*(1.0/2+r*(1.0/6+r*(1.0/24+r*(1.0/120+r*(1.0/720+r*(1.0/5040+r*(1.0/40320+r*(1.0/362880+r/3628800)))))))))
-	return p * math.Float64frombits(uint64(int64(k)+1023)<<52)
-}
-
-// argmaxLogSumExp returns the index of row's largest value (the first of
-// ties) and log Σ exp(row).
-func argmaxLogSumExp(row []float32) (int, float64) {
-	best := 0
-	for k, x := range row {
-		if x > row[best] {
-			best = k
-		}
-	}
-	return best, logSumExp(row)
+	k = min(k, v)
+	ids, lps, err := topK(logits, len(tokens), v, k)
+	return ids, lps, k, err
 }
 
 // greedy decodes a batch by taking the most likely token at each step;
@@ -390,27 +346,26 @@ func greedy(m Model, srcs [][]int64, o DecodeOptions) ([]Hypothesis, error) {
 		tokens[i] = o.Special.BOS
 	}
 	for len(active) > 0 {
-		logits, v, err := step(st, tokens, o.Special)
+		ids, lps, _, err := top(st, tokens, 1, o.Special)
 		if err != nil {
 			return nil, err
 		}
 		next, keep, nextTokens := active[:0:0], []int(nil), tokens[:0:0]
 		for r, i := range active {
-			row := logits[r*v : (r+1)*v]
-			best, lse := argmaxLogSumExp(row)
+			best := ids[r]
 			h := &out[i]
-			h.LogProb += float64(row[best]) - lse
+			h.LogProb += float64(lps[r])
 			n := len(prefix[i]) + 1
 			switch {
-			case int64(best) == o.Special.EOS:
+			case best == o.Special.EOS:
 				h.IDs, h.Finished = prefix[i], true
 			case n >= o.limit(len(srcs[i])):
-				h.IDs = append(prefix[i], int64(best))
+				h.IDs = append(prefix[i], best)
 			default:
-				prefix[i] = append(prefix[i], int64(best))
+				prefix[i] = append(prefix[i], best)
 				next = append(next, i)
 				keep = append(keep, r)
-				nextTokens = append(nextTokens, int64(best))
+				nextTokens = append(nextTokens, best)
 				continue
 			}
 			h.Score = h.LogProb * o.lengthNorm(n)
@@ -466,7 +421,7 @@ func beamSearch(m Model, srcs [][]int64, o DecodeOptions) ([]Hypothesis, error) 
 		tokens[i] = o.Special.BOS
 	}
 	for {
-		logits, v, err := step(st, tokens, o.Special)
+		ids, lps, kk, err := top(st, tokens, 2*k, o.Special)
 		if err != nil {
 			return nil, err
 		}
@@ -482,12 +437,10 @@ func beamSearch(m Model, srcs [][]int64, o DecodeOptions) ([]Hypothesis, error) 
 			first := r
 			var cands []candidate
 			for bi, b := range s.alive {
-				row := logits[r*v : (r+1)*v]
-				r++
-				lse := logSumExp(row)
-				for _, tok := range topN(row, min(2*k, v)) {
-					cands = append(cands, candidate{bi, int64(tok), b.logProb + float64(row[tok]) - lse})
+				for j := r * kk; j < (r+1)*kk; j++ {
+					cands = append(cands, candidate{bi, ids[j], b.logProb + float64(lps[j])})
 				}
+				r++
 			}
 			sort.SliceStable(cands, func(a, b int) bool { return cands[a].logProb > cands[b].logProb })
 			n := len(s.alive[0].ids) + 1 // tokens after this step, EOS counted
@@ -545,26 +498,4 @@ func beamSearch(m Model, srcs [][]int64, o DecodeOptions) ([]Hypothesis, error) 
 		out[i] = s.finished[0]
 	}
 	return out, nil
-}
-
-// topN returns the indices of the n largest values of row, largest first;
-// ties go to the lower index.
-func topN(row []float32, n int) []int {
-	top := make([]int, 0, n+1)
-	for i, x := range row {
-		if len(top) == n && x <= row[top[n-1]] {
-			continue
-		}
-		j := len(top)
-		for j > 0 && x > row[top[j-1]] {
-			j--
-		}
-		top = append(top, 0)
-		copy(top[j+1:], top[j:])
-		top[j] = i
-		if len(top) > n {
-			top = top[:n]
-		}
-	}
-	return top
 }
