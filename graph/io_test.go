@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/qatc/qatc/internal/fixture"
@@ -124,7 +125,7 @@ func checkExternalLayout(t *testing.T, path, location string, threshold int64) {
 	}
 	external := 0
 	for _, tp := range p.Graph.Initializer {
-		n, _ := byteSize(tp)
+		n, _ := dataBytes(tp)
 		if n < threshold {
 			if HasExternalData(tp) {
 				t.Fatalf("%q (%d bytes) is external", tp.Name, n)
@@ -310,7 +311,7 @@ func TestExternalDataErrors(t *testing.T) {
 		{"missing", "gone.data", nil, 0, `tensor "w": external-data file`},
 		{"truncated", "w.data", func(dir string) { os.WriteFile(filepath.Join(dir, "w.data"), make([]byte, 40), 0o644) }, 0, `tensor "w": external-data file "w.data" is truncated`},
 		{"truncated-offset", "w.data", func(dir string) { os.WriteFile(filepath.Join(dir, "w.data"), make([]byte, 64), 0o644) }, 32, `is truncated`},
-		{"directory", "d", func(dir string) { os.Mkdir(filepath.Join(dir, "d"), 0o755) }, 0, `is not a regular file`},
+		{"directory", "d", func(dir string) { os.Mkdir(filepath.Join(dir, "d"), 0o755) }, 0, `is a directory, not a regular file`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -402,7 +403,14 @@ func TestBadFiles(t *testing.T) {
 	}
 }
 
+// FuzzParse feeds mutated models to the parser and every analysis, with
+// their external data resolved in a directory of hostile neighbours: a
+// data file, a FIFO, a 1 GiB sparse file, a subdirectory and a symbolic
+// link out of the directory. Run it for ten minutes with
+//
+//	nice -n 10 go test ./graph -run '^$' -fuzz FuzzParse -fuzztime 10m
 func FuzzParse(f *testing.F) {
+	dir := fuzzDir(f)
 	good, err := tinyModel().Marshal()
 	if err != nil {
 		f.Fatal(err)
@@ -420,13 +428,56 @@ func FuzzParse(f *testing.F) {
 	m.AddOutput("t", Float, nil)
 	shape, _ := m.Marshal()
 	f.Add(shape)
-	f.Fuzz(checkParse)
+	for _, loc := range []string{"w.data", "fifo", "sparse.data", "sub", "out/x", "../w.data"} {
+		for _, dt := range []DataType{Float, String, Int4} {
+			for _, length := range []int64{-1, 64, 1 << 40} {
+				m := New("ext", 17)
+				m.AddInitializer(ext("w", dt, []int64{4, 4}, loc, length))
+				m.Op("Identity", "id", []string{"w"}, []string{"y"})
+				m.AddOutput("y", dt, []int64{4, 4})
+				data, _ := m.Marshal()
+				f.Add(data)
+			}
+		}
+	}
+	var b bytes.Buffer
+	if err := tinyModel().SaveWith(filepath.Join(dir, "saved.onnx"), &SaveOptions{ExternalData: true, Threshold: 16}); err == nil {
+		data, _ := os.ReadFile(filepath.Join(dir, "saved.onnx"))
+		b.Write(data)
+		f.Add(b.Bytes())
+	}
+	f.Fuzz(func(t *testing.T, data []byte) { checkParse(t, data, dir) })
+}
+
+// fuzzDir makes the directory of hostile neighbours FuzzParse resolves
+// external data in.
+func fuzzDir(f *testing.F) string {
+	dir := f.TempDir()
+	ramp := make([]byte, 4096)
+	for i := range ramp {
+		ramp[i] = byte(i)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "w.data"), ramp, 0o644); err != nil {
+		f.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(dir, "fifo"), 0o644); err != nil {
+		f.Fatal(err)
+	}
+	sf, err := os.Create(filepath.Join(dir, "sparse.data"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	sf.Truncate(1 << 30)
+	sf.Close()
+	os.Mkdir(filepath.Join(dir, "sub"), 0o755)
+	os.Symlink(f.TempDir(), filepath.Join(dir, "out"))
+	return dir
 }
 
 // checkParse parses data and, when it is a model, runs every analysis
 // over it: none may panic, and every error must be one line.
-func checkParse(t *testing.T, data []byte) {
-	m, err := Parse(data, "")
+func checkParse(t *testing.T, data []byte, dir string) {
+	m, err := Parse(data, dir)
 	if err != nil {
 		if strings.Contains(err.Error(), "\n") {
 			t.Fatalf("multi-line error %q", err)
@@ -468,6 +519,6 @@ func TestParseMutations(t *testing.T) {
 				d = append(d[:i], append([]byte{byte(rng.Intn(256))}, d[i:]...)...)
 			}
 		}
-		checkParse(t, d)
+		checkParse(t, d, "")
 	}
 }

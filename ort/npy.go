@@ -5,10 +5,10 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
-	"os"
 	"strings"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/safeio"
 	"github.com/sbinet/npyio"
 )
 
@@ -22,7 +22,7 @@ var npyTypes = map[string]graph.DataType{
 // ReadNpy reads a NumPy .npy file of float32, float64, int64, int32, int8,
 // uint8 or bool values in C order.
 func ReadNpy(path string) (*Tensor, error) {
-	data, err := os.ReadFile(path)
+	data, err := safeio.ReadFile(path, MemoryLimit())
 	if err != nil {
 		return nil, err
 	}
@@ -151,5 +151,5 @@ func WriteNpy(path string, t *Tensor) error {
 	if err := binary.Write(&buf, binary.LittleEndian, t.Data); err != nil {
 		return fmt.Errorf("write %s: %v", path, err)
 	}
-	return graph.WriteFileAtomic(path, buf.Bytes())
+	return safeio.WriteFile(path, buf.Bytes())
 }

@@ -120,6 +120,11 @@ func OpenFile(path string, opts *Options) (*Session, error) {
 		}
 		return open(m, path, opts)
 	}
+	// onnxruntime reads the file and its external data by itself: check
+	// them first (no FIFO, no holes, no data file of another write).
+	if err := graph.CheckFile(path); err != nil {
+		return nil, err
+	}
 	in, out, err := fileIO(path)
 	if err != nil {
 		return nil, err

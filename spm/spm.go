@@ -22,11 +22,11 @@ package spm
 import (
 	"container/heap"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"unicode/utf8"
 
+	"github.com/qatc/qatc/safeio"
 	"github.com/qatc/qatc/spm/spmpb"
 	"google.golang.org/protobuf/proto"
 )
@@ -61,7 +61,7 @@ type piece struct {
 
 // Load reads a .model file.
 func Load(path string) (*Model, error) {
-	data, err := os.ReadFile(path)
+	data, err := safeio.ReadFile(path, 1<<30)
 	if err != nil {
 		return nil, fmt.Errorf("read SentencePiece model: %w", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/safeio"
 )
 
 // A checkpoint is a directory DIR/step-NNNNNNNN holding the model with the
@@ -70,12 +71,13 @@ func WriteCheckpoint(dir string, model *graph.Model, opt *Optimizer, st State, k
 	}
 	name := fmt.Sprintf("%s%08d", checkpointPrefix, st.Step)
 	final := filepath.Join(dir, name)
-	tmp, err := os.MkdirTemp(dir, "."+name+".tmp")
+	var b safeio.Batch
+	defer b.Abort()
+	tmp, err := b.CreateDir(final)
 	if err != nil {
 		return "", fmt.Errorf("checkpoint: %w", err)
 	}
 	fail := func(err error) (string, error) {
-		os.RemoveAll(tmp)
 		return "", fmt.Errorf("checkpoint %s: %v", final, err)
 	}
 	if err := model.Save(filepath.Join(tmp, modelFile)); err != nil {
@@ -89,19 +91,11 @@ func WriteCheckpoint(dir string, model *graph.Model, opt *Optimizer, st State, k
 	if err != nil {
 		return fail(err)
 	}
-	if err := graph.WriteFileAtomic(filepath.Join(tmp, stateFile), append(js, '\n')); err != nil {
+	if err := safeio.WriteFile(filepath.Join(tmp, stateFile), append(js, '\n')); err != nil {
 		return fail(err)
 	}
-	if _, err := os.Stat(final); err == nil {
-		// Move the old one aside first: a directory cannot be renamed
-		// over a non-empty one.
-		old := tmp + ".old"
-		if err := os.Rename(final, old); err != nil {
-			return fail(err)
-		}
-		defer os.RemoveAll(old)
-	}
-	if err := os.Rename(tmp, final); err != nil {
+	// An existing checkpoint of the same step is replaced whole.
+	if err := b.Commit(); err != nil {
 		return fail(err)
 	}
 	if keep > 0 {

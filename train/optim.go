@@ -11,7 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/safeio"
 )
 
 // Group is a set of parameters that share a learning rate and weight
@@ -302,7 +302,7 @@ func (o *Optimizer) UnmarshalState(data []byte) error {
 
 // SaveState writes the optimizer state to path atomically.
 func (o *Optimizer) SaveState(path string) error {
-	return graph.WriteFileAtomic(path, o.MarshalState())
+	return safeio.WriteFile(path, o.MarshalState())
 }
 
 // LoadState reads the optimizer state from path.

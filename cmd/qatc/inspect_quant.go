@@ -16,6 +16,7 @@ import (
 	"github.com/qatc/qatc/onnx"
 	"github.com/qatc/qatc/passes/fold"
 	"github.com/qatc/qatc/passes/quantize"
+	"github.com/qatc/qatc/safeio"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
@@ -1018,7 +1019,7 @@ func plotHistogram(path string, v *tensorView) error {
 	if _, err := wt.WriteTo(&buf); err != nil {
 		return fmt.Errorf("--plot %s: %v", path, err)
 	}
-	return graph.WriteFileAtomic(path, buf.Bytes())
+	return safeio.WriteFile(path, buf.Bytes())
 }
 
 // closeList lists up to five of names closest to name.

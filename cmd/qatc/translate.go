@@ -7,7 +7,7 @@ import (
 	"os"
 
 	"github.com/qatc/qatc/eval"
-	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/safeio"
 	"github.com/urfave/cli/v2"
 )
 
@@ -86,7 +86,7 @@ func translateAction(c *cli.Context) error {
 		fmt.Fprintf(c.App.ErrWriter, "note: %s: %s\n", path, rep.Note)
 	}
 	if out != "" {
-		return graph.WriteFileAtomic(out, buf.Bytes())
+		return safeio.WriteFile(out, buf.Bytes())
 	}
 	return nil
 }

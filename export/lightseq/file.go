@@ -2,11 +2,10 @@ package lightseq
 
 import (
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/qatc/qatc/export/lightseq/lspb"
-	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/safeio"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -190,12 +189,12 @@ func Write(path string, qt *lspb.QuantTransformer) error {
 	if len(data) > maxMessage {
 		return fmt.Errorf("lightseq: %s would be %d bytes; one protobuf message is limited to 2 GiB", path, len(data))
 	}
-	return graph.WriteFileAtomic(path, data)
+	return safeio.WriteFile(path, data)
 }
 
 // Read parses a LightSeq .pb file and checks it as the loader would.
 func Read(path string) (*lspb.QuantTransformer, error) {
-	data, err := os.ReadFile(path)
+	data, err := safeio.ReadFile(path, 2<<30)
 	if err != nil {
 		return nil, fmt.Errorf("lightseq: %v", err)
 	}

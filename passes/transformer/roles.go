@@ -2,11 +2,11 @@ package transformer
 
 import (
 	"fmt"
-	"os"
 	"sort"
 	"strings"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/safeio"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -129,7 +129,7 @@ func (tm *Model) apply(m *graph.Model, mp map[string]string) error {
 // ReadMap reads a --map file: a YAML or JSON object from role to tensor
 // name.
 func ReadMap(path string) (map[string]string, error) {
-	data, err := os.ReadFile(path)
+	data, err := safeio.ReadFile(path, 64<<20)
 	if err != nil {
 		return nil, fmt.Errorf("--map: %v", err)
 	}
