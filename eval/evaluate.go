@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/qatc/qatc/onnx"
+	"github.com/qatc/qatc/ort"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -128,6 +129,15 @@ func evaluateOne(spec ModelSpec, srcIDs [][]int64, ref []string, ttok Tokenizer,
 	if err := CheckVocab(ttok, nameOr(opts.TgtTokName, "the SentencePiece model"), vocab, spec.Path); err != nil {
 		return nil, err
 	}
+	if spec.Model == nil {
+		given := spec.Roles
+		if given.Src == "" {
+			given = roles
+		}
+		if err := checkSources(spec.Path, given, srcIDs, vocab, opts, &dopts); err != nil {
+			return nil, err
+		}
+	}
 
 	warm := dopts
 	warm.Progress = nil
@@ -165,6 +175,38 @@ func evaluateOne(spec ModelSpec, srcIDs [][]int64, ref []string, ttok Tokenizer,
 		DecodeSeconds: secs, MsPerSentence: 1000 * secs / n, SentencesPerSecond: n / secs,
 		Cached: l.Cached, Note: l.Note, Hypotheses: text, ids: ids,
 	}, nil
+}
+
+// checkSources checks the sources against the ONNX model at path before
+// decoding: every id inside its vocabulary, every sentence within its
+// source positions (named by file and line, not left to onnxruntime), and
+// the logits of a decoding batch within ort.MemoryLimit. Translations are
+// held to the target positions.
+func checkSources(path string, roles Roles, srcIDs [][]int64, vocab int, opts EvalOptions, dopts *DecodeOptions) error {
+	srcPos, tgtPos := Positions(path, roles)
+	srcName := nameOr(opts.SrcName, "the source")
+	longest := 0
+	for i, ids := range srcIDs {
+		for _, id := range ids {
+			if id < 0 || id >= int64(vocab) {
+				return fmt.Errorf("%s:%d: token id %d is beyond the vocabulary of %d tokens of %s; the data does not match the model", srcName, i+1, id, vocab, path)
+			}
+		}
+		if srcPos > 0 && len(ids) > srcPos {
+			return fmt.Errorf("%s:%d: the sentence has %d tokens (EOS included) but %s has %d source positions; shorten or drop it", srcName, i+1, len(ids), path, srcPos)
+		}
+		longest = max(longest, len(ids))
+	}
+	if tgtPos > 0 && (dopts.MaxLen == 0 || dopts.MaxLen > tgtPos) {
+		dopts.MaxLen = tgtPos
+	}
+	steps := longest + dopts.MaxExtra
+	if dopts.MaxLen > 0 {
+		steps = min(steps, dopts.MaxLen)
+	}
+	return ort.CheckSize("decoding logits", 4, ort.Factor{Name: "--batch", Value: int64(min(dopts.BatchSize, len(srcIDs)))},
+		ort.Factor{Name: "--beam", Value: int64(max(dopts.Beam, 1))}, ort.Factor{Name: "target positions", Value: int64(steps)},
+		ort.Factor{Name: "vocabulary", Value: int64(vocab)})
 }
 
 // TokenAgreement is the share of token positions at which the

@@ -1,14 +1,13 @@
 package train
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"io"
-	"os"
+	"io/fs"
 	"strconv"
 	"strings"
 
+	"github.com/qatc/qatc/safeio"
 	"github.com/qatc/qatc/spm"
 )
 
@@ -122,12 +121,19 @@ type DataOptions struct {
 	// MaxLen drops pairs whose source or target, EOS included, is longer
 	// (0: no limit).
 	MaxLen int
+	// SrcPositions and TgtPositions are the longest source and target
+	// (EOS included) the model reads (Roles' positions; 0: no limit). A
+	// longer sentence that MaxLen does not drop is an error naming its
+	// line.
+	SrcPositions, TgtPositions int
 }
 
 // ReadParallel reads a source and a target file with one sentence per line
-// and validates them before any training starts: both files non-empty, the
-// same number of lines, no empty line, every id inside the vocabulary and
-// none equal to the padding id. EOS is appended to both sides.
+// and validates them before any training starts: both files UTF-8 text
+// (a byte-order mark is dropped; other bytes and NUL are refused by line),
+// non-empty, the same number of lines, no empty line, every id inside the
+// vocabulary and none equal to the padding id, no sentence longer than the
+// model's positions. EOS is appended to both sides.
 func ReadParallel(srcPath, tgtPath string, opts DataOptions) (*Dataset, error) {
 	tok := opts.Tokenizer
 	vocab := opts.Vocab
@@ -166,6 +172,16 @@ func ReadParallel(srcPath, tgtPath string, opts DataOptions) (*Dataset, error) {
 			ds.Dropped++
 			continue
 		}
+		for _, side := range []struct {
+			path      string
+			n, limit  int
+			positions string
+		}{{srcPath, len(s), opts.SrcPositions, "source"}, {tgtPath, len(t), opts.TgtPositions, "target"}} {
+			if side.limit > 0 && side.n > side.limit {
+				return nil, fmt.Errorf("%s:%d: the sentence has %d tokens (EOS included) but the model has %d %s positions; shorten or drop it (train and finetune drop longer pairs with --max-len %d)",
+					side.path, i+1, side.n, side.limit, side.positions, side.limit)
+			}
+		}
 		ds.Examples = append(ds.Examples, Example{Line: i + 1, Src: s, Tgt: t})
 	}
 	if len(ds.Examples) == 0 {
@@ -176,49 +192,41 @@ func ReadParallel(srcPath, tgtPath string, opts DataOptions) (*Dataset, error) {
 
 // readLines encodes every line of path and checks it.
 func readLines(path string, tok Tokenizer, vocab int, sp Special) ([][]int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("read data: %w", err)
-	}
-	defer f.Close()
 	le, _ := tok.(lineEncoder)
-	r := bufio.NewReaderSize(f, 1<<16)
 	var out [][]int64
-	for n := 1; ; n++ {
-		line, err := r.ReadString('\n')
-		if err != nil && !errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("read %s: %w", path, err)
-		}
-		if line == "" && errors.Is(err, io.EOF) {
-			break
-		}
-		line = strings.TrimRight(line, "\r\n")
+	err := safeio.ReadLines(path, func(n int, line string) error {
 		if strings.TrimSpace(line) == "" {
-			return nil, fmt.Errorf("%s:%d: empty line; every line must hold a sentence (remove the pair from both files)", path, n)
+			return fmt.Errorf("%s:%d: empty line; every line must hold a sentence (remove the pair from both files)", path, n)
 		}
 		var ids []int64
 		if le != nil {
+			var err error
 			if ids, err = le.EncodeLine(line); err != nil {
-				return nil, fmt.Errorf("%s:%d: %v", path, n, err)
+				return fmt.Errorf("%s:%d: %v", path, n, err)
 			}
 		} else {
 			ids = tok.Encode(line)
 		}
 		if len(ids) == 0 {
-			return nil, fmt.Errorf("%s:%d: the line encodes to no tokens", path, n)
+			return fmt.Errorf("%s:%d: the line encodes to no tokens", path, n)
 		}
 		for _, id := range ids {
 			switch {
 			case id < 0 || id >= int64(vocab):
-				return nil, fmt.Errorf("%s:%d: token id %d is beyond the vocabulary of %d tokens; the data does not match the model's vocabulary", path, n, id, vocab)
+				return fmt.Errorf("%s:%d: token id %d is beyond the vocabulary of %d tokens; the data does not match the model's vocabulary", path, n, id, vocab)
 			case id == sp.Pad:
-				return nil, fmt.Errorf("%s:%d: token id %d is the padding id; data lines must not hold padding", path, n, id)
+				return fmt.Errorf("%s:%d: token id %d is the padding id; data lines must not hold padding", path, n, id)
 			}
 		}
 		out = append(out, ids)
-		if errors.Is(err, io.EOF) {
-			break
-		}
+		return nil
+	})
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return nil, fmt.Errorf("read data: %w", err)
+	}
+	if err != nil {
+		return nil, err
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("%s is empty; give a file with one sentence per line", path)

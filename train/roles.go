@@ -7,6 +7,7 @@ import (
 	"github.com/qatc/qatc/onnx"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/passes/transformer"
 )
 
 // Roles names a seq2seq model's batch inputs and logits output.
@@ -14,6 +15,9 @@ type Roles struct {
 	Src, Tgt, Logits string
 	// Vocab is the logits' last dimension (0 when not static).
 	Vocab int
+	// SrcPositions and TgtPositions are the longest source and target
+	// the model reads (transformer.Positions; 0 when not known).
+	SrcPositions, TgtPositions int
 }
 
 // FindRoles finds a seq2seq model's source and target inputs (two int64
@@ -87,6 +91,7 @@ func FindRoles(m *graph.Model, want Roles) (Roles, error) {
 		}
 	}
 	r.Logits = logits.Name
+	r.SrcPositions, r.TgtPositions = transformer.Positions(m, r.Src), transformer.Positions(m, r.Tgt)
 	if tt := logits.GetType().GetTensorType(); tt != nil && tt.Shape != nil && len(tt.Shape.Dim) == 3 {
 		if v := tt.Shape.Dim[2].GetDimValue(); v > 0 {
 			r.Vocab = int(v)

@@ -17,7 +17,7 @@ func TestFindRoles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (Roles{Src: "src_ids", Tgt: "tgt_ids", Logits: "logits", Vocab: 64}); r != want {
+	if want := (Roles{Src: "src_ids", Tgt: "tgt_ids", Logits: "logits", Vocab: 64, SrcPositions: 64, TgtPositions: 64}); r != want {
 		t.Errorf("roles %+v, want %+v", r, want)
 	}
 	// Named roles win over the name heuristics.
