@@ -134,7 +134,7 @@ func evaluateOne(spec ModelSpec, srcIDs [][]int64, ref []string, ttok Tokenizer,
 		if given.Src == "" {
 			given = roles
 		}
-		if err := checkSources(spec.Path, given, srcIDs, vocab, opts, &dopts); err != nil {
+		if err := checkSources(spec.Path, given, srcIDs, vocab, nameOr(opts.SrcName, "the source"), &dopts); err != nil {
 			return nil, err
 		}
 	}
@@ -182,9 +182,8 @@ func evaluateOne(spec ModelSpec, srcIDs [][]int64, ref []string, ttok Tokenizer,
 // source positions (named by file and line, not left to onnxruntime), and
 // the logits of a decoding batch within ort.MemoryLimit. Translations are
 // held to the target positions.
-func checkSources(path string, roles Roles, srcIDs [][]int64, vocab int, opts EvalOptions, dopts *DecodeOptions) error {
+func checkSources(path string, roles Roles, srcIDs [][]int64, vocab int, srcName string, dopts *DecodeOptions) error {
 	srcPos, tgtPos := Positions(path, roles)
-	srcName := nameOr(opts.SrcName, "the source")
 	longest := 0
 	for i, ids := range srcIDs {
 		for _, id := range ids {

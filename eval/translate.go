@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/qatc/qatc/safeio"
 )
 
 // TranslateOptions configure Translate.
@@ -57,18 +59,15 @@ func Translate(path string, r io.Reader, w io.Writer, opts TranslateOptions) (*T
 		ttok = IDs{}
 	}
 	var lines []string
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 1<<20), 1<<26)
-	for sc.Scan() {
-		lines = append(lines, strings.TrimRight(sc.Text(), "\r"))
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	for i, line := range lines {
+	err = safeio.ScanLines(r, name, func(n int, line string) error {
 		if strings.TrimSpace(line) == "" {
-			return nil, fmt.Errorf("%s:%d: empty line: there is nothing to translate; give one sentence per line", name, i+1)
+			return fmt.Errorf("%s:%d: empty line: there is nothing to translate; give one sentence per line", name, n)
 		}
+		lines = append(lines, line)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	srcs, err := EncodeSources(lines, stok, name, dopts.Special, opts.NoSrcEOS)
 	if err != nil {
@@ -80,6 +79,13 @@ func Translate(path string, r io.Reader, w io.Writer, opts TranslateOptions) (*T
 	}
 	defer l.Close()
 	if err := CheckVocab(ttok, nameOr(opts.TgtTokName, "the SentencePiece model"), l.Vocab, path); err != nil {
+		return nil, err
+	}
+	given := opts.Roles
+	if given.Src == "" {
+		given = l.Roles
+	}
+	if err := checkSources(path, given, srcs, l.Vocab, name, &dopts); err != nil {
 		return nil, err
 	}
 	rep := &TranslateReport{Sentences: len(srcs), Cached: l.Cached, Note: l.Note}

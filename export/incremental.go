@@ -14,6 +14,7 @@ import (
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/incremental"
 	"github.com/qatc/qatc/passes/quantize"
+	"github.com/qatc/qatc/safeio"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -245,32 +246,20 @@ func checkIncremental(m *graph.Model, set *incremental.Set, format string, opts 
 // takes dir's place, so that dir never holds a partial export. An
 // existing dir is replaced only when it holds an earlier incremental
 // export and nothing else.
-func WriteIncremental(dir string, set *incremental.Set) (err error) {
+func WriteIncremental(dir string, set *incremental.Set) error {
 	dir = filepath.Clean(dir)
-	if st, err := os.Stat(dir); err == nil {
-		if !st.IsDir() {
-			return fmt.Errorf("-o %s: a file of that name exists; an incremental export is a directory", dir)
-		}
-		if err := replaceable(dir); err != nil {
-			return err
-		}
-	} else if !errors.Is(err, os.ErrNotExist) {
+	if err := CheckIncrementalOutput(dir); err != nil {
 		return err
 	}
-	parent := filepath.Dir(dir)
-	if err := os.MkdirAll(parent, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
 		return err
 	}
-	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+".tmp-*")
+	// The directory is written whole under a temporary name and replaces
+	// any older one in one rename (safeio: removed on failure or signal).
+	var b safeio.Batch
+	defer b.Abort()
+	tmp, err := b.CreateDir(dir)
 	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			os.RemoveAll(tmp)
-		}
-	}()
-	if err := os.Chmod(tmp, 0o755); err != nil {
 		return err
 	}
 	for name, g := range set.Graphs() {
@@ -282,21 +271,27 @@ func WriteIncremental(dir string, set *incremental.Set) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(tmp, incremental.ConfigFile), cfg, 0o644); err != nil {
+	if err := safeio.WriteFile(filepath.Join(tmp, incremental.ConfigFile), cfg); err != nil {
 		return err
 	}
-	if _, err := os.Stat(dir); err == nil {
-		old := tmp + ".old"
-		if err := os.Rename(dir, old); err != nil {
-			return err
-		}
-		if err := os.Rename(tmp, dir); err != nil {
-			os.Rename(old, dir)
-			return err
-		}
-		return os.RemoveAll(old)
+	return b.Commit()
+}
+
+// CheckIncrementalOutput checks, before any work, that dir can take an
+// incremental export: it does not exist, or it is a directory holding
+// only an earlier incremental export's files.
+func CheckIncrementalOutput(dir string) error {
+	st, err := os.Stat(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
 	}
-	return os.Rename(tmp, dir)
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("-o %s: a file of that name exists; an incremental export is a directory", dir)
+	}
+	return replaceable(dir)
 }
 
 // replaceable checks that existing directory dir holds only an

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 )
 
@@ -24,6 +25,9 @@ type Group struct {
 // A Dir is a directory a command writes into, creating it if needed.
 type Dir struct {
 	Flag, Path string
+	// Replace is set when the command replaces the directory whole (an
+	// export directory): no input may lie inside it.
+	Replace bool
 }
 
 // Plan is what a command reads and writes, checked by Check before the
@@ -231,6 +235,15 @@ func (c *checker) dir(d Dir) error {
 		}
 	default:
 		return failure("%s: %v", name, err)
+	}
+	if d.Replace {
+		if key, err := resolved(d.Path); err == nil {
+			for _, in := range c.inputs {
+				if p, err := resolved(in.path); err == nil && strings.HasPrefix(p, key+string(filepath.Separator)) {
+					return usage("%s holds the input %s and would be replaced; give another directory", name, in.path)
+				}
+			}
+		}
 	}
 	return c.claim(d.Path, name)
 }

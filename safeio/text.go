@@ -34,7 +34,14 @@ func ReadLines(path string, f func(n int, line string) error) error {
 	if st, err := fh.Stat(); err == nil && st.IsDir() {
 		return fmt.Errorf("%s is a directory, not a text file", path)
 	}
-	r := bufio.NewReaderSize(fh, 64<<10)
+	return ScanLines(fh, path, f)
+}
+
+// ScanLines is ReadLines over a reader (standard input, say); name
+// stands for the file in errors.
+func ScanLines(in io.Reader, name string, f func(n int, line string) error) error {
+	path := name
+	r := bufio.NewReaderSize(in, 64<<10)
 	var buf []byte
 	for n := 1; ; n++ {
 		buf = buf[:0]

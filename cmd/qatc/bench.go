@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 
 	"github.com/qatc/qatc/eval"
+	"github.com/qatc/qatc/ort"
 	"github.com/urfave/cli/v2"
 )
 
@@ -41,6 +42,12 @@ func benchAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	batch := ort.Factor{Name: "--batch", Value: int64(c.Int("batch"))}
+	for _, l := range []string{"--src-len", "--tgt-len"} {
+		if err := ort.CheckSize("token ids", 8, batch, ort.Factor{Name: l, Value: int64(c.Int(l[2:]))}); err != nil {
+			return err
+		}
+	}
 	var models []eval.BenchModel
 	for _, path := range c.Args().Slice() {
 		l, err := eval.Load(eval.ModelSpec{Path: path, Roles: evalRoles(c), Rerun: c.Bool("no-cache")}, opts.Special, 1)
@@ -50,6 +57,9 @@ func benchAction(c *cli.Context) error {
 		defer l.Close()
 		if l.Note != "" {
 			fmt.Fprintf(c.App.ErrWriter, "note: %s: %s\n", path, l.Note)
+		}
+		if err := ort.CheckSize("logits", 4, batch, ort.Factor{Name: "--tgt-len", Value: int64(c.Int("tgt-len"))}, ort.Factor{Name: "vocabulary", Value: int64(l.Vocab)}); err != nil {
+			return err
 		}
 		models = append(models, eval.BenchModel{Name: filepath.Base(path), Model: l.Model, Vocab: l.Vocab, Cached: l.Cached})
 	}

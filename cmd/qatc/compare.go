@@ -85,6 +85,12 @@ func compareAction(c *cli.Context) error {
 		if vocab == 0 {
 			vocab = vocabOf(a.Outputs())
 		}
+		if vocab > 0 {
+			if err := ort.CheckSize("logits", 4, ort.Factor{Name: "--batch", Value: int64(c.Int("batch"))},
+				ort.Factor{Name: "--len", Value: int64(c.Int("len"))}, ort.Factor{Name: "vocabulary", Value: int64(vocab)}); err != nil {
+				return err
+			}
+		}
 		if inputs, err = randomInputs(a.Inputs(), c.Int("batch"), c.Int("len"), vocab, c.Uint64("seed")); err != nil {
 			return fmt.Errorf("%s: %w", pathA, err)
 		}
@@ -152,18 +158,24 @@ func randomInputs(ins []ort.IOInfo, batch, length, vocab int, seed uint64) (map[
 	out := map[string]*ort.Tensor{}
 	for _, in := range ins {
 		shape := make([]int64, len(in.Dims))
-		n := 1
+		factors := make([]ort.Factor, len(in.Dims))
 		for i, d := range in.Dims {
 			switch {
 			case d >= 0:
 				shape[i] = d
+				factors[i] = ort.Factor{Name: fmt.Sprintf("dim %d of %q (fixed by the model)", i, in.Name), Value: d}
 			case i == 0:
 				shape[i] = int64(batch)
+				factors[i] = ort.Factor{Name: "--batch", Value: shape[i]}
 			default:
 				shape[i] = int64(length)
+				factors[i] = ort.Factor{Name: "--len", Value: shape[i]}
 			}
-			n *= int(shape[i])
 		}
+		if err := ort.CheckSize(fmt.Sprintf("input %q", in.Name), 8, factors...); err != nil {
+			return nil, err
+		}
+		n := int(graph.NumElements(shape))
 		switch in.Elem {
 		case graph.Int64, graph.Int32:
 			if vocab <= 4 {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,6 +8,7 @@ import (
 
 	"github.com/qatc/qatc/eval"
 	"github.com/qatc/qatc/export/lightseq"
+	"github.com/qatc/qatc/safeio"
 	"github.com/urfave/cli/v2"
 )
 
@@ -34,28 +34,51 @@ func evalCommand() *cli.Command {
 	}
 }
 
-// readLines reads a text file's lines.
+// readLines reads a text file's lines, decoded and checked as UTF-8
+// (safeio.ReadLines).
 func readLines(path string) ([]string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
 	var lines []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<26)
-	for sc.Scan() {
-		lines = append(lines, strings.TrimRight(sc.Text(), "\r"))
+	err := safeio.ReadLines(path, func(_ int, line string) error {
+		lines = append(lines, line)
+		return nil
+	})
+	return lines, err
+}
+
+// hypFile is the file --hyp-dir writes a model's translations to: the
+// model's name without .onnx or .pb (a directory keeps its whole name).
+func hypFile(dir, model string) string {
+	base := filepath.Base(model)
+	if ext := filepath.Ext(base); ext == ".onnx" || ext == ".pb" {
+		base = strings.TrimSuffix(base, ext)
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return lines, nil
+	return filepath.Join(dir, base+".hyp")
 }
 
 func evalAction(c *cli.Context) error {
 	if c.NArg() == 0 {
 		return usagef("eval takes one or more models")
+	}
+	plan := safeio.Plan{Inputs: fileInputs(c, "src", "ref", "spm")}
+	for _, p := range c.Args().Slice() {
+		plan.Inputs = append(plan.Inputs, modelInput("MODEL", p))
+	}
+	if dir := c.String("hyp-dir"); dir != "" {
+		// One file per model, named after it: two models of one name are
+		// refused before any decoding.
+		byFile := map[string]string{}
+		for _, p := range c.Args().Slice() {
+			file := hypFile(dir, p)
+			if other, ok := byFile[file]; ok {
+				return usagef("--hyp-dir: %s and %s would both write %s; give the models distinct file names", other, p, file)
+			}
+			byFile[file] = p
+			plan.Outputs = append(plan.Outputs, safeio.Group{Flag: "--hyp-dir", Path: file})
+		}
+		plan.Dirs = []safeio.Dir{{Flag: "--hyp-dir", Path: dir}}
+	}
+	if err := safeio.Check(plan); err != nil {
+		return err
 	}
 	src, err := readLines(c.String("src"))
 	if err != nil {
@@ -122,12 +145,7 @@ func evalAction(c *cli.Context) error {
 			return fmt.Errorf("--hyp-dir: %w", err)
 		}
 		for _, r := range rows {
-			base := r.Model
-			if ext := filepath.Ext(base); ext == ".onnx" || ext == ".pb" {
-				base = strings.TrimSuffix(base, ext)
-			}
-			name := filepath.Join(dir, base+".hyp")
-			if err := os.WriteFile(name, []byte(strings.Join(r.Hypotheses, "\n")+"\n"), 0o644); err != nil {
+			if err := safeio.WriteFile(hypFile(dir, r.Path), []byte(strings.Join(r.Hypotheses, "\n")+"\n")); err != nil {
 				return fmt.Errorf("--hyp-dir: %w", err)
 			}
 		}

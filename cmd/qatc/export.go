@@ -11,6 +11,7 @@ import (
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/transformer"
+	"github.com/qatc/qatc/safeio"
 	"github.com/qatc/qatc/train"
 	"github.com/urfave/cli/v2"
 	"google.golang.org/protobuf/proto"
@@ -46,10 +47,27 @@ func exportAction(c *cli.Context) error {
 		return err
 	}
 	out := c.String("output")
-	if err := checkOutput(c, path, out); err != nil {
+	format := c.String("format")
+	plan := safeio.Plan{
+		InPlace: c.Bool("in-place"),
+		Inputs:  append([]safeio.Group{modelInput("QAT", path)}, fileInputs(c, "src", "tgt", "map", "spm")...),
+		Outputs: []safeio.Group{modelOutput("-o", out)},
+	}
+	switch {
+	case c.Bool("incremental"):
+		plan.Outputs, plan.Dirs = nil, []safeio.Dir{{Flag: "-o", Path: out, Replace: true}}
+		if err := export.CheckIncrementalOutput(out); err != nil {
+			return err
+		}
+	case format == "lightseq":
+		if !strings.HasSuffix(out, ".pb") {
+			return usagef("-o %s: a LightSeq weight file must end in .pb", out)
+		}
+		plan.Outputs = []safeio.Group{{Flag: "-o", Path: out}}
+	}
+	if err := safeio.Check(plan); err != nil {
 		return err
 	}
-	format := c.String("format")
 	m, err := loadModel(path)
 	if err != nil {
 		return err
@@ -141,15 +159,12 @@ func roleMap(c *cli.Context) (map[string]string, error) {
 // and --tgt, or valid random token ids.
 func checkBatch(c *cli.Context, roles train.Roles) (map[string]*ort.Tensor, error) {
 	n := c.Int("batch")
-	if n <= 0 {
-		return nil, usagef("--batch %d: must be positive", n)
-	}
 	if src := c.String("src"); src != "" {
 		tgt := c.String("tgt")
 		if tgt == "" {
 			tgt = src
 		}
-		d, err := readData(c, src, tgt, roles.Vocab, 0)
+		d, err := readData(c, src, tgt, roles, 0)
 		if err != nil {
 			return nil, err
 		}
@@ -166,6 +181,10 @@ func checkBatch(c *cli.Context, roles train.Roles) (map[string]*ort.Tensor, erro
 	if roles.Vocab <= 4 {
 		return nil, fmt.Errorf("the model's vocabulary is not static; give a check batch with --src")
 	}
+	if err := ort.CheckSize("logits", 4, ort.Factor{Name: "--batch", Value: int64(n)}, ort.Factor{Name: "--len", Value: int64(c.Int("len"))},
+		ort.Factor{Name: "vocabulary", Value: int64(roles.Vocab)}); err != nil {
+		return nil, err
+	}
 	ins := []ort.IOInfo{
 		{Name: roles.Src, Elem: graph.Int64, Dims: []int64{-1, -1}},
 		{Name: roles.Tgt, Elem: graph.Int64, Dims: []int64{-1, -1}},
@@ -174,9 +193,6 @@ func checkBatch(c *cli.Context, roles train.Roles) (map[string]*ort.Tensor, erro
 }
 
 func exportLightSeq(c *cli.Context, m *graph.Model, path, out string, batch map[string]*ort.Tensor) error {
-	if !strings.HasSuffix(out, ".pb") {
-		return usagef("-o %s: a LightSeq weight file must end in .pb", out)
-	}
 	opts := lightseq.Options{
 		PadID: int(c.Int64("pad-id")), BosID: int(c.Int64("bos-id")), EosID: int(c.Int64("eos-id")),
 		BeamSize: c.Int("beam"), LengthPenalty: float32(c.Float64("length-penalty")),

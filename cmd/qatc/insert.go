@@ -4,14 +4,14 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/calibrate"
 	"github.com/qatc/qatc/passes/quantize"
 	"github.com/qatc/qatc/passes/smooth"
+	"github.com/qatc/qatc/safeio"
 	"github.com/qatc/qatc/spm"
 	"github.com/qatc/qatc/train"
 	"github.com/urfave/cli/v2"
@@ -98,25 +98,11 @@ func quantParams(c *cli.Context) (quantize.Params, error) {
 	if c.IsSet("act-bits") {
 		p.ActBits = c.Int("act-bits")
 	}
-	for _, b := range []struct {
-		flag string
-		v    int
-	}{{"bits", c.Int("bits")}, {"weight-bits", p.WeightBits}, {"act-bits", p.ActBits}} {
-		if c.IsSet(b.flag) && (b.v < 2 || b.v > 8) {
-			return p, usagef("--%s %d: bits must be between 2 and 8", b.flag, b.v)
-		}
-	}
 	if c.IsSet("weight-clip-max") {
 		p.WeightClipMax = float32(c.Float64("weight-clip-max"))
-		if p.WeightClipMax <= 0 {
-			return p, usagef("--weight-clip-max %g: a clip must be positive", c.Float64("weight-clip-max"))
-		}
 	}
 	if c.IsSet("act-clip-max") {
 		p.ActClipMax = float32(c.Float64("act-clip-max"))
-		if p.ActClipMax <= 0 {
-			return p, usagef("--act-clip-max %g: a clip must be positive", c.Float64("act-clip-max"))
-		}
 	}
 	p.PerChannel = c.Bool("per-channel")
 	if g := c.String("weight-granularity"); g != "" {
@@ -130,7 +116,7 @@ func quantParams(c *cli.Context) (quantize.Params, error) {
 	p.Include = c.StringSlice("include")
 	p.Exclude = c.StringSlice("exclude")
 	if path := c.String("recipe"); path != "" {
-		data, err := os.ReadFile(path)
+		data, err := safeio.ReadFile(path, 64<<20)
 		if err != nil {
 			return p, fmt.Errorf("--recipe: %w", err)
 		}
@@ -141,25 +127,11 @@ func quantParams(c *cli.Context) (quantize.Params, error) {
 	return p, nil
 }
 
-// checkOutput refuses to overwrite the input unless --in-place is given.
-func checkOutput(c *cli.Context, in, out string) error {
-	a, errA := filepath.Abs(in)
-	b, errB := filepath.Abs(out)
-	if errA == nil && errB == nil && a == b && !c.Bool("in-place") {
-		return usagef("-o %s is the input model; give another path, or --in-place to replace it", out)
-	}
-	if dir := filepath.Dir(out); dir != "" {
-		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-			return fmt.Errorf("-o %s: directory %s does not exist", out, dir)
-		}
-	}
-	return nil
-}
-
 // readData reads a parallel file pair with the command's data flags.
-func readData(c *cli.Context, src, tgt string, vocab, maxLen int) (*train.Dataset, error) {
+func readData(c *cli.Context, src, tgt string, roles train.Roles, maxLen int) (*train.Dataset, error) {
 	opts := train.DataOptions{
-		Vocab:   vocab,
+		Vocab:        roles.Vocab,
+		SrcPositions: roles.SrcPositions, TgtPositions: roles.TgtPositions,
 		MaxLen:  maxLen,
 		Special: train.Special{Pad: c.Int64("pad-id"), BOS: c.Int64("bos-id"), EOS: c.Int64("eos-id")},
 	}
@@ -195,7 +167,14 @@ func insertAction(c *cli.Context) error {
 		return err
 	}
 	out := c.String("output")
-	if err := checkOutput(c, path, out); err != nil {
+	plan := safeio.Plan{
+		InPlace: c.Bool("in-place"),
+		Inputs:  append([]safeio.Group{modelInput("MODEL", path)}, fileInputs(c, "recipe", "calib-src", "calib-tgt", "spm")...),
+	}
+	if !c.Bool("dry-run") {
+		plan.Outputs = []safeio.Group{modelOutput("-o", out)}
+	}
+	if err := safeio.Check(plan); err != nil {
 		return err
 	}
 	p, err := quantParams(c)
@@ -247,7 +226,12 @@ func insertAction(c *cli.Context) error {
 		if tgt == "" {
 			tgt = src
 		}
-		data, err := readData(c, src, tgt, roles.Vocab, 0)
+		if roles.Vocab > 0 {
+			if err := ort.CheckSize("logits", 4, ort.Factor{Name: "--batch-tokens", Value: int64(c.Int("batch-tokens"))}, ort.Factor{Name: "vocabulary", Value: int64(roles.Vocab)}); err != nil {
+				return err
+			}
+		}
+		data, err := readData(c, src, tgt, roles, 0)
 		if err != nil {
 			return err
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/onnx"
+	"github.com/qatc/qatc/safeio"
 	"github.com/urfave/cli/v2"
 )
 
@@ -37,6 +38,14 @@ func inspectAction(c *cli.Context) error {
 	}
 	if c.IsSet("plot") && (!c.IsSet("tensor") || c.String("plot") == "") {
 		return usagef("--plot FILE.png draws one weight: name it with --tensor NAME")
+	}
+	if f := c.String("plot"); f != "" {
+		if err := safeio.Check(safeio.Plan{
+			Inputs:  []safeio.Group{modelInput("MODEL", path)},
+			Outputs: []safeio.Group{{Flag: "--plot", Path: f}},
+		}); err != nil {
+			return err
+		}
 	}
 	m, err := loadModel(path)
 	if err != nil {

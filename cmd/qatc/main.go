@@ -14,6 +14,8 @@ import (
 	"strings"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
+	"github.com/qatc/qatc/safeio"
 	"github.com/urfave/cli/v2"
 )
 
@@ -65,13 +67,23 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 	if err == nil {
 		return exitOK
 	}
-	var ue usageError
-	if errors.As(err, &ue) || isFlagError(err) {
+	if isUsage(err) {
 		fmt.Fprintf(stderr, "qatc: %s\n", oneLine(err.Error()))
 		return exitUsage
 	}
 	fmt.Fprintf(stderr, "qatc: %s\n", oneLine(err.Error()))
 	return exitFailure
+}
+
+// isUsage reports whether err is the command line's fault (exit 2): a
+// usage error, urfave/cli's own flag errors, an output path that is an
+// input, a flag asking for more memory than the machine has.
+func isUsage(err error) bool {
+	var ue usageError
+	var ce *safeio.CheckError
+	var se *ort.SizeError
+	return errors.As(err, &ue) || isFlagError(err) ||
+		errors.As(err, &ce) && ce.Usage || errors.As(err, &se) && len(se.Flags) > 0
 }
 
 // isFlagError recognises urfave/cli's own usage errors.
@@ -117,6 +129,17 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	}
 	for _, c := range app.Commands {
 		c.OnUsageError = app.OnUsageError
+		takeRequired(c)
+		if own := c.Before; own != nil {
+			c.Before = func(ctx *cli.Context) error {
+				if err := checkFlags(ctx); err != nil {
+					return err
+				}
+				return own(ctx)
+			}
+		} else {
+			c.Before = checkFlags
+		}
 	}
 	return app
 }

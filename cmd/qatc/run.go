@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/qatc/qatc/ort"
+	"github.com/qatc/qatc/safeio"
 	"github.com/urfave/cli/v2"
 )
 
@@ -96,6 +97,18 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	plan := safeio.Plan{Inputs: []safeio.Group{modelInput("MODEL", path)}}
+	for _, files := range []map[string]string{inFiles, expFiles} {
+		for _, f := range files {
+			plan.Inputs = append(plan.Inputs, safeio.Group{Flag: "--input", Path: f})
+		}
+	}
+	if dir := c.String("save"); dir != "" {
+		plan.Dirs = []safeio.Dir{{Flag: "--save", Path: dir}}
+	}
+	if err := safeio.Check(plan); err != nil {
+		return err
+	}
 	inputs, err := readInputs(inFiles)
 	if err != nil {
 		return err
@@ -116,6 +129,24 @@ func runAction(c *cli.Context) error {
 	for name := range expects {
 		if !hasIO(s.Outputs(), name) {
 			return fmt.Errorf("--expect %s: %s has no output %q (outputs: %s)", name, path, name, ioNames(s.Outputs()))
+		}
+	}
+	// The files --save writes are known from the outputs' names: two
+	// names that map to one file are refused before running.
+	saveFiles := map[string]string{}
+	if dir := c.String("save"); dir != "" {
+		byFile := map[string]string{}
+		for _, info := range s.Outputs() {
+			file := filepath.Join(dir, sanitize(info.Name)+".npy")
+			if other, ok := byFile[file]; ok {
+				return usagef("--save: outputs %q and %q would both be written to %s", other, info.Name, file)
+			}
+			byFile[file] = info.Name
+			saveFiles[info.Name] = file
+			plan.Outputs = append(plan.Outputs, safeio.Group{Flag: "--save", Path: file})
+		}
+		if err := safeio.Check(plan); err != nil {
+			return err
 		}
 	}
 	outs, err := s.Run(inputs)
@@ -145,8 +176,9 @@ func runAction(c *cli.Context) error {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return fmt.Errorf("--save: %w", err)
 		}
-		for name, t := range outs {
-			file := filepath.Join(dir, sanitize(name)+".npy")
+	}
+	for name, t := range outs {
+		if file, ok := saveFiles[name]; ok {
 			if err := ort.WriteNpy(file, t); err != nil {
 				return fmt.Errorf("--save %s: %w", name, err)
 			}

@@ -4,11 +4,10 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"os"
-	"os/signal"
-	"syscall"
 
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/quantize"
+	"github.com/qatc/qatc/safeio"
 	"github.com/qatc/qatc/train"
 	"github.com/urfave/cli/v2"
 )
@@ -83,7 +82,23 @@ func trainAction(c *cli.Context, qat bool) error {
 		return err
 	}
 	out := c.String("output")
-	if err := checkOutput(c, path, out); err != nil {
+	// Every path is checked before training, so that hours of training
+	// cannot end in an output that cannot be written.
+	ckptDir := c.String("checkpoint-dir")
+	if ckptDir == "" {
+		// Ctrl-C must always leave a checkpoint to resume from.
+		ckptDir = out + ".ckpt"
+	}
+	plan := safeio.Plan{
+		InPlace: c.Bool("in-place"),
+		Inputs:  append([]safeio.Group{modelInput("MODEL", path)}, fileInputs(c, "src", "tgt", "valid-src", "valid-tgt", "spm")...),
+		Outputs: []safeio.Group{modelOutput("-o", out)},
+		Dirs:    []safeio.Dir{{Flag: "--checkpoint-dir", Path: ckptDir}},
+	}
+	if f := c.String("save-training-graph"); f != "" {
+		plan.Outputs = append(plan.Outputs, modelOutput("--save-training-graph", f))
+	}
+	if err := safeio.Check(plan); err != nil {
 		return err
 	}
 	switch c.String("loss") {
@@ -123,13 +138,19 @@ func trainAction(c *cli.Context, qat bool) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	trainData, err := readData(c, c.String("src"), c.String("tgt"), roles.Vocab, c.Int("max-len"))
+	if roles.Vocab > 0 {
+		// A batch's logits: at most --batch-tokens rows of the vocabulary.
+		if err := ort.CheckSize("logits", 4, ort.Factor{Name: "--batch-tokens", Value: int64(c.Int("batch-tokens"))}, ort.Factor{Name: "vocabulary", Value: int64(roles.Vocab)}); err != nil {
+			return err
+		}
+	}
+	trainData, err := readData(c, c.String("src"), c.String("tgt"), roles, c.Int("max-len"))
 	if err != nil {
 		return err
 	}
 	var valid *train.Dataset
 	if c.String("valid-src") != "" {
-		if valid, err = readData(c, c.String("valid-src"), c.String("valid-tgt"), roles.Vocab, 0); err != nil {
+		if valid, err = readData(c, c.String("valid-src"), c.String("valid-tgt"), roles, 0); err != nil {
 			return err
 		}
 	}
@@ -147,12 +168,8 @@ func trainAction(c *cli.Context, qat bool) error {
 		Untie:      c.Bool("untie"),
 		Roles:      roles,
 		ValidEvery: c.Int64("valid-every"), CheckpointEvery: c.Int64("checkpoint-every"),
-		CheckpointDir: c.String("checkpoint-dir"), KeepCheckpoints: c.Int("keep-checkpoints"),
+		CheckpointDir: ckptDir, KeepCheckpoints: c.Int("keep-checkpoints"),
 		Resume: c.Bool("resume"),
-	}
-	if cfg.CheckpointDir == "" {
-		// Ctrl-C must always leave a checkpoint to resume from.
-		cfg.CheckpointDir = out + ".ckpt"
 	}
 	cfg.Optimizer.AdamW = c.Bool("adamw")
 	cfg.Optimizer.ClipNorm = c.Float64("grad-clip")
@@ -180,7 +197,10 @@ func trainAction(c *cli.Context, qat bool) error {
 	display := train.NewDisplay(c.App.ErrWriter, steps, isTerminal(c.App.ErrWriter), 0)
 	cfg.Progress = display.Update
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// Ctrl-C or SIGTERM during training stops it gracefully with a
+	// checkpoint; afterwards a signal ends the process as usual, leaving
+	// no partial output (safeio removes the temporaries).
+	ctx, stop := safeio.NotifyContext(context.Background())
 	defer stop()
 	t, err := train.NewTrainer(m, cfg)
 	if err != nil {
@@ -201,6 +221,7 @@ func trainAction(c *cli.Context, qat bool) error {
 		fmt.Fprintf(c.App.ErrWriter, "validation loss before training: %.4f\n", before)
 	}
 	res, err := t.Run(ctx)
+	stop()
 	display.Finish()
 	if err != nil {
 		return err
@@ -226,8 +247,16 @@ func trainAction(c *cli.Context, qat bool) error {
 			Seconds: res.Elapsed.Seconds(), Params: len(res.Params),
 		})
 	}
-	fmt.Fprintf(c.App.Writer, "wrote %s: %d steps, %d target tokens, last loss %.4f, validation loss %.4f (before: %.4f), %s\n",
-		out, res.Steps, res.Tokens, res.Loss, res.ValidLoss, before, res.Elapsed.Round(1e9))
+	validation := ""
+	switch {
+	case valid == nil:
+	case math.IsNaN(before):
+		validation = fmt.Sprintf(", validation loss %.4f", res.ValidLoss)
+	default:
+		validation = fmt.Sprintf(", validation loss %.4f (before: %.4f)", res.ValidLoss, before)
+	}
+	fmt.Fprintf(c.App.Writer, "wrote %s: %d steps, %d target tokens, last loss %.4f%s, %s\n",
+		out, res.Steps, res.Tokens, res.Loss, validation, res.Elapsed.Round(1e9))
 	return nil
 }
 

@@ -49,6 +49,14 @@ func translateAction(c *cli.Context) error {
 	if topts.Map, err = roleMap(c); err != nil {
 		return err
 	}
+	out := c.String("output")
+	plan := safeio.Plan{Inputs: append([]safeio.Group{modelInput("MODEL", path)}, fileInputs(c, "src", "spm", "map")...)}
+	if out != "" {
+		plan.Outputs = []safeio.Group{{Flag: "-o", Path: out}}
+	}
+	if err := safeio.Check(plan); err != nil {
+		return err
+	}
 	var in io.Reader = os.Stdin
 	if src := c.String("src"); src != "" {
 		f, err := os.Open(src)
@@ -57,12 +65,6 @@ func translateAction(c *cli.Context) error {
 		}
 		defer f.Close()
 		in, topts.SrcName = f, src
-	}
-	out := c.String("output")
-	if out != "" {
-		if err := checkOutput(c, path, out); err != nil {
-			return err
-		}
 	}
 	if isTerminal(c.App.ErrWriter) {
 		p := newProgress(c.App.ErrWriter, "translating")
