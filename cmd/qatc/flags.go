@@ -52,10 +52,11 @@ var flagRanges = map[string]bound{
 	"bits": bits, "weight-bits": bits, "act-bits": bits,
 	"weight-clip-max": above0, "act-clip-max": above0,
 	"calib-percentile": {lo: 0, loOpen: true, hi: 100},
+	"smooth":           {lo: 0, loOpen: true, hi: 1, zero: true},
 	// training
 	"lr": above0, "clip-lr": nonNegative, "weight-decay": nonNegative, "grad-clip": nonNegative,
 	"label-smoothing": {lo: 0, hi: 1, hiOpen: true},
-	"kd-weight":       nonNegative, "temperature": above0,
+	"kd-weight":       nonNegative, "temperature": above0, "kd-hidden": nonNegative,
 	"weight-clip-l2": nonNegative, "act-clip-l2": nonNegative,
 	// checks and decoding
 	"atol": nonNegative, "rtol": nonNegative, "length-penalty": nonNegative,

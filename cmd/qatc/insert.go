@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"math"
 	"strings"
 
 	"github.com/qatc/qatc/graph"
@@ -191,9 +190,6 @@ func insertAction(c *cli.Context) error {
 		return usagef("--calib-method %q: want minmax, percentile or mse", method)
 	}
 	alpha := c.Float64("smooth")
-	if alpha < 0 || alpha > 1 || math.IsNaN(alpha) {
-		return usagef("--smooth %v: want a strength in (0, 1], or 0 for none", alpha)
-	}
 	if alpha > 0 && c.String("calib-src") == "" {
 		return usagef("--smooth measures the activations: give --calib-src (and optionally --calib-tgt)")
 	}

@@ -178,9 +178,7 @@ func trainAction(c *cli.Context, qat bool) error {
 		cfg.ClipGrad = c.String("clip-grad")
 		cfg.Loss.WeightClipL2 = c.Float64("weight-clip-l2")
 		cfg.Loss.ActClipL2 = c.Float64("act-clip-l2")
-		if cfg.Loss.Hidden = c.Float64("kd-hidden"); cfg.Loss.Hidden < 0 || math.IsNaN(cfg.Loss.Hidden) {
-			return usagef("--kd-hidden %v: want a weight >= 0", cfg.Loss.Hidden)
-		}
+		cfg.Loss.Hidden = c.Float64("kd-hidden")
 	}
 	if !qat && cfg.Loss.Kind != "ce" {
 		return usagef("--loss %s needs a QAT model (the teacher is its fp32 form); qatc train uses ce", cfg.Loss.Kind)
