@@ -379,6 +379,23 @@ func TestHostileFilesInsert(t *testing.T) {
 	}
 }
 
+// Items 5 and 11: the commands that hand a file to onnxruntime check it
+// first, so onnxruntime neither blocks on a FIFO nor speaks for the file.
+func TestHostileFilesOnnxruntime(t *testing.T) {
+	for _, h := range hostileFiles() {
+		if !strings.Contains(h.name, "FIFO as") && !strings.Contains(h.name, "64 GB") {
+			continue
+		}
+		t.Run(h.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := h.build(t, dir)
+			refused(t, dir, 1, h.want, "compare", path, path)
+			refused(t, dir, 1, h.want, "run", path)
+			refused(t, dir, 1, h.want, "bench", path)
+		})
+	}
+}
+
 // Item 3: sizes asked for by flags, or fixed by the model, that no
 // machine holds are refused before allocating, naming the flags.
 func TestSizeLimits(t *testing.T) {
@@ -713,6 +730,10 @@ func TestTextData(t *testing.T) {
 	refused(t, dir, 1, latin+":2: byte 0xE9 at column 4 is not UTF-8", "train", model, "-o", out, "--src", latin, "--tgt", two)
 	refused(t, dir, 1, nul+":2: a NUL byte at column 2", "train", model, "-o", out, "--src", nul, "--tgt", two)
 	refused(t, dir, 1, latin+":2: byte 0xE9", "eval", model, "--src", latin, "--ref", two)
+	// A 10 MB line is not a sentence: refused as read, before tokenizing.
+	big := writeText(t, dir, "big.src", "5 6\n"+strings.Repeat("5 ", 5<<20)+"\n")
+	refused(t, dir, 1, big+":2: the line is longer than 1048576 bytes", "eval", model, "--src", big, "--ref", two)
+	refused(t, dir, 1, big+":2: the line is longer than 1048576 bytes", "train", model, "-o", out, "--src", big, "--tgt", two)
 	// A BOM changes nothing: the same run with and without it ends with
 	// the same weights.
 	data, _ := os.ReadFile(src)
