@@ -134,7 +134,7 @@ func evaluateOne(spec ModelSpec, srcIDs [][]int64, ref []string, ttok Tokenizer,
 		if given.Src == "" {
 			given = roles
 		}
-		if err := checkSources(spec.Path, given, srcIDs, vocab, nameOr(opts.SrcName, "the source"), &dopts); err != nil {
+		if err := CheckSources(spec.Path, given, srcIDs, vocab, nameOr(opts.SrcName, "the source"), &dopts); err != nil {
 			return nil, err
 		}
 	}
@@ -177,12 +177,12 @@ func evaluateOne(spec ModelSpec, srcIDs [][]int64, ref []string, ttok Tokenizer,
 	}, nil
 }
 
-// checkSources checks the sources against the ONNX model at path before
+// CheckSources checks the sources against the ONNX model at path before
 // decoding: every id inside its vocabulary, every sentence within its
 // source positions (named by file and line, not left to onnxruntime), and
 // the logits of a decoding batch within ort.MemoryLimit. Translations are
 // held to the target positions.
-func checkSources(path string, roles Roles, srcIDs [][]int64, vocab int, srcName string, dopts *DecodeOptions) error {
+func CheckSources(path string, roles Roles, srcIDs [][]int64, vocab int, srcName string, dopts *DecodeOptions) error {
 	srcPos, tgtPos := Positions(path, roles)
 	longest := 0
 	for i, ids := range srcIDs {

@@ -85,7 +85,7 @@ func Translate(path string, r io.Reader, w io.Writer, opts TranslateOptions) (*T
 	if given.Src == "" {
 		given = l.Roles
 	}
-	if err := checkSources(path, given, srcs, l.Vocab, name, &dopts); err != nil {
+	if err := CheckSources(path, given, srcs, l.Vocab, name, &dopts); err != nil {
 		return nil, err
 	}
 	rep := &TranslateReport{Sentences: len(srcs), Cached: l.Cached, Note: l.Note}

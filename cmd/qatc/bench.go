@@ -107,6 +107,11 @@ func benchDecode(c *cli.Context, models []eval.BenchModel, src string, opts eval
 	if err != nil {
 		return err
 	}
+	for i, path := range c.Args().Slice() {
+		if err := eval.CheckSources(path, evalRoles(c), srcs, models[i].Vocab, src, &opts); err != nil {
+			return err
+		}
+	}
 	opts.Workers = eval.Threads(c.Int("threads"))
 	rs, err := eval.BenchDecode(models, srcs, opts, c.Int("rounds"))
 	if err != nil {

@@ -56,9 +56,6 @@ func exportAction(c *cli.Context) error {
 	switch {
 	case c.Bool("incremental"):
 		plan.Outputs, plan.Dirs = nil, []safeio.Dir{{Flag: "-o", Path: out, Replace: true}}
-		if err := export.CheckIncrementalOutput(out); err != nil {
-			return err
-		}
 	case format == "lightseq":
 		if !strings.HasSuffix(out, ".pb") {
 			return usagef("-o %s: a LightSeq weight file must end in .pb", out)
@@ -67,6 +64,11 @@ func exportAction(c *cli.Context) error {
 	}
 	if err := safeio.Check(plan); err != nil {
 		return err
+	}
+	if c.Bool("incremental") {
+		if err := export.CheckIncrementalOutput(out); err != nil {
+			return err
+		}
 	}
 	m, err := loadModel(path)
 	if err != nil {

@@ -188,6 +188,8 @@ func TestOutputIsAnInput(t *testing.T) {
 		{"export through a symlinked directory", []string{"export", qat, "-o", via(qat)}, "is the input model"},
 		{"finetune through a symlinked directory", []string{"finetune", qat, "-o", via(qat), "--src", src, "--tgt", tgt}, "is the input model"},
 		{"a hard link", []string{"insert", model, "-o", hard}, "is the input model"},
+		{"translations over the source", []string{"translate", model, "--src", src, "-o", via(src)}, "is the input"},
+		{"incremental export over its input", []string{"export", qat, "--incremental", "--format", "fp32", "-o", dir}, "holds the input"},
 		{"the data file as output", []string{"train", model, "-o", filepath.Join(dir, "x.onnx"), "--src", src, "--tgt", tgt, "--save-training-graph", src}, "is the input"},
 		{"two outputs one file", []string{"train", model, "-o", filepath.Join(dir, "x.onnx"), "--src", src, "--tgt", tgt, "--save-training-graph", via(filepath.Join(dir, "x.onnx"))}, "are the same file"},
 	} {
@@ -668,6 +670,8 @@ func TestDataAgainstModel(t *testing.T) {
 		{"export check batch", []string{"export", qat, "-o", out, "--src", longSrc}, longSrc + ":3: the sentence has 71 tokens"},
 		{"eval", []string{"eval", model, "--src", longSrc, "--ref", short}, longSrc + ":3: the sentence has 71 tokens (EOS included) but " + model + " has 64 source positions"},
 		{"eval beyond the vocabulary", []string{"eval", model, "--src", beyond, "--ref", short}, beyond + ":2: token id 600 is beyond the vocabulary of 64 tokens"},
+		{"translate", []string{"translate", model, "--src", longSrc}, longSrc + ":3: the sentence has 71 tokens"},
+		{"bench --src", []string{"bench", model, "--src", beyond}, beyond + ":2: token id 600 is beyond the vocabulary"},
 		{"finetune beyond the vocabulary", []string{"finetune", qat, "-o", out, "--src", beyond, "--tgt", short}, beyond + ":2: token id 600 is beyond the vocabulary"},
 	} {
 		t.Run(tc.name, func(t *testing.T) { refused(t, dir, 1, tc.mention, tc.args...) })
