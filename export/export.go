@@ -118,6 +118,13 @@ func Export(m *graph.Model, format string, opts *Options) (*graph.Model, *Report
 	if err != nil {
 		return nil, nil, err
 	}
+	guarded, err := fold.GuardBlocked(out)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(guarded) > 0 {
+		r.Notes = append(r.Notes, fmt.Sprintf("%d blocked int8 weights are dequantized in a [blocks, block] view, so that onnxruntime does not fuse them into MatMulIntegerToFloat (which rejects per-block scales)", len(guarded)))
+	}
 	if opts.Source != "" {
 		out.SetMetadata(SourceKey, opts.Source)
 	}

@@ -5,24 +5,19 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/onnx"
 	onnxrt "github.com/yalue/onnxruntime_go"
-	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
 
 // GraphOptimization is onnxruntime's graph optimization level. The zero
-// value keeps onnxruntime's default, which applies every optimization,
-// except for a model with blocked quantization, which runs at the basic
-// level (see lowerForBlocks).
+// value keeps onnxruntime's default, which applies every optimization.
 type GraphOptimization int
 
 // Graph optimization levels.
@@ -129,13 +124,6 @@ func OpenFile(path string, opts *Options) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	if opts.Optimization == OptimizeDefault {
-		blocked, err := fileBlockedDequantize(path)
-		if err != nil {
-			return nil, fmt.Errorf("%s: not a valid ONNX model (%v)", path, err)
-		}
-		opts = lowerForBlocks(opts, blocked)
-	}
 	s := newSession(path, in, out)
 	if err := s.fillRanks(func() ([]onnxrt.InputOutputInfo, []onnxrt.InputOutputInfo, error) {
 		return onnxrt.GetInputOutputInfo(path)
@@ -168,9 +156,6 @@ func open(m *graph.Model, name string, opts *Options) (*Session, error) {
 	}
 	out = append(out, extraInfo...)
 	s := newSession(name, in, out)
-	if opts.Optimization == OptimizeDefault {
-		opts = lowerForBlocks(opts, hasBlockedDequantize(m))
-	}
 	so, err := sessionOptions(opts)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %v", name, err)
@@ -220,121 +205,6 @@ func open(m *graph.Model, name string, opts *Options) (*Session, error) {
 	}
 	s.startProfile(opts)
 	return s, nil
-}
-
-// Blocked quantization and the default optimization level: onnxruntime
-// 1.30 fuses a blocked DequantizeLinear of 8-bit integers → MatMul into
-// MatMulIntegerToFloat at its default level, and that kernel rejects
-// per-block scales when it runs ("Per-column quantization parameter of
-// batched matrix should have same dimension …"). So a model in which a
-// blocked DequantizeLinear (block_size > 0) feeds a MatMul or Gemm and does
-// not read a stored INT4/UINT4 tensor (a QAT model, whose integers are
-// computed int8) runs at the basic level (constant folding, no fusions)
-// unless Options.Optimization names a level. Blocked INT4 weights
-// (export's qdq form) are not fused that way and keep the default level.
-
-// lowerForBlocks returns opts with OptimizeBasic when blocked is set.
-func lowerForBlocks(opts *Options, blocked bool) *Options {
-	if !blocked {
-		return opts
-	}
-	o := *opts
-	o.Optimization = OptimizeBasic
-	return &o
-}
-
-// blockedProduct reports whether one of nodes is a blocked
-// DequantizeLinear that feeds a MatMul or Gemm and whose input int4 does
-// not report as a 4-bit initializer.
-func blockedProduct(nodes []*onnx.NodeProto, int4 func(string) bool) bool {
-	products := map[string]bool{}
-	for _, n := range nodes {
-		if n.OpType == "MatMul" || n.OpType == "Gemm" {
-			for _, in := range n.Input {
-				products[in] = true
-			}
-		}
-	}
-	return slices.ContainsFunc(nodes, func(n *onnx.NodeProto) bool {
-		return n.OpType == "DequantizeLinear" && (n.Domain == "" || n.Domain == "ai.onnx") &&
-			graph.IntAttr(n, "block_size", 0) > 0 && len(n.Input) > 0 && !int4(n.Input[0]) &&
-			len(n.Output) > 0 && products[n.Output[0]]
-	})
-}
-
-// hasBlockedDequantize applies blockedProduct to an in-memory model.
-func hasBlockedDequantize(m *graph.Model) bool {
-	return blockedProduct(m.Graph().Node, func(v string) bool {
-		t := m.Initializer(v)
-		return t != nil && (graph.TensorType(t) == graph.Int4 || graph.TensorType(t) == graph.Uint4)
-	})
-}
-
-// fileBlockedDequantize applies blockedProduct to a model file,
-// decoding only its nodes and its initializers' names and types (the file
-// is mapped, as fileIO does, so that large weights are not read twice).
-func fileBlockedDequantize(path string) (bool, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return false, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return false, err
-	}
-	data, err := syscall.Mmap(int(f.Fd()), 0, int(st.Size()), syscall.PROT_READ, syscall.MAP_SHARED)
-	if err != nil {
-		return false, err
-	}
-	defer syscall.Munmap(data)
-	const (
-		graphNode      = 1 // GraphProto.node
-		tensorDataType = 2 // TensorProto.data_type
-	)
-	var nodes []*onnx.NodeProto
-	int4 := map[string]bool{}
-	err = scanFields(data, func(num protowire.Number, v []byte) error {
-		if num != modelGraph {
-			return nil
-		}
-		return scanFields(v, func(num protowire.Number, v []byte) error {
-			switch num {
-			case graphNode:
-				n := &onnx.NodeProto{}
-				if err := proto.Unmarshal(v, n); err != nil {
-					return err
-				}
-				switch n.OpType {
-				case "DequantizeLinear", "MatMul", "Gemm":
-					nodes = append(nodes, n)
-				}
-			case graphInitializer:
-				name, err := tensorNameOf(v)
-				if err != nil {
-					return err
-				}
-				for b := v; len(b) > 0; {
-					num, typ, n := protowire.ConsumeTag(b)
-					if n < 0 {
-						return protowire.ParseError(n)
-					}
-					b = b[n:]
-					if num == tensorDataType && typ == protowire.VarintType {
-						dt, _ := protowire.ConsumeVarint(b)
-						int4[name] = graph.DataType(dt) == graph.Int4 || graph.DataType(dt) == graph.Uint4
-						break
-					}
-					if n = protowire.ConsumeFieldValue(num, typ, b); n < 0 {
-						return protowire.ParseError(n)
-					}
-					b = b[n:]
-				}
-			}
-			return nil
-		})
-	})
-	return blockedProduct(nodes, func(v string) bool { return int4[v] }), err
 }
 
 // saveExternal writes m with external data into a temporary directory,

@@ -6,6 +6,8 @@ import (
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/internal/fixture"
+	"github.com/qatc/qatc/passes/quantize"
+	"math"
 )
 
 // TestTorchExportTied trains a few steps of the PyTorch-exported reference
@@ -93,5 +95,50 @@ func TestTorchExportUntie(t *testing.T) {
 	}
 	if untied.Input("labels") == nil || untied.Output("loss") == nil {
 		t.Error("training graph lacks labels or loss")
+	}
+}
+
+// TestTorchBlockedTied fine-tunes blocked 4-bit quantizers on the PyTorch
+// export, whose tied table's transposed copy (an onnx::MatMul_N
+// initializer) the training graph rebuilds with a Transpose of the
+// parameter: onnxruntime's transpose optimizer would push that Transpose
+// through a blocked QuantizeLinear without transposing its scale, so the
+// quantizer reads the blocked view (quantize.BlockView), and the steps
+// run at the default optimization level.
+func TestTorchBlockedTied(t *testing.T) {
+	m, err := graph.Load(fixture.Torch(t, fixture.Transformer17))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := quantize.DefaultParams()
+	p.WeightBits, p.ActBits, p.Granularity, p.BlockSize, p.WeightInit = 4, 8, quantize.Block, 32, quantize.InitMSE
+	if _, err := quantize.Insert(m, p); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := NewTrainer(m, Config{
+		Train: reverseTask(t, 20, 50, 11), BatchTokens: 200, Seed: 1, Threads: 2, LR: 1e-4,
+		Loss: Loss{Kind: "ce"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if len(tr.tg.Tied) == 0 {
+		t.Fatal("no tied copy found in the exporter's graph")
+	}
+	for i := range 2 {
+		loss, _, err := tr.Step()
+		if err != nil {
+			t.Fatalf("step %d: %v", i+1, err)
+		}
+		if math.IsNaN(loss) || math.IsInf(loss, 0) {
+			t.Fatalf("step %d: loss %v", i+1, loss)
+		}
+	}
+	if err := tr.WriteBack(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := quantize.Find(m); err != nil {
+		t.Fatalf("the trained QAT model: %v", err)
 	}
 }

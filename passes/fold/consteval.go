@@ -101,10 +101,10 @@ func scaleIndex(dims []int64, nScale int, axis, blockSize int64) (func(i int) in
 	}, nil
 }
 
-// quantize computes QuantizeLinear's integers for x: round(x / scale) with
+// quantizeValues computes QuantizeLinear's integers for x: round(x / scale) with
 // ties to even, plus the (zero) zero point, saturated to [lo, hi]. The
 // division is float32, as onnxruntime's kernel does it.
-func quantize(x []float32, dims []int64, scale []float32, axis, blockSize, lo, hi int64) ([]int64, error) {
+func quantizeValues(x []float32, dims []int64, scale []float32, axis, blockSize, lo, hi int64) ([]int64, error) {
 	idx, err := scaleIndex(dims, len(scale), axis, blockSize)
 	if err != nil {
 		return nil, err

@@ -6,6 +6,7 @@ import (
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/onnx"
+	"github.com/qatc/qatc/passes/quantize"
 )
 
 // Quantizer kinds, as passes/quantize names them.
@@ -34,6 +35,9 @@ type quantizer struct {
 	blockSize int64
 	zpType    graph.DataType
 	lo, hi    int64 // the integer range the QAT graph can produce
+	// view is the blocked view around a weight's pair (nil otherwise);
+	// tensor and axis then are the weight's own, not the view's.
+	view *quantize.BlockedPair
 }
 
 // perTensor reports whether q has one scale for the whole tensor.
@@ -58,6 +62,9 @@ func findQuantizers(m *graph.Model) ([]*quantizer, error) {
 			continue
 		}
 		q.dq = next[0]
+		if v := quantize.FindBlockView(m, n, q.dq); v != nil {
+			q.view, q.tensor, q.axis = v, v.Weight, int64(v.Axis)
+		}
 		if err := q.resolve(m); err != nil {
 			return nil, err
 		}
@@ -130,11 +137,16 @@ func (q *quantizer) resolve(m *graph.Model) error {
 		q.scale, q.scaleDims = append([]float32(nil), s...), t.Dims
 	} else {
 		div := m.Producer(scaleName)
+		if q.view != nil && div != nil && div.OpType == "Reshape" {
+			// The view's scale; the 2-D one it reshapes is the weight's.
+			q.scaleOps = append(q.scaleOps, div)
+			div = m.Producer(div.Input[0])
+		}
 		var perm []int64 // a tied transposed weight reads its twin's scale transposed
 		if div != nil && div.OpType == "Transpose" {
 			perm = graph.IntsAttr(div, "perm")
+			q.scaleOps = append(q.scaleOps, div)
 			div = m.Producer(div.Input[0])
-			q.scaleOps = append(q.scaleOps, m.Producer(scaleName))
 		}
 		if div == nil || div.OpType != "Div" {
 			return fmt.Errorf("quantizer %s: scale %q is neither a constant nor Div(Max(clip, tiny), qmax); the model is not a qatc QAT model", name, scaleName)

@@ -52,6 +52,10 @@ type Result struct {
 //     to the bits' range below 8 bits) and only its DequantizeLinear stays;
 //     4-bit zero points become 8-bit ones, as the integers are stored in
 //     bytes;
+//   - a weight quantized per block in the QAT graph's view
+//     (quantize.BlockView) is stored in its own layout, blocked along its
+//     own axis, and read by its DequantizeLinear directly (GuardBlocked
+//     restores the view where onnxruntime needs it);
 //   - a weight's DequantizeLinear moves after the Transpose, Gather, Slice,
 //     Reshape, Squeeze and Unsqueeze nodes that read it where its scale
 //     allows, so that it feeds the MatMul directly as onnxruntime's QDQ
@@ -111,7 +115,7 @@ func foldOne(m *graph.Model, q *quantizer) (Folded, error) {
 	if err != nil {
 		return f, fmt.Errorf("weight quantizer %s: %w", graph.NodeName(q.q), err)
 	}
-	iv, err := quantize(x, dims, q.scale, q.axis, q.blockSize, q.lo, q.hi)
+	iv, err := quantizeValues(x, dims, q.scale, q.axis, q.blockSize, q.lo, q.hi)
 	if err != nil {
 		return f, fmt.Errorf("weight quantizer %s on %q: %w", graph.NodeName(q.q), q.tensor, err)
 	}
@@ -136,7 +140,18 @@ func foldOne(m *graph.Model, q *quantizer) (Folded, error) {
 	// The DequantizeLinear reads the stored integers; its zero point must
 	// have their (8-bit) type.
 	m.ReplaceInput(q.dq, 0, f.Int)
-	if q.zpType == graph.Int4 || q.zpType == graph.Uint4 || len(q.dq.Input) < 3 || q.dq.Input[2] == "" {
+	if q.view != nil {
+		// The stored weight is blocked along its own axis, read by the
+		// DequantizeLinear directly (fold.GuardBlocked puts the view back
+		// where onnxruntime needs it).
+		for _, a := range q.dq.Attribute {
+			if a.Name == "axis" {
+				a.I = q.axis
+			}
+		}
+		m.ReplaceUses(q.view.Out.Output[0], q.dq.Output[0])
+	}
+	if q.view != nil || q.zpType == graph.Int4 || q.zpType == graph.Uint4 || len(q.dq.Input) < 3 || q.dq.Input[2] == "" {
 		zdims := q.scaleDims
 		n := graph.NumElements(zdims)
 		var zp *onnx.TensorProto

@@ -203,6 +203,10 @@ func (b *builder) quantize(x string, q *quantize.Quantizer) (string, error) {
 		chain = append(chain, p)
 	}
 	chain = append(chain, dq)
+	if v := quantize.FindBlockView(src, qn, dq); v != nil {
+		// A blocked weight's view: the Reshapes around the pair.
+		chain = append(append([]*onnx.NodeProto{v.In}, chain...), v.Out)
+	}
 	for _, n := range chain {
 		for i, in := range n.Input {
 			if i == 0 {

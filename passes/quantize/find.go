@@ -57,6 +57,10 @@ func findOne(m *graph.Model, dq *onnx.NodeProto) (Quantizer, bool, error) {
 	}
 	q.Tensor = p.Input[0]
 	q.Quantize, q.Dequantize, q.Output = p.Name, dq.Name, dq.Output[0]
+	view := FindBlockView(m, p, dq)
+	if view != nil {
+		q.Tensor, q.Output = view.Weight, view.Out.Output[0]
+	}
 	where := fmt.Sprintf("quantizer on %s (node %s)", q.Tensor, graph.NodeName(dq))
 	if dq.Input[1] != p.Input[1] {
 		return q, false, fmt.Errorf("%s: QuantizeLinear and DequantizeLinear use different scales (%s, %s): the graph was edited by hand; re-run insert on the fp32 model", where, p.Input[1], dq.Input[1])
@@ -70,8 +74,10 @@ func findOne(m *graph.Model, dq *onnx.NodeProto) (Quantizer, bool, error) {
 		signed = graph.TensorType(zp) == graph.Int8
 	}
 	scale := p.Input[1]
+	// The scale of a tied transposed copy is its twin's, transposed; a
+	// blocked view reshapes it.
 	sp := m.Producer(scale)
-	if sp != nil && sp.OpType == "Transpose" {
+	for sp != nil && (sp.OpType == "Transpose" || sp.OpType == "Reshape") {
 		sp = m.Producer(sp.Input[0])
 	}
 	var qmax float64
@@ -124,7 +130,10 @@ func findOne(m *graph.Model, dq *onnx.NodeProto) (Quantizer, bool, error) {
 			q.Bits = int(math.Round(math.Log2(float64(hi[0] + 1))))
 		}
 	}
-	if !isScalarValue(m, scale) {
+	switch {
+	case view != nil:
+		q.Axis, q.BlockSize = &view.Axis, view.Block
+	case !isScalarValue(m, scale):
 		ax := int(graph.IntAttr(dq, "axis", 1))
 		if t := m.Initializer(q.Tensor); t != nil && ax < 0 {
 			ax += len(t.Dims)

@@ -23,30 +23,22 @@ const (
 
 // Insert adds the quantizers Plan finds to m, in place, sets their clips to
 // their initial values, and writes and returns the qatc.quantization
-// record. Block granularity raises the model's opset to 21 when no op in it
-// changed meaning since its current opset, and fails naming the op
-// otherwise. On error m is unchanged.
+// record. A weight quantized per block is fake-quantized on its blocked
+// view (see BlockView). Block granularity raises the model's opset to 21
+// when no op in it changed meaning since its current opset, and fails
+// naming the op otherwise. On error m is unchanged.
 func Insert(m *graph.Model, p Params) (*Record, error) {
 	pl, err := plan(m, p)
 	if err != nil {
 		return nil, err
 	}
 	var active []*cand
-	perAxis, low, blocked := false, false, false
+	blocked := false
 	for _, c := range pl.cands {
-		if c.skip {
-			continue
+		if !c.skip {
+			active = append(active, c)
+			blocked = blocked || c.gran == Block
 		}
-		active = append(active, c)
-		perAxis = perAxis || c.gran != Tensor
-		low = low || c.bits < 8
-		blocked = blocked || c.gran == Block
-	}
-	if len(active) == 0 {
-		return nil, fmt.Errorf("nothing to quantize: the model has no MatMul, Gemm or embedding Gather operands left after --include/--exclude and the recipe")
-	}
-	if err := checkOpset(m, perAxis, low, blocked); err != nil {
-		return nil, err
 	}
 	// Compute every initial clip before editing, so that errors leave m as it was.
 	clips := map[*cand]*onnx.TensorProto{}
@@ -91,8 +83,23 @@ func Insert(m *graph.Model, p Params) (*Record, error) {
 	return rec, nil
 }
 
-// checkOpset checks that m's opset can carry the graph form.
-func checkOpset(m *graph.Model, perAxis, low, blocked bool) error {
+// checkOpset checks that m's opset can carry the graph form of the
+// planned quantizers.
+func (pl *planner) checkOpset() error {
+	perAxis, low, blocked, any := false, false, false, false
+	for _, c := range pl.cands {
+		if c.skip {
+			continue
+		}
+		any = true
+		perAxis = perAxis || c.gran != Tensor
+		low = low || c.bits < 8
+		blocked = blocked || c.gran == Block
+	}
+	if !any {
+		return fmt.Errorf("nothing to quantize: the model has no MatMul, Gemm or embedding Gather operands left after --include/--exclude and the recipe")
+	}
+	m := pl.m
 	v := m.Opset("")
 	need := func(op int64, what string) error {
 		if v < op {
@@ -144,6 +151,13 @@ func (in *inserter) konst(key, base string, make func(name string) *onnx.TensorP
 func (in *inserter) floatConst(base string, v float32) string {
 	return in.konst(fmt.Sprintf("f:%s:%g", base, v), base, func(n string) *onnx.TensorProto {
 		return graph.FloatTensor(n, nil, []float32{v})
+	})
+}
+
+// shapeConst returns the int64 initializer holding dims, for Reshape.
+func (in *inserter) shapeConst(dims []int64) string {
+	return in.konst(fmt.Sprintf("shape:%v", dims), "qatc/shape", func(n string) *onnx.TensorProto {
+		return graph.Int64Tensor(n, []int64{int64(len(dims))}, dims)
 	})
 }
 
@@ -208,17 +222,28 @@ func (in *inserter) insert(c *cand, clip *onnx.TensorProto) Quantizer {
 			scaleDims = []int64{scaleDims[1], scaleDims[0]}
 		}
 	}
+	x := c.tensor
+	var view *BlockView
+	if c.gran == Block {
+		// Blocks become an axis of their own (see BlockView).
+		view = NewBlockView(m.Initializer(c.tensor).Dims, *q.Axis, q.BlockSize)
+		x = m.UniqueName(c.tensor + "/blocks")
+		m.Op("Reshape", "", []string{c.tensor, in.shapeConst(view.Dims)}, []string{x})
+		s := m.UniqueName(scale + "/blocks")
+		m.Op("Reshape", "", []string{scale, in.shapeConst(view.ScaleDims)}, []string{s})
+		scale, scaleDims = s, view.ScaleDims
+	}
 	zp := in.intConst(pickName(signed, "qatc/zero_int8", "qatc/zero_uint8"), signed, scaleDims, 0)
 	var attrs []*onnx.AttributeProto
-	if q.Axis != nil {
+	switch {
+	case view != nil:
+		attrs = append(attrs, graph.AttrInt("axis", int64(view.Axis)), graph.AttrInt("block_size", int64(q.BlockSize)))
+	case q.Axis != nil:
 		attrs = append(attrs, graph.AttrInt("axis", int64(*q.Axis)))
-	}
-	if q.BlockSize > 0 {
-		attrs = append(attrs, graph.AttrInt("block_size", int64(q.BlockSize)))
 	}
 	q.Quantize = m.UniqueName(c.tensor + "/quantize")
 	ints := m.UniqueName(c.tensor + "/quantized")
-	m.Op("QuantizeLinear", q.Quantize, []string{c.tensor, scale, zp}, []string{ints}, attrs...)
+	m.Op("QuantizeLinear", q.Quantize, []string{x, scale, zp}, []string{ints}, attrs...)
 	if lo, hi := qrangeOf(signed); qmin != lo || qmax != hi {
 		clipped := m.UniqueName(c.tensor + "/clipped")
 		m.Op("Clip", "", []string{ints,
@@ -228,7 +253,13 @@ func (in *inserter) insert(c *cand, clip *onnx.TensorProto) Quantizer {
 	}
 	q.Dequantize = m.UniqueName(c.tensor + "/dequantize")
 	q.Output = m.UniqueName(c.tensor + "/dequantized")
-	m.Op("DequantizeLinear", q.Dequantize, []string{ints, scale, zp}, []string{q.Output}, attrs...)
+	if view == nil {
+		m.Op("DequantizeLinear", q.Dequantize, []string{ints, scale, zp}, []string{q.Output}, attrs...)
+	} else {
+		blocks := m.UniqueName(c.tensor + "/dequantized_blocks")
+		m.Op("DequantizeLinear", q.Dequantize, []string{ints, scale, zp}, []string{blocks}, attrs...)
+		m.Op("Reshape", "", []string{blocks, in.shapeConst(m.Initializer(c.tensor).Dims)}, []string{q.Output})
+	}
 	for _, u := range c.uses {
 		m.ReplaceInput(u.node, u.idx, q.Output)
 	}

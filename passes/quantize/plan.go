@@ -106,6 +106,9 @@ func plan(m *graph.Model, p Params) (*planner, error) {
 	if err := pl.resolve(); err != nil {
 		return nil, err
 	}
+	if err := pl.checkOpset(); err != nil {
+		return nil, err
+	}
 	return pl, nil
 }
 

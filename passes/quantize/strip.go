@@ -14,8 +14,15 @@ import (
 // (scale computations, clip ranges, zero points) are deleted. Applied to a
 // QAT graph it gives the fp32 model the quantizers were inserted into, the
 // teacher of distillation. A Clip on the integer tensor between the two
-// nodes (quantizers below 8 bits) is skipped too.
-func Strip(m *graph.Model) (*graph.Model, error) {
+// nodes (quantizers below 8 bits) is skipped too, and so are the Reshapes
+// of a blocked weight's view (see BlockView).
+func Strip(m *graph.Model) (*graph.Model, error) { return strip(m, true) }
+
+// StripActivations is Strip for the quantizers of activations only: the
+// weights (initializers) stay fake-quantized.
+func StripActivations(m *graph.Model) (*graph.Model, error) { return strip(m, false) }
+
+func strip(m *graph.Model, weights bool) (*graph.Model, error) {
 	c := graph.FromProto(proto.Clone(m.Proto).(*onnx.ModelProto), m.Dir)
 	var dqs []*onnx.NodeProto
 	for _, n := range c.Graph().Node {
@@ -36,11 +43,18 @@ func Strip(m *graph.Model) (*graph.Model, error) {
 			continue
 		}
 		x, y := src.Input[0], dq.Output[0]
+		if v := FindBlockView(c, src, dq); v != nil {
+			x, y = v.Weight, v.Out.Output[0]
+		}
+		if !weights && c.Initializer(x) != nil {
+			continue
+		}
 		if c.IsGraphOutput(y) {
 			// The output keeps its name: an Identity now writes it.
-			c.Op("Identity", c.UniqueName(y+"/unquantized"), []string{x}, []string{y})
-			dq.Output[0] = c.UniqueName(y + "/dead")
+			last := c.Producer(y)
+			last.Output[0] = c.UniqueName(y + "/dead")
 			c.Reindex()
+			c.Op("Identity", c.UniqueName(y+"/unquantized"), []string{x}, []string{y})
 		} else {
 			c.ReplaceUses(y, x)
 		}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/onnx"
+	"github.com/qatc/qatc/passes/quantize"
 )
 
 // walker holds what the recogniser reads about a graph: the value index,
@@ -23,21 +24,14 @@ type walker struct {
 }
 
 // skipQ returns the value a fake quantizer reads when v is its output
-// (DequantizeLinear ← [Clip] ← QuantizeLinear), repeatedly; else v.
+// (quantize.QuantizedInput), repeatedly; else v.
 func (w *walker) skipQ(v string) string {
 	for {
-		dq := w.m.Producer(v)
-		if dq == nil || dq.OpType != "DequantizeLinear" || len(dq.Input) == 0 {
+		x, ok := quantize.QuantizedInput(w.m, v)
+		if !ok {
 			return v
 		}
-		q := w.m.Producer(dq.Input[0])
-		if q != nil && q.OpType == "Clip" {
-			q = w.m.Producer(q.Input[0])
-		}
-		if q == nil || q.OpType != "QuantizeLinear" || len(q.Input) == 0 {
-			return v
-		}
-		v = q.Input[0]
+		v = x
 	}
 }
 
