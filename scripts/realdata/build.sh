@@ -61,7 +61,9 @@ if cmp -s <(spm_encode --model="$work/spm.model" < "$data/valid.fr") <(spm_encod
 else
   echo "   the new spm model segments differently from $data/spm.model"
 fi
-cp "$work/spm.model" "$c/spm.model"
+# The model is trained with the committed spm model, the benchmark's
+# reference tokenizer, which lowbit.sh and eval use with it.
+cp "$data/spm.model" "$c/spm.model"
 
 step "6. the fp32 model: d=256, FFN 1024, 4 heads, 3+3 layers, $steps steps (nice $niceness)"
 if [ "${REALDATA_SKIP_TRAIN:-}" = 1 ]; then exit 0; fi
