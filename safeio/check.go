@@ -38,7 +38,10 @@ type Plan struct {
 	Dirs    []Dir
 	// InPlace allows an output to replace the first input, the command's
 	// model, with its data file; nothing else may replace an input.
-	InPlace bool
+	// InPlaceFlag names the flag that sets it, for errors ("" when the
+	// command has none).
+	InPlace     bool
+	InPlaceFlag string
 }
 
 // CheckError is a refused output path. Usage is set when the command line
@@ -190,7 +193,7 @@ func (c *checker) output(o *Group) error {
 				first := len(c.plan.Inputs) > 0 && in.group == &c.plan.Inputs[0]
 				inPlace := c.plan.InPlace && first && mainExists && c.inputs[mainID].main && c.inputs[mainID].group == in.group
 				if !inPlace {
-					return overlap(name, main, in)
+					return c.overlap(name, main, in)
 				}
 			}
 		}
@@ -249,14 +252,17 @@ func (c *checker) dir(d Dir) error {
 }
 
 // overlap explains an output that is one of the inputs' files.
-func overlap(name string, main bool, in inputFile) error {
+func (c *checker) overlap(name string, main bool, in inputFile) error {
+	first := len(c.plan.Inputs) > 0 && in.group == &c.plan.Inputs[0]
 	hint := "give another path"
-	if main && in.main {
-		hint += ", or --in-place to replace it"
+	if main && in.main && first && c.plan.InPlaceFlag != "" {
+		hint += ", or " + c.plan.InPlaceFlag + " to replace it"
 	}
 	switch {
-	case in.main:
+	case in.main && first:
 		return usage("%s is the input model %s; %s", name, in.group.Path, hint)
+	case in.main:
+		return usage("%s is the input %s %s; %s", name, in.group.Flag, in.group.Path, hint)
 	default:
 		return usage("%s is %s, the external data of the input %s; writing it would change the input, %s", name, in.path, in.group.Path, hint)
 	}

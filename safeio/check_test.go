@@ -34,13 +34,14 @@ func TestCheck(t *testing.T) {
 	}{
 		{"new file", Plan{Inputs: in, Outputs: out(filepath.Join(dir, "new.onnx"), filepath.Join(dir, "new.onnx.data"))}, false, ""},
 		{"replace another file", Plan{Inputs: in, Outputs: out(filepath.Join(dir, "sub", "x"))}, false, ""},
-		{"the input", Plan{Inputs: in, Outputs: out(model)}, true, "is the input model " + model + "; give another path, or --in-place"},
+		{"the input", Plan{Inputs: in, Outputs: out(model), InPlaceFlag: "--in-place"}, true, "is the input model " + model + "; give another path, or --in-place to replace it"},
+		{"the input, no in-place flag", Plan{Inputs: in, Outputs: out(model)}, true, "is the input model " + model + "; give another path"},
 		{"the input in place", Plan{Inputs: in, Outputs: out(model, data), InPlace: true}, false, ""},
 		{"through a symlinked directory", Plan{Inputs: in, Outputs: out(filepath.Join(link, "m.onnx"))}, true, "is the input model"},
 		{"a hard link", Plan{Inputs: in, Outputs: out(hard)}, true, "is the input model"},
 		{"data file is the input's", Plan{Inputs: in, Outputs: out(filepath.Join(dir, "m2.onnx"), data)}, true, "is " + data + ", the external data of the input " + model},
 		{"data file is the input's, in place", Plan{Inputs: in, Outputs: out(filepath.Join(dir, "m2.onnx"), data), InPlace: true}, true, "the external data of the input"},
-		{"another input, in place", Plan{Inputs: in, Outputs: out(other), InPlace: true}, true, "is the input model " + other},
+		{"another input, in place", Plan{Inputs: in, Outputs: out(other), InPlace: true, InPlaceFlag: "--in-place"}, true, "-o " + other + " is the input --src " + other + "; give another path"},
 		{"a directory", Plan{Inputs: in, Outputs: out(sub)}, true, "is a directory"},
 		{"a FIFO", Plan{Inputs: in, Outputs: out(fifo)}, true, "is a FIFO (named pipe); qatc writes regular files only"},
 		{"a device", Plan{Outputs: out("/dev/null")}, true, "is a character device"},
@@ -65,6 +66,9 @@ func TestCheck(t *testing.T) {
 				t.Fatalf("error %v (usage %v), want one line mentioning %q (usage %v)", err, ce != nil && ce.Usage, tc.mention, tc.usage)
 			}
 		})
+	}
+	if err := Check(Plan{Inputs: in, Outputs: out(model)}); err == nil || strings.Contains(err.Error(), "in-place") {
+		t.Errorf("a command without an in-place flag suggests one: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "a")); err == nil {
 		t.Error("Check created a directory")

@@ -49,7 +49,7 @@ func exportAction(c *cli.Context) error {
 	out := c.String("output")
 	format := c.String("format")
 	plan := safeio.Plan{
-		InPlace: c.Bool("in-place"),
+		InPlace: c.Bool("in-place"), InPlaceFlag: "--in-place",
 		Inputs:  append([]safeio.Group{modelInput("QAT", path)}, fileInputs(c, "src", "tgt", "map", "spm")...),
 		Outputs: []safeio.Group{modelOutput("-o", out)},
 	}

@@ -167,8 +167,8 @@ func insertAction(c *cli.Context) error {
 	}
 	out := c.String("output")
 	plan := safeio.Plan{
-		InPlace: c.Bool("in-place"),
-		Inputs:  append([]safeio.Group{modelInput("MODEL", path)}, fileInputs(c, "recipe", "calib-src", "calib-tgt", "spm")...),
+		InPlace: c.Bool("in-place"), InPlaceFlag: "--in-place",
+		Inputs: append([]safeio.Group{modelInput("MODEL", path)}, fileInputs(c, "recipe", "calib-src", "calib-tgt", "spm")...),
 	}
 	if !c.Bool("dry-run") {
 		plan.Outputs = []safeio.Group{modelOutput("-o", out)}

@@ -90,7 +90,7 @@ func trainAction(c *cli.Context, qat bool) error {
 		ckptDir = out + ".ckpt"
 	}
 	plan := safeio.Plan{
-		InPlace: c.Bool("in-place"),
+		InPlace: c.Bool("in-place"), InPlaceFlag: "--in-place",
 		Inputs:  append([]safeio.Group{modelInput("MODEL", path)}, fileInputs(c, "src", "tgt", "valid-src", "valid-tgt", "spm")...),
 		Outputs: []safeio.Group{modelOutput("-o", out)},
 		Dirs:    []safeio.Dir{{Flag: "--checkpoint-dir", Path: ckptDir}},
