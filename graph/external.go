@@ -225,21 +225,21 @@ func (s *extSet) open(tensor, loc string) (*extFile, error) {
 	if s.realDir == "" {
 		d, err := filepath.EvalSymlinks(s.dir)
 		if err != nil {
-			return nil, fmt.Errorf("tensor %q: model directory: %w", tensor, err)
+			return nil, fmt.Errorf("tensor %q: model directory: %s", tensor, printable(err.Error()))
 		}
 		if s.realDir, err = filepath.Abs(d); err != nil {
-			return nil, fmt.Errorf("tensor %q: model directory: %w", tensor, err)
+			return nil, fmt.Errorf("tensor %q: model directory: %s", tensor, printable(err.Error()))
 		}
 	}
 	real, err := filepath.EvalSymlinks(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("tensor %q: external-data file %s is missing; copy it next to the model", tensor, path)
+		return nil, fmt.Errorf("tensor %q: external-data file %s is missing; copy it next to the model", tensor, printable(path))
 	}
 	if err != nil {
-		return nil, fmt.Errorf("tensor %q: external-data file: %s", tensor, oneLine(err.Error()))
+		return nil, fmt.Errorf("tensor %q: external-data file: %s", tensor, printable(err.Error()))
 	}
 	if real, err = filepath.Abs(real); err != nil {
-		return nil, fmt.Errorf("tensor %q: external-data file: %w", tensor, err)
+		return nil, fmt.Errorf("tensor %q: external-data file: %s", tensor, printable(err.Error()))
 	}
 	if rel, err := filepath.Rel(s.realDir, real); err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
 		return nil, outside
@@ -250,7 +250,7 @@ func (s *extSet) open(tensor, loc string) (*extFile, error) {
 		return nil, fmt.Errorf("tensor %q: external-data location %q is %s, not a regular file", tensor, printable(loc), nr.Kind)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("tensor %q: external-data location %q: %s", tensor, printable(loc), oneLine(err.Error()))
+		return nil, fmt.Errorf("tensor %q: external-data location %q: %s", tensor, printable(loc), printable(err.Error()))
 	}
 	f := &extFile{f: fh, path: path, size: st.Size()}
 	s.files[loc] = f
@@ -275,7 +275,7 @@ func (s *extSet) read() (map[string]uint32, error) {
 	for _, r := range s.refs {
 		buf := make([]byte, r.len)
 		if _, err := r.file.f.ReadAt(buf, r.off); err != nil && !(errors.Is(err, io.EOF) && r.len == 0) {
-			return nil, fmt.Errorf("tensor %q: read external data from %q: %s", printable(r.t.Name), printable(r.loc), oneLine(err.Error()))
+			return nil, fmt.Errorf("tensor %q: read external data from %q: %s", printable(r.t.Name), printable(r.loc), printable(err.Error()))
 		}
 		sums[r.loc] = crc32.Update(sums[r.loc], castagnoli, buf)
 		r.t.RawData = buf
@@ -295,7 +295,7 @@ func (s *extSet) checksums() (map[string]uint32, error) {
 		for done := int64(0); done < r.len; {
 			n := min(int64(len(buf)), r.len-done)
 			if _, err := r.file.f.ReadAt(buf[:n], r.off+done); err != nil {
-				return nil, fmt.Errorf("tensor %q: read external data from %q: %s", printable(r.t.Name), printable(r.loc), oneLine(err.Error()))
+				return nil, fmt.Errorf("tensor %q: read external data from %q: %s", printable(r.t.Name), printable(r.loc), printable(err.Error()))
 			}
 			sum = crc32.Update(sum, castagnoli, buf[:n])
 			done += n
@@ -338,7 +338,7 @@ func (s *extSet) verify(rec *dataRecord, sums map[string]uint32) error {
 	sum := fmt.Sprintf("%08x", sums[rec.Location])
 	if f.size != rec.Bytes || sum != rec.CRC32C {
 		return fmt.Errorf("external-data file %s does not belong to this model: it has %d bytes with checksum %s, the model was written with %d bytes with checksum %s; the two files come from different writes (write the model again)",
-			f.path, f.size, sum, rec.Bytes, rec.CRC32C)
+			printable(f.path), f.size, sum, rec.Bytes, rec.CRC32C)
 	}
 	return nil
 }

@@ -408,7 +408,7 @@ func TestBadFiles(t *testing.T) {
 // data file, a FIFO, a 1 GiB sparse file, a subdirectory and a symbolic
 // link out of the directory. Run it for ten minutes with
 //
-//	nice -n 10 go test ./graph -run '^$' -fuzz FuzzParse -fuzztime 10m
+//	nice -n 10 go test ./graph -run '^$' -fuzz FuzzParse -fuzztime 10m -timeout 20m
 func FuzzParse(f *testing.F) {
 	dir := fuzzDir(f)
 	good, err := tinyModel().Marshal()
