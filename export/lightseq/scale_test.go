@@ -1,13 +1,16 @@
 package lightseq_test
 
 import (
+	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/qatc/qatc/export/lightseq"
 	"github.com/qatc/qatc/export/lightseq/lspb"
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/internal/fixture"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/quantize"
 	"github.com/qatc/qatc/testmodels"
@@ -170,4 +173,25 @@ func compareFiles(t *testing.T, path string, x, y protoreflect.Message, bytesFie
 		}
 		return true
 	})
+}
+
+// TestTorchUntiedPair: the PyTorch post-norm pair (nn.Transformer and the
+// functional path with Pow-scaled q and k) is recognised both ways (see
+// passes/transformer's TestTorchExportPaths), and both are refused for
+// the one reason LightSeq cannot hold them: their output projection is
+// not the target table, which LightSeq also uses as the logits kernel.
+func TestTorchUntiedPair(t *testing.T) {
+	for _, f := range []string{fixture.PostNormNN, fixture.PostNormFn} {
+		m, err := graph.Load(fixture.Torch(t, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := quantize.Insert(m, maxParams()); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err = lightseq.Export(m, lightseq.Options{BosID: 2, EosID: 3})
+		if !errors.Is(err, lightseq.ErrUnsupported) || !strings.Contains(err.Error(), "is not the target token table tgt_emb.weight") {
+			t.Errorf("%s: %v, want the untied output projection refused", f, err)
+		}
+	}
 }

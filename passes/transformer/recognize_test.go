@@ -500,3 +500,116 @@ func TestScaledResidual(t *testing.T) {
 		t.Errorf("error %v, want one naming the scaled residual branch", err)
 	}
 }
+
+// TestTorchExportPaths: one trained post-norm GELU model exported by
+// PyTorch through nn.Transformer (fused in_proj) and through a functional
+// path (separate q/k/v, q and k each scaled by Pow(head_dim, −0.25)
+// computed from the runtime shape, k after its transpose) is recognised
+// the same both ways, fp32 and QAT: the same sizes, softmax temperature
+// 1/√16, and every projection, bias, LayerNorm and table holding the same
+// values.
+func TestTorchExportPaths(t *testing.T) {
+	for _, qat := range []bool{false, true} {
+		var models []*graph.Model
+		var tms []*transformer.Model
+		for _, f := range []string{fixture.PostNormNN, fixture.PostNormFn} {
+			m, err := graph.Load(fixture.Torch(t, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if qat {
+				if _, err := quantize.Insert(m, quantize.DefaultParams()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			tm, err := transformer.Recognize(m, transformer.Options{})
+			if err != nil {
+				t.Fatalf("%s (qat %v): %v", f, qat, err)
+			}
+			if tm.Hidden != 64 || tm.Heads != 4 || tm.FFN != 128 || tm.Vocab != 512 || len(tm.Encoder) != 2 || len(tm.Decoder) != 2 || tm.PreNorm || tm.Activation != "gelu" {
+				t.Fatalf("%s: H=%d heads=%d FFN=%d V=%d %d+%d pre=%v %s", f, tm.Hidden, tm.Heads, tm.FFN, tm.Vocab, len(tm.Encoder), len(tm.Decoder), tm.PreNorm, tm.Activation)
+			}
+			models, tms = append(models, m), append(tms, tm)
+		}
+		nn, fn := tms[0], tms[1]
+		same := func(where string, a, b []float32) {
+			t.Helper()
+			if !slices.Equal(a, b) {
+				t.Errorf("qat %v: %s differs between the two export paths", qat, where)
+			}
+		}
+		proj := func(where string, a, b transformer.Projection) {
+			t.Helper()
+			same(where+" kernel", kernelOf(t, models[0], a), kernelOf(t, models[1], b))
+			same(where+" bias", biasOf(t, models[0], a), biasOf(t, models[1], b))
+		}
+		attn := func(where string, a, b transformer.Attention) {
+			t.Helper()
+			if math.Abs(a.Scale-0.25) > 1e-7 || math.Abs(b.Scale-0.25) > 1e-7 || math.Abs(b.QScale-0.5) > 1e-7 || math.Abs(b.KScale-0.5) > 1e-7 {
+				t.Errorf("%s: temperature %g and %g (functional q %g, k %g), want 1/4 (½ each)", where, a.Scale, b.Scale, b.QScale, b.KScale)
+			}
+			proj(where+" Q", a.Q, b.Q)
+			proj(where+" K", a.K, b.K)
+			proj(where+" V", a.V, b.V)
+			proj(where+" output", a.Out, b.Out)
+			same(where+" LayerNorm", floatsOf(t, models[0], a.Norm.Scale), floatsOf(t, models[1], b.Norm.Scale))
+		}
+		for i := range nn.Encoder {
+			attn(fmt.Sprintf("encoder %d self", i), nn.Encoder[i].SelfAttn, fn.Encoder[i].SelfAttn)
+			proj(fmt.Sprintf("encoder %d dense1", i), nn.Encoder[i].FFN.Dense1, fn.Encoder[i].FFN.Dense1)
+			proj(fmt.Sprintf("encoder %d dense2", i), nn.Encoder[i].FFN.Dense2, fn.Encoder[i].FFN.Dense2)
+		}
+		for i := range nn.Decoder {
+			attn(fmt.Sprintf("decoder %d self", i), nn.Decoder[i].SelfAttn, fn.Decoder[i].SelfAttn)
+			attn(fmt.Sprintf("decoder %d cross", i), nn.Decoder[i].CrossAttn, fn.Decoder[i].CrossAttn)
+			proj(fmt.Sprintf("decoder %d dense2", i), nn.Decoder[i].FFN.Dense2, fn.Decoder[i].FFN.Dense2)
+		}
+		same("target table", floatsOf(t, models[0], nn.Tgt.Table), floatsOf(t, models[1], fn.Tgt.Table))
+		proj("logits", nn.Logits, fn.Logits)
+	}
+}
+
+// kernelOf returns projection p's weight as [in, out] values.
+func kernelOf(t *testing.T, m *graph.Model, p transformer.Projection) []float32 {
+	t.Helper()
+	w := floatsOf(t, m, p.Weight)
+	d := m.Initializer(p.Weight).Dims
+	rows, cols := int(d[0]), int(d[1])
+	in := rows
+	if p.Transposed {
+		in = cols
+	}
+	out := make([]float32, 0, in*p.Out.Len())
+	for i := range in {
+		for j := p.Out.Lo; j < p.Out.Hi; j++ {
+			if p.Transposed {
+				out = append(out, w[j*cols+i])
+			} else {
+				out = append(out, w[i*cols+j])
+			}
+		}
+	}
+	return out
+}
+
+// biasOf returns projection p's bias part (nil if none).
+func biasOf(t *testing.T, m *graph.Model, p transformer.Projection) []float32 {
+	t.Helper()
+	if p.Bias == "" {
+		return nil
+	}
+	return floatsOf(t, m, p.Bias)[p.BiasOut.Lo:p.BiasOut.Hi]
+}
+
+func floatsOf(t *testing.T, m *graph.Model, name string) []float32 {
+	t.Helper()
+	init := m.Initializer(name)
+	if init == nil {
+		t.Fatalf("no initializer %s", name)
+	}
+	v, err := graph.Floats(init)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
