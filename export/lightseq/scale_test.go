@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/qatc/qatc/internal/fixture"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/quantize"
+	"github.com/qatc/qatc/passes/transformer"
 	"github.com/qatc/qatc/testmodels"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
@@ -39,7 +41,7 @@ func TestScalingsFolded(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		m = calibratedQAT(t, m, b)
+		m = calibratedQAT(t, m, b, maxParams())
 		qt, rep, err := lightseq.Export(m, lightseq.Options{BosID: testmodels.BOS, EosID: testmodels.EOS, Calib: b})
 		if err != nil {
 			t.Fatal(err)
@@ -72,13 +74,13 @@ func TestScalingsFolded(t *testing.T) {
 	}
 }
 
-// calibratedQAT inserts 8-bit quantizers with weight clips at max|w| and
-// sets every activation clip to the largest |x| the fp32 model computes
-// on batch, as qatc insert --calib-method minmax does (the fp32 model, so
-// that equivalent graphs get equivalent clips).
-func calibratedQAT(t *testing.T, m *graph.Model, batch map[string]*ort.Tensor) *graph.Model {
+// calibratedQAT inserts quantizers with p and sets every activation clip
+// to the largest |x| the fp32 model computes on batch, as qatc insert
+// --calib-src does (the fp32 model, so that equivalent graphs get
+// equivalent clips).
+func calibratedQAT(t *testing.T, m *graph.Model, batch map[string]*ort.Tensor, p quantize.Params) *graph.Model {
 	t.Helper()
-	plan, err := quantize.Plan(m, maxParams())
+	plan, err := quantize.Plan(m, p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +99,7 @@ func calibratedQAT(t *testing.T, m *graph.Model, batch map[string]*ort.Tensor) *
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec, err := quantize.Insert(m, maxParams())
+	rec, err := quantize.Insert(m, p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,4 +196,109 @@ func TestTorchUntiedPair(t *testing.T) {
 			t.Errorf("%s: %v, want the untied output projection refused", f, err)
 		}
 	}
+}
+
+// TestTorchExportPaths: the post-norm pair with its output projection tied
+// to the target table in both graphs alike (the same edit to the same
+// weight; the trunk is the trained model as PyTorch exported it, fused
+// in_proj on one side, Pow-scaled q and k on the other) passes the
+// LightSeq export both ways, and the two files hold the same int8
+// weights and the same floats (biases, LayerNorms, positions, clips).
+func TestTorchExportPaths(t *testing.T) {
+	batch := pairBatch(t, 16)
+	var files []*lspb.QuantTransformer
+	for _, f := range []string{fixture.PostNormNN, fixture.PostNormFn} {
+		m, err := graph.Load(fixture.Torch(t, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tieOutput(t, m)
+		// Weight clips at one value: nn.Transformer's paths quantize
+		// in_proj as one tensor, the functional one q, k and v apart, so
+		// clips from each weight's own range would differ by design.
+		m = calibratedQAT(t, m, batch, quantize.DefaultParams())
+		qt, rep, err := lightseq.Export(m, lightseq.Options{BosID: 2, EosID: 3, Calib: batch})
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		r, err := lightseq.Verify(m, rep.Model, qt, batch)
+		t.Logf("%s: %v", f, r)
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		files = append(files, qt)
+	}
+	var nb, nf int
+	compareFiles(t, "", files[0].ProtoReflect(), files[1].ProtoReflect(), &nb, &nf)
+	if nb != 2*4+2*6+3 || nf == 0 {
+		t.Errorf("compared %d int8 weight fields and %d floats", nb, nf)
+	}
+}
+
+// tieOutput overwrites the output projection's weight with the target
+// table, laid out as the projection reads it.
+func tieOutput(t *testing.T, m *graph.Model) {
+	t.Helper()
+	tm, err := transformer.Recognize(m, transformer.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	table, err := graph.Floats(m.Initializer(tm.Tgt.Table))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := m.Initializer(tm.Logits.Weight)
+	v, h := tm.Vocab, tm.Hidden
+	out := make([]float32, v*h)
+	for i := range v {
+		for j := range h {
+			if tm.Logits.Transposed { // stored [vocab, hidden]
+				out[i*h+j] = table[i*h+j]
+			} else { // stored [hidden, vocab]
+				out[j*v+i] = table[i*h+j]
+			}
+		}
+	}
+	if err := graph.SetFloats(w, out); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// pairBatch reads the first n sentence pairs of the post-norm task
+// (postnorm.src, postnorm.tgt: token ids) as a batch: sources with EOS,
+// targets with BOS in front (teacher forcing), both padded with 0.
+func pairBatch(t *testing.T, n int) map[string]*ort.Tensor {
+	t.Helper()
+	read := func(name string, bos bool) ([][]int64, int) {
+		var rows [][]int64
+		width := 0
+		for _, line := range strings.Split(strings.TrimSpace(string(fixture.Read(t, fixture.TorchDir+"/"+name))), "\n")[:n] {
+			var row []int64
+			if bos {
+				row = append(row, 2)
+			}
+			for _, f := range strings.Fields(line) {
+				id, err := strconv.ParseInt(f, 10, 64)
+				if err != nil {
+					t.Fatal(err)
+				}
+				row = append(row, id)
+			}
+			if !bos {
+				row = append(row, 3)
+			}
+			rows, width = append(rows, row), max(width, len(row))
+		}
+		return rows, width
+	}
+	tensor := func(rows [][]int64, width int) *ort.Tensor {
+		ids := make([]int64, len(rows)*width)
+		for i, r := range rows {
+			copy(ids[i*width:], r)
+		}
+		return ort.Int64([]int64{int64(len(rows)), int64(width)}, ids)
+	}
+	src, sw := read("postnorm.src", false)
+	tgt, tw := read("postnorm.tgt", true)
+	return map[string]*ort.Tensor{"src_ids": tensor(src, sw), "tgt_ids": tensor(tgt, tw)}
 }
