@@ -150,6 +150,13 @@ func (e *exporter) refuse() error {
 	if tm.Activation != "relu" && tm.Activation != "gelu" {
 		return unsupported("feed-forward activation %q", tm.Activation)
 	}
+	if !tm.PreNorm {
+		for _, n := range []*transformer.LayerNorm{tm.EncoderNorm, tm.DecoderNorm} {
+			if n != nil {
+				return unsupported("post-norm layers followed by a final LayerNorm of the stack (scale %s): LightSeq's post-norm stacks end on their last layer's LayerNorm, so a second one cannot be written", n.Scale)
+			}
+		}
+	}
 	if len(tm.Encoder) == 0 || len(tm.Decoder) == 0 {
 		return unsupported("LightSeq needs both an encoder and a decoder")
 	}

@@ -177,14 +177,19 @@ func compareFiles(t *testing.T, path string, x, y protoreflect.Message, bytesFie
 	})
 }
 
-// TestTorchUntiedPair: the PyTorch post-norm pair (nn.Transformer and the
-// functional path with Pow-scaled q and k) is recognised both ways (see
-// passes/transformer's TestTorchExportPaths), and both are refused for
-// the one reason LightSeq cannot hold them: their output projection is
-// not the target table, which LightSeq also uses as the logits kernel.
-func TestTorchUntiedPair(t *testing.T) {
-	for _, f := range []string{fixture.PostNormNN, fixture.PostNormFn} {
-		m, err := graph.Load(fixture.Torch(t, f))
+// TestTorchRefusals: PyTorch exports LightSeq cannot hold are refused for
+// that reason alone, after the recogniser has read them: the post-norm
+// pair (nn.Transformer and the functional path with Pow-scaled q and k)
+// has an output projection other than the target table, which LightSeq
+// also uses as the logits kernel; d256 (nn.Transformer's defaults) ends
+// its post-norm stacks on a second, final LayerNorm.
+func TestTorchRefusals(t *testing.T) {
+	for _, tc := range []struct{ file, want string }{
+		{fixture.PostNormNN, "is not the target token table tgt_emb.weight"},
+		{fixture.PostNormFn, "is not the target token table tgt_emb.weight"},
+		{fixture.D256, "post-norm layers followed by a final LayerNorm"},
+	} {
+		m, err := graph.Load(fixture.Torch(t, tc.file))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -192,8 +197,8 @@ func TestTorchUntiedPair(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, _, err = lightseq.Export(m, lightseq.Options{BosID: 2, EosID: 3})
-		if !errors.Is(err, lightseq.ErrUnsupported) || !strings.Contains(err.Error(), "is not the target token table tgt_emb.weight") {
-			t.Errorf("%s: %v, want the untied output projection refused", f, err)
+		if !errors.Is(err, lightseq.ErrUnsupported) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want it refused: %q", tc.file, err, tc.want)
 		}
 	}
 }

@@ -8,17 +8,17 @@ import (
 )
 
 // weight traces a MatMul/Gemm weight operand back to its initializer
-// through quantizers, Identity, 2-D Transposes and Slices. It returns the
-// initializer, whether the operand is the initializer transposed, and
-// the output features of the initializer the operand keeps.
-func (w *walker) weight(v string) (name string, transposed bool, out Range, err error) {
+// through quantizers, Identity, 2-D Transposes and Slices; flip says the
+// product itself reads the operand transposed (Gemm's transB). It returns
+// the initializer, whether the product reads it transposed, and the
+// output features of the initializer it keeps.
+func (w *walker) weight(v string, flip bool) (name string, transposed bool, out Range, err error) {
 	type cut struct {
 		axis  int  // of the Slice's input
 		above bool // odd number of transposes between the Slice and the operand
 		r     Range
 	}
 	var cuts []cut
-	flip := false
 	for {
 		v = w.skipQ(v)
 		if t := w.m.Initializer(v); t != nil {
@@ -160,7 +160,7 @@ func (w *walker) projection(v string) (Projection, error) {
 			if n.OpType == "Gemm" && graph.IntAttr(n, "transA", 0) != 0 {
 				return p, fmt.Errorf("gemm %s has transA=1", graph.NodeName(n))
 			}
-			name, tr, out, err := w.weight(n.Input[1])
+			name, tr, out, err := w.weight(n.Input[1], n.OpType == "Gemm" && graph.IntAttr(n, "transB", 0) != 0)
 			if err != nil {
 				// A weight that is not a (sliced, transposed) initializer
 				// may still be named with Options.Map: note it, with the
@@ -171,9 +171,6 @@ func (w *walker) projection(v string) (Projection, error) {
 				}
 				w.unresolved[n] = err
 				name, tr, out = "", false, Range{0, width}
-			}
-			if n.OpType == "Gemm" && graph.IntAttr(n, "transB", 0) != 0 {
-				tr = !tr
 			}
 			if n.OpType == "Gemm" && len(n.Input) > 2 && n.Input[2] != "" {
 				if p.Bias != "" {

@@ -745,7 +745,13 @@ func (r *recognizer) positionTable(v string) string {
 func (r *recognizer) logits(tm *Model, dec string) error {
 	var errs []string
 	for _, o := range r.m.Graph().Output {
-		p, err := r.projection(o.Name)
+		// Exporters may flatten the decoder output for a 2-D Gemm and
+		// reshape the logits back: look through views on the output side.
+		v := o.Name
+		for p := r.m.Producer(v); p != nil && viewOps[p.OpType] && p.OpType != "Transpose" && p.OpType != "Dropout"; p = r.m.Producer(v) {
+			v = p.Input[0]
+		}
+		p, err := r.projection(v)
 		if err != nil {
 			errs = append(errs, fmt.Sprintf("%s: %v", o.Name, err))
 			continue

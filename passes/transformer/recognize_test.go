@@ -613,3 +613,26 @@ func floatsOf(t *testing.T, m *graph.Model, name string) []float32 {
 	}
 	return v
 }
+
+// TestTorchD256: nn.Transformer's defaults with the logits computed by a
+// 2-D Gemm (transB) on the token table itself, its output reshaped back
+// to [batch, len, vocab]: the output projection is found through the
+// Reshape, tied, the whole vocabulary wide; post-norm with final
+// LayerNorms.
+func TestTorchD256(t *testing.T) {
+	m, err := graph.Load(fixture.Torch(t, fixture.D256))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tm, err := transformer.Recognize(m, transformer.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := tm.Logits
+	if tm.Hidden != 256 || tm.Heads != 4 || tm.FFN != 512 || tm.Vocab != 4000 || tm.PreNorm || tm.EncoderNorm == nil || tm.DecoderNorm == nil {
+		t.Errorf("H=%d heads=%d FFN=%d V=%d pre=%v final norms %v %v", tm.Hidden, tm.Heads, tm.FFN, tm.Vocab, tm.PreNorm, tm.EncoderNorm != nil, tm.DecoderNorm != nil)
+	}
+	if l.Node.OpType != "Gemm" || l.Weight != tm.Tgt.Table || !l.Transposed || l.Out != (transformer.Range{Lo: 0, Hi: 4000}) || l.Bias == "" || l.BiasOut.Len() != 4000 || !tm.Tied || tm.LogitsOutput != "logits" {
+		t.Errorf("logits %s %s weight %s transposed %v out %v bias %s %v, tied %v, output %s", l.Node.OpType, graph.NodeName(l.Node), l.Weight, l.Transposed, l.Out, l.Bias, l.BiasOut, tm.Tied, tm.LogitsOutput)
+	}
+}
