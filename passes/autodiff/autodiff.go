@@ -185,7 +185,11 @@ func Build(m *graph.Model, opts Options) (*graph.Model, *Info, error) {
 			continue
 		}
 		init := tm.Initializer(p)
-		dims := append([]int64(nil), init.Dims...)
+		// A scalar gets an empty, not a missing, shape: every input and
+		// gradient output then declares its rank, which a session needs
+		// (without it onnxruntime is asked, by opening the model once
+		// more).
+		dims := append([]int64{}, init.Dims...)
 		dt := graph.TensorType(init)
 		tm.RemoveInitializer(p)
 		delete(b.f.consts, p)

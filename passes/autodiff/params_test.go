@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/autodiff"
 )
@@ -79,6 +80,26 @@ func TestDefaultParameters(t *testing.T) {
 	}
 	if m.Initializer("W") == nil || m.Input("W") != nil {
 		t.Errorf("Build changed its input model")
+	}
+}
+
+// TestInterfaceShapes checks that every input and output of the training
+// graph declares its rank, scalar parameters (the clip) and their
+// gradients included: a session learns undeclared ranks only by opening
+// the model a second time.
+func TestInterfaceShapes(t *testing.T) {
+	tm, _, err := autodiff.Build(paramModel(), autodiff.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := tm.Graph()
+	for _, v := range append(append([]*onnx.ValueInfoProto{}, g.Input...), g.Output...) {
+		if v.GetType().GetTensorType().GetShape() == nil {
+			t.Errorf("%q declares no shape", v.Name)
+		}
+	}
+	if v := tm.Input("act_clip_max"); v == nil || len(v.GetType().GetTensorType().GetShape().GetDim()) != 0 {
+		t.Errorf("scalar parameter act_clip_max: input %v, want rank 0", v)
 	}
 }
 
