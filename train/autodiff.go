@@ -20,6 +20,11 @@ type trainingGraph struct {
 	Params []string
 	Grads  map[string]string
 	Clips  map[string]bool
+	// GradIns are the accumulator inputs of an accumulating graph
+	// (Config.Accumulate > 1), GradScale its gradient weight input; both
+	// are empty otherwise.
+	GradIns   map[string]string
+	GradScale string
 	// Labels is the labels input, Loss the scalar loss output.
 	Labels, Loss string
 	// Tied lists, per parameter, the initializers that are copies of it.
@@ -92,9 +97,10 @@ func buildTrainingGraph(m *graph.Model, roles Roles, cfg Config) (*trainingGraph
 		return nil, err
 	}
 	opts := autodiff.Options{
-		Logits:   roles.Logits,
-		Untie:    cfg.Untie,
-		ClipGrad: cfg.ClipGrad,
+		Logits:     roles.Logits,
+		Untie:      cfg.Untie,
+		ClipGrad:   cfg.ClipGrad,
+		Accumulate: cfg.Accumulate > 1,
 		Loss: autodiff.Loss{
 			Kind:           cfg.Loss.Kind,
 			LabelSmoothing: float32(cfg.Loss.LabelSmoothing),
@@ -139,12 +145,14 @@ func buildTrainingGraph(m *graph.Model, roles Roles, cfg Config) (*trainingGraph
 		return nil, fmt.Errorf("training graph: %v", err)
 	}
 	tg := &trainingGraph{
-		Model:  tm,
-		Grads:  map[string]string{},
-		Clips:  map[string]bool{},
-		Labels: info.Labels,
-		Loss:   info.Loss,
-		Tied:   map[string][]tiedCopy{},
+		Model:     tm,
+		Grads:     map[string]string{},
+		Clips:     map[string]bool{},
+		Labels:    info.Labels,
+		Loss:      info.Loss,
+		Tied:      map[string][]tiedCopy{},
+		GradIns:   map[string]string{},
+		GradScale: info.GradScale,
 	}
 	if tg.Labels == "" {
 		return nil, fmt.Errorf("training graph: it takes no labels")
@@ -156,6 +164,9 @@ func buildTrainingGraph(m *graph.Model, roles Roles, cfg Config) (*trainingGraph
 	for _, p := range info.Params {
 		tg.Params = append(tg.Params, p.Name)
 		tg.Grads[p.Name] = p.Grad
+		if p.GradIn != "" {
+			tg.GradIns[p.Name] = p.GradIn
+		}
 		if strings.HasSuffix(p.Name, clipSuffix) {
 			tg.Clips[p.Name] = true
 		}

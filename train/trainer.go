@@ -53,6 +53,12 @@ type Config struct {
 	// BatchTokens bounds a batch's padded tokens (rows × longest
 	// sentence).
 	BatchTokens int
+	// Accumulate splits every batch into this many micro-batches (of
+	// about BatchTokens/Accumulate tokens; a batch of fewer rows into one
+	// per row), run one after another and summed into the batch's one
+	// update: the same update as the whole batch, in the memory of a
+	// micro-batch. 0 and 1 run each batch whole.
+	Accumulate int
 	// Seed fixes the batch order.
 	Seed uint64
 	// Steps is the number of updates to stop at, resumed ones included;
@@ -166,6 +172,11 @@ type Trainer struct {
 	lastCkp string // the newest checkpoint written or resumed from
 	ckpStep int64  // its step (-1: none)
 
+	// gradBuf holds every parameter's gradient back to back (each
+	// Param.Grad is a slice of it): one buffer to clear, or to sum
+	// across processes.
+	gradBuf []float32
+
 	// runTime and updateTime add up Step's time in the training session
 	// and in the optimizer (BenchmarkFinetune reports them).
 	runTime, updateTime time.Duration
@@ -199,6 +210,9 @@ func NewTrainer(m *graph.Model, cfg Config) (*Trainer, error) {
 	}
 	if cfg.Resume && cfg.CheckpointDir == "" {
 		return nil, fmt.Errorf("resume needs a checkpoint directory")
+	}
+	if cfg.Accumulate < 0 {
+		return nil, fmt.Errorf("accumulate %d: want 1 or more micro-batches per update", cfg.Accumulate)
 	}
 	roles, err := FindRoles(m, cfg.Roles)
 	if err != nil {
@@ -291,6 +305,7 @@ func fingerprint(ds *Dataset) string {
 func (t *Trainer) initParams() error {
 	weights := &Group{Name: "weights", LR: t.cfg.LR, WeightDecay: t.cfg.WeightDecay}
 	clips := &Group{Name: "clips", LR: t.cfg.ClipLR}
+	total := 0
 	for _, name := range t.tg.Params {
 		init := t.model.Initializer(name)
 		if init == nil {
@@ -304,13 +319,19 @@ func (t *Trainer) initParams() error {
 			Name:  name,
 			Dims:  append([]int64(nil), init.Dims...),
 			Data:  append([]float32(nil), vals...),
-			Grad:  make([]float32, len(vals)),
 			Group: weights,
 		}
 		if t.tg.Clips[name] {
 			p.Group = clips
 		}
 		t.params = append(t.params, p)
+		total += len(vals)
+	}
+	t.gradBuf = make([]float32, total)
+	off := 0
+	for _, p := range t.params {
+		p.Grad = t.gradBuf[off : off+len(p.Data) : off+len(p.Data)]
+		off += len(p.Data)
 	}
 	if len(t.params) == 0 {
 		return fmt.Errorf("the model has nothing to train")
@@ -460,16 +481,93 @@ func (t *Trainer) batchInputs(in map[string]*ort.Tensor, b *Batch) {
 	in[t.roles.Tgt] = ort.Int64([]int64{int64(b.Size), int64(b.TgtLen)}, b.Dec)
 }
 
-// Step trains on the next batch: forward and backward in onnxruntime, then
-// the optimizer's update of the parameter buffers. It returns the loss and
+// Step trains on the next batch: forward and backward in onnxruntime
+// (one run, or one per micro-batch with Config.Accumulate), then the
+// optimizer's update of the parameter buffers. It returns the loss and
 // the gradient norm; a non-finite loss or gradient returns a *NaNError and
 // leaves the parameters as they were.
 func (t *Trainer) Step() (loss, gradNorm float64, err error) {
 	b, pos := t.nextBatch()
 	step := t.state.Step + 1
-	nanErr := func(what string) error {
-		return &NaNError{Step: step, Epoch: t.state.Epoch, Batch: pos, Lines: b.Lines, What: what, Checkpoint: t.lastCkp}
+	nanErr := func(what string, lines []int) error {
+		return &NaNError{Step: step, Epoch: t.state.Epoch, Batch: pos, Lines: lines, What: what, Checkpoint: t.lastCkp}
 	}
+	if loss, err = t.gradients(step, b, b.Tokens, nanErr); err != nil {
+		return loss, 0, err
+	}
+	start := time.Now()
+	gradNorm, err = t.opt.Step(t.sched.Factor(step))
+	t.updateTime += time.Since(start)
+	if err != nil {
+		return loss, gradNorm, nanErr(err.Error(), b.Lines)
+	}
+	t.state.Step = step
+	t.state.Batch++
+	t.state.Tokens += int64(b.Tokens)
+	t.state.Loss = loss
+	lr := t.cfg.LR
+	if t.cfg.FreezeWeights {
+		lr = t.cfg.ClipLR
+	}
+	t.state.LR = lr * t.sched.Factor(step)
+	return loss, gradNorm, nil
+}
+
+// gradients leaves in the parameters' Grad buffers the gradient of the
+// loss on b weighted by b's share of total label tokens (1 for a whole
+// batch), and returns the loss so weighted. The loss is a mean over a
+// batch's tokens, so weighting the parts of a batch by their tokens and
+// summing gives the whole batch's loss and gradient; the loss's terms
+// that do not depend on the data (the clips' L2) keep their weight, since
+// the shares add up to one. With Config.Accumulate the rows run as
+// micro-batches, each adding its weighted gradient to the buffers in
+// place. A non-finite loss returns nanErr's error for the micro-batch's
+// data lines.
+func (t *Trainer) gradients(step int64, b *Batch, total int, nanErr func(string, []int) error) (float64, error) {
+	parts := t.microBatches(b)
+	if t.tg.GradScale != "" {
+		clear(t.gradBuf)
+	}
+	var loss float64
+	for _, mb := range parts {
+		w := float64(mb.Tokens) / float64(total)
+		l, err := t.backward(step, mb, w)
+		if err != nil {
+			return 0, err
+		}
+		if math.IsNaN(l) || math.IsInf(l, 0) {
+			return l, nanErr(fmt.Sprintf("the loss is %g", l), mb.Lines)
+		}
+		if len(parts) == 1 && w == 1 {
+			// The plain step, with the loss as the graph computed it.
+			return l, nil
+		}
+		loss += w * l
+	}
+	return loss, nil
+}
+
+// microBatches splits b's rows into Config.Accumulate micro-batches as
+// even as the rows allow (b itself when it is not split), each padded to
+// its own longest sentence.
+func (t *Trainer) microBatches(b *Batch) []*Batch {
+	n := min(max(t.cfg.Accumulate, 1), len(b.Index))
+	if n <= 1 {
+		return []*Batch{b}
+	}
+	parts := make([]*Batch, n)
+	for i := range parts {
+		parts[i] = t.cfg.Train.MakeBatch(b.Index[i*len(b.Index)/n : (i+1)*len(b.Index)/n])
+	}
+	return parts
+}
+
+// backward runs the training graph on b. A plain graph writes the
+// gradients into the Grad buffers, which are then scaled by weight; an
+// accumulating graph (Config.Accumulate) reads the buffers as its
+// accumulators and writes them back with weight times b's gradients
+// added. It returns b's loss.
+func (t *Trainer) backward(step int64, b *Batch, weight float64) (float64, error) {
 	in := t.paramInputs()
 	t.batchInputs(in, b)
 	in[t.tg.Labels] = ort.Int64([]int64{int64(b.Size), int64(b.TgtLen)}, b.Labels)
@@ -483,7 +581,7 @@ func (t *Trainer) Step() (loss, gradNorm float64, err error) {
 		want = append(want, t.tg.Hidden...)
 		out, err := t.teacher.Run(tin, want...)
 		if err != nil {
-			return 0, 0, fmt.Errorf("step %d: teacher: %v", step, err)
+			return 0, fmt.Errorf("step %d: teacher: %v", step, err)
 		}
 		if t.cfg.Loss.usesTeacherLogits() {
 			in[teacherInput] = out[t.roles.Logits]
@@ -496,38 +594,39 @@ func (t *Trainer) Step() (loss, gradNorm float64, err error) {
 	// optimizer reads.
 	grads := make(map[string]*ort.Tensor, len(t.params))
 	for _, p := range t.params {
-		grads[t.tg.Grads[p.Name]] = ort.Float32(p.Dims, p.Grad)
+		g := ort.Float32(p.Dims, p.Grad)
+		grads[t.tg.Grads[p.Name]] = g
+		if acc := t.tg.GradIns[p.Name]; acc != "" {
+			in[acc] = g
+		}
+	}
+	if t.tg.GradScale != "" {
+		in[t.tg.GradScale] = ort.Float32(nil, []float32{float32(weight)})
 	}
 	start := time.Now()
 	out, err := t.sess.RunInto(in, grads)
 	t.runTime += time.Since(start)
 	if err != nil {
-		return 0, 0, fmt.Errorf("step %d: %v", step, err)
+		return 0, fmt.Errorf("step %d: %v", step, err)
 	}
 	lt := out[t.tg.Loss]
 	if lt == nil || lt.Len() != 1 {
-		return 0, 0, fmt.Errorf("step %d: the training graph gave no scalar %q", step, t.tg.Loss)
+		return 0, fmt.Errorf("step %d: the training graph gave no scalar %q", step, t.tg.Loss)
 	}
-	loss = float64(lt.Float32s()[0])
-	if math.IsNaN(loss) || math.IsInf(loss, 0) {
-		return loss, 0, nanErr(fmt.Sprintf("the loss is %g", loss))
+	if t.tg.GradScale == "" && weight != 1 {
+		scale(t.gradBuf, float32(weight))
 	}
-	start = time.Now()
-	gradNorm, err = t.opt.Step(t.sched.Factor(step))
-	t.updateTime += time.Since(start)
-	if err != nil {
-		return loss, gradNorm, nanErr(err.Error())
-	}
-	t.state.Step = step
-	t.state.Batch++
-	t.state.Tokens += int64(b.Tokens)
-	t.state.Loss = loss
-	lr := t.cfg.LR
-	if t.cfg.FreezeWeights {
-		lr = t.cfg.ClipLR
-	}
-	t.state.LR = lr * t.sched.Factor(step)
-	return loss, gradNorm, nil
+	return float64(lt.Float32s()[0]), nil
+}
+
+// scale multiplies x by s in parallel.
+func scale(x []float32, s float32) {
+	n := (len(x) + chunkSize - 1) / chunkSize
+	parallel(n, func(c int) {
+		for i := c * chunkSize; i < min((c+1)*chunkSize, len(x)); i++ {
+			x[i] *= s
+		}
+	})
 }
 
 // Validate returns the token-weighted mean cross-entropy (no label

@@ -29,6 +29,7 @@ func trainFlags() []cli.Flag {
 		&cli.Int64Flag{Name: "steps", Usage: "updates to train for (0: --epochs epochs)"},
 		&cli.IntFlag{Name: "epochs", Value: 1, Usage: "epochs to train for when --steps is 0"},
 		&cli.IntFlag{Name: "batch-tokens", Value: 4096, Usage: "padded tokens per batch"},
+		&cli.IntFlag{Name: "accumulate", Value: 1, Usage: "run each batch as this many micro-batches summed into one update (the same update in a micro-batch's memory)"},
 		&cli.Float64Flag{Name: "lr", Value: 5e-4, Usage: "learning rate of the weights (the schedule's peak)"},
 		&cli.Float64Flag{Name: "clip-lr", Usage: "learning rate of the clip ranges (0: --lr)"},
 		&cli.Float64Flag{Name: "weight-decay", Usage: "weight decay"},
@@ -113,6 +114,9 @@ func trainAction(c *cli.Context, qat bool) error {
 			return usagef("--clip-grad %q: want neurst or lsq", c.String("clip-grad"))
 		}
 	}
+	if n := c.Int("accumulate"); n < 1 {
+		return usagef("--accumulate %d: want 1 or more micro-batches per update", n)
+	}
 	if (c.String("valid-src") == "") != (c.String("valid-tgt") == "") {
 		return usagef("--valid-src and --valid-tgt go together")
 	}
@@ -156,7 +160,7 @@ func trainAction(c *cli.Context, qat bool) error {
 	}
 	cfg := train.Config{
 		Train: trainData, Valid: valid,
-		BatchTokens: c.Int("batch-tokens"), Seed: c.Uint64("seed"),
+		BatchTokens: c.Int("batch-tokens"), Accumulate: c.Int("accumulate"), Seed: c.Uint64("seed"),
 		Steps: c.Int64("steps"), Epochs: c.Int("epochs"), Threads: c.Int("threads"),
 		LR: c.Float64("lr"), ClipLR: c.Float64("clip-lr"), WeightDecay: c.Float64("weight-decay"),
 		Schedule:  sched,

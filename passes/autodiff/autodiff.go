@@ -60,6 +60,15 @@ type Options struct {
 	ClipGrad string
 	// Loss is the loss to build.
 	Loss Loss
+	// Accumulate makes every gradient output a running sum, so that
+	// several micro-batches add up to one update without a second
+	// gradient buffer: the graph takes a float scalar GradScaleInput and,
+	// per parameter, an input <name>_grad_in of its shape, and outputs
+	// <name>_grad = <name>_grad_in + grad_scale·∂loss/∂<name>. A caller
+	// that binds one buffer as both <name>_grad_in and <name>_grad sums
+	// in place (each output element is computed from the same input
+	// element alone).
+	Accumulate bool
 }
 
 // Param is one trainable input of the training graph.
@@ -67,6 +76,9 @@ type Param struct {
 	Name  string  // graph input (the former initializer's name)
 	Shape []int64 // its shape
 	Grad  string  // the graph output holding its gradient
+	// GradIn is the accumulator input added to Grad (Options.Accumulate;
+	// "" otherwise).
+	GradIn string
 }
 
 // Tie records an initializer the training graph rebuilds from a parameter.
@@ -87,6 +99,9 @@ type Info struct {
 	TeacherHidden map[string]string
 	Loss          string // scalar float output
 	Opset         int64  // the training graph's opset
+	// GradScale is the float scalar input that weighs this run's
+	// gradients in an accumulating graph (Options.Accumulate; "" otherwise).
+	GradScale string
 }
 
 // The names of the training graph's fixed inputs and outputs.
@@ -97,6 +112,10 @@ const (
 	TeacherPrefix = "teacher/"
 	LossOutput    = "loss"
 	GradSuffix    = "_grad"
+	// GradScaleInput and GradInSuffix name the inputs of an accumulating
+	// graph (Options.Accumulate).
+	GradScaleInput = "grad_scale"
+	GradInSuffix   = "_grad_in"
 )
 
 // Build returns the training graph of m: the forward graph with its
@@ -140,6 +159,9 @@ func Build(m *graph.Model, opts Options) (*graph.Model, *Info, error) {
 		logits = renameValue(tm, logits, tm.UniqueName(logits+"/model"))
 	}
 	reserved := []string{LossOutput}
+	if opts.Accumulate {
+		reserved = append(reserved, GradScaleInput)
+	}
 	if opts.Loss.Kind != "scalar" {
 		reserved = append(reserved, LabelsInput, TeacherInput)
 	}
@@ -163,6 +185,9 @@ func Build(m *graph.Model, opts Options) (*graph.Model, *Info, error) {
 	for _, p := range params {
 		if tm.HasName(p + GradSuffix) {
 			return nil, nil, fmt.Errorf("gradient output %q: the model already uses that name", p+GradSuffix)
+		}
+		if opts.Accumulate && tm.HasName(p+GradInSuffix) {
+			return nil, nil, fmt.Errorf("gradient accumulator input %q: the model already uses that name", p+GradInSuffix)
 		}
 	}
 	info := &Info{Loss: LossOutput}
@@ -194,7 +219,11 @@ func Build(m *graph.Model, opts Options) (*graph.Model, *Info, error) {
 		tm.RemoveInitializer(p)
 		delete(b.f.consts, p)
 		tm.AddInput(p, dt, dims)
-		info.Params = append(info.Params, Param{Name: p, Shape: dims, Grad: p + GradSuffix})
+		pi := Param{Name: p, Shape: dims, Grad: p + GradSuffix}
+		if opts.Accumulate {
+			pi.GradIn = p + GradInSuffix
+		}
+		info.Params = append(info.Params, pi)
 	}
 	for _, t := range ties {
 		tm.RemoveInitializer(t.Copy)
@@ -216,7 +245,6 @@ func Build(m *graph.Model, opts Options) (*graph.Model, *Info, error) {
 	if !b.active[logits] {
 		return nil, nil, fmt.Errorf("logits %q do not depend on any trainable parameter", logits)
 	}
-	raiseOpset(b, forward)
 
 	if err := buildLoss(b, logits, info); err != nil {
 		return nil, nil, err
@@ -229,6 +257,11 @@ func Build(m *graph.Model, opts Options) (*graph.Model, *Info, error) {
 	g.Output = nil
 	tm.Reindex()
 	tm.AddOutput(LossOutput, b.f.Elem(logits), []int64{})
+	if opts.Accumulate {
+		tm.AddInput(GradScaleInput, graph.Float, []int64{})
+		b.f.set(GradScaleInput, graph.Float, 0)
+		info.GradScale = GradScaleInput
+	}
 	// A gradient computed by a node of its own is renamed to its output's
 	// name; an Identity would copy every gradient once more per step.
 	rename := map[string]string{}
@@ -237,6 +270,13 @@ func Build(m *graph.Model, opts Options) (*graph.Model, *Info, error) {
 		if gv == "" {
 			b.node = nil
 			gv = b.zerosLike(p.Name)
+		}
+		if opts.Accumulate {
+			b.node = nil
+			dt := b.f.Elem(p.Name)
+			tm.AddInput(p.GradIn, dt, p.Shape)
+			b.f.set(p.GradIn, dt, len(p.Shape))
+			gv = b.add(p.GradIn, b.mul(gv, castTo(b, GradScaleInput, p.Name)))
 		}
 		if _, done := rename[gv]; !done && tm.Producer(gv) != nil && !tm.IsGraphOutput(gv) {
 			rename[gv] = p.Grad
@@ -357,38 +397,6 @@ func opName(n *onnx.NodeProto) string {
 		return n.Domain + "." + n.OpType
 	}
 	return n.OpType
-}
-
-// raiseOpset moves a model from opset 13-15 to 16 when a Gather gradient
-// needs ScatterND's reduction (exact and linear in the tokens, where the
-// fallback is a one-hot product over the vocabulary), provided no op in
-// the graph changes meaning between the two (RoiAlign does).
-func raiseOpset(b *builder, nodes []*onnx.NodeProto) {
-	if b.opset < 13 || b.opset >= 16 {
-		return
-	}
-	wants := false
-	for _, n := range nodes {
-		if n.OpType == "Gather" && b.active[n.Output[0]] && b.needs(n.Input[0]) {
-			wants = true
-		}
-		if n.OpType == "RoiAlign" {
-			return
-		}
-	}
-	for _, o := range b.m.Proto.OpsetImport {
-		if o.Domain != "" && o.Domain != "ai.onnx" && o.Domain != "com.microsoft" {
-			return
-		}
-	}
-	if !wants {
-		return
-	}
-	b.m.SetOpset("", 16)
-	b.opset = 16
-	if b.m.Proto.IrVersion < 8 {
-		b.m.Proto.IrVersion = 8
-	}
 }
 
 // unsignActivations moves the signed 8-bit activation quantizers that

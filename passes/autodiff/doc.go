@@ -39,10 +39,11 @@
 // (opset 13 or later); a sum over leading axes down to a static shape (a
 // bias or LayerNorm parameter) is a product with a row of ones, which
 // onnxruntime runs an order of magnitude faster than ReduceSum over those
-// axes. Gather's gradient accumulates repeated indices with
-// ScatterND (reduction add): a model at opset 13-15 is raised to 16 for it
-// when no op in it changes meaning between the two; below that a one-hot
-// product is used. Slice's gradient scatters into the positions the same
+// axes. Gather's gradient sums the rows of repeated indices with
+// a one-hot product over the distinct indices (Unique) and scatters each
+// distinct row once (ScatterND's reduction add is not safe in
+// onnxruntime's threads); below opset 11 a one-hot product over the whole
+// axis is used. Slice's gradient scatters into the positions the same
 // Slice selects from a tensor of element indices, exact for any steps.
 //
 // A fake quantizer, QuantizeLinear → [integer Clip] → DequantizeLinear, is

@@ -113,6 +113,12 @@ func TestBuildErrors(t *testing.T) {
 	taken := paramModel()
 	taken.AddInitializer(graph.FloatTensor("W_grad", []int64{1}, []float32{0}))
 	taken.Op("Identity", "", []string{"W_grad"}, []string{"other"})
+	scaleTaken := paramModel()
+	scaleTaken.AddInitializer(graph.FloatTensor(autodiff.GradScaleInput, nil, []float32{0}))
+	scaleTaken.Op("Identity", "", []string{autodiff.GradScaleInput}, []string{"other"})
+	accTaken := paramModel()
+	accTaken.AddInitializer(graph.FloatTensor("W_grad_in", nil, []float32{0}))
+	accTaken.Op("Identity", "", []string{"W_grad_in"}, []string{"other"})
 	for _, c := range []struct {
 		name string
 		m    *graph.Model
@@ -129,6 +135,8 @@ func TestBuildErrors(t *testing.T) {
 		{"label smoothing", paramModel(), autodiff.Options{Loss: autodiff.Loss{LabelSmoothing: 1}}, "label smoothing"},
 		{"no dependence", paramModel(), autodiff.Options{Trainable: []string{"unused"}}, "do not depend on any trainable"},
 		{"name taken", taken, autodiff.Options{}, `"W_grad"`},
+		{"grad_scale taken", scaleTaken, autodiff.Options{Accumulate: true}, `"grad_scale"`},
+		{"accumulator taken", accTaken, autodiff.Options{Accumulate: true}, `"W_grad_in"`},
 	} {
 		_, _, err := autodiff.Build(c.m, c.opts)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
@@ -163,4 +171,56 @@ func TestScalarLossNamedLoss(t *testing.T) {
 	}
 	expect(t, "loss", out["loss"].Float32s(), []float32{14}, 1e-6)
 	expect(t, "dw", out["w_grad"].Float32s(), []float32{2, -4, 6}, 1e-6)
+}
+
+// TestGatherRepeatedIndices checks the embedding gradient with many
+// repeated indices on two threads, fifty runs: every row must be the exact
+// sum of its rows of the output gradient (small integers, exact in
+// float32). ScatterND with reduction add lost about one run in two here.
+func TestGatherRepeatedIndices(t *testing.T) {
+	const V, D, N = 512, 128, 4096
+	m := graph.New("gather", 17)
+	m.AddInitializer(graph.FloatTensor("E", []int64{V, D}, make([]float32, V*D)))
+	m.AddInput("idx", graph.Int64, []int64{N})
+	m.AddInput("c", graph.Float, []int64{N, D})
+	m.Op("Gather", "", []string{"E", "idx"}, []string{"rows"})
+	m.Op("Mul", "", []string{"rows", "c"}, []string{"prod"})
+	m.Op("ReduceSum", "", []string{"prod"}, []string{"loss"}, graph.AttrInt("keepdims", 0))
+	m.AddOutput("loss", graph.Float, []int64{})
+	tm, _, err := autodiff.Build(m, autodiff.Options{Logits: "loss", Loss: autodiff.Loss{Kind: "scalar"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ort.Open(tm, &ort.Options{Threads: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	idx := make([]int64, N)
+	c := make([]float32, N*D)
+	want := make([]float32, V*D)
+	for i := range idx {
+		idx[i] = int64(i*i%41) - 5 // negative ids count from the end
+		row := (idx[i] + V) % V
+		for j := range D {
+			c[i*D+j] = float32((i + j) % 3)
+			want[row*D+int64(j)] += c[i*D+j]
+		}
+	}
+	in := map[string]*ort.Tensor{
+		"E":   ort.Float32([]int64{V, D}, make([]float32, V*D)),
+		"idx": ort.Int64([]int64{N}, idx),
+		"c":   ort.Float32([]int64{N, D}, c),
+	}
+	for run := range 50 {
+		out, err := s.Run(in, "E_grad")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, g := range out["E_grad"].Float32s() {
+			if g != want[i] {
+				t.Fatalf("run %d: E_grad[%d] = %g, want %g", run, i, g, want[i])
+			}
+		}
+	}
 }

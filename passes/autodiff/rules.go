@@ -628,9 +628,17 @@ func gradSlice(b *builder, n *onnx.NodeProto, gy []string) error {
 	return nil
 }
 
-// gradGather accumulates the gradient rows of repeated indices: a
-// ScatterND with reduction add where the opset has it (16+), else a
-// one-hot matrix product. Any axis is moved to the front first.
+// gradGather accumulates the gradient rows of repeated indices. From
+// opset 11 the rows of each distinct index are summed by a product with a
+// [distinct, indices] one-hot matrix (Unique's inverse indices) and
+// scattered once per distinct row, with no duplicate indices: ScatterND's
+// reduction add loses additions when onnxruntime runs it on several
+// threads and indices repeat, as token ids do. Where another contribution
+// to the gradient of data is already built (a tied embedding's output
+// projection) the rows are added into it rather than into zeros, which
+// onnxruntime would fold into a constant table of data's size. Below
+// opset 11 a one-hot product over the whole axis is used. Any axis is
+// moved to the front first.
 func gradGather(b *builder, n *onnx.NodeProto, gy []string) error {
 	data, idx, g := in(n, 0), in(n, 1), gy[0]
 	if !b.needs(data) {
@@ -674,9 +682,13 @@ func gradGather(b *builder, n *onnx.NodeProto, gy []string) error {
 		dt = b.transpose(data, dperm...)
 	}
 	var d string
-	if b.opset >= 16 {
-		zeros := b.zerosLike(dt)
-		d = b.like(dt, "ScatterND", []string{zeros, b.unsqueeze(idxI, int64(ri)), gt}, graph.AttrString("reduction", "add"))
+	if b.opset >= 11 {
+		base := ""
+		if axis == 0 {
+			base = b.grad(data)
+			delete(b.grads, data)
+		}
+		d = scatterRows(b, dt, idxI, gt, base)
 	} else {
 		// one-hot [N, V]ᵀ · g [N, rest] = [V, rest]
 		flatIdx := b.typed(graph.Int64, 2, "Reshape", []string{idxI, b.ints(-1, 1)})
@@ -701,6 +713,32 @@ func gradGather(b *builder, n *onnx.NodeProto, gy []string) error {
 	}
 	b.accum(data, d)
 	return nil
+}
+
+// scatterRows returns base (zeros of dt's shape when "") plus, in each
+// row idx[i] of dt's first axis, the rows g[i] summed per distinct index.
+func scatterRows(b *builder, dt, idx, g, base string) string {
+	flat := b.typed(graph.Int64, 1, "Reshape", []string{idx, b.ints(-1)})
+	uniq, inv := b.name("Unique"), b.name("Unique_inverse")
+	b.m.AddNode(&onnx.NodeProto{OpType: "Unique", Name: uniq, Input: []string{flat}, Output: []string{uniq, "", inv}, Attribute: []*onnx.AttributeProto{graph.AttrInt("sorted", 1)}})
+	b.f.set(uniq, graph.Int64, 1)
+	b.f.set(inv, graph.Int64, 1)
+	nu := b.typed(graph.Int64, 1, "Shape", []string{uniq})
+	rng := b.typed(graph.Int64, 1, "Range", []string{b.scalar(graph.Int64, 0), b.typed(graph.Int64, 0, "Reshape", []string{nu, b.ints()}), b.scalar(graph.Int64, 1)})
+	hot := b.maskOf(b.cmp("Equal", b.unsqueeze(rng, 1), b.unsqueeze(inv, 0)), g) // [distinct, n]
+	b.f.rank[hot] = 2
+	count := b.typed(graph.Int64, 1, "Reshape", []string{b.typed(graph.Int64, 0, "Size", []string{idx}), b.ints(1)})
+	g2 := b.typed(b.f.Elem(g), 2, "Reshape", []string{g, b.typed(graph.Int64, 1, "Concat", []string{count, b.ints(-1)}, graph.AttrInt("axis", 0))})
+	sums := b.typed(b.f.Elem(g), 2, "MatMul", []string{hot, g2})
+	rest := b.typed(graph.Int64, 1, "Slice", []string{b.shape(dt), b.ints(1), b.ints(1 << 62)})
+	upd := b.typed(b.f.Elem(g), b.f.Rank(dt), "Reshape", []string{sums, b.typed(graph.Int64, 1, "Concat", []string{nu, rest}, graph.AttrInt("axis", 0))})
+	rows := b.unsqueeze(uniq, 1)
+	if base == "" {
+		base = b.zerosLike(dt)
+	} else {
+		upd = b.add(b.typed(b.f.Elem(g), b.f.Rank(dt), "GatherND", []string{base, rows}), upd)
+	}
+	return b.like(dt, "ScatterND", []string{base, rows, upd})
 }
 
 // gradMatMul handles batched and broadcast operands and 1-D operands (as
