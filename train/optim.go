@@ -1,10 +1,12 @@
 package train
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"math"
 	"os"
 	"runtime"
@@ -33,6 +35,9 @@ type Param struct {
 	Data  []float32
 	Grad  []float32
 	Group *Group
+	// inModel is set when Data is the model initializer's own memory,
+	// so that WriteBack has nothing to copy.
+	inModel bool
 }
 
 // OptimizerConfig chooses the update rule.
@@ -221,20 +226,44 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // MarshalState encodes the optimizer's moments and step count.
 func (o *Optimizer) MarshalState() []byte {
 	var b bytes.Buffer
-	le := binary.LittleEndian
-	b.WriteString(stateMagic)
-	binary.Write(&b, le, uint32(stateVersion))
-	binary.Write(&b, le, o.Steps)
-	binary.Write(&b, le, uint32(len(o.Params)))
-	for k, p := range o.Params {
-		binary.Write(&b, le, uint32(len(p.Name)))
-		b.WriteString(p.Name)
-		binary.Write(&b, le, uint64(len(p.Data)))
-		binary.Write(&b, le, o.m[k])
-		binary.Write(&b, le, o.v[k])
-	}
-	binary.Write(&b, le, crc32.Checksum(b.Bytes(), castagnoli))
+	o.writeState(&b) // a bytes.Buffer does not fail
 	return b.Bytes()
+}
+
+// writeState writes the state file's bytes to w, encoding the moments a
+// chunk at a time: the state of a large model (two moments of the
+// model's size) is never held encoded in memory.
+func (o *Optimizer) writeState(w io.Writer) error {
+	crc := crc32.New(castagnoli)
+	bw := bufio.NewWriterSize(io.MultiWriter(w, crc), 1<<20)
+	le := binary.LittleEndian
+	var head [8]byte
+	bw.WriteString(stateMagic)
+	bw.Write(le.AppendUint32(head[:0], stateVersion))
+	bw.Write(le.AppendUint64(head[:0], uint64(o.Steps)))
+	bw.Write(le.AppendUint32(head[:0], uint32(len(o.Params))))
+	buf := make([]byte, 0, 4*chunkSize)
+	floats := func(v []float32) {
+		for lo := 0; lo < len(v); lo += chunkSize {
+			buf = buf[:0]
+			for _, x := range v[lo:min(lo+chunkSize, len(v))] {
+				buf = le.AppendUint32(buf, math.Float32bits(x))
+			}
+			bw.Write(buf)
+		}
+	}
+	for k, p := range o.Params {
+		bw.Write(le.AppendUint32(head[:0], uint32(len(p.Name))))
+		bw.WriteString(p.Name)
+		bw.Write(le.AppendUint64(head[:0], uint64(len(p.Data))))
+		floats(o.m[k])
+		floats(o.v[k])
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	_, err := w.Write(le.AppendUint32(head[:0], crc.Sum32()))
+	return err
 }
 
 // UnmarshalState restores state written by MarshalState. The parameters
@@ -247,18 +276,40 @@ func (o *Optimizer) UnmarshalState(data []byte) error {
 	if crc32.Checksum(body, castagnoli) != sum {
 		return fmt.Errorf("optimizer state is corrupt (checksum mismatch)")
 	}
-	r := bytes.NewReader(body[len(stateMagic):])
+	return o.readState(bytes.NewReader(body), int64(len(body)))
+}
+
+// readState parses a state file's body (n bytes, the checksum already
+// verified) into new moments, which replace the optimizer's only when the
+// whole body is good.
+func (o *Optimizer) readState(r io.Reader, n int64) error {
+	lr := &io.LimitedReader{R: r, N: n}
+	br := bufio.NewReaderSize(lr, 1<<20)
 	le := binary.LittleEndian
-	var version, n uint32
-	var steps int64
-	binary.Read(r, le, &version)
-	if version != stateVersion {
+	var head [8]byte
+	read := func(b []byte) bool {
+		_, err := io.ReadFull(br, b)
+		return err == nil
+	}
+	truncated := fmt.Errorf("optimizer state is truncated")
+	if !read(head[:len(stateMagic)]) || string(head[:len(stateMagic)]) != stateMagic {
+		return fmt.Errorf("not a qatc optimizer state file")
+	}
+	if !read(head[:4]) {
+		return truncated
+	}
+	if version := le.Uint32(head[:4]); version != stateVersion {
 		return fmt.Errorf("optimizer state version %d; this qatc reads version %d", version, stateVersion)
 	}
-	binary.Read(r, le, &steps)
-	binary.Read(r, le, &n)
-	if int(n) != len(o.Params) {
-		return fmt.Errorf("optimizer state has %d parameters, the model trains %d", n, len(o.Params))
+	if !read(head[:8]) {
+		return truncated
+	}
+	steps := int64(le.Uint64(head[:8]))
+	if !read(head[:4]) {
+		return truncated
+	}
+	if count := le.Uint32(head[:4]); int(count) != len(o.Params) {
+		return fmt.Errorf("optimizer state has %d parameters, the model trains %d", count, len(o.Params))
 	}
 	index := make(map[string]int, len(o.Params))
 	for k, p := range o.Params {
@@ -266,13 +317,31 @@ func (o *Optimizer) UnmarshalState(data []byte) error {
 	}
 	m := make([][]float32, len(o.Params))
 	v := make([][]float32, len(o.Params))
-	for range n {
-		var nameLen uint32
-		if err := binary.Read(r, le, &nameLen); err != nil || int(nameLen) > r.Len() {
-			return fmt.Errorf("optimizer state is truncated")
+	buf := make([]byte, 4*chunkSize)
+	floats := func(dst []float32) bool {
+		for lo := 0; lo < len(dst); lo += chunkSize {
+			c := dst[lo:min(lo+chunkSize, len(dst))]
+			if !read(buf[:4*len(c)]) {
+				return false
+			}
+			for i := range c {
+				c[i] = math.Float32frombits(le.Uint32(buf[4*i:]))
+			}
+		}
+		return true
+	}
+	for range o.Params {
+		if !read(head[:4]) {
+			return truncated
+		}
+		nameLen := int64(le.Uint32(head[:4]))
+		if nameLen > lr.N+int64(br.Buffered()) {
+			return truncated
 		}
 		name := make([]byte, nameLen)
-		r.Read(name)
+		if !read(name) {
+			return truncated
+		}
 		k, ok := index[string(name)]
 		if !ok {
 			return fmt.Errorf("optimizer state has parameter %q, which the model does not train", name)
@@ -280,39 +349,83 @@ func (o *Optimizer) UnmarshalState(data []byte) error {
 		if m[k] != nil {
 			return fmt.Errorf("optimizer state lists parameter %q twice", name)
 		}
-		var size uint64
-		binary.Read(r, le, &size)
+		if !read(head[:8]) {
+			return truncated
+		}
+		size := le.Uint64(head[:8])
 		if size != uint64(len(o.Params[k].Data)) {
 			return fmt.Errorf("optimizer state has %d values for parameter %q, the model %d", size, name, len(o.Params[k].Data))
 		}
-		if 8*size > uint64(r.Len()) {
-			return fmt.Errorf("optimizer state is truncated")
+		if 8*size > uint64(lr.N)+uint64(br.Buffered()) {
+			return truncated
 		}
 		m[k] = make([]float32, size)
 		v[k] = make([]float32, size)
-		binary.Read(r, le, m[k])
-		binary.Read(r, le, v[k])
+		if !floats(m[k]) || !floats(v[k]) {
+			return truncated
+		}
 	}
-	if r.Len() != 0 {
-		return fmt.Errorf("optimizer state has %d bytes of trailing data", r.Len())
+	if rest := lr.N + int64(br.Buffered()); rest != 0 {
+		return fmt.Errorf("optimizer state has %d bytes of trailing data", rest)
 	}
 	o.Steps, o.m, o.v = steps, m, v
 	return nil
 }
 
-// SaveState writes the optimizer state to path atomically.
+// SaveState writes the optimizer state to path atomically, streamed into
+// its temporary file.
 func (o *Optimizer) SaveState(path string) error {
-	return safeio.WriteFile(path, o.MarshalState())
+	var b safeio.Batch
+	defer b.Abort()
+	f, err := b.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := o.writeState(f); err != nil {
+		return fmt.Errorf("write optimizer state %s: %w", path, err)
+	}
+	return b.Commit()
 }
 
-// LoadState reads the optimizer state from path.
+// LoadState reads the optimizer state from path: one pass over the file
+// checks its checksum, a second decodes it, so that the encoded state is
+// never held in memory beside the moments.
 func (o *Optimizer) LoadState(path string) error {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("read optimizer state: %w", err)
 	}
-	if err := o.UnmarshalState(data); err != nil {
-		return fmt.Errorf("%s: %v", path, err)
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("read optimizer state: %w", err)
+	}
+	size := st.Size()
+	fail := func(err error) error { return fmt.Errorf("%s: %v", path, err) }
+	var head [len(stateMagic)]byte
+	if size < int64(len(stateMagic))+4+8+4+4 {
+		return fail(fmt.Errorf("not a qatc optimizer state file"))
+	}
+	if _, err := io.ReadFull(f, head[:]); err != nil || string(head[:]) != stateMagic {
+		return fail(fmt.Errorf("not a qatc optimizer state file"))
+	}
+	crc := crc32.New(castagnoli)
+	crc.Write(head[:])
+	if _, err := io.CopyN(crc, f, size-4-int64(len(head))); err != nil {
+		return fail(err)
+	}
+	var sum [4]byte
+	if _, err := io.ReadFull(f, sum[:]); err != nil {
+		return fail(err)
+	}
+	if crc.Sum32() != binary.LittleEndian.Uint32(sum[:]) {
+		return fail(fmt.Errorf("optimizer state is corrupt (checksum mismatch)"))
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return fail(err)
+	}
+	if err := o.readState(f, size-4); err != nil {
+		return fail(err)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package train
 
 import (
+	"bytes"
 	"math"
 	"os"
 	"path/filepath"
@@ -121,6 +122,9 @@ func TestOptimizerStateRoundTrip(t *testing.T) {
 	if err := o1.SaveState(path); err != nil {
 		t.Fatal(err)
 	}
+	if saved, _ := os.ReadFile(path); !bytes.Equal(saved, o1.MarshalState()) {
+		t.Errorf("the state file differs from MarshalState's bytes")
+	}
 	o2, p2 := mk()
 	// Same parameters in another order load by name.
 	o2.Params[0], o2.Params[1] = o2.Params[1], o2.Params[0]
@@ -152,11 +156,18 @@ func TestOptimizerStateRoundTrip(t *testing.T) {
 		{"truncated", func(b []byte) []byte { return b[:len(b)-9] }, "checksum mismatch"},
 	} {
 		o, _ := mk()
-		err := o.UnmarshalState(tc.edit(append([]byte(nil), data...)))
+		edited := tc.edit(append([]byte(nil), data...))
+		err := o.UnmarshalState(edited)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: error %v, want %q", tc.name, err, tc.want)
 		}
+		bad := filepath.Join(t.TempDir(), "bad.bin")
+		os.WriteFile(bad, edited, 0o644)
+		if err := o.LoadState(bad); err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), bad) {
+			t.Errorf("%s: LoadState error %v, want %q naming the file", tc.name, err, tc.want)
+		}
 	}
+
 	other, _ := NewOptimizer(DefaultOptimizer(), []*Param{{Name: "a", Data: make([]float32, 3), Grad: make([]float32, 3), Group: &Group{}}})
 	if err := other.UnmarshalState(data); err == nil || !strings.Contains(err.Error(), "2 parameters, the model trains 1") {
 		t.Errorf("other parameters: error %v", err)

@@ -182,8 +182,10 @@ type Trainer struct {
 	runTime, updateTime time.Duration
 }
 
-// NewTrainer builds the training graph of m and opens the sessions. m's
-// initializers receive the trained values at checkpoints and at the end.
+// NewTrainer builds the training graph of m and opens the sessions. The
+// parameters are m's initializers themselves, updated in place by every
+// step (copies tied to a parameter are written at checkpoints and by
+// WriteBack), so that training holds no second copy of the weights.
 func NewTrainer(m *graph.Model, cfg Config) (*Trainer, error) {
 	if cfg.Train == nil || len(cfg.Train.Examples) == 0 {
 		return nil, fmt.Errorf("no training data")
@@ -311,15 +313,16 @@ func (t *Trainer) initParams() error {
 		if init == nil {
 			return fmt.Errorf("training graph input %q is not an initializer of the model", name)
 		}
-		vals, err := graph.Floats(init)
+		vals, inModel, err := paramView(init)
 		if err != nil {
 			return fmt.Errorf("trainable %v", err)
 		}
 		p := &Param{
-			Name:  name,
-			Dims:  append([]int64(nil), init.Dims...),
-			Data:  append([]float32(nil), vals...),
-			Group: weights,
+			Name:    name,
+			Dims:    append([]int64(nil), init.Dims...),
+			Data:    vals,
+			Group:   weights,
+			inModel: inModel,
 		}
 		if t.tg.Clips[name] {
 			p.Group = clips
@@ -699,8 +702,10 @@ func logitsShape(t *ort.Tensor) []int64 {
 // initializers (and the copies tied to them).
 func (t *Trainer) WriteBack() error {
 	for _, p := range t.params {
-		if err := graph.SetFloats(t.model.Initializer(p.Name), p.Data); err != nil {
-			return err
+		if !p.inModel {
+			if err := graph.SetFloats(t.model.Initializer(p.Name), p.Data); err != nil {
+				return err
+			}
 		}
 		for _, tie := range t.tg.Tied[p.Name] {
 			if err := tie.store(t.model, p); err != nil {
@@ -735,7 +740,7 @@ func (t *Trainer) Checkpoint() (string, error) {
 // writes a checkpoint and returns the result with Interrupted set and no
 // error. On return the trained values are in m's initializers; after an
 // error (a *NaNError for a non-finite loss) m holds those of the last
-// checkpoint, which is kept.
+// completed update, and the last checkpoint is kept.
 func Run(ctx context.Context, m *graph.Model, cfg Config) (*Result, error) {
 	t, err := NewTrainer(m, cfg)
 	if err != nil {
