@@ -39,7 +39,7 @@ var (
 var flagRanges = map[string]bound{
 	// sizes and counts
 	"batch": positive, "len": positive, "src-len": positive, "tgt-len": positive,
-	"batch-tokens": positive, "calib-batches": positive, "epochs": positive,
+	"batch-tokens": positive, "calib-batches": positive, "epochs": positive, "accumulate": positive,
 	"iters": positive, "beam": positive, "rounds": positive,
 	"vocab":      {lo: 5, hi: inf, zero: true},
 	"block-size": {lo: 2, hi: inf, zero: true},

@@ -166,7 +166,6 @@ func TestBadInputs(t *testing.T) {
 		{"bad input syntax", []string{"run", good, "--input", "src_ids"}, 2, "NAME=FILE"},
 		{"unknown expected output", []string{"run", good, "--input", "src_ids=" + fixture.Torch(t, fixture.TransformerSrc), "--input", tgt, "--expect", "probs=" + notNpy}, 1, "probs"},
 		{"compare one model", []string{"compare", good}, 2, "two models"},
-		{"accumulate zero", []string{"finetune", good, "-o", filepath.Join(dir, "out.onnx"), "--src", notNpy, "--tgt", notNpy, "--accumulate", "0"}, 2, "--accumulate 0"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -604,6 +604,7 @@ func TestFlagRanges(t *testing.T) {
 		{[]string{"train", "m.onnx", "-o", "x", "--src", "s", "--tgt", "t", "--max-len", "-1"}, "--max-len -1"},
 		{[]string{"train", "m.onnx", "-o", "x", "--src", "s", "--tgt", "t", "--threads", "-1"}, "--threads -1: must be an integer of at least 0"},
 		{[]string{"train", "m.onnx", "-o", "x", "--src", "s", "--tgt", "t", "--batch-tokens", "0"}, "--batch-tokens 0"},
+		{[]string{"finetune", "m.onnx", "-o", "x", "--src", "s", "--tgt", "t", "--accumulate", "0"}, "--accumulate 0: must be an integer of at least 1"},
 		{[]string{"finetune", "m.onnx", "-o", "x", "--src", "s", "--tgt", "t", "--label-smoothing", "1"}, "--label-smoothing 1: must be a finite number in [0, 1)"},
 		{[]string{"eval", "m.onnx", "--src", "s", "--ref", "r", "--beam", "0"}, "--beam 0: must be an integer of at least 1"},
 		{[]string{"eval", "m.onnx", "--src", "s", "--ref", "r", "--batch", "0"}, "--batch 0"},

@@ -114,9 +114,6 @@ func trainAction(c *cli.Context, qat bool) error {
 			return usagef("--clip-grad %q: want neurst or lsq", c.String("clip-grad"))
 		}
 	}
-	if n := c.Int("accumulate"); n < 1 {
-		return usagef("--accumulate %d: want 1 or more micro-batches per update", n)
-	}
 	if (c.String("valid-src") == "") != (c.String("valid-tgt") == "") {
 		return usagef("--valid-src and --valid-tgt go together")
 	}
