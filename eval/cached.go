@@ -7,6 +7,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
+	"unsafe"
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
@@ -28,6 +31,99 @@ type Incremental struct {
 	layers, heads    int
 	headSize, vocab  int
 	hidden           int
+	// pool keeps the cache's buffers between batches.
+	pool bufPool
+}
+
+// bufPool is a free list of the cache's float buffers: a batch's cache
+// grows by a position each step, and the next batch reuses what the last
+// one freed instead of allocating it again. The buffers it makes live
+// outside the Go heap (anonymous memory maps), so that the garbage
+// collector, which lets the heap grow to twice what is live before it
+// collects, never doubles the cache, by far the largest thing decoding
+// holds; Close unmaps them.
+type bufPool struct {
+	mu    sync.Mutex
+	free  [][]float32
+	owned map[*float32][]byte // the maps behind the buffers it made
+}
+
+// poolSize bounds the free list; past it, the smallest buffer is dropped.
+const poolSize = 64
+
+// get returns a buffer of n floats: the smallest free one that fits, else
+// a new one of capacity max(n, c).
+func (p *bufPool) get(n, c int) []float32 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	best := -1
+	for i, b := range p.free {
+		if cap(b) >= n && (best < 0 || cap(b) < cap(p.free[best])) {
+			best = i
+		}
+	}
+	if best >= 0 {
+		b := p.free[best]
+		p.free[best] = p.free[len(p.free)-1]
+		p.free = p.free[:len(p.free)-1]
+		return b[:n]
+	}
+	c = max(n, c, 1)
+	mem, err := syscall.Mmap(-1, 0, 4*c, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		return make([]float32, n, c) // the Go heap, then
+	}
+	b := unsafe.Slice((*float32)(unsafe.Pointer(&mem[0])), c)
+	if p.owned == nil {
+		p.owned = map[*float32][]byte{}
+	}
+	p.owned[&b[0]] = mem
+	return b[:n]
+}
+
+// put returns t's buffer to the pool.
+func (p *bufPool) put(t *ort.Tensor) {
+	if t == nil {
+		return
+	}
+	b, ok := t.Data.([]float32)
+	if !ok || cap(b) == 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.free = append(p.free, b[:0])
+	if len(p.free) > poolSize {
+		small := 0
+		for i, f := range p.free {
+			if cap(f) < cap(p.free[small]) {
+				small = i
+			}
+		}
+		p.release(p.free[small])
+		p.free[small] = p.free[len(p.free)-1]
+		p.free = p.free[:len(p.free)-1]
+	}
+}
+
+// release unmaps b when the pool made it (the Go heap's are collected).
+func (p *bufPool) release(b []float32) {
+	b = b[:cap(b)]
+	if mem, ok := p.owned[&b[0]]; ok {
+		delete(p.owned, &b[0])
+		syscall.Munmap(mem)
+	}
+}
+
+// close unmaps every free buffer; buffers still in a state are the
+// state's to give back first.
+func (p *bufPool) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, b := range p.free {
+		p.release(b)
+	}
+	p.free = nil
 }
 
 // IsIncrementalDir reports whether path is a directory (an incremental
@@ -97,8 +193,10 @@ func fileOptions(opts *ort.Options, i int) *ort.Options {
 	return &c
 }
 
-// Close releases the sessions.
+// Close releases the sessions and the cache's buffers; the model's states
+// must be done.
 func (m *Incremental) Close() error {
+	m.pool.close()
 	var errs []error
 	for _, s := range []*ort.Session{m.enc, m.first, m.next} {
 		if s != nil {
@@ -303,6 +401,8 @@ type incState struct {
 	crossOf, sentence []int
 	logits            []float32
 	steps             int
+	// reserve is the most positions the batch decodes (0: unknown).
+	reserve int
 }
 
 // Start runs the encoder on a batch of sources, padded to the longest.
@@ -329,8 +429,13 @@ func (m *Incremental) Start(srcs [][]int64) (State, error) {
 		}
 	}
 	shape := []int64{int64(rows), int64(s)}
-	out, err := m.enc.Run(map[string]*ort.Tensor{incremental.InputIDs: ort.Int64(shape, ids), incremental.AttentionMask: ort.Int64(shape, mask)}, incremental.LastHiddenState)
+	// The encoder writes into a pooled buffer, as every step below does:
+	// nothing large is copied out of onnxruntime or left to the collector.
+	hs := []int64{int64(rows), int64(s), int64(m.hidden)}
+	into := map[string]*ort.Tensor{incremental.LastHiddenState: ort.Float32(hs, m.pool.get(int(graph.NumElements(hs)), 0))}
+	out, err := m.enc.RunInto(map[string]*ort.Tensor{incremental.InputIDs: ort.Int64(shape, ids), incremental.AttentionMask: ort.Int64(shape, mask)}, into, incremental.LastHiddenState)
 	if err != nil {
+		m.pool.put(into[incremental.LastHiddenState])
 		return nil, err
 	}
 	st := &incState{m: m, rows: rows, srcLen: s, mask: mask, enc: out[incremental.LastHiddenState]}
@@ -356,12 +461,24 @@ func (s *incState) Step(tokens []int64) ([]float32, int, error) {
 	logits := ort.Float32([]int64{int64(s.rows), 1, int64(v)}, s.logits[:s.rows*v])
 	into := map[string]*ort.Tensor{incremental.Logits: logits}
 	if s.steps == 0 {
+		// Tokens one position long: the self-attention cache has one
+		// position, the cross-attention one the source's.
+		for l := range m.layers {
+			for _, kv := range []string{"key", "value"} {
+				self := []int64{int64(s.rows), int64(m.heads), 1, int64(m.headSize)}
+				into[incremental.Present(l, "decoder", kv)] = s.buffer(nil, self)
+				cross := []int64{int64(s.rows), int64(m.heads), int64(s.srcLen), int64(m.headSize)}
+				n := int(graph.NumElements(cross))
+				into[incremental.Present(l, "encoder", kv)] = ort.Float32(cross, m.pool.get(n, n))
+			}
+		}
 		out, err := m.first.RunInto(map[string]*ort.Tensor{
 			incremental.InputIDs: ids, incremental.EncoderAttentionMask: mask, incremental.EncoderHiddenStates: s.enc,
 		}, into)
 		if err != nil {
 			return nil, 0, err
 		}
+		m.pool.put(s.enc)
 		s.enc = nil
 		for l := range m.layers {
 			for _, kv := range []string{"key", "value"} {
@@ -395,18 +512,39 @@ func (s *incState) Step(tokens []int64) ([]float32, int, error) {
 	return s.logits[:s.rows*v], v, nil
 }
 
-// buffer returns a float tensor of the given shape over t's memory when
-// it is large enough, else over new memory with room to grow.
+// buffer returns a float tensor of the given cache shape [rows, heads,
+// positions, head] over t's memory when it is large enough, else over a
+// pooled buffer with room for the reserved positions (t's goes to the
+// pool).
 func (s *incState) buffer(t *ort.Tensor, shape []int64) *ort.Tensor {
 	n := int(graph.NumElements(shape))
-	var data []float32
 	if t != nil {
-		data = t.Float32s()
+		if data := t.Float32s(); cap(data) >= n {
+			return ort.Float32(shape, data[:n])
+		}
+		s.m.pool.put(t)
 	}
-	if cap(data) < n {
-		data = make([]float32, n, n+n/2)
+	c := n + n/2
+	if s.reserve > int(shape[2]) {
+		c = n / int(shape[2]) * s.reserve
 	}
-	return ort.Float32(shape, data[:n])
+	return ort.Float32(shape, s.m.pool.get(n, c))
+}
+
+// Reserve says the batch decodes at most steps positions, so that the
+// cache's buffers are made that large once.
+func (s *incState) Reserve(steps int) { s.reserve = steps }
+
+// Close returns the state's buffers to the model's pool.
+func (s *incState) Close() error {
+	for _, ts := range [][]*ort.Tensor{s.self, s.spare, s.cross} {
+		for _, t := range ts {
+			s.m.pool.put(t)
+		}
+	}
+	s.m.pool.put(s.enc)
+	s.self, s.spare, s.cross, s.enc = nil, nil, nil, nil
+	return nil
 }
 
 // Reorder gathers the rows of the self-attention cache and the mask; the
@@ -464,8 +602,10 @@ func (s *incState) gatherCross() error {
 	}
 	for i, t := range s.cross {
 		shape := append([]int64{int64(len(rows))}, t.Shape[1:]...)
-		g := ort.Float32(shape, make([]float32, graph.NumElements(shape)))
+		n := int(graph.NumElements(shape))
+		g := ort.Float32(shape, s.m.pool.get(n, n))
 		gatherRows(g.Float32s(), t.Float32s(), rows)
+		s.m.pool.put(t)
 		s.cross[i] = g
 	}
 	s.crossOf = append(s.crossOf[:0], s.sentence...)

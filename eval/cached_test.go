@@ -1,11 +1,14 @@
 package eval
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -303,4 +306,88 @@ func rerunModel(t *testing.T, path string) *Seq2Seq {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// TestDecodeMemory decodes the 500 demo test sentences with the demo
+// model's cache (built in memory), 2 workers, in a child process of its
+// own, and checks its peak resident memory: within 1.5× of what the model
+// took once loaded (sessions made, one sentence decoded) plus the cache
+// (each worker's batch of keys and values, self-attention ones in two
+// buffers, at the longest source and translation).
+func TestDecodeMemory(t *testing.T) {
+	if os.Getenv("QATC_EVAL_MEMORY_CHILD") == "1" {
+		decodeMemoryChild()
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestDecodeMemory$", "-test.v")
+	cmd.Env = append(os.Environ(), "QATC_EVAL_MEMORY_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	var loaded, peak, cache int64
+	for _, l := range strings.Split(string(out), "\n") {
+		if _, err := fmt.Sscanf(strings.TrimSpace(l), "memory: loaded %d peak %d cache %d", &loaded, &peak, &cache); err == nil {
+			break
+		}
+	}
+	if loaded == 0 {
+		t.Fatalf("the child reported no figures:\n%s", out)
+	}
+	ratio := float64(peak) / float64(loaded+cache)
+	t.Logf("loaded %.1f MiB, cache %.1f MiB, peak %.1f MiB: %.2f× loaded+cache", mb(loaded), mb(cache), mb(peak), ratio)
+	if ratio > 1.5 {
+		t.Errorf("peak RSS %.1f MiB is %.2f× the loaded model (%.1f MiB) plus the cache (%.1f MiB); at most 1.5×", mb(peak), ratio, mb(loaded), mb(cache))
+	}
+}
+
+func mb(b int64) float64 { return float64(b) / (1 << 20) }
+
+// decodeMemoryChild measures in the child process and prints the figures.
+func decodeMemoryChild() {
+	status := func(key string) int64 {
+		b, _ := os.ReadFile("/proc/self/status")
+		for _, l := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(l); len(f) == 3 && f[0] == key+":" {
+				var kb int64
+				fmt.Sscan(f[1], &kb)
+				return kb << 10
+			}
+		}
+		return 0
+	}
+	tok, err := LoadSentencePiece("../testmodels/demo/data/spm.model")
+	if err != nil {
+		panic(err)
+	}
+	var lines []string
+	for _, p := range demo.Generate(3, 500) {
+		lines = append(lines, p.Src)
+	}
+	srcs, err := EncodeSources(lines, tok, "test", DefaultSpecial(), false)
+	if err != nil {
+		panic(err)
+	}
+	l, err := Load(ModelSpec{Path: "../testmodels/demo/data/model.onnx"}, DefaultSpecial(), 1)
+	if err != nil {
+		panic(err)
+	}
+	if _, err := Decode(l.Model, srcs[:1], DecodeOptions{}); err != nil {
+		panic(err)
+	}
+	runtime.GC()
+	loaded := status("VmRSS")
+	const workers, batch = 2, 32
+	hyps, err := Decode(l.Model, srcs, DecodeOptions{Workers: workers, BatchSize: batch})
+	if err != nil {
+		panic(err)
+	}
+	peak := status("VmHWM")
+	cfg := l.Incremental.Config
+	src, tgt := 0, 0
+	for i, s := range srcs {
+		src, tgt = max(src, len(s)), max(tgt, len(hyps[i].IDs)+1)
+	}
+	cache := int64(workers*batch*cfg.DecoderLayers*2*cfg.Hidden*4) * int64(2*tgt+src)
+	fmt.Printf("memory: loaded %d peak %d cache %d\n", loaded, peak, cache)
 }

@@ -64,7 +64,9 @@ type Model interface {
 	Start(srcs [][]int64) (State, error)
 }
 
-// State is a batch being decoded, one row per hypothesis.
+// State is a batch being decoded, one row per hypothesis. A State that
+// holds resources also has a Close method, which decoding calls when the
+// batch is done.
 type State interface {
 	// Step feeds each row's next target token (BOS first) and returns the
 	// logits of the token after it, [rows × vocab] row-major, and the
@@ -329,6 +331,29 @@ func top(st State, tokens []int64, k int, sp Special) ([]int64, []float32, int, 
 	return ids, lps, k, err
 }
 
+// reserve tells a state that has a Reserve method the most steps the
+// batch of srcs can take, so that it sizes its buffers once.
+func reserve(st State, srcs [][]int64, o DecodeOptions) {
+	r, ok := st.(interface{ Reserve(steps int) })
+	if !ok {
+		return
+	}
+	n := 0
+	for _, s := range srcs {
+		n = max(n, o.limit(len(s)))
+	}
+	if n < math.MaxInt {
+		r.Reserve(n)
+	}
+}
+
+// closeState releases a state's resources when it has a Close method.
+func closeState(st State) {
+	if c, ok := st.(interface{ Close() error }); ok {
+		c.Close()
+	}
+}
+
 // greedy decodes a batch by taking the most likely token at each step;
 // sentences that finish leave the batch.
 func greedy(m Model, srcs [][]int64, o DecodeOptions) ([]Hypothesis, error) {
@@ -336,6 +361,8 @@ func greedy(m Model, srcs [][]int64, o DecodeOptions) ([]Hypothesis, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer closeState(st)
+	reserve(st, srcs, o)
 	out := make([]Hypothesis, len(srcs))
 	active := make([]int, len(srcs))
 	prefix := make([][]int64, len(srcs))
@@ -414,6 +441,8 @@ func beamSearch(m Model, srcs [][]int64, o DecodeOptions) ([]Hypothesis, error) 
 	if err != nil {
 		return nil, err
 	}
+	defer closeState(st)
+	reserve(st, srcs, o)
 	states := make([]beamState, len(srcs))
 	tokens := make([]int64, len(srcs))
 	for i := range states {
