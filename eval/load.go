@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 
 	"github.com/qatc/qatc/graph"
@@ -95,7 +96,7 @@ func Load(spec ModelSpec, sp Special, threads int) (*Loaded, error) {
 		}
 		size := int64(0)
 		for _, f := range incremental.Files {
-			n, err := ModelSize(spec.Path + "/" + f)
+			n, err := ModelSize(filepath.Join(spec.Path, f))
 			if err != nil {
 				m.Close()
 				return nil, err

@@ -48,10 +48,14 @@ step "6. export the fine-tuned model: int8 ONNX (qoperator, qdq) and a LightSeq 
 "$qatc" export "$out/qat.tuned.onnx" -o "$out/qat.int8.onnx" --format qoperator --src "$c/valid.src" --tgt "$c/valid.tgt" --spm "$spm"
 "$qatc" export "$out/qat.tuned.onnx" -o "$out/qat.qdq.onnx" --format qdq --src "$c/valid.src" --tgt "$c/valid.tgt" --spm "$spm"
 "$qatc" export "$out/qat.tuned.onnx" -o "$out/model.lightseq.pb" --format lightseq --src "$c/valid.src" --tgt "$c/valid.tgt" --spm "$spm"
+# The deployable translators: encoder + decoder with a key/value cache
+# (Hugging Face Optimum's layout), before and after fine-tuning.
+"$qatc" export "$out/qat.onnx" --incremental -o "$out/ptq.int8" --format qoperator --src "$c/valid.src" --tgt "$c/valid.tgt" --spm "$spm"
+"$qatc" export "$out/qat.tuned.onnx" --incremental -o "$out/qat.int8" --format qoperator --src "$c/valid.src" --tgt "$c/valid.tgt" --spm "$spm"
 
 step "7. one int8 weight, as NeurST's viewer prints it"
 "$qatc" inspect "$out/qat.int8.onnx" --tensor encoder/layer_0/ffn/dense1/kernel
 
-step "8. translate the test set: fp32, PTQ int8, QAT int8, and the LightSeq file (qatc's reference decoder of LightSeq's int8 numerics)"
-"$qatc" eval "$fp32" "$out/ptq.int8.onnx" "$out/qat.int8.onnx" "$out/model.lightseq.pb" \
+step "8. translate the test set with a key/value cache: fp32, PTQ int8, QAT int8 (incremental directories), and the LightSeq file (qatc's reference decoder of LightSeq's int8 numerics)"
+"$qatc" eval "$fp32" "$out/ptq.int8" "$out/qat.int8" "$out/model.lightseq.pb" \
   --src "$c/test.src" --ref "$c/test.tgt" --spm "$spm" --threads "$threads" --hyp-dir "$out/hyp" | tee "$out/eval.txt"
