@@ -256,6 +256,10 @@ func (m *Incremental) TeacherForced(srcs, tgts [][]int64) ([][]float32, error) {
 	return out, nil
 }
 
+// MaxPositions is the most target positions the model has (its position
+// table's rows; 0 when the positions are computed for any length).
+func (m *Incremental) MaxPositions() int { return m.Config.MaxPositions }
+
 // Vocab returns the target vocabulary size.
 func (m *Incremental) Vocab() int { return m.vocab }
 

@@ -391,3 +391,22 @@ func decodeMemoryChild() {
 	cache := int64(workers*batch*cfg.DecoderLayers*2*cfg.Hidden*4) * int64(2*tgt+src)
 	fmt.Printf("memory: loaded %d peak %d cache %d\n", loaded, peak, cache)
 }
+
+// TestMaxPositions decodes sources long enough for their length limit to
+// pass the model's position table: the translations stop at the table's
+// end instead of failing.
+func TestMaxPositions(t *testing.T) {
+	cfg := testmodels.Tiny()
+	cfg.MaxLen = 12
+	_, inc := openBoth(t, cfg)
+	src := []int64{5, 6, 7, 8, 9, 10, 3}
+	for _, beam := range []int{1, 2} {
+		hyps, err := Decode(inc, [][]int64{src}, DecodeOptions{Beam: beam})
+		if err != nil {
+			t.Fatalf("beam %d: %v", beam, err)
+		}
+		if len(hyps[0].IDs) > 12 {
+			t.Errorf("beam %d: %d tokens past the 12 positions", beam, len(hyps[0].IDs))
+		}
+	}
+}

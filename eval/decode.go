@@ -160,6 +160,10 @@ func Decode(m Model, srcs [][]int64, opts DecodeOptions) ([]Hypothesis, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A model with a table of positions decodes at most that many tokens.
+	if p, ok := m.(interface{ MaxPositions() int }); ok && p.MaxPositions() > 0 && (o.MaxLen == 0 || o.MaxLen > p.MaxPositions()) {
+		o.MaxLen = p.MaxPositions()
+	}
 	order := make([]int, len(srcs))
 	for i := range order {
 		order[i] = i
