@@ -7,6 +7,7 @@ import (
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/calibrate"
+	"github.com/qatc/qatc/passes/quantize"
 	"github.com/qatc/qatc/passes/smooth"
 )
 
@@ -142,4 +143,31 @@ func Smooth(m *graph.Model, d *Dataset, alpha float64, opts CalibrationOptions) 
 	r, err := smooth.Apply(m, groups, maxima, alpha)
 	r.Skipped = skipped
 	return r, err
+}
+
+// SampleSize is how many sentences RecordSample keeps.
+const SampleSize = 16
+
+// RecordSample records, unless m already has one, SampleSize sentences of
+// d spread over the file (every len/SampleSize-th pair) as m's sample
+// (quantize.SampleKey): the batch its inputs take, so that export checks
+// itself on real sentences. It reports whether it wrote one.
+func RecordSample(m *graph.Model, d *Dataset, roles Roles) (bool, error) {
+	if s, err := quantize.ReadSample(m); err != nil || s != nil {
+		return false, err
+	}
+	n := min(SampleSize, len(d.Examples))
+	if n == 0 {
+		return false, nil
+	}
+	idx := make([]int, n)
+	for i := range idx {
+		idx[i] = i * len(d.Examples) / n
+	}
+	b := d.MakeBatch(idx)
+	s := &quantize.Sample{From: d.SrcPath, Inputs: map[string]quantize.SampleTensor{
+		roles.Src: {Shape: []int64{int64(b.Size), int64(b.SrcLen)}, Data: b.Src},
+		roles.Tgt: {Shape: []int64{int64(b.Size), int64(b.TgtLen)}, Data: b.Dec},
+	}}
+	return true, quantize.WriteSample(m, s)
 }

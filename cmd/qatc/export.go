@@ -10,6 +10,7 @@ import (
 	"github.com/qatc/qatc/export/lightseq"
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
+	"github.com/qatc/qatc/passes/quantize"
 	"github.com/qatc/qatc/passes/transformer"
 	"github.com/qatc/qatc/safeio"
 	"github.com/qatc/qatc/train"
@@ -27,7 +28,7 @@ func exportCommand() *cli.Command {
 			&cli.StringFlag{Name: "format", Value: "qdq", Usage: "qdq, qoperator, dynamic, matmulnbits or lightseq; fp32 too with --incremental"},
 			&cli.BoolFlag{Name: "incremental", Usage: "write an encoder and a decoder with a key/value cache (Hugging Face Optimum's layout) to the directory -o"},
 			&cli.BoolFlag{Name: "in-place", Usage: "allow -o to name the input model"},
-			&cli.StringFlag{Name: "src", Usage: "source sentences of the check batch (default: random valid token ids)"},
+			&cli.StringFlag{Name: "src", Usage: "source sentences of the check batch (default: the sentences recorded in the model at insert or finetune, else random valid token ids)"},
 			&cli.StringFlag{Name: "tgt", Usage: "target sentences of the check batch (default: the source file)"},
 			&cli.IntFlag{Name: "batch", Value: 16, Usage: "sentences in the check batch"},
 			&cli.IntFlag{Name: "len", Value: 24, Usage: "length of random check sentences"},
@@ -78,7 +79,7 @@ func exportAction(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	batch, err := checkBatch(c, roles)
+	batch, what, err := checkBatch(c, m, roles)
 	if err != nil {
 		return err
 	}
@@ -100,14 +101,14 @@ func exportAction(c *cli.Context) error {
 		return err
 	}
 	if c.Bool("json") {
-		return writeJSON(c.App.Writer, map[string]any{"output": out, "export": rep, "verify": ver})
+		return writeJSON(c.App.Writer, map[string]any{"output": out, "export": rep, "verify": ver, "check_batch": what})
 	}
 	w := c.App.Writer
 	fmt.Fprintf(w, "wrote %s (%s): %d integer weights, %s (%.1f%% of the QAT model's %s)\n", out, format,
 		rep.IntWeights, humanBytes(rep.Size), 100*float64(rep.Size)/float64(rep.SourceSize), humanBytes(rep.SourceSize))
-	fmt.Fprintf(w, "check against the QAT model on %d positions: max abs error %.4g (bound %.4g), top-1 agreement %.2f%% (min %.1f%%)\n",
-		ver.Positions, ver.MaxAbsErr, ver.Bound, 100*ver.Top1, 100*ver.MinTop1)
-	fmt.Fprintf(w, "bound = %g × step %.4g, step = %s\n", ver.Bound/ver.Step, ver.Step, ver.StepRule)
+	fmt.Fprintf(w, "check against the QAT model on %d positions of %s: max abs error %.4g (bound %.4g), top-1 agreement %.2f%%, %.2f%% on the %d positions not tied within twice the bound (min %.1f%%)\n",
+		ver.Positions, what, ver.MaxAbsErr, ver.Bound, 100*ver.Top1, 100*ver.DecisiveTop1, ver.Decisive, 100*ver.MinTop1)
+	fmt.Fprintf(w, "bound = %s, step = %s\n", ver.Rule, ver.StepRule)
 	fmt.Fprintf(w, "onnxruntime ran %d integer matrix kernels and %d float MatMul/Gemm\n", ver.IntKernels, ver.FloatMatMuls)
 	for _, n := range rep.Notes {
 		fmt.Fprintf(w, "note: %s\n", n)
@@ -157,9 +158,10 @@ func roleMap(c *cli.Context) (map[string]string, error) {
 	return transformer.ReadMap(f)
 }
 
-// checkBatch is the batch exports are checked on: sentences from --src
-// and --tgt, or valid random token ids.
-func checkBatch(c *cli.Context, roles train.Roles) (map[string]*ort.Tensor, error) {
+// checkBatch is the batch exports are checked on, and what it holds:
+// sentences from --src and --tgt, else those recorded in the model (by
+// insert's calibration or finetune), else valid random token ids.
+func checkBatch(c *cli.Context, m *graph.Model, roles train.Roles) (map[string]*ort.Tensor, string, error) {
 	n := c.Int("batch")
 	if src := c.String("src"); src != "" {
 		tgt := c.String("tgt")
@@ -168,7 +170,7 @@ func checkBatch(c *cli.Context, roles train.Roles) (map[string]*ort.Tensor, erro
 		}
 		d, err := readData(c, src, tgt, roles, 0)
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
 		idx := make([]int, min(n, len(d.Examples)))
 		for i := range idx {
@@ -178,20 +180,38 @@ func checkBatch(c *cli.Context, roles train.Roles) (map[string]*ort.Tensor, erro
 		return map[string]*ort.Tensor{
 			roles.Src: ort.Int64([]int64{int64(b.Size), int64(b.SrcLen)}, b.Src),
 			roles.Tgt: ort.Int64([]int64{int64(b.Size), int64(b.TgtLen)}, b.Dec),
-		}, nil
+		}, fmt.Sprintf("%d sentences of %s", b.Size, src), nil
+	}
+	b, from, err := export.SampleBatch(m)
+	if err != nil {
+		return nil, "", err
+	}
+	if b != nil {
+		if b[roles.Src] == nil || b[roles.Tgt] == nil {
+			return nil, "", fmt.Errorf("metadata %s holds no %s and %s batch; give a check batch with --src", quantize.SampleKey, roles.Src, roles.Tgt)
+		}
+		for _, t := range b {
+			for _, id := range t.Int64s() {
+				if id < 0 || roles.Vocab > 0 && id >= int64(roles.Vocab) {
+					return nil, "", fmt.Errorf("metadata %s holds token id %d, beyond the vocabulary of %d; give a check batch with --src", quantize.SampleKey, id, roles.Vocab)
+				}
+			}
+		}
+		return b, fmt.Sprintf("%d sentences of %s recorded in the model", b[roles.Src].Shape[0], from), nil
 	}
 	if roles.Vocab <= 4 {
-		return nil, fmt.Errorf("the model's vocabulary is not static; give a check batch with --src")
+		return nil, "", fmt.Errorf("the model's vocabulary is not static; give a check batch with --src")
 	}
 	if err := ort.CheckSize("logits", 4, ort.Factor{Name: "--batch", Value: int64(n)}, ort.Factor{Name: "--len", Value: int64(c.Int("len"))},
 		ort.Factor{Name: "vocabulary", Value: int64(roles.Vocab)}); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	ins := []ort.IOInfo{
 		{Name: roles.Src, Elem: graph.Int64, Dims: []int64{-1, -1}},
 		{Name: roles.Tgt, Elem: graph.Int64, Dims: []int64{-1, -1}},
 	}
-	return randomInputs(ins, n, c.Int("len"), roles.Vocab, 7)
+	b, err = randomInputs(ins, n, c.Int("len"), roles.Vocab, 7)
+	return b, fmt.Sprintf("%d random sentences (the model records none: give --src)", n), err
 }
 
 func exportLightSeq(c *cli.Context, m *graph.Model, path, out string, batch map[string]*ort.Tensor) error {

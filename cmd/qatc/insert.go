@@ -213,9 +213,10 @@ func insertAction(c *cli.Context) error {
 	// the quantizers exist (and after smoothing, which changes them).
 	var collector *calibrate.Collector
 	var smoothed smooth.Report
+	var data *train.Dataset
+	var roles train.Roles
 	if src := c.String("calib-src"); src != "" {
-		roles, err := modelRoles(c, m)
-		if err != nil {
+		if roles, err = modelRoles(c, m); err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
 		tgt := c.String("calib-tgt")
@@ -227,8 +228,7 @@ func insertAction(c *cli.Context) error {
 				return err
 			}
 		}
-		data, err := readData(c, src, tgt, roles, 0)
-		if err != nil {
+		if data, err = readData(c, src, tgt, roles, 0); err != nil {
 			return err
 		}
 		opts := train.CalibrationOptions{
@@ -263,6 +263,9 @@ func insertAction(c *cli.Context) error {
 	}
 	if collector != nil {
 		if err := calibrate.Calibrate(m, rec, collector, method, c.Float64("calib-percentile")); err != nil {
+			return err
+		}
+		if _, err := train.RecordSample(m, data, roles); err != nil {
 			return err
 		}
 	}

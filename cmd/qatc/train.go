@@ -236,6 +236,13 @@ func trainAction(c *cli.Context, qat bool) error {
 	if err := t.WriteBack(); err != nil {
 		return err
 	}
+	sample := trainData
+	if valid != nil {
+		sample = valid
+	}
+	if _, err := train.RecordSample(m, sample, roles); err != nil {
+		return err
+	}
 	if err := m.Save(out); err != nil {
 		return err
 	}
