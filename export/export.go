@@ -49,8 +49,12 @@ type Report struct {
 	// NBitsWeights those read by MatMulNBits (matmulnbits).
 	Int4Weights  int
 	NBitsWeights int
+	// FloatProducts are the weight products qoperator and dynamic left
+	// in float, each with the reason (also in Notes).
+	FloatProducts []fold.FloatProduct
 	// Notes says what Export chose that changes the file but not the
-	// numbers: a fallback to int8 storage, weights left in the qdq form.
+	// numbers: a fallback to int8 storage, weights left in the qdq form,
+	// weight products left in float.
 	Notes []string
 }
 
@@ -117,6 +121,10 @@ func Export(m *graph.Model, format string, opts *Options) (*graph.Model, *Report
 	}
 	if err != nil {
 		return nil, nil, err
+	}
+	r.FloatProducts = res.Float
+	for _, p := range res.Float {
+		r.Notes = append(r.Notes, p.String())
 	}
 	guarded, err := fold.GuardBlocked(out)
 	if err != nil {

@@ -82,6 +82,9 @@ func TestFormats(t *testing.T) {
 			if tc.floatMatMuls >= 0 && v.FloatMatMuls != tc.floatMatMuls {
 				t.Errorf("%d float MatMul kernels ran, want %d", v.FloatMatMuls, tc.floatMatMuls)
 			}
+			if len(rep.FloatProducts) != 0 {
+				t.Errorf("weight products left in float: %v", rep.FloatProducts)
+			}
 			if f, _ := out.Metadata(fold.FormatKey); f != tc.format {
 				t.Errorf("format metadata %q", f)
 			}

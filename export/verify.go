@@ -119,8 +119,11 @@ type VerifyReport struct {
 // Verify runs the QAT model and the exported model (from Export) on the
 // inputs and compares their first common float output: the max abs error
 // must stay within the format's bound and the top-1 agreement above its
-// minimum (see bounds), and onnxruntime must run integer kernels for the
-// exported model. It returns the report together with the failure.
+// minimum on the positions not tied within twice the bound (see bounds),
+// and onnxruntime must run integer kernels for the exported model, at
+// least one per integer matrix node the file holds (an integer node that
+// onnxruntime decomposes or drops runs in float). It returns the report
+// together with the failure.
 func Verify(qat, exported *graph.Model, inputs map[string]*ort.Tensor) (VerifyReport, error) {
 	format, _ := exported.Metadata(fold.FormatKey)
 	r := VerifyReport{Format: format}
@@ -222,9 +225,17 @@ func Verify(qat, exported *graph.Model, inputs map[string]*ort.Tensor) (VerifyRe
 		r.DecisiveTop1 = float64(decisiveAgree) / float64(r.Decisive)
 	}
 
+	intNodes := 0
+	for _, n := range exported.Graph().Node {
+		if intKernels[n.OpType] {
+			intNodes++
+		}
+	}
 	switch {
 	case r.IntKernels == 0:
 		return r, fmt.Errorf("%s model: onnxruntime ran no integer kernel (it ran %s); the export would run in fp32", format, kernelList(r.Kernels))
+	case r.IntKernels < intNodes:
+		return r, fmt.Errorf("%s model: the file has %d integer matrix nodes but onnxruntime ran only %d integer kernels (%s)", format, intNodes, r.IntKernels, kernelList(r.Kernels))
 	case !(r.MaxAbsErr <= r.Bound):
 		return r, fmt.Errorf("%s model: max abs error %.4g on %q exceeds %.4g (%s; the step: %s)", format, r.MaxAbsErr, r.Output, r.Bound, r.Rule, r.StepRule)
 	case r.DecisiveTop1 < b.Top1:

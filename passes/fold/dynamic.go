@@ -55,13 +55,20 @@ func Dynamic(m *graph.Model, r *Result) error {
 		if err != nil {
 			return err
 		}
-		if b == nil || !storedInts(m, b.x) {
-			continue // not a weight: an activation product stays float
-		}
-		if m.Initializer(b.x) == nil && (!b.perColumn() || n.OpType == "Gemm") {
-			continue // a weight sliced at run time: only per tensor
-		}
-		if n.OpType == "Gemm" && graph.IntAttr(n, "transA", 0) != 0 {
+		switch {
+		case b == nil || !storedInts(m, b.x):
+			// An activation product stays float; a weight without a
+			// quantizer is named.
+			r.leaveFloat(m, n, fmt.Sprintf("its input %q is no quantized weight (excluded from insert)", n.Input[1]))
+			continue
+		case m.Initializer(b.x) == nil && !b.perColumn():
+			r.leaveFloat(m, n, "its weight is sliced at run time and quantized per channel along a sliced axis; MatMulInteger rescales per tensor only then")
+			continue
+		case m.Initializer(b.x) == nil && n.OpType == "Gemm":
+			r.leaveFloat(m, n, "its weight is sliced at run time into a Gemm")
+			continue
+		case n.OpType == "Gemm" && graph.IntAttr(n, "transA", 0) != 0:
+			r.leaveFloat(m, n, "a Gemm with transA has no integer form in onnxruntime")
 			continue
 		}
 		bx := b.x

@@ -37,9 +37,55 @@ type Folded struct {
 	Perm []int64
 }
 
-// Result lists what Fold did.
+// Result lists what Fold did, and what QOperator or Dynamic left in
+// float.
 type Result struct {
 	Quantizers []Folded
+	Float      []FloatProduct
+}
+
+// A FloatProduct is a MatMul or Gemm reading a stored weight that an
+// integer format (QOperator, Dynamic) left in float, and why.
+type FloatProduct struct {
+	Node   string `json:"node"`
+	Weight string `json:"weight"`
+	Why    string `json:"why"`
+}
+
+func (p FloatProduct) String() string {
+	return fmt.Sprintf("%s (weight %s) runs in float: %s", p.Node, p.Weight, p.Why)
+}
+
+// weightOf returns the stored weight a MatMul or Gemm reads, if any: the
+// initializer behind one of its first two inputs, through dequantization
+// and the movement ops exporters put on weights.
+func weightOf(m *graph.Model, n *onnx.NodeProto) (string, bool) {
+	for _, v := range n.Input[:min(2, len(n.Input))] {
+		for depth := 0; depth < 8; depth++ {
+			if m.Initializer(v) != nil {
+				return v, true
+			}
+			p := m.Producer(v)
+			if p == nil || len(p.Input) == 0 {
+				break
+			}
+			switch p.OpType {
+			case "DequantizeLinear", "Transpose", "Reshape", "Slice", "Squeeze", "Unsqueeze", "Cast", "Identity":
+				v = p.Input[0]
+				continue
+			}
+			break
+		}
+	}
+	return "", false
+}
+
+// leaveFloat records that n stays in float, when it reads a stored
+// weight.
+func (r *Result) leaveFloat(m *graph.Model, n *onnx.NodeProto, why string) {
+	if w, ok := weightOf(m, n); ok {
+		r.Float = append(r.Float, FloatProduct{Node: graph.NodeName(n), Weight: w, Why: why})
+	}
 }
 
 // Fold turns a QAT model into the qdq deployment form, in place:

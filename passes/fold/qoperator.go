@@ -90,10 +90,18 @@ func QOperator(m *graph.Model, r *Result) error {
 		if err != nil {
 			return err
 		}
-		if a == nil || b == nil {
+		switch {
+		case a == nil && b == nil:
+			r.leaveFloat(m, n, "neither input has a quantizer (excluded from insert)")
 			continue
-		}
-		if n.OpType == "Gemm" && graph.IntAttr(n, "transA", 0) != 0 {
+		case a == nil:
+			r.leaveFloat(m, n, fmt.Sprintf("its input %q has no quantizer (excluded from insert)", n.Input[0]))
+			continue
+		case b == nil:
+			r.leaveFloat(m, n, fmt.Sprintf("its input %q has no quantizer (excluded from insert)", n.Input[1]))
+			continue
+		case n.OpType == "Gemm" && graph.IntAttr(n, "transA", 0) != 0:
+			r.leaveFloat(m, n, "a Gemm with transA has no integer form in onnxruntime")
 			continue
 		}
 		if len(a.scale) != 1 {
