@@ -8,7 +8,6 @@ import (
 	"io"
 	"math"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
 
@@ -21,6 +20,7 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 	"google.golang.org/protobuf/proto"
+	"slices"
 )
 
 // quantRow is one line of inspect's quantizer table.
@@ -437,6 +437,7 @@ var dataMovement = map[string]bool{
 // with their scales.
 func storedInts(m *graph.Model) *storedSet {
 	s := &storedSet{byName: map[string]*storedWeight{}}
+	fused, _ := fold.FusedWeights(m) // a damaged entry only hides the parts
 	add := func(w *storedWeight) {
 		if s.byName[w.name] == nil {
 			s.byName[w.name] = w
@@ -458,9 +459,17 @@ func storedInts(m *graph.Model) *storedSet {
 				add(w)
 			}
 		case n.OpType == "MatMulIntegerToFloat" && len(n.Input) >= 4: // qoperator: B, b_scale
-			if w := intOperand(m, n, constFloatsOf(m, n.Input[3])); w != nil {
-				add(w)
+			w := intOperand(m, n, constFloatsOf(m, n.Input[3]))
+			if w == nil {
+				continue
 			}
+			if parts := fused[w.name]; len(parts) > 0 {
+				for _, p := range fusedParts(w, parts) {
+					add(p)
+				}
+				continue
+			}
+			add(w)
 		case n.OpType == "MatMulInteger" && len(n.Input) >= 2: // dynamic: B's scale multiplies the result
 			if w := intOperand(m, n, integerScale(m, n)); w != nil {
 				add(w)
@@ -481,6 +490,48 @@ func intOperand(m *graph.Model, n *onnx.NodeProto, scale []float32) *storedWeigh
 	}
 	return &storedWeight{name: t.Name, dims: t.Dims, storage: graph.TensorType(t).String(), bits: graph.TensorType(t).Bits(), scale: scale, node: n,
 		decode: func() ([]int64, error) { return graph.Int64s(t) }}
+}
+
+// fusedParts splits a weight that qoperator stored side by side with
+// others (fold.FusedKey) into the integer weights it holds, each with its
+// columns of the per-column scale (one value when they are all equal, as
+// for a weight quantized per tensor).
+func fusedParts(w *storedWeight, parts []fold.FusedPart) []*storedWeight {
+	if len(w.dims) != 2 {
+		return nil
+	}
+	rows, total := int(w.dims[0]), int(w.dims[1])
+	var out []*storedWeight
+	first := 0
+	for _, p := range parts {
+		lo, cols := first, int(p.Columns)
+		first += cols
+		if first > total || len(w.scale) != total && len(w.scale) != 1 {
+			return nil
+		}
+		scale := w.scale
+		if len(scale) == total {
+			scale = scale[lo : lo+cols]
+			if slices.Min(scale) == slices.Max(scale) {
+				scale = scale[:1]
+			}
+		}
+		decode := w.decode
+		out = append(out, &storedWeight{name: p.Weight, dims: []int64{int64(rows), int64(cols)},
+			storage: w.storage + fmt.Sprintf(", columns %d..%d of %s", lo, lo+cols-1, w.name), bits: w.bits, scale: scale, node: w.node,
+			decode: func() ([]int64, error) {
+				all, err := decode()
+				if err != nil {
+					return nil, err
+				}
+				v := make([]int64, 0, rows*cols)
+				for r := range rows {
+					v = append(v, all[r*total+lo:r*total+lo+cols]...)
+				}
+				return v, nil
+			}})
+	}
+	return out
 }
 
 // integerScale finds the weight scale of a MatMulInteger, which the

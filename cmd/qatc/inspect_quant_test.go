@@ -15,6 +15,7 @@ import (
 	"github.com/qatc/qatc/export"
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/internal/fixture"
+	"github.com/qatc/qatc/passes/fold"
 	"github.com/qatc/qatc/passes/quantize"
 )
 
@@ -575,4 +576,42 @@ func TestInspectForeignInt8(t *testing.T) {
 	if b.Tensor != "onnx::MatMul_1051_quantized" || b.DType != "int8" || !equalInts(a.Ints.Histogram, b.Ints.Histogram) || math.Abs(a.OutputMin-b.OutputMin) > 1e-6 {
 		t.Errorf("foreign view %+v\nQAT view %+v", b, a)
 	}
+}
+
+// TestInspectFusedWeight inspects a weight that the qoperator export
+// stores side by side with the others read by the same activation (the
+// functional export's separate q, k and v projections, fold.FusedKey):
+// inspect finds its columns and prints the integers the QAT model folds.
+func TestInspectFusedWeight(t *testing.T) {
+	dir := t.TempDir()
+	qat := filepath.Join(dir, "qat.onnx")
+	if code, out, errOut := qatc(t, "insert", fixture.Torch(t, fixture.PostNormFn), "-o", qat); code != 0 {
+		t.Fatalf("insert: exit %d\n%s%s", code, out, errOut)
+	}
+	x := filepath.Join(dir, "x.onnx")
+	if code, out, errOut := qatc(t, "export", qat, "-o", x, "--format", "qoperator", "--src", fixture.Torch(t, "postnorm.src")); code != 0 {
+		t.Fatalf("export: exit %d\n%s%s", code, out, errOut)
+	}
+	m, err := graph.Load(x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fused, err := fold.FusedWeights(m)
+	if err != nil || len(fused) == 0 {
+		t.Fatalf("the export records no fused weights: %v", err)
+	}
+	var weight string
+	for _, parts := range fused {
+		weight = strings.TrimSuffix(parts[1].Weight, "_quantized") // a middle part, not at column 0
+		break
+	}
+	_, ta, errA := qatc(t, "inspect", qat, "--tensor", weight)
+	code, tb, errB := qatc(t, "inspect", x, "--tensor", weight)
+	if code != 0 || !strings.Contains(tb, "columns") {
+		t.Fatalf("inspect --tensor %s on the export: exit %d\n%s%s%s", weight, code, tb, errA, errB)
+	}
+	if ma, mb := ta[strings.Index(ta, "\n["):], tb[strings.Index(tb, "\n["):]; ma != mb {
+		t.Errorf("%s: the export's integers differ from the QAT model's:\n%s\n%s", weight, ma, mb)
+	}
+	t.Logf("%s", tb)
 }

@@ -57,9 +57,9 @@ func Dynamic(m *graph.Model, r *Result) error {
 		}
 		switch {
 		case b == nil || !storedInts(m, b.x):
-			// An activation product stays float; a weight without a
-			// quantizer is named.
-			r.leaveFloat(m, n, fmt.Sprintf("its input %q is no quantized weight (excluded from insert)", n.Input[1]))
+			// An activation product stays float; a weight product is
+			// named.
+			r.leaveFloat(m, n, notInteger(m, n, 1))
 			continue
 		case m.Initializer(b.x) == nil && !b.perColumn():
 			r.leaveFloat(m, n, "its weight is sliced at run time and quantized per channel along a sliced axis; MatMulInteger rescales per tensor only then")

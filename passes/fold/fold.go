@@ -5,6 +5,7 @@ import (
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/onnx"
+	"strings"
 )
 
 // Metadata keys the fold passes write.
@@ -78,6 +79,37 @@ func weightOf(m *graph.Model, n *onnx.NodeProto) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// notInteger says why input i of n is no integer operand: a float weight
+// without a quantizer, a quantized weight dequantized before the data
+// movement that reads it, or an activation without a quantizer.
+func notInteger(m *graph.Model, n *onnx.NodeProto, i int) string {
+	v := n.Input[i]
+	var moves []string // from the product back
+	for depth := 0; depth < 8; depth++ {
+		if t := m.Initializer(v); t != nil {
+			if graph.TensorType(t) == graph.Float {
+				return fmt.Sprintf("its weight %q has no quantizer (excluded from insert)", v)
+			}
+			for j, k := 0, len(moves)-1; j < k; j, k = j+1, k-1 {
+				moves[j], moves[k] = moves[k], moves[j]
+			}
+			return fmt.Sprintf("its quantized weight %q is dequantized before it reaches the product (%s), so the product reads float values", v, strings.Join(moves, " → "))
+		}
+		p := m.Producer(v)
+		if p == nil || len(p.Input) == 0 {
+			break
+		}
+		switch p.OpType {
+		case "DequantizeLinear", "Transpose", "Reshape", "Slice", "Squeeze", "Unsqueeze", "Cast", "Identity":
+			moves = append(moves, p.OpType+" "+graph.NodeName(p))
+			v = p.Input[0]
+			continue
+		}
+		break
+	}
+	return fmt.Sprintf("its input %q has no quantizer (excluded from insert)", n.Input[i])
 }
 
 // leaveFloat records that n stays in float, when it reads a stored

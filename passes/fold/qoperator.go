@@ -95,10 +95,10 @@ func QOperator(m *graph.Model, r *Result) error {
 			r.leaveFloat(m, n, "neither input has a quantizer (excluded from insert)")
 			continue
 		case a == nil:
-			r.leaveFloat(m, n, fmt.Sprintf("its input %q has no quantizer (excluded from insert)", n.Input[0]))
+			r.leaveFloat(m, n, notInteger(m, n, 0))
 			continue
 		case b == nil:
-			r.leaveFloat(m, n, fmt.Sprintf("its input %q has no quantizer (excluded from insert)", n.Input[1]))
+			r.leaveFloat(m, n, notInteger(m, n, 1))
 			continue
 		case n.OpType == "Gemm" && graph.IntAttr(n, "transA", 0) != 0:
 			r.leaveFloat(m, n, "a Gemm with transA has no integer form in onnxruntime")

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 
+	"encoding/json"
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/onnx"
 )
@@ -48,6 +49,42 @@ func fuseShared(m *graph.Model) {
 			fuseGroup(m, same)
 		}
 	}
+}
+
+// FusedKey is the metadata key listing, for each weight qoperator stored
+// side by side with others (fuseShared), the integer weights it holds:
+// JSON {fused initializer: [FusedPart, ...]}, in column order.
+const FusedKey = "qatc.fused_weights"
+
+// A FusedPart is one integer weight inside a fused one: Columns columns
+// of it, after those of the parts before.
+type FusedPart struct {
+	Weight  string `json:"weight"`
+	Columns int64  `json:"columns"`
+}
+
+// recordFused adds fused's parts to m's FusedKey entry.
+func recordFused(m *graph.Model, fused string, parts []FusedPart) {
+	all := map[string][]FusedPart{}
+	if v, ok := m.Metadata(FusedKey); ok {
+		json.Unmarshal([]byte(v), &all)
+	}
+	all[fused] = parts
+	b, _ := json.Marshal(all)
+	m.SetMetadata(FusedKey, string(b))
+}
+
+// FusedWeights returns m's FusedKey entry (nil when it has none).
+func FusedWeights(m *graph.Model) (map[string][]FusedPart, error) {
+	v, ok := m.Metadata(FusedKey)
+	if !ok {
+		return nil, nil
+	}
+	all := map[string][]FusedPart{}
+	if err := json.Unmarshal([]byte(v), &all); err != nil {
+		return nil, fmt.Errorf("metadata %s: %v", FusedKey, err)
+	}
+	return all, nil
 }
 
 // zeroPoint describes a weight zero point for grouping: "" for none,
@@ -138,6 +175,11 @@ func fuseGroup(m *graph.Model, ns []*onnx.NodeProto) {
 	base := first.Output[0]
 	w := m.AddInitializer(&onnx.TensorProto{Name: m.UniqueName(base + "_fused_weight"), Dims: []int64{int64(k), int64(total)},
 		DataType: m.Initializer(first.Input[1]).DataType, RawData: data})
+	var parts []FusedPart
+	for i, n := range ns {
+		parts = append(parts, FusedPart{Weight: n.Input[1], Columns: widths[i]})
+	}
+	recordFused(m, w, parts)
 	s := m.AddInitializer(graph.FloatTensor(m.UniqueName(base+"_fused_scale"), []int64{int64(total)}, scales))
 	zp := ""
 	if z := input(first, 5); z != "" {
