@@ -285,15 +285,15 @@ func (m *Incremental) check() error {
 			}
 		}
 	}
-	find := func(list []ort.IOInfo, name string) (ort.IOInfo, bool) {
+	find := func(list []graph.IOInfo, name string) (graph.IOInfo, bool) {
 		for _, io := range list {
 			if io.Name == name {
 				return io, true
 			}
 		}
-		return ort.IOInfo{}, false
+		return graph.IOInfo{}, false
 	}
-	need := func(i int, list []ort.IOInfo, kind, name string, elem graph.DataType, rank int) (ort.IOInfo, error) {
+	need := func(i int, list []graph.IOInfo, kind, name string, elem graph.DataType, rank int) (graph.IOInfo, error) {
 		io, ok := find(list, name)
 		if !ok {
 			return io, fmt.Errorf("%s has no %s %s: not a seq2seq model in Optimum's layout", file(i), kind, name)
@@ -304,7 +304,7 @@ func (m *Incremental) check() error {
 		return io, nil
 	}
 	// dim checks a static dim against the size the model must have.
-	dim := func(i int, io ort.IOInfo, axis int, want int, what string) error {
+	dim := func(i int, io graph.IOInfo, axis int, want int, what string) error {
 		if io.Dims == nil || axis >= len(io.Dims) || io.Dims[axis] < 0 || want <= 0 {
 			return nil
 		}
@@ -347,7 +347,7 @@ func (m *Incremental) check() error {
 		for layer := range m.layers {
 			for _, st := range []string{"decoder", "encoder"} {
 				for _, kv := range []string{"key", "value"} {
-					var io ort.IOInfo
+					var io graph.IOInfo
 					if i == 1 {
 						io, err = need(i, s.Outputs(), "output", incremental.Present(layer, st, kv), graph.Float, 4)
 					} else {

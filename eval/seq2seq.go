@@ -23,19 +23,19 @@ type Roles struct {
 // symbolic name as the logits' second dim; a name that says so (tgt, trg,
 // target, dec; src, source, enc); the order of the inputs (source first).
 // model names the model in errors.
-func FindRoles(model string, inputs, outputs []ort.IOInfo, given Roles) (Roles, error) {
+func FindRoles(model string, inputs, outputs []graph.IOInfo, given Roles) (Roles, error) {
 	r := given
-	find := func(list []ort.IOInfo, name, role, flag string) (ort.IOInfo, error) {
+	find := func(list []graph.IOInfo, name, role, flag string) (graph.IOInfo, error) {
 		for _, io := range list {
 			if io.Name == name {
 				return io, nil
 			}
 		}
-		return ort.IOInfo{}, fmt.Errorf("%s has no %s %q for the %s role (it has: %s); fix %s", model, strings.TrimSuffix(role, "s"), name, strings.TrimPrefix(flag, "--"), ioList(list), flag)
+		return graph.IOInfo{}, fmt.Errorf("%s has no %s %q for the %s role (it has: %s); fix %s", model, strings.TrimSuffix(role, "s"), name, strings.TrimPrefix(flag, "--"), ioList(list), flag)
 	}
 
 	// The logits.
-	var logits ort.IOInfo
+	var logits graph.IOInfo
 	if r.Logits != "" {
 		io, err := find(outputs, r.Logits, "outputs", "--logits-output")
 		if err != nil {
@@ -43,7 +43,7 @@ func FindRoles(model string, inputs, outputs []ort.IOInfo, given Roles) (Roles, 
 		}
 		logits = io
 	} else {
-		var cands []ort.IOInfo
+		var cands []graph.IOInfo
 		for _, io := range outputs {
 			if isFloat(io.Elem) && (io.Dims == nil || len(io.Dims) == 3) {
 				cands = append(cands, io)
@@ -88,7 +88,7 @@ func FindRoles(model string, inputs, outputs []ort.IOInfo, given Roles) (Roles, 
 			}
 		}
 	}
-	var ids []ort.IOInfo
+	var ids []graph.IOInfo
 	for _, io := range inputs {
 		if isIDs(io) && io.Name != r.Src && io.Name != r.Tgt {
 			ids = append(ids, io)
@@ -124,8 +124,8 @@ func FindRoles(model string, inputs, outputs []ort.IOInfo, given Roles) (Roles, 
 
 // tgtFirst reports whether a (listed first) is the decoder input rather
 // than b.
-func tgtFirst(a, b, logits ort.IOInfo) bool {
-	dim1 := func(io ort.IOInfo) string {
+func tgtFirst(a, b, logits graph.IOInfo) bool {
+	dim1 := func(io graph.IOInfo) string {
 		if len(io.DimParams) > 1 {
 			return io.DimParams[1]
 		}
@@ -165,15 +165,15 @@ func isFloat(t graph.DataType) bool {
 	return t == graph.Float || t == graph.Float16 || t == graph.Double || t == graph.BFloat16
 }
 
-func isIDs(io ort.IOInfo) bool {
+func isIDs(io graph.IOInfo) bool {
 	return io.Elem == graph.Int64 && (io.Dims == nil || len(io.Dims) == 2)
 }
 
-func notSeq2Seq(model string, inputs, outputs []ort.IOInfo) error {
+func notSeq2Seq(model string, inputs, outputs []graph.IOInfo) error {
 	return fmt.Errorf("%s is not a seq2seq model: it needs two int64 [batch, len] inputs and a float [batch, tgt_len, vocab] output, and has inputs %s and outputs %s; name the roles with --src-input, --tgt-input and --logits-output if they are there", model, ioList(inputs), ioList(outputs))
 }
 
-func ioList(list []ort.IOInfo) string {
+func ioList(list []graph.IOInfo) string {
 	if len(list) == 0 {
 		return "(none)"
 	}

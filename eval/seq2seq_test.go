@@ -5,11 +5,10 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
-	"github.com/qatc/qatc/ort"
 )
 
-func ioInfo(name string, dt graph.DataType, dims ...any) ort.IOInfo {
-	info := ort.IOInfo{Name: name, Elem: dt, Dims: []int64{}, DimParams: []string{}}
+func ioInfo(name string, dt graph.DataType, dims ...any) graph.IOInfo {
+	info := graph.IOInfo{Name: name, Elem: dt, Dims: []int64{}, DimParams: []string{}}
 	for _, d := range dims {
 		switch d := d.(type) {
 		case int:
@@ -28,31 +27,31 @@ func TestFindRoles(t *testing.T) {
 	logits := ioInfo("logits", f32, "batch", "tgt_len", 1000)
 	for _, tc := range []struct {
 		name    string
-		in, out []ort.IOInfo
+		in, out []graph.IOInfo
 		given   Roles
 		want    Roles
 	}{
 		{"by shape, in order",
-			[]ort.IOInfo{ioInfo("src_ids", i64, "batch", "src_len"), ioInfo("tgt_ids", i64, "batch", "tgt_len")},
-			[]ort.IOInfo{logits}, Roles{}, Roles{"src_ids", "tgt_ids", "logits"}},
+			[]graph.IOInfo{ioInfo("src_ids", i64, "batch", "src_len"), ioInfo("tgt_ids", i64, "batch", "tgt_len")},
+			[]graph.IOInfo{logits}, Roles{}, Roles{"src_ids", "tgt_ids", "logits"}},
 		{"target listed first, told by the shared tgt_len dim",
-			[]ort.IOInfo{ioInfo("x", i64, "batch", "tgt_len"), ioInfo("y", i64, "batch", "src_len")},
-			[]ort.IOInfo{logits}, Roles{}, Roles{"y", "x", "logits"}},
+			[]graph.IOInfo{ioInfo("x", i64, "batch", "tgt_len"), ioInfo("y", i64, "batch", "src_len")},
+			[]graph.IOInfo{logits}, Roles{}, Roles{"y", "x", "logits"}},
 		{"target listed first, told by its name",
-			[]ort.IOInfo{ioInfo("decoder_input_ids", i64, "b", "n"), ioInfo("input_ids", i64, "b", "m")},
-			[]ort.IOInfo{ioInfo("out", f32, "b", "k", 64)}, Roles{}, Roles{"input_ids", "decoder_input_ids", "out"}},
+			[]graph.IOInfo{ioInfo("decoder_input_ids", i64, "b", "n"), ioInfo("input_ids", i64, "b", "m")},
+			[]graph.IOInfo{ioInfo("out", f32, "b", "k", 64)}, Roles{}, Roles{"input_ids", "decoder_input_ids", "out"}},
 		{"no hint: inputs in order",
-			[]ort.IOInfo{ioInfo("a", i64, -1, -1), ioInfo("b", i64, -1, -1)},
-			[]ort.IOInfo{ioInfo("c", f32, -1, -1, 8)}, Roles{}, Roles{"a", "b", "c"}},
+			[]graph.IOInfo{ioInfo("a", i64, -1, -1), ioInfo("b", i64, -1, -1)},
+			[]graph.IOInfo{ioInfo("c", f32, -1, -1, 8)}, Roles{}, Roles{"a", "b", "c"}},
 		{"logits among several outputs, by name",
-			[]ort.IOInfo{ioInfo("src", i64, "b", "s"), ioInfo("tgt", i64, "b", "t")},
-			[]ort.IOInfo{ioInfo("enc_out", f32, "b", "s", 64), ioInfo("lm_logits", f32, "b", "t", 9)}, Roles{}, Roles{"src", "tgt", "lm_logits"}},
+			[]graph.IOInfo{ioInfo("src", i64, "b", "s"), ioInfo("tgt", i64, "b", "t")},
+			[]graph.IOInfo{ioInfo("enc_out", f32, "b", "s", 64), ioInfo("lm_logits", f32, "b", "t", 9)}, Roles{}, Roles{"src", "tgt", "lm_logits"}},
 		{"named target, source inferred",
-			[]ort.IOInfo{ioInfo("a", i64, "b", "s"), ioInfo("b", i64, "b", "t")},
-			[]ort.IOInfo{logits}, Roles{Tgt: "a"}, Roles{"b", "a", "logits"}},
+			[]graph.IOInfo{ioInfo("a", i64, "b", "s"), ioInfo("b", i64, "b", "t")},
+			[]graph.IOInfo{logits}, Roles{Tgt: "a"}, Roles{"b", "a", "logits"}},
 		{"all named",
-			[]ort.IOInfo{ioInfo("p", i64, "b", "s"), ioInfo("q", i64, "b", "t"), ioInfo("r", i64, "b", "t")},
-			[]ort.IOInfo{ioInfo("o1", f32, "b", "t", 5), ioInfo("o2", f32, "b", "t", 5)}, Roles{"r", "p", "o2"}, Roles{"r", "p", "o2"}},
+			[]graph.IOInfo{ioInfo("p", i64, "b", "s"), ioInfo("q", i64, "b", "t"), ioInfo("r", i64, "b", "t")},
+			[]graph.IOInfo{ioInfo("o1", f32, "b", "t", 5), ioInfo("o2", f32, "b", "t", 5)}, Roles{"r", "p", "o2"}, Roles{"r", "p", "o2"}},
 	} {
 		got, err := FindRoles("m.onnx", tc.in, tc.out, tc.given)
 		if err != nil {
@@ -67,16 +66,16 @@ func TestFindRoles(t *testing.T) {
 
 func TestFindRolesErrors(t *testing.T) {
 	i64, f32 := graph.Int64, graph.Float
-	ids := []ort.IOInfo{ioInfo("src_ids", i64, "batch", "src_len"), ioInfo("tgt_ids", i64, "batch", "tgt_len")}
-	logits := []ort.IOInfo{ioInfo("logits", f32, "batch", "tgt_len", 1000)}
+	ids := []graph.IOInfo{ioInfo("src_ids", i64, "batch", "src_len"), ioInfo("tgt_ids", i64, "batch", "tgt_len")}
+	logits := []graph.IOInfo{ioInfo("logits", f32, "batch", "tgt_len", 1000)}
 	for _, tc := range []struct {
 		name    string
-		in, out []ort.IOInfo
+		in, out []graph.IOInfo
 		given   Roles
 		want    []string
 	}{
 		{"classifier",
-			[]ort.IOInfo{ioInfo("pixels", f32, "batch", 784)}, []ort.IOInfo{ioInfo("probs", f32, "batch", 10)}, Roles{},
+			[]graph.IOInfo{ioInfo("pixels", f32, "batch", 784)}, []graph.IOInfo{ioInfo("probs", f32, "batch", 10)}, Roles{},
 			[]string{"m.onnx is not a seq2seq model", "pixels float32[batch,784]", "probs float32[batch,10]", "--src-input"}},
 		{"one id input",
 			ids[:1], logits, Roles{},
@@ -85,7 +84,7 @@ func TestFindRolesErrors(t *testing.T) {
 			append(ids, ioInfo("lang", i64, "batch", 1)), logits, Roles{},
 			[]string{"3 int64 [batch, len] inputs", "--src-input and --tgt-input"}},
 		{"two float outputs",
-			ids, []ort.IOInfo{ioInfo("a", f32, "b", "t", 5), ioInfo("b", f32, "b", "t", 5)}, Roles{},
+			ids, []graph.IOInfo{ioInfo("a", f32, "b", "t", 5), ioInfo("b", f32, "b", "t", 5)}, Roles{},
 			[]string{"2 float outputs of rank 3", "--logits-output"}},
 		{"unknown name",
 			ids, logits, Roles{Src: "source"},

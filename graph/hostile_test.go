@@ -134,7 +134,7 @@ func TestHostileFiles(t *testing.T) {
 				f    func(string) error
 			}{
 				{"Load", func(p string) error { _, err := Load(p); return err }},
-				{"CheckFile", CheckFile},
+				{"CheckFile", func(p string) error { _, err := CheckFile(p); return err }},
 				{"DataFiles", func(p string) error { _, err := DataFiles(p); return err }},
 			} {
 				if strings.HasPrefix(tt.name, "dims") || strings.HasPrefix(tt.name, "negative") || strings.HasPrefix(tt.name, "int64") || strings.HasPrefix(tt.name, "undefined") {
@@ -210,13 +210,13 @@ func TestDataFileOfAnotherWrite(t *testing.T) {
 	if v, _ := back.Metadata("qatc.test"); v != "value" {
 		t.Error("other metadata lost")
 	}
-	if err := CheckFile(pa); err != nil {
+	if _, err := CheckFile(pa); err != nil {
 		t.Fatal(err)
 	}
 	// b's data under a's model: same size, other bytes.
 	data, _ := os.ReadFile(DataPath(pb))
 	os.WriteFile(DataPath(pa), data, 0o644)
-	for name, err := range map[string]error{"Load": func() error { _, err := Load(pa); return err }(), "CheckFile": CheckFile(pa)} {
+	for name, err := range map[string]error{"Load": func() error { _, err := Load(pa); return err }(), "CheckFile": func() error { _, err := CheckFile(pa); return err }()} {
 		if err == nil || !strings.Contains(err.Error(), "does not belong to this model") || !strings.HasPrefix(err.Error(), pa) {
 			t.Errorf("%s: %v", name, err)
 		}

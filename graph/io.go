@@ -66,24 +66,26 @@ func DataFiles(path string) ([]string, error) {
 // itself: a regular file under protobuf's size limit, whose external data
 // passes Load's checks and, when Save wrote it, belongs to this model
 // (size and checksum). onnxruntime is then never handed a FIFO, a sparse
-// file's holes or a mixed model and data pair.
-func CheckFile(path string) error {
-	_, ext, err := openModel(path, true)
+// file's holes or a mixed model and data pair. It returns the file's
+// structure, as LoadStructure reads it, from the same read.
+func CheckFile(path string) (*Model, error) {
+	p, ext, err := openModel(path, true)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer ext.close()
-	if ext.rec == nil {
-		return nil
+	if ext.rec != nil {
+		sums, err := ext.checksums()
+		if err == nil {
+			err = ext.verify(ext.rec, sums)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
 	}
-	sums, err := ext.checksums()
-	if err == nil {
-		err = ext.verify(ext.rec, sums)
-	}
-	if err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	return nil
+	m := FromProto(p, filepath.Dir(path))
+	m.External = len(ext.refs) > 0
+	return m, nil
 }
 
 // openModel parses the model file at path (its structure only when

@@ -10,6 +10,13 @@ import (
 // size, not the weights', so the output checks and onnxruntime's file
 // checks can look at a model that is about to be read anyway without
 // holding its weights twice.
+//
+// This is the one place qatc reads protobuf's wire format by hand: the
+// generated types (package onnx) decode a message whole, so the filter
+// drops the large tensors' data fields from the bytes first and then
+// decodes what is left with the generated types. Everything else,
+// onnxruntime's view of a file's inputs and outputs included
+// (ort.OpenFile, through CheckFile), reads the generated types.
 
 // structureKeep is the largest tensor data (in bytes) a structure keeps.
 const structureKeep = 4096

@@ -1,5 +1,6 @@
-// Package runtime runs ONNX models with onnxruntime, through the
-// github.com/yalue/onnxruntime_go binding.
+// Package ort runs ONNX models with onnxruntime, through the
+// github.com/yalue/onnxruntime_go binding. It knows nothing about
+// training or quantization.
 //
 // Init finds and loads the shared library (QATC_ORT_LIB, then the location
 // scripts/install-onnxruntime.sh installs to, then the system library
@@ -7,6 +8,10 @@
 // graph.Model (Open) with named inputs and outputs; every call may use new
 // batch and sequence sizes. Inputs are Tensors over Go slices, handed to
 // onnxruntime without copying; outputs are copied into new Go slices.
+// A session's inputs and outputs are graph.IOInfo, as the model declares
+// them; OpenFile reads them from the file's structure (graph.CheckFile),
+// which also checks the file and its external data before onnxruntime
+// reads them.
 // Options.Outputs exposes intermediate values as extra outputs, as
 // calibration needs, without copying the model's weights.
 //

@@ -67,8 +67,8 @@ type Options struct {
 type Session struct {
 	name    string // the model's path or graph name, for messages
 	sess    *onnxrt.DynamicAdvancedSession
-	inputs  []IOInfo
-	outputs []IOInfo
+	inputs  []graph.IOInfo
+	outputs []graph.IOInfo
 	inIdx   map[string]int
 	outIdx  map[string]int
 
@@ -117,13 +117,11 @@ func OpenFile(path string, opts *Options) (*Session, error) {
 	}
 	// onnxruntime reads the file and its external data by itself: check
 	// them first (no FIFO, no holes, no data file of another write).
-	if err := graph.CheckFile(path); err != nil {
-		return nil, err
-	}
-	in, out, err := fileIO(path)
+	st, err := graph.CheckFile(path)
 	if err != nil {
 		return nil, err
 	}
+	in, out := st.Inputs(), st.Outputs()
 	s := newSession(path, in, out)
 	if err := s.fillRanks(func() ([]onnxrt.InputOutputInfo, []onnxrt.InputOutputInfo, error) {
 		return onnxrt.GetInputOutputInfo(path)
@@ -148,8 +146,7 @@ func open(m *graph.Model, name string, opts *Options) (*Session, error) {
 	if err := Init(); err != nil {
 		return nil, err
 	}
-	g := m.Graph()
-	in, out := graphIO(g.Input, g.Output, func(n string) bool { return m.Initializer(n) != nil })
+	in, out := m.Inputs(), m.Outputs()
 	extra, extraInfo, err := extraOutputs(m, opts.Outputs)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %v", name, err)
@@ -240,13 +237,13 @@ func saveExternal(m *graph.Model, tail []byte) (string, func(), error) {
 // inference, so a gap in graph's inference cannot make the session fail),
 // and their IOInfos from graph's shape inference. Names that already are
 // outputs are skipped; names no node computes are refused.
-func extraOutputs(m *graph.Model, names []string) ([]*onnx.ValueInfoProto, []IOInfo, error) {
+func extraOutputs(m *graph.Model, names []string) ([]*onnx.ValueInfoProto, []graph.IOInfo, error) {
 	if len(names) == 0 {
 		return nil, nil, nil
 	}
 	var types map[string]graph.TensorInfo
 	var extra []*onnx.ValueInfoProto
-	var infos []IOInfo
+	var infos []graph.IOInfo
 	seen := map[string]bool{}
 	for _, n := range names {
 		if seen[n] || m.IsGraphOutput(n) {
@@ -275,8 +272,8 @@ func extraOutputs(m *graph.Model, names []string) ([]*onnx.ValueInfoProto, []IOI
 
 // tensorIO converts what inference knows about a value; an unknown element
 // type leaves the rank unknown too, so that onnxruntime is asked.
-func tensorIO(name string, t graph.TensorInfo) IOInfo {
-	info := IOInfo{Name: name, Elem: t.Elem}
+func tensorIO(name string, t graph.TensorInfo) graph.IOInfo {
+	info := graph.IOInfo{Name: name, Elem: t.Elem}
 	if !t.RankKnown || t.Elem == graph.Undefined {
 		return info
 	}
@@ -322,7 +319,7 @@ func (s *Session) fillRanks(info func() ([]onnxrt.InputOutputInfo, []onnxrt.Inpu
 }
 
 // newSession indexes a session's inputs and outputs.
-func newSession(name string, in, out []IOInfo) *Session {
+func newSession(name string, in, out []graph.IOInfo) *Session {
 	s := &Session{name: name, inputs: in, outputs: out, inIdx: map[string]int{}, outIdx: map[string]int{}}
 	for i, v := range in {
 		s.inIdx[v.Name] = i
@@ -413,11 +410,11 @@ func (s *Session) startProfile(opts *Options) {
 }
 
 // Inputs returns the inputs Run needs, in the model's order.
-func (s *Session) Inputs() []IOInfo { return append([]IOInfo(nil), s.inputs...) }
+func (s *Session) Inputs() []graph.IOInfo { return append([]graph.IOInfo(nil), s.inputs...) }
 
 // Outputs returns the outputs Run can return: the model's, then those
 // added by Options.Outputs.
-func (s *Session) Outputs() []IOInfo { return append([]IOInfo(nil), s.outputs...) }
+func (s *Session) Outputs() []graph.IOInfo { return append([]graph.IOInfo(nil), s.outputs...) }
 
 // Run feeds inputs by name and returns the named outputs (all outputs when
 // none are named). Every input must be given, with the model's element type
@@ -470,7 +467,7 @@ func (s *Session) RunInto(inputs, into map[string]*Tensor, outputs ...string) (m
 	for i, info := range s.outputs {
 		if t := into[info.Name]; t != nil {
 			if err := t.check(); err != nil || info.Elem != graph.Undefined && t.DType() != info.Elem {
-				return nil, fmt.Errorf("%s: RunInto: output %q needs a %s buffer, given %s", s.name, info.Name, info.typeString(), t)
+				return nil, fmt.Errorf("%s: RunInto: output %q needs a %s buffer, given %s", s.name, info.Name, info.Type(), t)
 			}
 			v, err := newValue(t)
 			if err != nil {
@@ -525,23 +522,23 @@ func (s *Session) checkInputs(inputs map[string]*Tensor) error {
 	for _, info := range s.inputs {
 		t, ok := inputs[info.Name]
 		if !ok || t == nil {
-			return fmt.Errorf("missing input %q (%s)", info.Name, info.typeString())
+			return fmt.Errorf("missing input %q (%s)", info.Name, info.Type())
 		}
 		if err := t.check(); err != nil {
 			return fmt.Errorf("input %q: %v", info.Name, err)
 		}
 		if info.Elem != graph.Undefined && t.DType() != info.Elem {
-			return fmt.Errorf("input %q: given %s, the model expects %s", info.Name, t, info.typeString())
+			return fmt.Errorf("input %q: given %s, the model expects %s", info.Name, t, info.Type())
 		}
 		if info.Dims == nil {
 			continue
 		}
 		if len(t.Shape) != len(info.Dims) {
-			return fmt.Errorf("input %q: given %s (rank %d), the model expects %s (rank %d)", info.Name, t, len(t.Shape), info.typeString(), len(info.Dims))
+			return fmt.Errorf("input %q: given %s (rank %d), the model expects %s (rank %d)", info.Name, t, len(t.Shape), info.Type(), len(info.Dims))
 		}
 		for i, d := range info.Dims {
 			if d >= 0 && t.Shape[i] != d {
-				return fmt.Errorf("input %q: given %s, the model expects %s (dim %d must be %d)", info.Name, t, info.typeString(), i, d)
+				return fmt.Errorf("input %q: given %s, the model expects %s (dim %d must be %d)", info.Name, t, info.Type(), i, d)
 			}
 		}
 	}
@@ -611,7 +608,7 @@ func ortMessage(err error) string {
 	return strings.Join(strings.Fields(msg), " ")
 }
 
-func names(infos []IOInfo) []string {
+func names(infos []graph.IOInfo) []string {
 	n := make([]string, len(infos))
 	for i, v := range infos {
 		n[i] = v.Name

@@ -131,7 +131,7 @@ func compareAction(c *cli.Context) error {
 	return nil
 }
 
-func pickInputs(all map[string]*ort.Tensor, want []ort.IOInfo) map[string]*ort.Tensor {
+func pickInputs(all map[string]*ort.Tensor, want []graph.IOInfo) map[string]*ort.Tensor {
 	out := map[string]*ort.Tensor{}
 	for _, in := range want {
 		out[in.Name] = all[in.Name]
@@ -141,7 +141,7 @@ func pickInputs(all map[string]*ort.Tensor, want []ort.IOInfo) map[string]*ort.T
 
 // vocabOf guesses the vocabulary from a float output of rank 3 with a
 // static last dimension (the logits).
-func vocabOf(outs []ort.IOInfo) int {
+func vocabOf(outs []graph.IOInfo) int {
 	for _, o := range outs {
 		if o.Elem == graph.Float && len(o.Dims) == 3 && o.Dims[2] > 0 {
 			return int(o.Dims[2])
@@ -153,7 +153,7 @@ func vocabOf(outs []ort.IOInfo) int {
 // randomInputs makes valid inputs from the declared shapes: token ids for
 // integer inputs, standard normals for float ones; dynamic dimensions take
 // batch (axis 0) or length (other axes).
-func randomInputs(ins []ort.IOInfo, batch, length, vocab int, seed uint64) (map[string]*ort.Tensor, error) {
+func randomInputs(ins []graph.IOInfo, batch, length, vocab int, seed uint64) (map[string]*ort.Tensor, error) {
 	rng := rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15))
 	out := map[string]*ort.Tensor{}
 	for _, in := range ins {

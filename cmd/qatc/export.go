@@ -206,7 +206,7 @@ func checkBatch(c *cli.Context, m *graph.Model, roles train.Roles) (map[string]*
 		ort.Factor{Name: "vocabulary", Value: int64(roles.Vocab)}); err != nil {
 		return nil, "", err
 	}
-	ins := []ort.IOInfo{
+	ins := []graph.IOInfo{
 		{Name: roles.Src, Elem: graph.Int64, Dims: []int64{-1, -1}},
 		{Name: roles.Tgt, Elem: graph.Int64, Dims: []int64{-1, -1}},
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/safeio"
 	"github.com/urfave/cli/v2"
@@ -197,7 +198,7 @@ func runAction(c *cli.Context) error {
 	return nil
 }
 
-func hasIO(list []ort.IOInfo, name string) bool {
+func hasIO(list []graph.IOInfo, name string) bool {
 	for _, v := range list {
 		if v.Name == name {
 			return true
@@ -206,7 +207,7 @@ func hasIO(list []ort.IOInfo, name string) bool {
 	return false
 }
 
-func ioNames(list []ort.IOInfo) string {
+func ioNames(list []graph.IOInfo) string {
 	names := make([]string, len(list))
 	for i, v := range list {
 		names[i] = v.Name
