@@ -204,25 +204,9 @@ func activationScale(m *graph.Model, v string) []float32 {
 	return nil
 }
 
-// constFloatsOf returns the values of a float initializer or Constant.
+// constFloatsOf returns the values of a float constant, or nil.
 func constFloatsOf(m *graph.Model, name string) []float32 {
-	t := m.Initializer(name)
-	if t == nil {
-		if p := m.Producer(name); p != nil && p.OpType == "Constant" {
-			for _, a := range p.Attribute {
-				if a.Name == "value" {
-					t = a.T
-				}
-			}
-		}
-	}
-	if t == nil || graph.TensorType(t) != graph.Float {
-		return nil
-	}
-	v, err := graph.Floats(t)
-	if err != nil {
-		return nil
-	}
+	v, _ := m.ConstFloats(name)
 	return v
 }
 

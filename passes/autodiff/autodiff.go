@@ -217,7 +217,6 @@ func Build(m *graph.Model, opts Options) (*graph.Model, *Info, error) {
 		dims := append([]int64{}, init.Dims...)
 		dt := graph.TensorType(init)
 		tm.RemoveInitializer(p)
-		delete(b.f.consts, p)
 		tm.AddInput(p, dt, dims)
 		pi := Param{Name: p, Shape: dims, Grad: p + GradSuffix}
 		if opts.Accumulate {
@@ -227,7 +226,6 @@ func Build(m *graph.Model, opts Options) (*graph.Model, *Info, error) {
 	}
 	for _, t := range ties {
 		tm.RemoveInitializer(t.Copy)
-		delete(b.f.consts, t.Copy)
 		if t.Transposed {
 			tm.Op("Transpose", "", []string{t.Param}, []string{t.Copy}, graph.AttrInts("perm", 1, 0))
 		} else {
@@ -417,7 +415,7 @@ func unsignActivations(b *builder) {
 		if z := in(u.q, 2); z == "" || in(u.dq, 2) != z || b.f.Rank(u.scale) != 0 {
 			continue
 		}
-		if vals, ok := b.f.ints(in(u.q, 2)); !ok || len(vals) != 1 || vals[0] != 0 {
+		if vals, ok := b.m.ConstInts(in(u.q, 2)); !ok || len(vals) != 1 || vals[0] != 0 {
 			continue
 		}
 		left := false

@@ -136,7 +136,6 @@ func (b *builder) ints(vals ...int64) string {
 	b.consts[key] = name
 	b.m.AddInitializer(graph.Int64Tensor(name, []int64{int64(len(vals))}, vals))
 	b.f.set(name, graph.Int64, 1)
-	b.f.consts[name] = b.m.Initializer(name)
 	return name
 }
 
@@ -329,7 +328,7 @@ func (b *builder) broadcastAxes(x, y string, ry int) ([]int64, bool) {
 // staticDims returns x's dims when x is a constant or a parameter (whose
 // shape the pass recorded), else nil.
 func (b *builder) staticDims(x string) []int64 {
-	if t := b.f.consts[x]; t != nil {
+	if t := b.m.Const(x); t != nil {
 		if t.Dims == nil {
 			return []int64{}
 		}

@@ -48,7 +48,7 @@ func findQuantUnits(m *graph.Model, f *facts) (map[*onnx.NodeProto]*quantUnit, e
 		if u.clip != nil {
 			for i, j := range []int{1, 2} {
 				if v := in(u.clip, j); v != "" {
-					c, ok := f.ints(v)
+					c, ok := f.m.ConstInts(v)
 					if !ok || len(c) != 1 {
 						return nil, fmt.Errorf("quantizer %s: the integer Clip's bounds must be constant scalars", graph.NodeName(u.clip))
 					}
@@ -62,7 +62,7 @@ func findQuantUnits(m *graph.Model, f *facts) (map[*onnx.NodeProto]*quantUnit, e
 		}
 		zp := 0.0
 		if z := in(p, 2); z != "" {
-			vals, ok := f.ints(z)
+			vals, ok := f.m.ConstInts(z)
 			if !ok {
 				return nil, fmt.Errorf("quantizer %s: zero point %q must be a constant", graph.NodeName(p), z)
 			}

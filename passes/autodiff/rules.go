@@ -107,7 +107,7 @@ func onlyOnes(b *builder, n *onnx.NodeProto, x string) bool {
 		if o == x || o == "" {
 			continue
 		}
-		t := b.f.consts[o]
+		t := b.m.Const(o)
 		if t == nil || len(t.Dims) > rx {
 			return false
 		}
@@ -177,7 +177,7 @@ func gradPow(b *builder, n *onnx.NodeProto, gy []string) error {
 	x, e, out := in(n, 0), in(n, 1), n.Output[0]
 	if b.needs(x) {
 		var d string
-		if v, ok := b.f.floats(e); ok && len(v) == 1 && v[0] == 2 {
+		if v, ok := b.m.ConstFloats(e); ok && len(v) == 1 && v[0] == 2 {
 			d = b.mul(x, b.constOf(x, 2))
 		} else {
 			ef := e
@@ -499,7 +499,7 @@ func gradIdentity(b *builder, n *onnx.NodeProto, gy []string) error {
 	// Dropout in inference mode (no training_mode input, or a false one)
 	// is the identity too.
 	if n.OpType == "Dropout" && len(n.Input) > 2 && n.Input[2] != "" {
-		v, ok := b.f.ints(n.Input[2])
+		v, ok := b.m.ConstInts(n.Input[2])
 		if !ok || len(v) != 1 || v[0] != 0 {
 			return fmt.Errorf("Dropout in training mode has no gradient rule (export the model in inference mode)")
 		}

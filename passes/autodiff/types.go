@@ -6,16 +6,16 @@ import (
 )
 
 // facts is what the pass knows statically about the forward graph's
-// values: element types, ranks, and the contents of constants. It is a
+// values: element types and ranks (constants are read with
+// graph.Model.Const). It is a
 // small inference of its own so that the pass does not depend on full
 // shape inference; InferShapes, where it succeeds, only fills in ranks
 // this one cannot see.
 type facts struct {
-	m      *graph.Model
-	elem   map[string]graph.DataType
-	rank   map[string]int
-	consts map[string]*onnx.TensorProto // initializers and Constant outputs
-	hint   map[string]graph.TensorInfo
+	m    *graph.Model
+	elem map[string]graph.DataType
+	rank map[string]int
+	hint map[string]graph.TensorInfo
 }
 
 func isFloat(t graph.DataType) bool {
@@ -23,7 +23,7 @@ func isFloat(t graph.DataType) bool {
 }
 
 func newFacts(m *graph.Model) *facts {
-	f := &facts{m: m, elem: map[string]graph.DataType{}, rank: map[string]int{}, consts: map[string]*onnx.TensorProto{}}
+	f := &facts{m: m, elem: map[string]graph.DataType{}, rank: map[string]int{}}
 	if info, err := m.InferShapes(); err == nil {
 		f.hint = info
 	}
@@ -39,7 +39,6 @@ func newFacts(m *graph.Model) *facts {
 	for _, t := range g.Initializer {
 		f.elem[t.Name] = graph.DataType(t.DataType)
 		f.rank[t.Name] = len(t.Dims)
-		f.consts[t.Name] = t
 	}
 	for _, n := range g.Node {
 		f.node(n)
@@ -80,30 +79,10 @@ func (f *facts) Elem(v string) graph.DataType {
 	return graph.Undefined
 }
 
-// ints returns the contents of a constant integer tensor.
-func (f *facts) ints(v string) ([]int64, bool) {
-	t := f.consts[v]
-	if t == nil {
-		return nil, false
-	}
-	x, err := graph.Int64s(t)
-	return x, err == nil
-}
-
-// floats returns the contents of a constant float32 tensor.
-func (f *facts) floats(v string) ([]float32, bool) {
-	t := f.consts[v]
-	if t == nil || graph.TensorType(t) != graph.Float {
-		return nil, false
-	}
-	x, err := graph.Floats(t)
-	return x, err == nil
-}
-
 // length returns the static length of a 1-D integer tensor (a shape
 // operand), following the Concat/Unsqueeze/Shape arithmetic exporters write.
 func (f *facts) length(v string) int {
-	if t := f.consts[v]; t != nil {
+	if t := f.m.Const(v); t != nil {
 		if len(t.Dims) == 1 {
 			return int(t.Dims[0])
 		}
@@ -153,7 +132,7 @@ func (f *facts) axesOf(n *onnx.NodeProto, i int) (axes []int64, given, ok bool) 
 		return a.Ints, true, true
 	}
 	if len(n.Input) > i && n.Input[i] != "" {
-		ax, ok := f.ints(n.Input[i])
+		ax, ok := f.m.ConstInts(n.Input[i])
 		return ax, true, ok
 	}
 	return nil, false, true
@@ -203,7 +182,6 @@ func (f *facts) node(n *onnx.NodeProto) {
 	case "Constant":
 		if a := graph.Attr(n, "value"); a != nil && a.T != nil {
 			t := a.T
-			f.consts[n.Output[0]] = t
 			out(graph.DataType(t.DataType), len(t.Dims))
 			return
 		}

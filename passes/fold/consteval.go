@@ -8,37 +8,10 @@ import (
 	"github.com/qatc/qatc/onnx"
 )
 
-// constTensor returns the constant called name: an initializer or the
-// value of a Constant node; nil if name is computed.
-func constTensor(m *graph.Model, name string) *onnx.TensorProto {
-	if t := m.Initializer(name); t != nil {
-		return t
-	}
-	n := m.Producer(name)
-	if n == nil || n.OpType != "Constant" {
-		return nil
-	}
-	for _, a := range n.Attribute {
-		switch a.Name {
-		case "value":
-			return a.T
-		case "value_float":
-			return graph.FloatTensor(name, nil, []float32{a.F})
-		case "value_floats":
-			return graph.FloatTensor(name, []int64{int64(len(a.Floats))}, a.Floats)
-		case "value_int":
-			return graph.Int64Tensor(name, nil, []int64{a.I})
-		case "value_ints":
-			return graph.Int64Tensor(name, []int64{int64(len(a.Ints))}, a.Ints)
-		}
-	}
-	return nil
-}
-
 // constFloats evaluates a float constant: an initializer, a Constant, or a
 // Transpose of one (exporters store some weights transposed).
 func constFloats(m *graph.Model, name string) ([]float32, []int64, error) {
-	if t := constTensor(m, name); t != nil {
+	if t := m.Const(name); t != nil {
 		v, err := graph.Floats(t)
 		return v, t.Dims, err
 	}

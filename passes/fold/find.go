@@ -79,7 +79,7 @@ func (q *quantizer) resolve(m *graph.Model) error {
 	name := graph.NodeName(q.q)
 	q.zpType = graph.Uint8 // QuantizeLinear's default without a zero point
 	if len(q.q.Input) > 2 && q.q.Input[2] != "" {
-		zp := constTensor(m, q.q.Input[2])
+		zp := m.Const(q.q.Input[2])
 		if zp == nil {
 			return fmt.Errorf("quantizer %s: zero point %q is not a constant; only constant zero points can be exported", name, q.q.Input[2])
 		}
@@ -111,7 +111,7 @@ func (q *quantizer) resolve(m *graph.Model) error {
 			if len(q.clamp.Input) <= i+1 || q.clamp.Input[i+1] == "" {
 				continue
 			}
-			t := constTensor(m, q.clamp.Input[i+1])
+			t := m.Const(q.clamp.Input[i+1])
 			if t == nil {
 				return fmt.Errorf("quantizer %s: Clip bound %q is not a constant", name, q.clamp.Input[i+1])
 			}
@@ -129,7 +129,7 @@ func (q *quantizer) resolve(m *graph.Model) error {
 
 	// The scale: a constant (softmax), or Div(Max(clip, tiny), qmax).
 	scaleName := q.q.Input[1]
-	if t := constTensor(m, scaleName); t != nil {
+	if t := m.Const(scaleName); t != nil {
 		s, err := graph.Floats(t)
 		if err != nil {
 			return fmt.Errorf("quantizer %s: scale: %w", name, err)
@@ -152,15 +152,15 @@ func (q *quantizer) resolve(m *graph.Model) error {
 			return fmt.Errorf("quantizer %s: scale %q is neither a constant nor Div(Max(clip, tiny), qmax); the model is not a qatc QAT model", name, scaleName)
 		}
 		mx := m.Producer(div.Input[0])
-		qmaxT := constTensor(m, div.Input[1])
+		qmaxT := m.Const(div.Input[1])
 		if mx == nil || mx.OpType != "Max" || len(mx.Input) != 2 || qmaxT == nil {
 			return fmt.Errorf("quantizer %s: scale %q is not Div(Max(clip, tiny), qmax); the model is not a qatc QAT model", name, scaleName)
 		}
 		clip, tiny := mx.Input[0], mx.Input[1]
-		if m.Initializer(clip) == nil || numElements(constTensor(m, clip)) < numElements(constTensor(m, tiny)) {
+		if m.Initializer(clip) == nil || numElements(m.Const(clip)) < numElements(m.Const(tiny)) {
 			clip, tiny = tiny, clip
 		}
-		clipT, tinyT := m.Initializer(clip), constTensor(m, tiny)
+		clipT, tinyT := m.Initializer(clip), m.Const(tiny)
 		if clipT == nil || tinyT == nil {
 			return fmt.Errorf("quantizer %s: Max %s needs a clip initializer and a constant; the model is not a qatc QAT model", name, graph.NodeName(mx))
 		}

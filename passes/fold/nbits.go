@@ -159,7 +159,7 @@ func nbitsWeight(m *graph.Model, n *onnx.NodeProto, byInt map[string]*Folded) (*
 	if dt := graph.TensorType(t); dt != graph.Int8 && dt != graph.Uint8 {
 		return nil, nil
 	}
-	st := constTensor(m, d.Input[1])
+	st := m.Const(d.Input[1])
 	if st == nil {
 		return nil, nil
 	}
@@ -363,7 +363,7 @@ func gatherRows(m *graph.Model) {
 			continue
 		}
 		x := m.Initializer(d.Input[0])
-		st := constTensor(m, d.Input[1])
+		st := m.Const(d.Input[1])
 		if x == nil || (graph.TensorType(x) != graph.Int8 && graph.TensorType(x) != graph.Uint8) || st == nil {
 			continue
 		}

@@ -24,7 +24,7 @@ func dequantized(m *graph.Model, v string) (*operand, error) {
 	if d == nil || d.OpType != "DequantizeLinear" {
 		return nil, nil
 	}
-	st := constTensor(m, d.Input[1])
+	st := m.Const(d.Input[1])
 	if st == nil {
 		return nil, nil
 	}
@@ -155,7 +155,7 @@ func unsignActivations(m *graph.Model) {
 		if q.OpType != "QuantizeLinear" || len(q.Input) < 3 || m.IsGraphOutput(q.Output[0]) {
 			continue
 		}
-		zp := constTensor(m, q.Input[2])
+		zp := m.Const(q.Input[2])
 		if zp == nil || graph.TensorType(zp) != graph.Int8 || graph.NumElements(zp.Dims) != 1 {
 			continue
 		}
@@ -209,7 +209,7 @@ func fuseBias(m *graph.Model) {
 		if bias == n.Output[0] {
 			bias = add.Input[0]
 		}
-		t := constTensor(m, bias)
+		t := m.Const(bias)
 		if t == nil || len(t.Dims) != 1 || graph.TensorType(t) != graph.Float || add.Input[0] == add.Input[1] {
 			continue
 		}
@@ -242,7 +242,7 @@ func integerToFloat(m *graph.Model, n *onnx.NodeProto, a *operand, b, bzp, bscal
 	if n.OpType == "Gemm" && len(n.Input) > 2 && n.Input[2] != "" {
 		c = n.Input[2]
 		beta := graph.FloatAttr(n, "beta", 1)
-		if ct := constTensor(m, c); ct != nil && len(ct.Dims) == 1 && graph.TensorType(ct) == graph.Float {
+		if ct := m.Const(c); ct != nil && len(ct.Dims) == 1 && graph.TensorType(ct) == graph.Float {
 			v, err := graph.Floats(ct)
 			if err != nil {
 				return fmt.Errorf("%s: bias: %w", graph.NodeName(n), err)

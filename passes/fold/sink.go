@@ -76,7 +76,7 @@ func sinkPast(m *graph.Model, d, c *onnx.NodeProto, byInt map[string]*Folded) bo
 			return false
 		}
 	}
-	scale := constTensor(m, d.Input[1])
+	scale := m.Const(d.Input[1])
 	if scale == nil || graph.IntAttr(d, "block_size", 0) > 0 {
 		return false
 	}
@@ -211,7 +211,7 @@ func intRank(m *graph.Model, v string) int {
 func sliceAxes(m *graph.Model, c *onnx.NodeProto, rank int64) ([]int64, bool) {
 	var axes []int64
 	if len(c.Input) > 3 && c.Input[3] != "" {
-		t := constTensor(m, c.Input[3])
+		t := m.Const(c.Input[3])
 		if t == nil {
 			return nil, false
 		}
@@ -221,7 +221,7 @@ func sliceAxes(m *graph.Model, c *onnx.NodeProto, rank int64) ([]int64, bool) {
 		}
 		axes = v
 	} else {
-		t := constTensor(m, c.Input[1])
+		t := m.Const(c.Input[1])
 		if t == nil {
 			return nil, false
 		}

@@ -1,7 +1,6 @@
 package quantize
 
 import (
-	"fmt"
 	"slices"
 
 	"github.com/qatc/qatc/graph"
@@ -81,9 +80,9 @@ func FindBlockView(m *graph.Model, q, dq *onnx.NodeProto) *BlockedPair {
 	if out.OpType != "Reshape" || len(out.Input) < 2 || out.Input[0] != dq.Output[0] {
 		return nil
 	}
-	view, err1 := shapeOf(m, in.Input[1])
-	dims, err2 := shapeOf(m, out.Input[1])
-	if err1 != nil || err2 != nil || len(view) != len(dims)+1 {
+	view, ok1 := m.ConstInts(in.Input[1])
+	dims, ok2 := m.ConstInts(out.Input[1])
+	if !ok1 || !ok2 || len(view) != len(dims)+1 {
 		return nil
 	}
 	axis := int(graph.IntAttr(q, "axis", 1))
@@ -95,22 +94,6 @@ func FindBlockView(m *graph.Model, q, dq *onnx.NodeProto) *BlockedPair {
 		return nil
 	}
 	return &BlockedPair{In: in, Out: out, Weight: in.Input[0], Axis: a, Block: int(block)}
-}
-
-// shapeOf reads a constant shape tensor.
-func shapeOf(m *graph.Model, name string) ([]int64, error) {
-	t := m.Initializer(name)
-	if t == nil {
-		if p := m.Producer(name); p != nil && p.OpType == "Constant" {
-			if a := graph.Attr(p, "value"); a != nil {
-				t = a.T
-			}
-		}
-	}
-	if t == nil {
-		return nil, fmt.Errorf("%s is not a constant", name)
-	}
-	return graph.Int64s(t)
 }
 
 // QuantizedInput returns the value a fake quantizer reads when v is its

@@ -94,9 +94,8 @@ func findOne(m *graph.Model, dq *onnx.NodeProto) (Quantizer, bool, error) {
 		q.Kind = KindSoftmax
 		q.Bits = int(math.Round(-math.Log2(float64(v[0]))))
 	case sp.OpType == "Div":
-		k := m.Initializer(sp.Input[1])
-		kv, err := floatsOf(k)
-		if err != nil || len(kv) != 1 {
+		kv, ok := m.ConstFloats(sp.Input[1])
+		if !ok || len(kv) != 1 {
 			return q, false, fmt.Errorf("%s: scale divisor %s is not a constant qmax", where, sp.Input[1])
 		}
 		qmax = float64(kv[0])
@@ -124,8 +123,8 @@ func findOne(m *graph.Model, dq *onnx.NodeProto) (Quantizer, bool, error) {
 		return q, false, fmt.Errorf("%s: scale %s is made by %s, not Max(clip, tiny)/qmax", where, scale, sp.OpType)
 	}
 	if clipNode != nil && len(clipNode.Input) == 3 {
-		lo, _ := intsOf(m.Initializer(clipNode.Input[1]))
-		hi, _ := intsOf(m.Initializer(clipNode.Input[2]))
+		lo, _ := m.ConstInts(clipNode.Input[1])
+		hi, _ := m.ConstInts(clipNode.Input[2])
 		if len(lo) == 1 && len(hi) == 1 && q.Kind == KindSoftmax {
 			q.Bits = int(math.Round(math.Log2(float64(hi[0] + 1))))
 		}
@@ -164,20 +163,6 @@ func isScalarValue(m *graph.Model, scale string) bool {
 		}
 		scale = p.Input[0]
 	}
-}
-
-func floatsOf(t *onnx.TensorProto) ([]float32, error) {
-	if t == nil {
-		return nil, fmt.Errorf("not an initializer")
-	}
-	return graph.Floats(t)
-}
-
-func intsOf(t *onnx.TensorProto) ([]int64, error) {
-	if t == nil {
-		return nil, fmt.Errorf("not an initializer")
-	}
-	return graph.Int64s(t)
 }
 
 // checkAgainst checks that the graph's quantizers are the record's, and

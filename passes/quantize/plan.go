@@ -409,19 +409,8 @@ func (pl *planner) actKind(v string) string {
 // constant (an initializer or Constant) and returns the other operand.
 func (pl *planner) positiveScaling(p *onnx.NodeProto) (string, bool) {
 	positive := func(v string) bool {
-		t := pl.m.Initializer(v)
-		if t == nil {
-			if c := pl.m.Producer(v); c != nil && c.OpType == "Constant" {
-				if a := graph.Attr(c, "value"); a != nil {
-					t = a.T
-				}
-			}
-		}
-		if t == nil || graph.TensorType(t) != graph.Float {
-			return false
-		}
-		f, err := graph.Floats(t)
-		return err == nil && len(f) == 1 && f[0] > 0
+		f, ok := pl.m.ConstFloats(v)
+		return ok && len(f) == 1 && f[0] > 0
 	}
 	if len(p.Input) != 2 {
 		return "", false

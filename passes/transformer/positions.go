@@ -95,7 +95,7 @@ func (w *walker) positionRows(v string) int {
 			// The end is the sequence length; a constant start skips rows
 			// (fairseq's positions start after the padding id).
 			if len(p.Input) >= 2 {
-				if s, ok := constInts(w.m, p.Input[1]); ok && len(s) == 1 && s[0] > 0 {
+				if s, ok := w.m.ConstInts(p.Input[1]); ok && len(s) == 1 && s[0] > 0 {
 					start += s[0]
 				}
 			}
@@ -106,21 +106,4 @@ func (w *walker) positionRows(v string) int {
 		v = p.Input[0]
 	}
 	return 0
-}
-
-// constInts returns the values of an integer initializer or Constant.
-func constInts(m *graph.Model, v string) ([]int64, bool) {
-	if t := m.Initializer(v); t != nil {
-		ints, err := graph.Int64s(t)
-		return ints, err == nil
-	}
-	if p := m.Producer(v); p != nil && p.OpType == "Constant" {
-		for _, a := range p.Attribute {
-			if a.Name == "value" && a.T != nil {
-				ints, err := graph.Int64s(a.T)
-				return ints, err == nil
-			}
-		}
-	}
-	return nil, false
 }

@@ -130,28 +130,6 @@ func (w *walker) forward(v string) []*onnx.NodeProto {
 	return out
 }
 
-// constant returns the float contents of v when it is an initializer or
-// a Constant node's output.
-func (w *walker) constant(v string) ([]float32, bool) {
-	if t := w.m.Initializer(v); t != nil {
-		f, err := graph.Floats(t)
-		return f, err == nil
-	}
-	p := w.m.Producer(v)
-	if p == nil || p.OpType != "Constant" {
-		return nil, false
-	}
-	a := graph.Attr(p, "value")
-	if a != nil && a.T != nil {
-		f, err := graph.Floats(a.T)
-		return f, err == nil
-	}
-	if a := graph.Attr(p, "value_float"); a != nil {
-		return []float32{a.F}, true
-	}
-	return nil, false
-}
-
 // scalar returns v's value when it is one number computed from constants
 // alone: initializers, Constant nodes and the small integers shape
 // inference evaluates (a static dimension, as exporters read the head
@@ -165,7 +143,7 @@ func (w *walker) eval(v string, depth int) (float64, bool) {
 	if depth == 0 || v == "" {
 		return 0, false
 	}
-	if f, ok := w.constant(v); ok {
+	if f, ok := w.m.ConstFloats(v); ok {
 		if len(f) != 1 {
 			return 0, false
 		}
