@@ -60,7 +60,15 @@ type Options struct {
 	// tokens and 1.5× at 4096 without it). Without the pattern the
 	// tensors come from onnxruntime's arena, which keeps its memory.
 	NoMemPattern bool
+	// Provider is the execution provider: "" or "cpu" for onnxruntime's
+	// CPU kernels, "cuda" for an NVIDIA GPU (device 0), which needs a
+	// CUDA build of onnxruntime (QATC_ORT_LIB); ops the provider lacks
+	// fall back to the CPU.
+	Provider string
 }
+
+// Providers lists the values of Options.Provider.
+var Providers = []string{"cpu", "cuda"}
 
 // Session is an onnxruntime session over one model. Run may be called
 // from several goroutines at once.
@@ -399,7 +407,27 @@ func setOptions(so *onnxrt.SessionOptions, opts *Options) error {
 			return err
 		}
 	}
-	return nil
+	return setProvider(so, opts.Provider)
+}
+
+// setProvider appends the execution provider named by p.
+func setProvider(so *onnxrt.SessionOptions, p string) error {
+	switch p {
+	case "", "cpu":
+		return nil
+	case "cuda":
+		co, err := onnxrt.NewCUDAProviderOptions()
+		if err == nil {
+			err = so.AppendExecutionProviderCUDA(co)
+			co.Destroy()
+		}
+		if err != nil {
+			lib, version := Library()
+			return fmt.Errorf("execution provider cuda: onnxruntime %s (%s) cannot run on CUDA (%s); point QATC_ORT_LIB at a CUDA build of onnxruntime (onnxruntime-gpu's libonnxruntime.so, with CUDA and cuDNN installed) or use the CPU", version, lib, ortMessage(err))
+		}
+		return nil
+	}
+	return fmt.Errorf("unknown execution provider %q (known: %s)", p, strings.Join(Providers, ", "))
 }
 
 func (s *Session) startProfile(opts *Options) {

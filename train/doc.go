@@ -14,6 +14,11 @@
 //     checksummed state file (Optimizer);
 //   - schedules: constant and inverse square root with warmup, with
 //     NeurST's continuation from an initial step (Schedule);
+//   - data parallelism (Comm): each rank of an MPI job (package mpi) runs
+//     its share of every batch and the gradients are summed in one
+//     all-reduce before the same update on every rank; the ranks compare
+//     a fingerprint of settings, data and model at start and agree on
+//     failures, NaNs and interruptions (CollectiveError);
 //   - the loop (Run, Trainer): the training graph from passes/autodiff, an
 //     onnxruntime session, progress reports (Display draws them), validation
 //     (token-weighted cross-entropy), atomic checkpoints, exact resume,

@@ -28,6 +28,9 @@ type Progress struct {
 	ValidLoss float64
 	// Checkpoint is the directory written at this step, or "".
 	Checkpoint string
+	// CommTime is this run's time so far in summing gradients across
+	// ranks (0 in one process).
+	CommTime time.Duration
 }
 
 // Display draws progress for a terminal (a progress bar redrawn in place)

@@ -101,6 +101,15 @@ type Config struct {
 
 	// Progress, when set, is called after every update.
 	Progress func(Progress)
+
+	// Comm connects the ranks of a data-parallel run (nil: one process).
+	// Every rank trains on its share of each batch and the gradients are
+	// summed across ranks before the same update on every rank; rank 0
+	// alone validates and writes checkpoints.
+	Comm Comm
+	// Provider is onnxruntime's execution provider for the sessions:
+	// "" (or "cpu") or "cuda".
+	Provider string
 }
 
 // Result is what a run did.
@@ -180,13 +189,55 @@ type Trainer struct {
 	// runTime and updateTime add up Step's time in the training session
 	// and in the optimizer (BenchmarkFinetune reports them).
 	runTime, updateTime time.Duration
+
+	comm Comm
+	// ctx is the context of Run, whose cancellation a rank reports to
+	// the others; stop is set when some rank reported it.
+	ctx  context.Context
+	stop bool
+	// comms counts the gradient all-reduces: their time and bytes.
+	comms CommStats
+}
+
+// CommStats is the cost of summing gradients across ranks.
+type CommStats struct {
+	// Calls is the number of all-reduces, Bytes the gradient bytes each
+	// rank contributed to them, Time the time spent in them (waiting for
+	// the slowest rank included) and in the exchange of step reports.
+	Calls int64
+	Bytes int64
+	Time  time.Duration
 }
 
 // NewTrainer builds the training graph of m and opens the sessions. The
 // parameters are m's initializers themselves, updated in place by every
 // step (copies tied to a parameter are written at checkpoints and by
 // WriteBack), so that training holds no second copy of the weights.
+//
+// In a data-parallel run (cfg.Comm with more than one rank) every rank
+// calls NewTrainer at the same point: the ranks exchange a fingerprint of
+// their settings, data and model, and a failure on any rank (or a
+// difference) makes every rank return the same *CollectiveError.
 func NewTrainer(m *graph.Model, cfg Config) (*Trainer, error) {
+	t, err := newTrainer(m, cfg)
+	var items [][]string
+	if err == nil {
+		items = t.startItems()
+	}
+	if err := meet(cfg.Comm, items, err, startHint); err != nil {
+		if t != nil {
+			t.Close()
+		}
+		return nil, err
+	}
+	return t, nil
+}
+
+// newTrainer is NewTrainer on this rank alone.
+func newTrainer(m *graph.Model, cfg Config) (*Trainer, error) {
+	if cfg.Comm == nil {
+		cfg.Comm = Single{}
+	}
 	if cfg.Train == nil || len(cfg.Train.Examples) == 0 {
 		return nil, fmt.Errorf("no training data")
 	}
@@ -231,7 +282,10 @@ func NewTrainer(m *graph.Model, cfg Config) (*Trainer, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Trainer{cfg: cfg, model: m, roles: roles, batcher: batcher, sched: cfg.Schedule, dataID: fingerprint(cfg.Train)}
+	if n, size := len(batcher.Epoch(0)), cfg.Comm.Size(); size > n {
+		return nil, fmt.Errorf("%d ranks but the training data makes only %s of at most %d tokens; use at most %s, or smaller batches", size, plural(n, "batch", "batches"), cfg.BatchTokens, plural(n, "rank", "ranks"))
+	}
+	t := &Trainer{cfg: cfg, model: m, roles: roles, batcher: batcher, sched: cfg.Schedule, dataID: fingerprint(cfg.Train), comm: cfg.Comm}
 	if cfg.Valid != nil {
 		vb, err := NewBatcher(cfg.Valid, cfg.BatchTokens, 0)
 		if err != nil {
@@ -351,7 +405,7 @@ func (t *Trainer) openSessions() error {
 	// from the arena rather than a per-run memory pattern, whose block
 	// (every activation the backward pass keeps) is faulted in afresh on
 	// every step.
-	opts := &ort.Options{Threads: t.cfg.Threads, NoSpinning: true, NoMemPattern: true}
+	opts := &ort.Options{Threads: t.cfg.Threads, NoSpinning: true, NoMemPattern: true, Provider: t.cfg.Provider}
 	var err error
 	if t.sess, err = ort.Open(t.tg.Model, opts); err != nil {
 		return fmt.Errorf("training graph: %v", err)
@@ -370,7 +424,7 @@ func (t *Trainer) openSessions() error {
 			return fmt.Errorf("teacher: %v", err)
 		}
 	}
-	if t.cfg.Valid != nil {
+	if t.cfg.Valid != nil && t.comm.Rank() == 0 {
 		em, err := withParamsAsInputs(t.model, t.tg.Params, t.tg.Tied)
 		if err != nil {
 			return err
@@ -489,20 +543,35 @@ func (t *Trainer) batchInputs(in map[string]*ort.Tensor, b *Batch) {
 // optimizer's update of the parameter buffers. It returns the loss and
 // the gradient norm; a non-finite loss or gradient returns a *NaNError and
 // leaves the parameters as they were.
+//
+// In a data-parallel run each rank runs its share of the batch (reduce)
+// and the ranks sum their gradients, so that every rank then takes the
+// update one process takes on the whole batch.
 func (t *Trainer) Step() (loss, gradNorm float64, err error) {
 	b, pos := t.nextBatch()
 	step := t.state.Step + 1
 	nanErr := func(what string, lines []int) error {
 		return &NaNError{Step: step, Epoch: t.state.Epoch, Batch: pos, Lines: lines, What: what, Checkpoint: t.lastCkp}
 	}
-	if loss, err = t.gradients(step, b, b.Tokens, nanErr); err != nil {
+	if t.comm.Size() == 1 {
+		loss, err = t.gradients(step, b, b.Tokens, nanErr)
+	} else {
+		loss, err = t.reduce(step, b, nanErr)
+	}
+	if err != nil {
 		return loss, 0, err
 	}
 	start := time.Now()
 	gradNorm, err = t.opt.Step(t.sched.Factor(step))
 	t.updateTime += time.Since(start)
 	if err != nil {
-		return loss, gradNorm, nanErr(err.Error(), b.Lines)
+		err = nanErr(err.Error(), b.Lines)
+		if t.comm.Size() > 1 {
+			// The summed gradients, hence the norm, are the same on
+			// every rank.
+			err = collective(err)
+		}
+		return loss, gradNorm, err
 	}
 	t.state.Step = step
 	t.state.Batch++
@@ -564,6 +633,64 @@ func (t *Trainer) microBatches(b *Batch) []*Batch {
 	}
 	return parts
 }
+
+// shard returns rank r's rows of the batch at positions idx: a contiguous
+// share of them, as even as the rows allow (as microBatches splits).
+func shard(idx []int, r, size int) []int {
+	return idx[r*len(idx)/size : (r+1)*len(idx)/size]
+}
+
+// reduce runs this rank's shard of b (gradients, weighted by the shard's
+// share of b's tokens and in Config.Accumulate micro-batches) and sums
+// the gradients of all ranks in place: the sum is b's gradient, as one
+// process computes it, and the shards' weighted losses add up to b's
+// loss. The ranks first exchange their losses, failures (a NaN included)
+// and interruptions, so that all of them take the same decision.
+func (t *Trainer) reduce(step int64, b *Batch, nanErr func(string, []int) error) (float64, error) {
+	size, rank := t.comm.Size(), t.comm.Rank()
+	rep := stepReport{Stop: t.ctx != nil && t.ctx.Err() != nil}
+	if mine := shard(b.Index, rank, size); len(mine) == 0 {
+		clear(t.gradBuf)
+	} else {
+		loss, err := t.gradients(step, t.cfg.Train.MakeBatch(mine), b.Tokens, func(what string, lines []int) error {
+			rep.NaN, rep.Lines = what, lines
+			return errNaNReported
+		})
+		switch {
+		case rep.NaN != "":
+		case err != nil:
+			rep.Err = err.Error()
+		default:
+			rep.Loss = loss
+		}
+	}
+	start := time.Now()
+	defer func() { t.comms.Time += time.Since(start) }()
+	reps, err := t.exchangeReports(step, rep)
+	if err != nil {
+		return 0, err
+	}
+	var loss float64
+	for r, rp := range reps {
+		if rp.NaN != "" {
+			return math.NaN(), collective(nanErr(fmt.Sprintf("%s on rank %d", rp.NaN, r), rp.Lines))
+		}
+		t.stop = t.stop || rp.Stop
+		loss += rp.Loss
+	}
+	if err := t.comm.AllReduce(t.gradBuf); err != nil {
+		return 0, fmt.Errorf("step %d: gradient all-reduce: %v", step, err)
+	}
+	t.comms.Calls++
+	t.comms.Bytes += 4 * int64(len(t.gradBuf))
+	return loss, nil
+}
+
+// errNaNReported stands for a NaN that reduce reports to the other ranks.
+var errNaNReported = errors.New("NaN reported")
+
+// Comms returns the cost of the gradient all-reduces so far.
+func (t *Trainer) Comms() CommStats { return t.comms }
 
 // backward runs the training graph on b. A plain graph writes the
 // gradients into the Grad buffers, which are then scaled by weight; an
@@ -633,8 +760,12 @@ func scale(x []float32, s float32) {
 }
 
 // Validate returns the token-weighted mean cross-entropy (no label
-// smoothing) of the validation set under the current parameters.
+// smoothing) of the validation set under the current parameters. In a
+// data-parallel run rank 0 alone validates; the other ranks return NaN.
 func (t *Trainer) Validate() (float64, error) {
+	if t.comm.Rank() != 0 && t.cfg.Valid != nil {
+		return math.NaN(), nil
+	}
 	if t.eval == nil {
 		return math.NaN(), fmt.Errorf("no validation data")
 	}
@@ -717,9 +848,15 @@ func (t *Trainer) WriteBack() error {
 }
 
 // Checkpoint writes the model with the current parameters, the optimizer
-// state and the loop's state into the checkpoint directory.
+// state and the loop's state into the checkpoint directory. In a
+// data-parallel run rank 0 alone writes it (every rank holds the same
+// parameters and optimizer state); the other ranks return "".
 func (t *Trainer) Checkpoint() (string, error) {
 	if t.cfg.CheckpointDir == "" {
+		return "", nil
+	}
+	if t.comm.Rank() != 0 {
+		t.ckpStep = t.state.Step
 		return "", nil
 	}
 	if err := t.WriteBack(); err != nil {
@@ -758,13 +895,18 @@ func (t *Trainer) Run(ctx context.Context) (*Result, error) {
 	}
 	if t.cfg.Resume {
 		ok, err := t.Resume()
-		if err != nil {
+		// Every rank reads the checkpoint; they must have read the same
+		// one (a checkpoint directory on a filesystem they all see).
+		where := [][]string{{"checkpoint to resume from", fmt.Sprintf("step %d, parameters %s", t.state.Step, t.paramsID())}}
+		if err := meet(t.comm, where, err, "every rank must see the checkpoint directory "+t.cfg.CheckpointDir+" (a shared filesystem)"); err != nil {
 			return nil, err
 		}
 		if ok {
 			res.ResumedFrom = t.state.Step
 		}
 	}
+	t.ctx, t.stop = ctx, false
+	defer func() { t.ctx = nil }()
 	total := t.totalSteps()
 	start := time.Now()
 	startTokens := t.state.Tokens
@@ -774,7 +916,9 @@ func (t *Trainer) Run(ctx context.Context) (*Result, error) {
 		res.Elapsed = time.Since(start)
 	}
 	for t.state.Step < total {
-		if ctx.Err() != nil {
+		// The ranks of a data-parallel run stop together, after the step
+		// in whose exchange one of them reported the cancellation.
+		if t.comm.Size() == 1 && ctx.Err() != nil || t.stop {
 			res.Interrupted = true
 			if t.state.Step != t.ckpStep {
 				if _, err := t.Checkpoint(); err != nil {
@@ -795,7 +939,7 @@ func (t *Trainer) Run(ctx context.Context) (*Result, error) {
 		p := Progress{
 			Step: t.state.Step, Steps: total, Epoch: t.state.Epoch,
 			Loss: loss, GradNorm: norm, LR: t.state.LR,
-			Tokens: t.state.Tokens, Elapsed: time.Since(start), ValidLoss: math.NaN(),
+			Tokens: t.state.Tokens, Elapsed: time.Since(start), ValidLoss: math.NaN(), CommTime: t.comms.Time,
 		}
 		if secs := p.Elapsed.Seconds(); secs > 0 {
 			p.TokensPerSec = float64(t.state.Tokens-startTokens) / secs
