@@ -1,7 +1,11 @@
 # Shortcuts for the scripts the README names.
-.PHONY: build demo test ort
+.PHONY: build qatc-mpi demo test ort
 build:
 	go build -o bin/qatc ./cmd/qatc
+# qatc-mpi: cmd/qatc with the MPI binding (data-parallel train and finetune).
+qatc-mpi:
+	scripts/install-openmpi.sh
+	go build -tags mpi -o bin/qatc-mpi ./cmd/qatc
 ort:
 	scripts/install-onnxruntime.sh
 demo:

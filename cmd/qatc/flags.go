@@ -57,7 +57,7 @@ var flagRanges = map[string]bound{
 	"lr": above0, "clip-lr": nonNegative, "weight-decay": nonNegative, "grad-clip": nonNegative,
 	"label-smoothing": {lo: 0, hi: 1, hiOpen: true},
 	"kd-weight":       nonNegative, "temperature": above0, "kd-hidden": nonNegative,
-	"weight-clip-l2": nonNegative, "act-clip-l2": nonNegative,
+	"weight-clip-l2": nonNegative, "act-clip-l2": nonNegative, "adam-eps": above0,
 	// checks and decoding
 	"atol": nonNegative, "rtol": nonNegative, "length-penalty": nonNegative,
 }

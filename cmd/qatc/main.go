@@ -50,17 +50,44 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 			debug = true
 		}
 	}
+	// In an MPI job (qatc-mpi) every rank runs the command; rank 0
+	// alone prints, except for a rank's own failure (settleRanks).
+	var comm *ranks
+	rankErr := stderr
+	if startComm != nil {
+		c, err := startComm()
+		if err != nil {
+			fmt.Fprintf(stderr, "%s: %s\n", progName, oneLine(err.Error()))
+			return exitFailure
+		}
+		comm = &ranks{rankComm: c}
+		defer comm.Finalize()
+		if c.Rank() != 0 {
+			stdout, stderr = io.Discard, io.Discard
+		}
+	}
 	app := newApp(stdout, stderr)
+	app.Metadata[commKey] = comm
 	defer func() {
 		if r := recover(); r != nil {
 			if debug {
 				panic(r)
 			}
-			fmt.Fprintf(stderr, "qatc: internal error: %v (run again with --debug for a stack trace, and please report it)\n", r)
+			fmt.Fprintf(rankErr, "%s: internal error: %v (run again with --debug for a stack trace, and please report it)\n", progName, r)
+			if comm != nil && comm.Size() > 1 {
+				comm.Abort(exitFailure)
+			}
 			code = exitFailure
 		}
 	}()
-	err := app.Run(reorderArgs(app, args))
+	var err error
+	if comm != nil && comm.Size() > 1 {
+		err = refuseCommand(app, args)
+	}
+	if err == nil {
+		err = app.Run(reorderArgs(app, args))
+	}
+	err = settleRanks(comm, err, rankErr)
 	if app.Metadata[unknownCommand] == true {
 		return exitUsage
 	}
@@ -68,10 +95,10 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 		return exitOK
 	}
 	if isUsage(err) {
-		fmt.Fprintf(stderr, "qatc: %s\n", oneLine(err.Error()))
+		fmt.Fprintf(stderr, "%s: %s\n", progName, oneLine(err.Error()))
 		return exitUsage
 	}
-	fmt.Fprintf(stderr, "qatc: %s\n", oneLine(err.Error()))
+	fmt.Fprintf(stderr, "%s: %s\n", progName, oneLine(err.Error()))
 	return exitFailure
 }
 
@@ -103,7 +130,7 @@ func oneLine(s string) string {
 
 func newApp(stdout, stderr io.Writer) *cli.App {
 	app := &cli.App{
-		Name:            "qatc",
+		Name:            progName,
 		Usage:           "quantization-aware training and int8 export of transformer ONNX models",
 		Writer:          stdout,
 		ErrWriter:       stderr,
@@ -117,7 +144,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			for _, cmd := range c.App.Commands {
 				names = append(names, cmd.Name)
 			}
-			fmt.Fprintf(c.App.ErrWriter, "qatc: unknown command %q (commands: %s; see qatc --help)\n", name, strings.Join(names, ", "))
+			fmt.Fprintf(c.App.ErrWriter, "%s: unknown command %q (commands: %s; see %s --help)\n", progName, name, strings.Join(names, ", "), progName)
 			c.App.Metadata[unknownCommand] = true
 		},
 		Metadata: map[string]any{},

@@ -63,15 +63,29 @@ func TestPipeline(t *testing.T) {
 		}
 		return out
 	}
+	metrics := filepath.Join(dir, "metrics.jsonl")
 	out := must("train", model, "-o", fp32, "--src", src, "--tgt", tgt, "--valid-src", src, "--valid-tgt", tgt,
-		"--steps", "30", "--batch-tokens", "512", "--lr", "3e-3", "--threads", "1", "--json")
+		"--steps", "30", "--batch-tokens", "512", "--lr", "3e-3", "--threads", "1", "--json", "--metrics", metrics)
 	var res struct {
 		Steps           int64   `json:"steps"`
+		Loss            float64 `json:"loss"`
 		ValidLoss       float64 `json:"valid_loss"`
 		ValidLossBefore float64 `json:"valid_loss_before"`
 	}
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		t.Fatal(err, out)
+	}
+	// --metrics: one line per step, the last with the run's last loss and
+	// the final validation.
+	lines := strings.Split(strings.TrimSpace(readFile(t, metrics)), "\n")
+	var last struct {
+		Step      int64    `json:"step"`
+		Loss      float64  `json:"loss"`
+		ValidLoss *float64 `json:"valid_loss"`
+	}
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil || len(lines) != 30 ||
+		last.Step != 30 || last.Loss != res.Loss || last.ValidLoss == nil || *last.ValidLoss != res.ValidLoss {
+		t.Errorf("--metrics: %d lines, last %s (%v); want 30, the last at step 30 with loss %g and validation loss %g", len(lines), lines[len(lines)-1], err, res.Loss, res.ValidLoss)
 	}
 	if res.Steps != 30 || !(res.ValidLoss > 0 && res.ValidLoss < 4.0 && res.ValidLoss < res.ValidLossBefore-0.1) {
 		t.Errorf("train: %+v (an untrained tiny model's loss is about ln 64 ≈ 4.2)", res)
@@ -191,6 +205,9 @@ func TestTrainBadInputs(t *testing.T) {
 		{"unknown loss", []string{"finetune", qat, "--src", src, "--tgt", tgt, "--loss", "mse"}, 2, "mse"},
 		{"cosine without steps", []string{"train", model, "--src", src, "--tgt", tgt, "--schedule", "cosine"}, 2, "give the number of steps"},
 		{"negative hidden distillation", []string{"finetune", qat, "--src", src, "--tgt", tgt, "--kd-hidden", "-1"}, 2, "--kd-hidden -1"},
+		{"unknown execution provider", []string{"train", model, "--src", src, "--tgt", tgt, "--ep", "rocm"}, 2, `--ep "rocm": want cpu or cuda`},
+		// The install script's onnxruntime has no CUDA provider library.
+		{"no CUDA in onnxruntime", []string{"train", model, "--src", src, "--tgt", tgt, "--ep", "cuda"}, 1, "execution provider cuda: onnxruntime 1."},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -270,4 +287,13 @@ func TestInterruptAndResume(t *testing.T) {
 			t.Errorf("initializer %s differs between the uninterrupted and the resumed run", name)
 		}
 	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math"
+	"os"
+	"slices"
+	"strings"
 
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/quantize"
@@ -48,7 +52,10 @@ func trainFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "untie", Usage: "train tied copies of a tensor separately"},
 		&cli.StringFlag{Name: "save-training-graph", Usage: "also write the training graph (inputs: batch, labels, parameters; outputs: loss and <name>_grad)"},
 		&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
-	}, dataFlags()...)
+		&cli.StringFlag{Name: "metrics", Usage: "also write every step's loss, gradient norm, learning rate, tokens and timings to this file (JSON lines)"},
+		&cli.StringFlag{Name: "ep", Value: "cpu", Usage: "onnxruntime execution provider: cpu or cuda (a CUDA build of onnxruntime, see QATC_ORT_LIB)"},
+		&cli.Float64Flag{Name: "adam-eps", Value: train.DefaultOptimizer().Eps, Usage: "Adam's ε"},
+	}, append(dataFlags(), commFlags...)...)
 }
 
 func trainCommand() *cli.Command {
@@ -114,6 +121,9 @@ func trainAction(c *cli.Context, qat bool) error {
 			return usagef("--clip-grad %q: want neurst or lsq", c.String("clip-grad"))
 		}
 	}
+	if !slices.Contains(ort.Providers, c.String("ep")) {
+		return usagef("--ep %q: want %s", c.String("ep"), strings.Join(ort.Providers, " or "))
+	}
 	if (c.String("valid-src") == "") != (c.String("valid-tgt") == "") {
 		return usagef("--valid-src and --valid-tgt go together")
 	}
@@ -170,9 +180,23 @@ func trainAction(c *cli.Context, qat bool) error {
 		Roles:      roles,
 		ValidEvery: c.Int64("valid-every"), CheckpointEvery: c.Int64("checkpoint-every"),
 		CheckpointDir: ckptDir, KeepCheckpoints: c.Int("keep-checkpoints"),
-		Resume: c.Bool("resume"),
+		Resume: c.Bool("resume"), Provider: c.String("ep"),
+	}
+	// In a data-parallel run (qatc-mpi) rank 0 alone writes files.
+	comm := commOf(c)
+	root := comm == nil || comm.Rank() == 0
+	if comm != nil {
+		cfg.Comm = comm
+		if c.IsSet("comm-timeout") {
+			d := c.Duration("comm-timeout")
+			if d <= 0 {
+				return usagef("--comm-timeout %v: it must be positive", d)
+			}
+			comm.SetTimeout(d)
+		}
 	}
 	cfg.Optimizer.AdamW = c.Bool("adamw")
+	cfg.Optimizer.Eps = c.Float64("adam-eps")
 	cfg.Optimizer.ClipNorm = c.Float64("grad-clip")
 	if qat {
 		cfg.FreezeWeights = c.Bool("freeze-weights")
@@ -195,18 +219,37 @@ func trainAction(c *cli.Context, qat bool) error {
 	}
 	display := train.NewDisplay(c.App.ErrWriter, steps, isTerminal(c.App.ErrWriter), 0)
 	cfg.Progress = display.Update
+	if path := c.String("metrics"); path != "" && root {
+		f, err := os.Create(path)
+		if err != nil {
+			return fmt.Errorf("--metrics: %w", err)
+		}
+		defer f.Close()
+		enc := json.NewEncoder(f)
+		cfg.Progress = func(p train.Progress) {
+			display.Update(p)
+			enc.Encode(stepMetrics{
+				Step: p.Step, Epoch: p.Epoch + 1, Loss: num(p.Loss), GradNorm: num(p.GradNorm), LR: p.LR,
+				Tokens: p.Tokens, TokensPerSec: p.TokensPerSec, Seconds: p.Elapsed.Seconds(),
+				CommSeconds: p.CommTime.Seconds(), ValidLoss: num(p.ValidLoss),
+			})
+		}
+	}
 
 	// Ctrl-C or SIGTERM during training stops it gracefully with a
 	// checkpoint; afterwards a signal ends the process as usual, leaving
 	// no partial output (safeio removes the temporaries).
 	ctx, stop := safeio.NotifyContext(context.Background())
 	defer stop()
+	ctx, stopMore := notifyStop(ctx)
+	defer stopMore()
+	defer stop()
 	t, err := train.NewTrainer(m, cfg)
 	if err != nil {
 		return err
 	}
 	defer t.Close()
-	if f := c.String("save-training-graph"); f != "" {
+	if f := c.String("save-training-graph"); f != "" && root {
 		if err := t.TrainingGraph().Save(f); err != nil {
 			return fmt.Errorf("--save-training-graph: %w", err)
 		}
@@ -233,6 +276,9 @@ func trainAction(c *cli.Context, qat bool) error {
 		fmt.Fprintf(c.App.ErrWriter, msg+"\n", res.Steps)
 		return nil
 	}
+	if !root {
+		return nil
+	}
 	if err := t.WriteBack(); err != nil {
 		return err
 	}
@@ -246,12 +292,21 @@ func trainAction(c *cli.Context, qat bool) error {
 	if err := m.Save(out); err != nil {
 		return err
 	}
+	comms, nranks := t.Comms(), 1
+	if comm != nil {
+		nranks = comm.Size()
+	}
 	if c.Bool("json") {
 		return writeJSON(c.App.Writer, trainReport{
 			Output: out, Steps: res.Steps, Epoch: res.Epoch, Tokens: res.Tokens,
 			Loss: num(res.Loss), ValidLoss: num(res.ValidLoss), ValidLossBefore: num(before),
 			Seconds: res.Elapsed.Seconds(), Params: len(res.Params),
+			Ranks: nranks, CommSeconds: comms.Time.Seconds(), CommBytes: comms.Bytes,
 		})
+	}
+	if nranks > 1 {
+		fmt.Fprintf(c.App.ErrWriter, "%d ranks: %d gradient all-reduces of %.1f MB; %.1f s in them and the step exchanges (%.1f%% of the run)\n",
+			nranks, comms.Calls, float64(comms.Bytes)/float64(max(comms.Calls, 1))/1e6, comms.Time.Seconds(), 100*comms.Time.Seconds()/res.Elapsed.Seconds())
 	}
 	validation := ""
 	switch {
@@ -277,4 +332,24 @@ type trainReport struct {
 	ValidLossBefore num     `json:"valid_loss_before"`
 	Seconds         float64 `json:"seconds"`
 	Params          int     `json:"params"`
+	// Ranks is the number of data-parallel ranks; CommSeconds and
+	// CommBytes the time in the gradient all-reduces (and the step
+	// exchanges) and the bytes each rank contributed to them.
+	Ranks       int     `json:"ranks"`
+	CommSeconds float64 `json:"comm_seconds"`
+	CommBytes   int64   `json:"comm_bytes"`
+}
+
+// stepMetrics is one line of --metrics.
+type stepMetrics struct {
+	Step         int64   `json:"step"`
+	Epoch        int     `json:"epoch"`
+	Loss         num     `json:"loss"`
+	GradNorm     num     `json:"grad_norm"`
+	LR           float64 `json:"lr"`
+	Tokens       int64   `json:"tokens"`
+	TokensPerSec float64 `json:"tokens_per_sec"`
+	Seconds      float64 `json:"seconds"`
+	CommSeconds  float64 `json:"comm_seconds"`
+	ValidLoss    num     `json:"valid_loss"`
 }
