@@ -171,8 +171,8 @@ func elide(s string) string {
 }
 
 // startItems is the fingerprint ranks compare before training: every
-// setting of the run but those that may differ between machines (threads,
-// paths, the execution provider), the data, and the model's parameters.
+// setting of the run but those that may differ between machines
+// (perRankSetting), the data, and the model's parameters.
 func (t *Trainer) startItems() [][]string {
 	var items [][]string
 	v := reflect.ValueOf(t.cfg)
@@ -200,10 +200,11 @@ func (t *Trainer) startItems() [][]string {
 
 // perRankSetting lists the Config fields that need not agree between
 // ranks: the data sets (compared by content), paths, the machine's own
-// settings and the callbacks.
+// settings (threads, provider, micro-batches: every rank receives the
+// same summed gradients whatever its own) and the callbacks.
 var perRankSetting = map[string]bool{
 	"Train": true, "Valid": true, "Threads": true, "CheckpointDir": true,
-	"Progress": true, "Comm": true, "Provider": true,
+	"Progress": true, "Comm": true, "Provider": true, "Accumulate": true,
 }
 
 // paramsID identifies the trainable parameters' names, shapes and values.
