@@ -3,7 +3,8 @@ package train
 import (
 	"errors"
 	"fmt"
-	"strings"
+	"maps"
+	"slices"
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/passes/autodiff"
@@ -82,9 +83,6 @@ func TrainingGraph(m *graph.Model, cfg Config) (*graph.Model, error) {
 	return tg.Model, nil
 }
 
-// clipSuffix ends the name of every clip-range initializer.
-const clipSuffix = "_clip_max"
-
 // buildTrainingGraph asks passes/autodiff for the training graph of m
 // with the loss cfg names.
 func buildTrainingGraph(m *graph.Model, roles Roles, cfg Config) (*trainingGraph, error) {
@@ -96,6 +94,7 @@ func buildTrainingGraph(m *graph.Model, roles Roles, cfg Config) (*trainingGraph
 	if err != nil {
 		return nil, err
 	}
+	clips := slices.Sorted(maps.Keys(kinds))
 	opts := autodiff.Options{
 		Logits:     roles.Logits,
 		Untie:      cfg.Untie,
@@ -110,13 +109,9 @@ func buildTrainingGraph(m *graph.Model, roles Roles, cfg Config) (*trainingGraph
 		},
 	}
 	if cfg.FreezeWeights {
-		for _, name := range m.InitializerNames() {
-			if strings.HasSuffix(name, clipSuffix) && graph.TensorType(m.Initializer(name)) == graph.Float {
-				opts.Trainable = append(opts.Trainable, name)
-			}
-		}
+		opts.Trainable = clips
 		if len(opts.Trainable) == 0 {
-			return nil, fmt.Errorf("freezing the weights leaves nothing to train: the model has no clip ranges (initializers named *%s); insert quantizers first", clipSuffix)
+			return nil, fmt.Errorf("freezing the weights leaves nothing to train: the model has no clip ranges (no quantizer reads a clip initializer); insert quantizers first")
 		}
 	}
 	if cfg.Loss.WeightClipL2 != 0 || cfg.Loss.ActClipL2 != 0 {
@@ -167,7 +162,7 @@ func buildTrainingGraph(m *graph.Model, roles Roles, cfg Config) (*trainingGraph
 		if p.GradIn != "" {
 			tg.GradIns[p.Name] = p.GradIn
 		}
-		if strings.HasSuffix(p.Name, clipSuffix) {
+		if _, ok := kinds[p.Name]; ok {
 			tg.Clips[p.Name] = true
 		}
 	}
@@ -200,12 +195,12 @@ func quantizedActivations(m *graph.Model) ([]string, error) {
 	return xs, nil
 }
 
-// clipKinds maps every clip range of a QAT graph to whether it quantizes a
-// weight rather than an activation, for the L2 terms NeurST weighs
-// differently. The quantization record says so; a model without one (a
-// QAT graph from elsewhere) is read from the graph: a clip belongs to a
-// weight when its QuantizeLinear quantizes an initializer. A record whose
-// clip is missing from the graph is an error, found before training.
+// clipKinds maps every clip range of a QAT graph (a float initializer a
+// quantizer's scale is computed from) to whether it quantizes a weight
+// rather than an activation, for the L2 terms NeurST weighs differently.
+// The quantization record says so; a model without one (a QAT graph from
+// elsewhere) is read from the graph (quantize.Units). A record whose clip
+// is missing from the graph is an error, found before training.
 func clipKinds(m *graph.Model) (map[string]bool, error) {
 	kinds := map[string]bool{}
 	rec, err := quantize.ReadRecord(m)
@@ -229,24 +224,13 @@ func clipKinds(m *graph.Model) (map[string]bool, error) {
 		}
 		return kinds, nil
 	}
-	for _, q := range m.Graph().Node {
-		if q.OpType != "QuantizeLinear" || len(q.Input) < 2 {
-			continue
-		}
-		weight := m.Initializer(q.Input[0]) != nil
-		frontier := []string{q.Input[1]}
-		for depth := 0; depth < 4 && len(frontier) > 0; depth++ {
-			var next []string
-			for _, v := range frontier {
-				if strings.HasSuffix(v, clipSuffix) && m.Initializer(v) != nil {
-					kinds[v] = kinds[v] || weight
-					continue
-				}
-				if p := m.Producer(v); p != nil {
-					next = append(next, p.Input...)
-				}
-			}
-			frontier = next
+	us, err := quantize.Units(m)
+	if err != nil {
+		return nil, err
+	}
+	for _, u := range us {
+		if t := m.Initializer(u.Clip); t != nil && graph.TensorType(t) == graph.Float {
+			kinds[u.Clip] = kinds[u.Clip] || u.Kind == quantize.KindWeight
 		}
 	}
 	return kinds, nil

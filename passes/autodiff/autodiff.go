@@ -172,7 +172,7 @@ func Build(m *graph.Model, opts Options) (*graph.Model, *Info, error) {
 	}
 	b := &builder{m: tm, opset: tm.Opset(""), grads: map[string][]string{}, opts: &opts}
 	b.f = newFacts(tm)
-	if b.quant, err = findQuantUnits(tm, b.f); err != nil {
+	if b.quant, err = findQuantUnits(tm); err != nil {
 		return nil, nil, err
 	}
 	unsignActivations(b)
@@ -321,7 +321,7 @@ func propagate(b *builder, nodes []*onnx.NodeProto) {
 	for _, n := range nodes {
 		any := false
 		if u := b.quant[n]; u != nil {
-			any = b.active[u.x] || b.active[u.scale] || b.active[in(n, 1)]
+			any = b.active[u.x] || b.active[u.Scale] || b.active[in(n, 1)]
 		} else {
 			for _, x := range n.Input {
 				if b.active[x] {
@@ -369,7 +369,7 @@ func backward(b *builder, nodes []*onnx.NodeProto) error {
 			}
 		}
 		if u := b.quant[n]; u != nil {
-			needed = b.needs(u.x) || b.needs(u.scale)
+			needed = b.needs(u.x) || b.needs(u.Scale)
 		}
 		if !needed {
 			continue
@@ -409,18 +409,18 @@ func opName(n *onnx.NodeProto) string {
 func unsignActivations(b *builder) {
 	zp128 := ""
 	for _, u := range b.quant {
-		if u.clip != nil || b.m.Initializer(u.x) != nil || b.f.Elem(u.q.Output[0]) != graph.Int8 || len(b.m.Consumers(u.q.Output[0])) != 1 {
+		if u.Clamp != nil || b.m.Initializer(u.x) != nil || b.f.Elem(u.Q.Output[0]) != graph.Int8 || len(b.m.Consumers(u.Q.Output[0])) != 1 {
 			continue
 		}
-		if z := in(u.q, 2); z == "" || in(u.dq, 2) != z || b.f.Rank(u.scale) != 0 {
+		if z := in(u.Q, 2); z == "" || in(u.DQ, 2) != z || b.f.Rank(u.Scale) != 0 {
 			continue
 		}
-		if vals, ok := b.m.ConstInts(in(u.q, 2)); !ok || len(vals) != 1 || vals[0] != 0 {
+		if vals, ok := b.m.ConstInts(in(u.Q, 2)); !ok || len(vals) != 1 || vals[0] != 0 {
 			continue
 		}
 		left := false
-		for _, c := range b.m.Consumers(u.dq.Output[0]) {
-			left = left || c.OpType == "MatMul" && (c.Domain == "" || c.Domain == "ai.onnx") && c.Input[0] == u.dq.Output[0]
+		for _, c := range b.m.Consumers(u.DQ.Output[0]) {
+			left = left || c.OpType == "MatMul" && (c.Domain == "" || c.Domain == "ai.onnx") && c.Input[0] == u.DQ.Output[0]
 		}
 		if !left {
 			continue
@@ -430,8 +430,8 @@ func unsignActivations(b *builder) {
 			b.m.AddInitializer(graph.Uint8Tensor(zp128, nil, []uint8{128}))
 			b.f.set(zp128, graph.Uint8, 0)
 		}
-		u.q.Input[2], u.dq.Input[2] = zp128, zp128
-		b.f.elem[u.q.Output[0]] = graph.Uint8
+		u.Q.Input[2], u.DQ.Input[2] = zp128, zp128
+		b.f.elem[u.Q.Output[0]] = graph.Uint8
 	}
 	if zp128 != "" {
 		b.m.Reindex()

@@ -62,7 +62,7 @@ func choosePar(b *builder, nodes []*onnx.NodeProto, logits string, opts Options)
 		}
 		ins := n.Input
 		if u := b.quant[n]; u != nil {
-			ins = []string{u.x, u.scale, in(n, 1)}
+			ins = []string{u.x, u.Scale, in(n, 1)}
 		}
 		for _, x := range ins {
 			if b.active[x] {

@@ -5,78 +5,41 @@ import (
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/onnx"
+	"github.com/qatc/qatc/passes/quantize"
 )
 
-// quantUnit is a QuantizeLinear → [Clip] → DequantizeLinear chain, which
-// the pass differentiates as one fake-quantization op: the integer
-// tensors in between carry no gradient of their own.
+// quantUnit is a quantizer (quantize.Match) that the pass differentiates
+// as one fake-quantization op of the QuantizeLinear's input x: the
+// integer tensors in between carry no gradient of their own (a blocked
+// view's Reshapes are ordinary nodes with rules of their own).
 type quantUnit struct {
-	q, clip, dq *onnx.NodeProto
-	x, scale    string
-	lo, hi      float64 // integer range after the zero point: qmin-zp, qmax-zp
+	*quantize.Unit
+	x      string
+	lo, hi float64 // integer range after the zero point: qmin-zp, qmax-zp
 }
 
-// integer ranges of the quantized types
-var intRange = map[graph.DataType][2]float64{
-	graph.Int8: {-128, 127}, graph.Uint8: {0, 255}, graph.Int16: {-32768, 32767},
-	graph.Uint16: {0, 65535}, graph.Int4: {-8, 7}, graph.Uint4: {0, 15},
-}
-
-// findQuantUnits pairs every DequantizeLinear with the QuantizeLinear (and
-// optional integer Clip) feeding it.
-func findQuantUnits(m *graph.Model, f *facts) (map[*onnx.NodeProto]*quantUnit, error) {
+// findQuantUnits finds every quantizer of m, keyed by its
+// DequantizeLinear.
+func findQuantUnits(m *graph.Model) (map[*onnx.NodeProto]*quantUnit, error) {
 	units := map[*onnx.NodeProto]*quantUnit{}
-	for _, dq := range m.Graph().Node {
-		if dq.OpType != "DequantizeLinear" || dq.Domain != "" && dq.Domain != "ai.onnx" {
+	for _, n := range m.Graph().Node {
+		qu, err := quantize.Match(m, n)
+		if err != nil {
+			return nil, err
+		}
+		if qu == nil {
 			continue
 		}
-		u := &quantUnit{dq: dq}
-		p := m.Producer(dq.Input[0])
-		if p != nil && p.OpType == "Clip" {
-			u.clip = p
-			p = m.Producer(p.Input[0])
-		}
-		if p == nil || p.OpType != "QuantizeLinear" {
-			continue
-		}
-		u.q, u.x, u.scale = p, p.Input[0], p.Input[1]
-		qt := f.Elem(p.Output[0])
-		r, ok := intRange[qt]
-		if !ok {
-			return nil, fmt.Errorf("quantizer %s: unsupported integer type %s", graph.NodeName(p), qt)
-		}
-		if u.clip != nil {
-			for i, j := range []int{1, 2} {
-				if v := in(u.clip, j); v != "" {
-					c, ok := f.m.ConstInts(v)
-					if !ok || len(c) != 1 {
-						return nil, fmt.Errorf("quantizer %s: the integer Clip's bounds must be constant scalars", graph.NodeName(u.clip))
-					}
-					if i == 0 {
-						r[0] = max(r[0], float64(c[0]))
-					} else {
-						r[1] = min(r[1], float64(c[0]))
-					}
-				}
+		zp := int64(0)
+		for i, v := range qu.ZeroPoints {
+			if v != qu.ZeroPoints[0] {
+				return nil, fmt.Errorf("quantizer %s: per-channel zero points differ; only a common zero point is supported", graph.NodeName(qu.Q))
+			}
+			if i == 0 {
+				zp = v
 			}
 		}
-		zp := 0.0
-		if z := in(p, 2); z != "" {
-			vals, ok := f.m.ConstInts(z)
-			if !ok {
-				return nil, fmt.Errorf("quantizer %s: zero point %q must be a constant", graph.NodeName(p), z)
-			}
-			for _, v := range vals {
-				if v != vals[0] {
-					return nil, fmt.Errorf("quantizer %s: per-channel zero points differ; only a common zero point is supported", graph.NodeName(p))
-				}
-			}
-			if len(vals) > 0 {
-				zp = float64(vals[0])
-			}
-		}
-		u.lo, u.hi = r[0]-zp, r[1]-zp
-		units[dq] = u
+		units[n] = &quantUnit{Unit: qu, x: qu.Q.Input[0], lo: float64(qu.Lo - zp), hi: float64(qu.Hi - zp)}
 	}
 	return units, nil
 }
@@ -93,9 +56,9 @@ func gradDequantize(b *builder, n *onnx.NodeProto, gy []string) error {
 	if u == nil {
 		return fmt.Errorf("DequantizeLinear without a QuantizeLinear producing its input has no gradient rule")
 	}
-	x, s, g := u.x, u.scale, gy[0]
+	x, s, g := u.x, u.Scale, gy[0]
 	if b.needs(in(n, 1)) && in(n, 1) != s {
-		return fmt.Errorf("the quantizer pair %s/%s uses two different scales (%q, %q); a trainable scale must be shared", graph.NodeName(u.q), graph.NodeName(n), s, in(n, 1))
+		return fmt.Errorf("the quantizer pair %s/%s uses two different scales (%q, %q); a trainable scale must be shared", graph.NodeName(u.Q), graph.NodeName(n), s, in(n, 1))
 	}
 	rx, rs := b.f.Rank(x), b.f.Rank(s)
 	if rs < 0 || rx < 0 {
@@ -103,18 +66,18 @@ func gradDequantize(b *builder, n *onnx.NodeProto, gy []string) error {
 	}
 	sb := s // the scale broadcast against x
 	var axis int64
-	block := graph.IntAttr(u.q, "block_size", 0)
+	block := graph.IntAttr(u.Q, "block_size", 0)
 	perAxis := rs == 1 && block == 0
 	var blockDims []int64 // x's dims with the blocked axis split into [blocks, block]
 	if block > 0 {
 		var ok bool
-		axis, ok = normAxis(graph.IntAttr(u.q, "axis", 1), rx)
+		axis, ok = normAxis(graph.IntAttr(u.Q, "axis", 1), rx)
 		dims := b.staticShape(x)
 		if !ok || dims == nil || rs != rx {
-			return fmt.Errorf("blocked quantizer %s needs a weight of static shape and a scale of its rank", graph.NodeName(u.q))
+			return fmt.Errorf("blocked quantizer %s needs a weight of static shape and a scale of its rank", graph.NodeName(u.Q))
 		}
 		if dims[axis]%block != 0 {
-			return fmt.Errorf("blocked quantizer %s: axis %d of %q (%d) is not a multiple of the block size %d", graph.NodeName(u.q), axis, x, dims[axis], block)
+			return fmt.Errorf("blocked quantizer %s: axis %d of %q (%d) is not a multiple of the block size %d", graph.NodeName(u.Q), axis, x, dims[axis], block)
 		}
 		blockDims = append(append(append([]int64{}, dims[:axis]...), dims[axis]/block, block), dims[axis+1:]...)
 		// Repeat each scale block times along the axis.
@@ -126,9 +89,9 @@ func gradDequantize(b *builder, n *onnx.NodeProto, gy []string) error {
 	}
 	if perAxis {
 		var ok bool
-		axis, ok = normAxis(graph.IntAttr(u.q, "axis", 1), rx)
+		axis, ok = normAxis(graph.IntAttr(u.Q, "axis", 1), rx)
 		if !ok {
-			return fmt.Errorf("axis of %s is out of range for %q", graph.NodeName(u.q), x)
+			return fmt.Errorf("axis of %s is out of range for %q", graph.NodeName(u.Q), x)
 		}
 		shape := []int64{-1}
 		for i := axis + 1; i < int64(rx); i++ {

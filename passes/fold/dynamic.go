@@ -5,6 +5,7 @@ import (
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/onnx"
+	"github.com/qatc/qatc/passes/quantize"
 )
 
 // Dynamic rewrites a folded (qdq) model into onnxruntime's dynamic
@@ -23,7 +24,7 @@ import (
 // or per output column.
 func Dynamic(m *graph.Model, r *Result) error {
 	for _, f := range r.Quantizers {
-		if f.Kind == KindWeight && f.Bits != 8 {
+		if f.Kind == quantize.KindWeight && f.Bits != 8 {
 			return fmt.Errorf("weight %q has %d bits; dynamic's MatMulInteger takes 8-bit weights: export with --format qdq, which keeps %d-bit values in int8", f.Tensor, f.Bits, f.Bits)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/onnx"
+	"github.com/qatc/qatc/passes/quantize"
 	"strings"
 )
 
@@ -70,8 +71,7 @@ func weightOf(m *graph.Model, n *onnx.NodeProto) (string, bool) {
 			if p == nil || len(p.Input) == 0 {
 				break
 			}
-			switch p.OpType {
-			case "DequantizeLinear", "Transpose", "Reshape", "Slice", "Squeeze", "Unsqueeze", "Cast", "Identity":
+			if p.OpType == "DequantizeLinear" || quantize.Moves(p.OpType, quantize.Traced) {
 				v = p.Input[0]
 				continue
 			}
@@ -101,8 +101,7 @@ func notInteger(m *graph.Model, n *onnx.NodeProto, i int) string {
 		if p == nil || len(p.Input) == 0 {
 			break
 		}
-		switch p.OpType {
-		case "DequantizeLinear", "Transpose", "Reshape", "Slice", "Squeeze", "Unsqueeze", "Cast", "Identity":
+		if p.OpType == "DequantizeLinear" || quantize.Moves(p.OpType, quantize.Traced) {
 			moves = append(moves, p.OpType+" "+graph.NodeName(p))
 			v = p.Input[0]
 			continue
@@ -177,28 +176,28 @@ func Fold(m *graph.Model) (*Result, error) {
 // foldOne replaces q's scale arithmetic by a constant and, for a weight,
 // stores the integers.
 func foldOne(m *graph.Model, q *quantizer) (Folded, error) {
-	f := Folded{Tensor: q.tensor, Kind: q.kind, Bits: q.bits, PerChannel: !q.perTensor(), Axis: q.axis, BlockSize: q.blockSize, Dequantize: q.dq.Name}
-	if q.clipInit != "" {
-		f.Scale = m.AddInitializer(graph.FloatTensor(m.UniqueName(q.tensor+"_scale"), q.scaleDims, q.scale))
-		m.ReplaceInput(q.q, 1, f.Scale)
-		m.ReplaceInput(q.dq, 1, f.Scale)
+	f := Folded{Tensor: q.Tensor, Kind: q.Kind, Bits: q.Bits, PerChannel: !q.perTensor(), Axis: q.axis, BlockSize: q.blockSize, Dequantize: q.DQ.Name}
+	if q.Clip != "" {
+		f.Scale = m.AddInitializer(graph.FloatTensor(m.UniqueName(q.Tensor+"_scale"), q.scaleDims, q.scale))
+		m.ReplaceInput(q.Q, 1, f.Scale)
+		m.ReplaceInput(q.DQ, 1, f.Scale)
 	} else {
-		f.Scale = q.q.Input[1]
+		f.Scale = q.Q.Input[1]
 	}
-	if q.kind != KindWeight {
+	if q.Kind != quantize.KindWeight {
 		return f, nil
 	}
 
-	x, dims, err := constFloats(m, q.tensor)
+	x, dims, err := constFloats(m, q.Tensor)
 	if err != nil {
-		return f, fmt.Errorf("weight quantizer %s: %w", graph.NodeName(q.q), err)
+		return f, fmt.Errorf("weight quantizer %s: %w", graph.NodeName(q.Q), err)
 	}
-	iv, err := quantizeValues(x, dims, q.scale, q.axis, q.blockSize, q.lo, q.hi)
+	iv, err := quantizeValues(x, dims, q.scale, q.axis, q.blockSize, q.Lo, q.Hi)
 	if err != nil {
-		return f, fmt.Errorf("weight quantizer %s on %q: %w", graph.NodeName(q.q), q.tensor, err)
+		return f, fmt.Errorf("weight quantizer %s on %q: %w", graph.NodeName(q.Q), q.Tensor, err)
 	}
-	f.Int = m.UniqueName(q.tensor + "_quantized")
-	if q.signed() {
+	f.Int = m.UniqueName(q.Tensor + "_quantized")
+	if q.Signed() {
 		b := make([]int8, len(iv))
 		for i, v := range iv {
 			b[i] = int8(v)
@@ -217,33 +216,33 @@ func foldOne(m *graph.Model, q *quantizer) (Folded, error) {
 
 	// The DequantizeLinear reads the stored integers; its zero point must
 	// have their (8-bit) type.
-	m.ReplaceInput(q.dq, 0, f.Int)
-	if q.view != nil {
+	m.ReplaceInput(q.DQ, 0, f.Int)
+	if q.View != nil {
 		// The stored weight is blocked along its own axis, read by the
 		// DequantizeLinear directly (fold.GuardBlocked puts the view back
 		// where onnxruntime needs it).
-		for _, a := range q.dq.Attribute {
+		for _, a := range q.DQ.Attribute {
 			if a.Name == "axis" {
 				a.I = q.axis
 			}
 		}
-		m.ReplaceUses(q.view.Out.Output[0], q.dq.Output[0])
+		m.ReplaceUses(q.View.Out.Output[0], q.DQ.Output[0])
 	}
-	if q.view != nil || q.zpType == graph.Int4 || q.zpType == graph.Uint4 || len(q.dq.Input) < 3 || q.dq.Input[2] == "" {
+	if q.View != nil || q.Type == graph.Int4 || q.Type == graph.Uint4 || len(q.DQ.Input) < 3 || q.DQ.Input[2] == "" {
 		zdims := q.scaleDims
 		n := graph.NumElements(zdims)
 		var zp *onnx.TensorProto
-		name := m.UniqueName(q.tensor + "_zero_point")
-		if q.signed() {
+		name := m.UniqueName(q.Tensor + "_zero_point")
+		if q.Signed() {
 			zp = graph.Int8Tensor(name, zdims, make([]int8, n))
 		} else {
 			zp = graph.Uint8Tensor(name, zdims, make([]uint8, n))
 		}
 		m.AddInitializer(zp)
-		for len(q.dq.Input) < 3 {
-			q.dq.Input = append(q.dq.Input, "")
+		for len(q.DQ.Input) < 3 {
+			q.DQ.Input = append(q.DQ.Input, "")
 		}
-		m.ReplaceInput(q.dq, 2, name)
+		m.ReplaceInput(q.DQ, 2, name)
 	}
 	// Q (and the Clip) are dead now; RemoveDead drops them.
 	return f, nil

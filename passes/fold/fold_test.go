@@ -9,12 +9,13 @@ import (
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/fold"
+	"github.com/qatc/qatc/passes/quantize"
 )
 
 // quantizer inserts the QAT graph form of DESIGN.md on T: clip → Max(tiny)
 // → Div(qmax) = scale, T → QuantizeLinear → [Clip] → DequantizeLinear.
 func quantizer(m *graph.Model, T, kind string, bits int, clip []float32, axis int64) {
-	signed := kind == fold.KindWeight || kind == fold.KindAct
+	signed := kind == quantize.KindWeight || kind == quantize.KindAct
 	qmax := float32(int(1)<<bits - 1)
 	if signed {
 		qmax = float32(int(1)<<(bits-1) - 1)
@@ -85,13 +86,13 @@ func qatModel(t *testing.T, fBits int) (*graph.Model, map[string]*ort.Tensor) {
 		m.AddOutput(o, graph.Float, nil)
 	}
 	// Clips below the tensors' maxima, so that saturation is exercised.
-	quantizer(m, "x", fold.KindAct, 8, []float32{2.5}, 1)
-	quantizer(m, "W", fold.KindWeight, 8, []float32{0.9}, 1)
-	quantizer(m, "V", fold.KindWeight, 8, []float32{0.6, 0.7, 0.8, 0.9, 1.0}, 0)
-	quantizer(m, "F", fold.KindWeight, fBits, []float32{1.1}, 1)
-	quantizer(m, "E", fold.KindWeight, 8, []float32{1.5, 2, 2.5, 3}, 1)
-	quantizer(m, "h", fold.KindRelu, 8, []float32{3}, 1)
-	quantizer(m, "U", fold.KindWeight, 8, []float32{1.2}, 1)
+	quantizer(m, "x", quantize.KindAct, 8, []float32{2.5}, 1)
+	quantizer(m, "W", quantize.KindWeight, 8, []float32{0.9}, 1)
+	quantizer(m, "V", quantize.KindWeight, 8, []float32{0.6, 0.7, 0.8, 0.9, 1.0}, 0)
+	quantizer(m, "F", quantize.KindWeight, fBits, []float32{1.1}, 1)
+	quantizer(m, "E", quantize.KindWeight, 8, []float32{1.5, 2, 2.5, 3}, 1)
+	quantizer(m, "h", quantize.KindReLU, 8, []float32{3}, 1)
+	quantizer(m, "U", quantize.KindWeight, 8, []float32{1.2}, 1)
 	m.SetMetadata(fold.RecordKey, `{"version":1}`)
 	if err := m.TopoSort(); err != nil {
 		t.Fatal(err)
@@ -193,7 +194,7 @@ func TestFold(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, f := range res.Quantizers {
-		if f.Kind != fold.KindWeight {
+		if f.Kind != quantize.KindWeight {
 			continue
 		}
 		want := onTheFly[qouts[map[string]int{"W": 0, "V": 1, "F": 2, "E": 3, "U": 4}[f.Tensor]]].Data.([]int8)
@@ -314,9 +315,9 @@ func TestQOperatorFusions(t *testing.T) {
 		m.Op("MatMul", p+"/MatMul", []string{"x", w}, []string{p + "/mm"})
 		m.Op("Add", p+"/BiasAdd", []string{p + "/mm", b}, []string{p})
 		m.AddOutput(p, graph.Float, nil)
-		quantizer(m, w, fold.KindWeight, 8, []float32{0.8 + 0.1*float32(i)}, 1)
+		quantizer(m, w, quantize.KindWeight, 8, []float32{0.8 + 0.1*float32(i)}, 1)
 	}
-	quantizer(m, "x", fold.KindAct, 8, []float32{2}, 1)
+	quantizer(m, "x", quantize.KindAct, 8, []float32{2}, 1)
 	if err := m.TopoSort(); err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/onnx"
+	"github.com/qatc/qatc/passes/quantize"
 )
 
 // Opsets of the 4-bit forms.
@@ -44,7 +45,7 @@ func Int4(m *graph.Model, r *Result) (*Int4Result, error) {
 	var cands []cand
 	for i := range r.Quantizers {
 		f := &r.Quantizers[i]
-		if f.Kind != KindWeight || f.Bits > 4 || f.Int == "" {
+		if f.Kind != quantize.KindWeight || f.Bits > 4 || f.Int == "" {
 			continue
 		}
 		t := m.Initializer(f.Int)

@@ -9,6 +9,7 @@ import (
 	"github.com/qatc/qatc/onnx"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/fold"
+	"github.com/qatc/qatc/passes/quantize"
 )
 
 // blockedQuantizer inserts a weight quantizer with one clip per block of
@@ -92,14 +93,14 @@ func productModel(t *testing.T, c weightCase) (*graph.Model, map[string]*ort.Ten
 	if actBits == 0 {
 		actBits = 8
 	}
-	quantizer(m, xin, fold.KindAct, actBits, []float32{2.5}, 1)
+	quantizer(m, xin, quantize.KindAct, actBits, []float32{2.5}, 1)
 	outAxis := int64(1) // N in W's stored layout
 	if c.read != "matmul" {
 		outAxis = 0
 	}
 	switch c.gran {
 	case "tensor":
-		quantizer(m, "W", fold.KindWeight, c.bits, []float32{1.2}, 1)
+		quantizer(m, "W", quantize.KindWeight, c.bits, []float32{1.2}, 1)
 	case "channel", "input":
 		axis := outAxis
 		if c.gran == "input" {
@@ -109,7 +110,7 @@ func productModel(t *testing.T, c weightCase) (*graph.Model, map[string]*ort.Ten
 		for i := range clip {
 			clip[i] = 0.8 + 0.05*float32(i%9)
 		}
-		quantizer(m, "W", fold.KindWeight, c.bits, clip, axis)
+		quantizer(m, "W", quantize.KindWeight, c.bits, clip, axis)
 	case "block":
 		if c.read != "matmul" {
 			t.Fatalf("%s: blocked test weights are stored [K, N]", c.name)
@@ -374,7 +375,7 @@ func TestMatMulNBitsLookups(t *testing.T) {
 			for i := range clip {
 				clip[i] = 0.5 + 0.1*float32(i)
 			}
-			quantizer(m, "E", fold.KindWeight, 4, clip, 0)
+			quantizer(m, "E", quantize.KindWeight, 4, clip, 0)
 		}},
 		{"blocks", []int64{32, 10}, 1, func(m *graph.Model) {
 			clip := make([]float32, 2*10)

@@ -3,16 +3,14 @@ package fold
 import (
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/onnx"
+	"github.com/qatc/qatc/passes/quantize"
 	"google.golang.org/protobuf/proto"
 )
 
-// movable lists the data-movement ops a weight's DequantizeLinear can move
-// past: they commute with an elementwise affine map as long as the scale
-// moves with its channel.
-var movable = map[string]bool{
-	"Transpose": true, "Gather": true, "Slice": true,
-	"Reshape": true, "Squeeze": true, "Unsqueeze": true, "Flatten": true,
-}
+// movable reports whether a weight's DequantizeLinear can move past op
+// (quantize.Sinkable): data movement commutes with an elementwise affine
+// map as long as the scale moves with its channel.
+func movable(op string) bool { return quantize.Moves(op, quantize.Sinkable) }
 
 // sinkDequantize moves weight DequantizeLinear nodes after the data
 // movement that reads them, until each feeds compute directly. Per-tensor
@@ -57,7 +55,7 @@ func storedInts(m *graph.Model, v string) bool {
 			return true
 		}
 		p := m.Producer(v)
-		if p == nil || !movable[p.OpType] {
+		if p == nil || !movable(p.OpType) {
 			return false
 		}
 		v = p.Input[0]
@@ -68,7 +66,7 @@ func storedInts(m *graph.Model, v string) bool {
 // scale can follow; it reports whether it did.
 func sinkPast(m *graph.Model, d, c *onnx.NodeProto, byInt map[string]*Folded) bool {
 	v := d.Output[0]
-	if !movable[c.OpType] || c.Input[0] != v || m.IsGraphOutput(v) {
+	if !movable(c.OpType) || c.Input[0] != v || m.IsGraphOutput(v) {
 		return false
 	}
 	for _, in := range c.Input[1:] {

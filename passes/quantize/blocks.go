@@ -95,31 +95,3 @@ func FindBlockView(m *graph.Model, q, dq *onnx.NodeProto) *BlockedPair {
 	}
 	return &BlockedPair{In: in, Out: out, Weight: in.Input[0], Axis: a, Block: int(block)}
 }
-
-// QuantizedInput returns the value a fake quantizer reads when v is its
-// output: through DequantizeLinear ← [Clip] ← QuantizeLinear, and the
-// Reshapes of a blocked view. ok is false when v is no quantizer's output.
-func QuantizedInput(m *graph.Model, v string) (x string, ok bool) {
-	dq := m.Producer(v)
-	var view *onnx.NodeProto
-	if dq != nil && dq.OpType == "Reshape" && len(dq.Input) > 0 {
-		view, dq = dq, m.Producer(dq.Input[0])
-	}
-	if dq == nil || dq.OpType != "DequantizeLinear" || len(dq.Input) == 0 {
-		return v, false
-	}
-	q := m.Producer(dq.Input[0])
-	if q != nil && q.OpType == "Clip" && len(q.Input) > 0 {
-		q = m.Producer(q.Input[0])
-	}
-	if q == nil || q.OpType != "QuantizeLinear" || len(q.Input) == 0 {
-		return v, false
-	}
-	if view == nil {
-		return q.Input[0], true
-	}
-	if b := FindBlockView(m, q, dq); b != nil && b.Out == view {
-		return b.Weight, true
-	}
-	return v, false
-}

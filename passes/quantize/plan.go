@@ -70,10 +70,6 @@ func Plan(m *graph.Model, p Params) (*Record, error) {
 	return rec, nil
 }
 
-// followed are the ops traceWeight sees through from a product to its
-// weight.
-var followed = []string{"Transpose", "Identity", "Cast", "Slice", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
-
 // unplaced are matrix products the placement does not quantize: their
 // operands stay float, and Plan says so.
 var unplaced = map[string]bool{
@@ -110,25 +106,6 @@ func plan(m *graph.Model, p Params) (*planner, error) {
 		return nil, err
 	}
 	return pl, nil
-}
-
-// countQuantizers counts m's DequantizeLinear nodes (fake quantizers, or
-// an exported model's int8 tensors), or the record's entries when only the
-// record is left.
-func countQuantizers(m *graph.Model) int {
-	n := 0
-	for _, nd := range m.Graph().Node {
-		if nd.OpType == "DequantizeLinear" {
-			n++
-		}
-	}
-	if _, ok := m.Metadata(MetadataKey); ok && n == 0 {
-		n = 1
-		if r, err := ReadRecord(m); err == nil && len(r.Quantizers) > 0 {
-			n = len(r.Quantizers)
-		}
-	}
-	return n
 }
 
 // discover walks the graph in order and collects candidates.
@@ -278,14 +255,14 @@ func (pl *planner) integerTable(v string) bool {
 			return true
 		}
 		p := pl.m.Producer(v)
-		if p == nil || len(p.Input) == 0 || !slices.Contains(followed, p.OpType) {
+		if p == nil || len(p.Input) == 0 || !Moves(p.OpType, Traced) {
 			return false
 		}
 		v = p.Input[0]
 	}
 }
 
-// traceWeight follows v back through layout-only ops (followed) to a
+// traceWeight follows v back through data movement (Traced) to a
 // float32 initializer; else it says why v is not such a weight.
 func (pl *planner) traceWeight(v string) (string, []*onnx.NodeProto, string) {
 	var chain []*onnx.NodeProto
@@ -307,8 +284,8 @@ func (pl *planner) traceWeight(v string) (string, []*onnx.NodeProto, string) {
 			}
 			return "", nil, fmt.Sprintf("%s is %s, not an initializer", v, what)
 		}
-		if !slices.Contains(followed, p.OpType) {
-			return "", nil, fmt.Sprintf("%s is made by %s %s, which the placement does not follow to a weight (it follows %s)", v, p.OpType, nodeName(p), strings.Join(followed, ", "))
+		if !Moves(p.OpType, Traced) {
+			return "", nil, fmt.Sprintf("%s is made by %s %s, which the placement does not follow to a weight (it follows %s)", v, p.OpType, nodeName(p), strings.Join(MovementOps(Traced), ", "))
 		}
 		for _, in := range p.Input[1:] {
 			// Bounds and shapes may follow activations' shapes
@@ -391,8 +368,6 @@ func (pl *planner) actKind(v string) string {
 				return KindAct
 			}
 			return KindSoftmax
-		case "Reshape", "Transpose", "Dropout", "Identity", "Squeeze", "Unsqueeze", "Flatten":
-			v = p.Input[0]
 		case "Mul", "Div":
 			x, ok := pl.positiveScaling(p)
 			if !ok {
@@ -400,7 +375,10 @@ func (pl *planner) actKind(v string) string {
 			}
 			v, scaled = x, true
 		default:
-			return KindAct
+			if !Moves(p.OpType, Views) {
+				return KindAct
+			}
+			v = p.Input[0]
 		}
 	}
 }

@@ -24,28 +24,17 @@ func StripActivations(m *graph.Model) (*graph.Model, error) { return strip(m, fa
 
 func strip(m *graph.Model, weights bool) (*graph.Model, error) {
 	c := graph.FromProto(proto.Clone(m.Proto).(*onnx.ModelProto), m.Dir)
-	var dqs []*onnx.NodeProto
+	var units []*Unit
 	for _, n := range c.Graph().Node {
-		if n.OpType == "DequantizeLinear" && n.Domain == "" {
-			dqs = append(dqs, n)
+		// The structure is enough to strip a quantizer, whatever its
+		// integers.
+		if u, _ := Match(c, n); u != nil {
+			units = append(units, u)
 		}
 	}
 	removed := 0
-	for _, dq := range dqs {
-		if len(dq.Input) == 0 || len(dq.Output) == 0 {
-			continue
-		}
-		src := c.Producer(dq.Input[0])
-		if src != nil && src.OpType == "Clip" && len(src.Input) > 0 {
-			src = c.Producer(src.Input[0])
-		}
-		if src == nil || src.OpType != "QuantizeLinear" || len(src.Input) == 0 {
-			continue
-		}
-		x, y := src.Input[0], dq.Output[0]
-		if v := FindBlockView(c, src, dq); v != nil {
-			x, y = v.Weight, v.Out.Output[0]
-		}
+	for _, u := range units {
+		x, y := u.Tensor, u.Output
 		if !weights && c.Initializer(x) != nil {
 			continue
 		}

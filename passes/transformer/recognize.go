@@ -748,7 +748,7 @@ func (r *recognizer) logits(tm *Model, dec string) error {
 		// Exporters may flatten the decoder output for a 2-D Gemm and
 		// reshape the logits back: look through views on the output side.
 		v := o.Name
-		for p := r.m.Producer(v); p != nil && viewOps[p.OpType] && p.OpType != "Transpose" && p.OpType != "Dropout"; p = r.m.Producer(v) {
+		for p := r.m.Producer(v); p != nil && isView(p.OpType) && p.OpType != "Transpose" && p.OpType != "Dropout"; p = r.m.Producer(v) {
 			v = p.Input[0]
 		}
 		p, err := r.projection(v)

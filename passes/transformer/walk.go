@@ -35,11 +35,9 @@ func (w *walker) skipQ(v string) string {
 	}
 }
 
-// viewOps only rearrange or rename a tensor's elements.
-var viewOps = map[string]bool{
-	"Reshape": true, "Transpose": true, "Squeeze": true, "Unsqueeze": true,
-	"Identity": true, "Flatten": true, "Dropout": true,
-}
+// isView reports whether op only rearranges or renames a tensor's
+// elements (quantize.Views).
+func isView(op string) bool { return quantize.Moves(op, quantize.Views) }
 
 // back follows v back through quantizers, views and multiplications or
 // divisions by a scalar constant, returning the value it started from and
@@ -53,7 +51,7 @@ func (w *walker) back(v string) (string, float64) {
 			return v, scale
 		}
 		switch {
-		case viewOps[p.OpType]:
+		case isView(p.OpType):
 			v = p.Input[0]
 			continue
 		case p.OpType == "Mul" || p.OpType == "Div":
@@ -102,18 +100,12 @@ func (w *walker) forward(v string) []*onnx.NodeProto {
 		for _, c := range w.m.Consumers(v) {
 			switch {
 			case c.OpType == "QuantizeLinear" && c.Input[0] == v:
-				for _, d := range w.m.Consumers(c.Output[0]) {
-					if d.OpType == "Clip" {
-						for _, e := range w.m.Consumers(d.Output[0]) {
-							if e.OpType == "DequantizeLinear" {
-								visit(e.Output[0])
-							}
-						}
-					} else if d.OpType == "DequantizeLinear" {
-						visit(d.Output[0])
+				for _, u := range quantize.Readers(w.m, v) {
+					if u.Q == c {
+						visit(u.Output)
 					}
 				}
-			case viewOps[c.OpType] && c.Input[0] == v:
+			case isView(c.OpType) && c.Input[0] == v:
 				visit(c.Output[0])
 			case c.OpType == "Mul" || c.OpType == "Div":
 				if x, _, ok := w.unscale(c); ok && x == v {
