@@ -391,20 +391,22 @@ func projectionStep(qat *graph.Model, output string) (float64, string, error) {
 			return 0, "", fmt.Errorf("%s is computed by %s %s, not a MatMul or Gemm (through bias Add, Reshape or Identity)", output, p.OpType, graph.NodeName(p))
 		}
 	}
-	sa, _, _, ok := dequantizedConst(m, mm.Input[0], false)
-	if !ok || len(sa) != 1 {
+	in, err := fold.DequantizedAt(m, mm.Input[0])
+	if err != nil || in == nil || len(in.Scale) != 1 {
 		return 0, "", fmt.Errorf("the input of %s %s is not quantized per tensor", mm.OpType, graph.NodeName(mm))
 	}
+	sa := in.Scale
 	// The weight may be read through a Transpose after its
 	// DequantizeLinear (a blocked scale does not move past it).
 	wv, after := mm.Input[1], false
 	if p := m.Producer(wv); p != nil && p.OpType == "Transpose" && len(graph.IntsAttr(p, "perm")) <= 2 {
 		wv, after = p.Input[0], true
 	}
-	sw, w, tr, ok := dequantizedConst(m, wv, true)
-	if !ok || len(w.Dims) != 2 {
+	wd, err := fold.DequantizedAt(m, wv)
+	if err != nil || wd == nil || wd.Stored == nil || len(wd.Stored.Dims) != 2 {
 		return 0, "", fmt.Errorf("the weight of %s %s is not a quantized matrix", mm.OpType, graph.NodeName(mm))
 	}
+	w, tr := wd.Stored, wd.Transposed
 	q, err := graph.Int64s(w)
 	if err != nil {
 		return 0, "", fmt.Errorf("the weight of %s %s: %v", mm.OpType, graph.NodeName(mm), err)
@@ -415,10 +417,11 @@ func projectionStep(qat *graph.Model, output string) (float64, string, error) {
 	if tr {
 		d0, d1 = cols, rows
 	}
-	scale, ok := scaleOf(m.Producer(wv), sw, d0, d1)
-	if !ok {
-		return 0, "", fmt.Errorf("the weight scale of %s %s (%d values) fits no per-tensor, per-axis or blocked layout of [%d, %d]", mm.OpType, graph.NodeName(mm), len(sw), d0, d1)
+	idx, err := wd.ScaleIndex([]int64{int64(d0), int64(d1)})
+	if err != nil {
+		return 0, "", fmt.Errorf("the weight scale of %s %s (%d values) fits no per-tensor, per-axis or blocked layout of [%d, %d]", mm.OpType, graph.NodeName(mm), len(wd.Scale), d0, d1)
 	}
+	scale := func(i, j int) float32 { return wd.Scale[idx(i*d1+j)] }
 	// The product reads B = d, or dᵀ under one of a Transpose after the
 	// DequantizeLinear and Gemm's transB.
 	flip := after != (mm.OpType == "Gemm" && graph.IntAttr(mm, "transB", 0) != 0)
@@ -446,57 +449,6 @@ func projectionStep(qat *graph.Model, output string) (float64, string, error) {
 		return 0, "", fmt.Errorf("the weight of %s %s is all zeros", mm.OpType, graph.NodeName(mm))
 	}
 	return float64(sa[0]) * best, fmt.Sprintf("one input step s of %s %s carried to its outputs (s·max_j Σ_i |W_ij|)", mm.OpType, graph.NodeName(mm)), nil
-}
-
-// scaleOf returns the scale of element (i, j) of a DequantizeLinear d
-// whose input is a [d0, d1] matrix: per tensor, per axis or per block.
-func scaleOf(d *onnx.NodeProto, s []float32, d0, d1 int) (func(i, j int) float32, bool) {
-	axis := graph.IntAttr(d, "axis", 1)
-	if axis < 0 {
-		axis += 2
-	}
-	block := int(graph.IntAttr(d, "block_size", 0))
-	switch {
-	case len(s) == 1 && block == 0:
-		return func(int, int) float32 { return s[0] }, true
-	case block == 0 && axis == 0 && len(s) == d0:
-		return func(i, _ int) float32 { return s[i] }, true
-	case block == 0 && axis == 1 && len(s) == d1:
-		return func(_, j int) float32 { return s[j] }, true
-	case block > 0 && axis == 0 && len(s) == (d0+block-1)/block*d1:
-		return func(i, j int) float32 { return s[i/block*d1+j] }, true
-	case block > 0 && axis == 1 && len(s) == d0*((d1+block-1)/block):
-		nb := (d1 + block - 1) / block
-		return func(i, j int) float32 { return s[i*nb+j/block] }, true
-	}
-	return nil, false
-}
-
-// dequantizedConst returns the scale of the DequantizeLinear producing v
-// and, when weight is set, the integer initializer it reads, directly or
-// through a Transpose (transposed is then set).
-func dequantizedConst(m *graph.Model, v string, weight bool) (scale []float32, w *onnx.TensorProto, transposed, ok bool) {
-	d := m.Producer(v)
-	if d == nil || d.OpType != "DequantizeLinear" {
-		return nil, nil, false, false
-	}
-	st := m.Initializer(d.Input[1])
-	if st == nil {
-		return nil, nil, false, false
-	}
-	s, err := graph.Floats(st)
-	if err != nil || !weight {
-		return s, nil, false, err == nil
-	}
-	if w := m.Initializer(d.Input[0]); w != nil {
-		return s, w, false, true
-	}
-	if t := m.Producer(d.Input[0]); t != nil && t.OpType == "Transpose" {
-		if w := m.Initializer(t.Input[0]); w != nil && len(w.Dims) == 2 {
-			return s, w, true, true
-		}
-	}
-	return nil, nil, false, false
 }
 
 // SampleBatch returns the sentences recorded in m (quantize.SampleKey, by

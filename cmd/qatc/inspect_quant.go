@@ -8,7 +8,6 @@ import (
 	"io"
 	"math"
 	"path/filepath"
-	"sort"
 	"strings"
 
 	"github.com/qatc/qatc/graph"
@@ -20,7 +19,6 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 	"google.golang.org/protobuf/proto"
-	"slices"
 )
 
 // quantRow is one line of inspect's quantizer table.
@@ -75,7 +73,7 @@ func exported(m *graph.Model) bool {
 	if _, ok := m.Metadata(fold.FormatKey); ok {
 		return true
 	}
-	return len(storedInts(m).names) > 0
+	return len(fold.Stored(m).Names) > 0
 }
 
 // granularity names a quantizer's clip layout.
@@ -154,27 +152,27 @@ func exportedRows(m *graph.Model) ([]quantRow, error) {
 	if err != nil && !errors.Is(err, quantize.ErrNoRecord) {
 		return nil, err
 	}
-	stored := storedInts(m)
+	stored := fold.Stored(m)
 	if rec == nil {
 		// Not written by qatc: list the stored integer weights as the
 		// graph describes them.
 		rec = &quantize.Record{}
-		for _, n := range stored.names {
-			rec.Quantizers = append(rec.Quantizers, stored.byName[n].quantizer())
+		for _, n := range stored.Names {
+			rec.Quantizers = append(rec.Quantizers, stored.ByName[n].Quantizer())
 		}
 	}
 	var rows []quantRow
 	for _, q := range rec.Quantizers {
 		r := quantRow{Tensor: q.Tensor, Kind: q.Kind, Bits: q.Bits, Granularity: granularity(q.Axis, q.BlockSize), Axis: q.Axis, BlockSize: q.BlockSize}
 		var scale []float32
-		if q.Kind == quantize.KindWeight || stored.byName[q.Tensor] != nil {
-			if st := stored.byName[q.Tensor]; st != nil {
-				scale = st.scale
-			} else if st := stored.forTensor(q.Tensor); st != nil {
-				scale = st.scale
+		if q.Kind == quantize.KindWeight || stored.ByName[q.Tensor] != nil {
+			if st := stored.ByName[q.Tensor]; st != nil {
+				scale = st.Scale
+			} else if st := stored.ForTensor(q.Tensor); st != nil {
+				scale = st.Scale
 			}
 		} else {
-			scale = activationScale(m, q.Tensor)
+			scale = fold.ActivationScale(m, q.Tensor)
 		}
 		r.Scale = spanOf(scale)
 		if q.Kind != quantize.KindSoftmax && len(scale) > 0 {
@@ -188,26 +186,6 @@ func exportedRows(m *graph.Model) ([]quantRow, error) {
 		rows = append(rows, r)
 	}
 	return rows, nil
-}
-
-// activationScale returns the constant scale of the QuantizeLinear reading
-// v in an exported model, or nil (dynamic quantization has none).
-func activationScale(m *graph.Model, v string) []float32 {
-	for _, n := range m.Consumers(v) {
-		if n.OpType != "QuantizeLinear" || len(n.Input) < 2 {
-			continue
-		}
-		if s := constFloatsOf(m, n.Input[1]); s != nil {
-			return s
-		}
-	}
-	return nil
-}
-
-// constFloatsOf returns the values of a float constant, or nil.
-func constFloatsOf(m *graph.Model, name string) []float32 {
-	v, _ := m.ConstFloats(name)
-	return v
 }
 
 func printQuantRows(w io.Writer, rows []quantRow, note string) {
@@ -305,7 +283,7 @@ func (fv *foldView) weightStats(m *graph.Model, f *fold.Folded) (wstats, error) 
 	if f.Perm != nil {
 		w, _ = graph.Transpose(w, t.Dims, f.Perm)
 	}
-	idx, err := scaleIndex(dims, len(scale), f.Axis, f.BlockSize)
+	idx, err := fold.ScaleIndex(dims, len(scale), f.Axis, f.BlockSize)
 	if err != nil {
 		return wstats{}, fmt.Errorf("weight %q: %v", f.Tensor, err)
 	}
@@ -363,280 +341,6 @@ func scaleIndex(dims []int64, nScale int, axis, blockSize int64) (func(int) int,
 		j := int64(i)
 		return int((j/(inner*c)*nb+j/inner%c/blockSize)*inner + j%inner)
 	}, nil
-}
-
-// isIntType reports whether dt is one of the integer types quantized
-// weights are stored in.
-func isIntType(dt graph.DataType) bool {
-	return dt == graph.Int8 || dt == graph.Uint8 || dt == graph.Int4 || dt == graph.Uint4
-}
-
-// storedWeight is an integer weight of an exported model: an integer
-// initializer that a DequantizeLinear reads, or the packed weight of a
-// com.microsoft MatMulNBits.
-type storedWeight struct {
-	name    string
-	dims    []int64 // the integers' shape as shown
-	storage string  // how the file stores them
-	bits    int     // of the storage
-	scale   []float32
-	node    *onnx.NodeProto // the DequantizeLinear or MatMulNBits
-	// decode returns the signed (or unsigned) integers in dims' layout.
-	decode func() ([]int64, error)
-}
-
-// quantizer describes st as the graph does, for a model without a
-// quantization record: the storage type gives the kind and bits, the
-// scales and node the granularity.
-func (st *storedWeight) quantizer() quantize.Quantizer {
-	q := quantize.Quantizer{Tensor: st.name, Kind: quantize.KindWeight, Bits: st.bits}
-	if strings.HasPrefix(st.storage, "uint") && st.node.OpType == "DequantizeLinear" {
-		q.Kind = quantize.KindReLU
-	}
-	if len(st.scale) > 1 {
-		ax := 0 // MatMulNBits: blocks along K, the first axis shown
-		if st.node.OpType == "DequantizeLinear" {
-			ax = int(graph.IntAttr(st.node, "axis", 1))
-		}
-		q.Axis, q.BlockSize = &ax, int(graph.IntAttr(st.node, "block_size", 0))
-	}
-	return q
-}
-
-// storedSet indexes an exported model's integer weights.
-type storedSet struct {
-	byName map[string]*storedWeight
-	names  []string // sorted
-}
-
-// dataMovement lists the ops a weight's DequantizeLinear may sit behind
-// once fold has moved it towards the MatMul.
-var dataMovement = map[string]bool{
-	"Transpose": true, "Gather": true, "Slice": true,
-	"Reshape": true, "Squeeze": true, "Unsqueeze": true, "Flatten": true,
-}
-
-// storedInts finds every integer initializer that a DequantizeLinear
-// reads, directly or through data movement, and every MatMulNBits weight,
-// with their scales.
-func storedInts(m *graph.Model) *storedSet {
-	s := &storedSet{byName: map[string]*storedWeight{}}
-	fused, _ := fold.FusedWeights(m) // a damaged entry only hides the parts
-	add := func(w *storedWeight) {
-		if s.byName[w.name] == nil {
-			s.byName[w.name] = w
-			s.names = append(s.names, w.name)
-		}
-	}
-	for _, n := range m.Graph().Node {
-		switch {
-		case n.OpType == "DequantizeLinear" && len(n.Input) >= 2:
-			v := throughMovement(m, n.Input[0])
-			t := m.Initializer(v)
-			if t == nil || !isIntType(graph.TensorType(t)) {
-				continue
-			}
-			add(&storedWeight{name: v, dims: t.Dims, storage: graph.TensorType(t).String(), bits: graph.TensorType(t).Bits(), scale: constFloatsOf(m, n.Input[1]), node: n,
-				decode: func() ([]int64, error) { return graph.Int64s(t) }})
-		case n.OpType == "MatMulNBits" && n.Domain == "com.microsoft" && len(n.Input) >= 3:
-			if w := nbitsWeight(m, n); w != nil {
-				add(w)
-			}
-		case n.OpType == "MatMulIntegerToFloat" && len(n.Input) >= 4: // qoperator: B, b_scale
-			w := intOperand(m, n, constFloatsOf(m, n.Input[3]))
-			if w == nil {
-				continue
-			}
-			if parts := fused[w.name]; len(parts) > 0 {
-				for _, p := range fusedParts(w, parts) {
-					add(p)
-				}
-				continue
-			}
-			add(w)
-		case n.OpType == "MatMulInteger" && len(n.Input) >= 2: // dynamic: B's scale multiplies the result
-			if w := intOperand(m, n, integerScale(m, n)); w != nil {
-				add(w)
-			}
-		}
-	}
-	sort.Strings(s.names)
-	return s
-}
-
-// intOperand returns the integer weight initializer n reads as its B
-// input (directly or through data movement), with scale; nil when B is
-// computed otherwise.
-func intOperand(m *graph.Model, n *onnx.NodeProto, scale []float32) *storedWeight {
-	t := m.Initializer(throughMovement(m, n.Input[1]))
-	if t == nil || !isIntType(graph.TensorType(t)) || scale == nil {
-		return nil
-	}
-	return &storedWeight{name: t.Name, dims: t.Dims, storage: graph.TensorType(t).String(), bits: graph.TensorType(t).Bits(), scale: scale, node: n,
-		decode: func() ([]int64, error) { return graph.Int64s(t) }}
-}
-
-// fusedParts splits a weight that qoperator stored side by side with
-// others (fold.FusedKey) into the integer weights it holds, each with its
-// columns of the per-column scale (one value when they are all equal, as
-// for a weight quantized per tensor).
-func fusedParts(w *storedWeight, parts []fold.FusedPart) []*storedWeight {
-	if len(w.dims) != 2 {
-		return nil
-	}
-	rows, total := int(w.dims[0]), int(w.dims[1])
-	var out []*storedWeight
-	first := 0
-	for _, p := range parts {
-		lo, cols := first, int(p.Columns)
-		first += cols
-		if first > total || len(w.scale) != total && len(w.scale) != 1 {
-			return nil
-		}
-		scale := w.scale
-		if len(scale) == total {
-			scale = scale[lo : lo+cols]
-			if slices.Min(scale) == slices.Max(scale) {
-				scale = scale[:1]
-			}
-		}
-		decode := w.decode
-		out = append(out, &storedWeight{name: p.Weight, dims: []int64{int64(rows), int64(cols)},
-			storage: w.storage + fmt.Sprintf(", columns %d..%d of %s", lo, lo+cols-1, w.name), bits: w.bits, scale: scale, node: w.node,
-			decode: func() ([]int64, error) {
-				all, err := decode()
-				if err != nil {
-					return nil, err
-				}
-				v := make([]int64, 0, rows*cols)
-				for r := range rows {
-					v = append(v, all[r*total+lo:r*total+lo+cols]...)
-				}
-				return v, nil
-			}})
-	}
-	return out
-}
-
-// integerScale finds the weight scale of a MatMulInteger, which the
-// dynamic format applies after it: MatMulInteger ─▶ Cast ─▶
-// Mul(·, Mul(activation scale, weight scale)) or Mul(·, weight scale).
-func integerScale(m *graph.Model, n *onnx.NodeProto) []float32 {
-	for _, c := range m.Consumers(n.Output[0]) {
-		if c.OpType != "Cast" {
-			continue
-		}
-		for _, mul := range m.Consumers(c.Output[0]) {
-			if mul.OpType != "Mul" || len(mul.Input) != 2 {
-				continue
-			}
-			other := mul.Input[0]
-			if other == c.Output[0] {
-				other = mul.Input[1]
-			}
-			if s := constFloatsOf(m, other); s != nil {
-				return s
-			}
-			if p := m.Producer(other); p != nil && p.OpType == "Mul" {
-				for _, in := range p.Input {
-					if s := constFloatsOf(m, in); s != nil {
-						return s
-					}
-				}
-			}
-		}
-	}
-	return nil
-}
-
-// throughMovement follows v back through data movement to the value it
-// moves: an initializer, or the first computed value.
-func throughMovement(m *graph.Model, v string) string {
-	for m.Initializer(v) == nil {
-		p := m.Producer(v)
-		if p == nil || !dataMovement[p.OpType] {
-			break
-		}
-		v = p.Input[0]
-	}
-	return v
-}
-
-// nbitsWeight reads a MatMulNBits weight: B [N, blocks, blob] holds, for
-// each output n and block of the input axis, block_size unsigned integers
-// of bits each, low bits first; the weight is (B − zero point)·scale with
-// the zero point 2^(bits−1) unless a uint8 zero-point input (packed alike)
-// gives it. The integers are shown signed, in the product's layout [K, N]
-// (Y = A·W).
-func nbitsWeight(m *graph.Model, n *onnx.NodeProto) *storedWeight {
-	t := m.Initializer(n.Input[1])
-	if t == nil || graph.TensorType(t) != graph.Uint8 || len(t.Dims) != 3 {
-		return nil
-	}
-	k, cols := graph.IntAttr(n, "K", 0), graph.IntAttr(n, "N", 0)
-	bits, block := graph.IntAttr(n, "bits", 4), graph.IntAttr(n, "block_size", 0)
-	if k <= 0 || cols <= 0 || block <= 0 || (bits != 2 && bits != 4 && bits != 8) {
-		return nil
-	}
-	nb := (k + block - 1) / block
-	blob := block * bits / 8
-	var zp *onnx.TensorProto
-	if len(n.Input) > 3 && n.Input[3] != "" {
-		if zp = m.Initializer(n.Input[3]); zp == nil || graph.TensorType(zp) != graph.Uint8 {
-			return nil // float or computed zero points: not a form qatc writes
-		}
-	}
-	w := &storedWeight{name: t.Name, dims: []int64{k, cols}, storage: fmt.Sprintf("uint8 MatMulNBits blocks %v of %d-bit values, shown as the K×N weight of the product", t.Dims, bits),
-		bits: int(bits), scale: constFloatsOf(m, n.Input[2]), node: n}
-	w.decode = func() ([]int64, error) {
-		if !slices.Equal(t.Dims, []int64{cols, nb, blob}) || len(t.RawData) != int(cols*nb*blob) {
-			return nil, fmt.Errorf("MatMulNBits %s: weight %q has shape %v (%d bytes), want [%d %d %d] for K=%d, N=%d, %d bits, blocks of %d", graph.NodeName(n), t.Name, t.Dims, len(t.RawData), cols, nb, blob, k, cols, bits, block)
-		}
-		per := 8 / bits
-		mask := byte(1)<<bits - 1
-		if bits == 8 {
-			mask = 0xFF
-		}
-		unpack := func(data []byte, i int64) int64 { return int64(data[i/per]>>(bits*(i%per))) & int64(mask) }
-		var zps []byte
-		if zp != nil {
-			zps = zp.RawData
-			if want := cols * ((nb*bits + 7) / 8); int64(len(zps)) != want {
-				return nil, fmt.Errorf("MatMulNBits %s: zero points %q hold %d bytes, want %d", graph.NodeName(n), zp.Name, len(zps), want)
-			}
-		}
-		out := make([]int64, k*cols)
-		for j := int64(0); j < cols; j++ {
-			for b := int64(0); b < nb; b++ {
-				z := int64(1) << (bits - 1)
-				if zps != nil {
-					row := (nb*bits + 7) / 8
-					z = unpack(zps[j*row:], b)
-				}
-				for i := int64(0); i < block && b*block+i < k; i++ {
-					out[(b*block+i)*cols+j] = unpack(t.RawData[(j*nb+b)*blob:], i) - z
-				}
-			}
-		}
-		return out, nil
-	}
-	return w
-}
-
-// forTensor returns the stored integers of the QAT tensor name: fold
-// names them <name>_quantized (made unique, or _transposed when stored
-// transposed), MatMulNBits <name>_nbits; the shortest such name wins.
-func (s *storedSet) forTensor(name string) *storedWeight {
-	var best *storedWeight
-	for _, n := range s.names {
-		if n == name+"_quantized" || n == name+"_nbits" {
-			return s.byName[n]
-		}
-		if (strings.HasPrefix(n, name+"_quantized_") || strings.HasPrefix(n, name+"_nbits_")) && (best == nil || len(n) < len(best.name)) {
-			best = s.byName[n]
-		}
-	}
-	return best
 }
 
 // tensorView is what inspect --tensor shows of one quantized weight.
@@ -706,11 +410,11 @@ func exportedInts(m *graph.Model, path, name string) (*tensorView, error) {
 	if err != nil && !errors.Is(err, quantize.ErrNoRecord) {
 		return nil, err
 	}
-	s := storedInts(m)
-	st := s.byName[name]
+	s := fold.Stored(m)
+	st := s.ByName[name]
 	if st == nil && rec != nil {
 		if q = rec.Lookup(name); q != nil {
-			st = s.forTensor(name)
+			st = s.ForTensor(name)
 		}
 	}
 	if st == nil && q != nil && q.Kind != quantize.KindWeight {
@@ -719,26 +423,26 @@ func exportedInts(m *graph.Model, path, name string) (*tensorView, error) {
 	if st == nil {
 		return nil, notQuantized(m, path, name, recordWeights(rec, s))
 	}
-	v.Tensor, v.Stored = name, st.name
+	v.Tensor, v.Stored = name, st.Name
 	if rec != nil && q == nil {
 		for i := range rec.Quantizers {
-			if c := &rec.Quantizers[i]; c.Kind == quantize.KindWeight && s.forTensor(c.Tensor) == st {
+			if c := &rec.Quantizers[i]; c.Kind == quantize.KindWeight && s.ForTensor(c.Tensor) == st {
 				q = c
 			}
 		}
 	}
-	if v.values, err = st.decode(); err != nil {
+	if v.values, err = st.Ints(); err != nil {
 		return nil, fmt.Errorf("%s: %v", path, err)
 	}
-	v.Shape, v.StorageType, v.scales = st.dims, st.storage, st.scale
+	v.Shape, v.StorageType, v.scales = st.Dims, st.Storage, st.Scale
 	if q == nil {
-		sq := st.quantizer()
+		sq := st.Quantizer()
 		q = &sq
 		q.Tensor = v.Tensor
 	}
 	v.Tensor, v.Kind, v.Bits, v.Axis, v.BlockSize = q.Tensor, q.Kind, q.Bits, q.Axis, q.BlockSize
 	if len(v.scales) == 0 {
-		return nil, fmt.Errorf("%s: the scale of %q (read by %s) is not a constant float tensor", path, v.Stored, graph.NodeName(st.node))
+		return nil, fmt.Errorf("%s: the scale of %q (read by %s) is not a constant float tensor", path, v.Stored, graph.NodeName(st.Node))
 	}
 	return v, nil
 }
@@ -961,7 +665,7 @@ func activationOnly(path string, q *quantize.Quantizer) error {
 }
 
 // recordWeights lists the weights an exported model stores as integers.
-func recordWeights(rec *quantize.Record, s *storedSet) []string {
+func recordWeights(rec *quantize.Record, s *fold.StoredSet) []string {
 	var out []string
 	if rec != nil {
 		for _, q := range rec.Quantizers {
@@ -970,7 +674,7 @@ func recordWeights(rec *quantize.Record, s *storedSet) []string {
 			}
 		}
 	}
-	return append(out, s.names...)
+	return append(out, s.Names...)
 }
 
 // notQuantized is the error for a --tensor name that names no quantized

@@ -22,7 +22,7 @@ import (
 func GuardBlocked(m *graph.Model) ([]string, error) {
 	var guarded []string
 	for _, d := range append([]*onnx.NodeProto(nil), m.Graph().Node...) {
-		if d.OpType != "DequantizeLinear" || len(d.Input) < 2 || len(d.Output) == 0 || m.IsGraphOutput(d.Output[0]) {
+		if !isDequantize(d) || len(d.Input) < 2 || len(d.Output) == 0 || m.IsGraphOutput(d.Output[0]) {
 			continue
 		}
 		block := graph.IntAttr(d, "block_size", 0)

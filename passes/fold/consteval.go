@@ -40,10 +40,10 @@ func transposePerm(n *onnx.NodeProto, rank int) []int64 {
 	return p
 }
 
-// scaleIndex maps each element of a tensor with dims to its entry in the
+// ScaleIndex maps each element of a tensor with dims to its entry in the
 // scale: per-tensor (one scale), per-channel along axis, or per-block of
 // blockSize along axis (a scale of the tensor's rank).
-func scaleIndex(dims []int64, nScale int, axis, blockSize int64) (func(i int) int, error) {
+func ScaleIndex(dims []int64, nScale int, axis, blockSize int64) (func(i int) int, error) {
 	if nScale == 1 && blockSize == 0 {
 		return func(int) int { return 0 }, nil
 	}
@@ -78,7 +78,7 @@ func scaleIndex(dims []int64, nScale int, axis, blockSize int64) (func(i int) in
 // ties to even, plus the (zero) zero point, saturated to [lo, hi]. The
 // division is float32, as onnxruntime's kernel does it.
 func quantizeValues(x []float32, dims []int64, scale []float32, axis, blockSize, lo, hi int64) ([]int64, error) {
-	idx, err := scaleIndex(dims, len(scale), axis, blockSize)
+	idx, err := ScaleIndex(dims, len(scale), axis, blockSize)
 	if err != nil {
 		return nil, err
 	}

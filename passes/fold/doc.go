@@ -2,7 +2,8 @@
 //
 // A QAT model (passes/quantize) is the fp32 model with a fake-quantizer on
 // each quantized tensor: a QuantizeLinear/DequantizeLinear pair whose scale
-// the graph computes from a clip initializer as Div(Max(clip, tiny), qmax).
+// the graph computes from a clip initializer as Div(Max(clip, tiny), qmax);
+// fold reads those quantizers with quantize.Units.
 // Fold evaluates that arithmetic into constant scales and stores quantized
 // weights as integers (the qdq form); QOperator and Dynamic then rewrite
 // the qdq form's matrix products into onnxruntime's integer kernels with
@@ -11,6 +12,13 @@
 // raised by RaiseOpset where no node changed meaning), and MatMulNBits
 // rewrites the weight products into onnxruntime's weight-only quantized
 // MatMulNBits (packed 2-, 4- or 8-bit weights, per-block scales).
+//
+// The folded form is also read back here, beside its writers:
+// DequantizedAt reads a dequantized operand (integers, constant scale,
+// layout), Stored lists an exported model's integer weights in every
+// format (DequantizeLinear, MatMulIntegerToFloat, MatMulInteger,
+// MatMulNBits) with their scales and integers, for inspect and the
+// export's check.
 //
 // Every rewrite states what it rounds: Fold's integers and scales are
 // bit-identical to what the QAT graph computes on the fly; QOperator

@@ -29,19 +29,18 @@ func Dynamic(m *graph.Model, r *Result) error {
 		}
 	}
 	// Drop the activation quantizers: their consumers read the float value.
-	for _, q := range append([]*onnx.NodeProto(nil), m.Graph().Node...) {
-		if q.OpType != "QuantizeLinear" {
+	for _, n := range append([]*onnx.NodeProto(nil), m.Graph().Node...) {
+		u, _ := quantize.Match(m, n)
+		if u == nil {
 			continue
 		}
-		for _, d := range dequantizers(m, q) {
-			out := d.Output[0]
-			if m.IsGraphOutput(out) {
-				m.RemoveNodes(d)
-				m.Op("Identity", m.UniqueName(out+"/Identity"), []string{q.Input[0]}, []string{out})
-				continue
-			}
-			m.ReplaceUses(out, q.Input[0])
+		out := u.DQ.Output[0]
+		if m.IsGraphOutput(out) {
+			m.RemoveNodes(u.DQ)
+			m.Op("Identity", m.UniqueName(out+"/Identity"), []string{u.Q.Input[0]}, []string{out})
+			continue
 		}
+		m.ReplaceUses(out, u.Q.Input[0])
 	}
 	m.RemoveDead()
 
@@ -57,22 +56,22 @@ func Dynamic(m *graph.Model, r *Result) error {
 			return err
 		}
 		switch {
-		case b == nil || !storedInts(m, b.x):
+		case b == nil || !storedInts(m, b.Ints):
 			// An activation product stays float; a weight product is
 			// named.
 			r.leaveFloat(m, n, notInteger(m, n, 1))
 			continue
-		case m.Initializer(b.x) == nil && !b.perColumn():
+		case m.Initializer(b.Ints) == nil && !b.perColumn():
 			r.leaveFloat(m, n, "its weight is sliced at run time and quantized per channel along a sliced axis; MatMulInteger rescales per tensor only then")
 			continue
-		case m.Initializer(b.x) == nil && n.OpType == "Gemm":
+		case m.Initializer(b.Ints) == nil && n.OpType == "Gemm":
 			r.leaveFloat(m, n, "its weight is sliced at run time into a Gemm")
 			continue
 		case n.OpType == "Gemm" && graph.IntAttr(n, "transA", 0) != 0:
 			r.leaveFloat(m, n, "a Gemm with transA has no integer form in onnxruntime")
 			continue
 		}
-		bx := b.x
+		bx := b.Ints
 		if n.OpType == "Gemm" && graph.IntAttr(n, "transB", 0) != 0 {
 			if bx, err = transposedInts(m, b); err != nil {
 				return fmt.Errorf("%s: %w", graph.NodeName(n), err)
@@ -81,7 +80,7 @@ func Dynamic(m *graph.Model, r *Result) error {
 		if !b.perColumn() {
 			return fmt.Errorf("%s: weight %q is quantized per channel along its input axis; an integer MatMul can only rescale output columns: export with --format qdq, or re-insert it per output channel", graph.NodeName(n), n.Input[1])
 		}
-		s := append([]float32(nil), b.scale...)
+		s := append([]float32(nil), b.Scale...)
 		if n.OpType == "Gemm" {
 			alpha := graph.FloatAttr(n, "alpha", 1)
 			for i := range s {
@@ -100,7 +99,7 @@ func Dynamic(m *graph.Model, r *Result) error {
 			m.Op("DynamicQuantizeLinear", m.UniqueName(a+"/DynamicQuantizeLinear"), []string{a}, q[:])
 			dq[a] = q
 		}
-		integerMatMul(m, n, q[0], bx, q[2], b.zp, []string{q[1], ws})
+		integerMatMul(m, n, q[0], bx, q[2], b.ZeroPoint, []string{q[1], ws})
 	}
 	m.RemoveDead()
 	if err := m.TopoSort(); err != nil {
@@ -150,23 +149,4 @@ func integerMatMul(m *graph.Model, n *onnx.NodeProto, a, b, azp, bzp string, sca
 	if c != "" {
 		m.Op("Add", m.UniqueName(base+"/bias"), []string{y, c}, []string{out})
 	}
-}
-
-// dequantizers returns the DequantizeLinear nodes that read q's integers,
-// directly or through the integer Clip of a sub-8-bit quantizer.
-func dequantizers(m *graph.Model, q *onnx.NodeProto) []*onnx.NodeProto {
-	var out []*onnx.NodeProto
-	for _, c := range m.Consumers(q.Output[0]) {
-		switch c.OpType {
-		case "DequantizeLinear":
-			out = append(out, c)
-		case "Clip":
-			for _, d := range m.Consumers(c.Output[0]) {
-				if d.OpType == "DequantizeLinear" {
-					out = append(out, d)
-				}
-			}
-		}
-	}
-	return out
 }

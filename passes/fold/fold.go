@@ -71,7 +71,7 @@ func weightOf(m *graph.Model, n *onnx.NodeProto) (string, bool) {
 			if p == nil || len(p.Input) == 0 {
 				break
 			}
-			if p.OpType == "DequantizeLinear" || quantize.Moves(p.OpType, quantize.Traced) {
+			if isDequantize(p) || quantize.Moves(p.OpType, quantize.Traced) {
 				v = p.Input[0]
 				continue
 			}
@@ -101,7 +101,7 @@ func notInteger(m *graph.Model, n *onnx.NodeProto, i int) string {
 		if p == nil || len(p.Input) == 0 {
 			break
 		}
-		if p.OpType == "DequantizeLinear" || quantize.Moves(p.OpType, quantize.Traced) {
+		if isDequantize(p) || quantize.Moves(p.OpType, quantize.Traced) {
 			moves = append(moves, p.OpType+" "+graph.NodeName(p))
 			v = p.Input[0]
 			continue

@@ -58,7 +58,7 @@ func Int4(m *graph.Model, r *Result) (*Int4Result, error) {
 		uses := m.Consumers(f.Int)
 		ok := len(uses) > 0
 		for _, c := range uses {
-			ok = ok && c.OpType == "DequantizeLinear" && c.Input[0] == f.Int && c.Input[1] != f.Int
+			ok = ok && isDequantize(c) && c.Input[0] == f.Int && c.Input[1] != f.Int
 		}
 		if ok {
 			cands = append(cands, cand{f, t, uses})

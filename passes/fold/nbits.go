@@ -99,7 +99,7 @@ func MatMulNBits(m *graph.Model, r *Result, o NBitsOptions) (*NBitsResult, error
 			res.Kept = append(res.Kept, fmt.Sprintf("%s (%s)", w.f.Tensor, w.why))
 			continue
 		}
-		if p := m.Producer(n.Input[0]); p != nil && p.OpType == "DequantizeLinear" {
+		if p := m.Producer(n.Input[0]); isDequantize(p) {
 			if f := byDQ[p.Name]; f != nil && f.Bits < 8 {
 				return nil, fmt.Errorf("activation %q is quantized to %d bits; matmulnbits carries 8-bit activations only (MatMulNBits computes with int8 activations): re-insert with --act-bits 8, or export with --format qdq", f.Tensor, f.Bits)
 			}
@@ -144,7 +144,7 @@ func nbitsWeight(m *graph.Model, n *onnx.NodeProto, byInt map[string]*Folded) (*
 		flip, v = !flip, p.Input[0]
 	}
 	d := m.Producer(v)
-	if d == nil || d.OpType != "DequantizeLinear" {
+	if !isDequantize(d) {
 		return nil, nil
 	}
 	x, tflip := d.Input[0], false
@@ -183,7 +183,7 @@ func nbitsWeight(m *graph.Model, n *onnx.NodeProto, byInt map[string]*Folded) (*
 		axis += 2
 	}
 	block := graph.IntAttr(d, "block_size", 0)
-	idx, err := scaleIndex([]int64{int64(r0), int64(r1)}, len(scale), axis, block)
+	idx, err := ScaleIndex([]int64{int64(r0), int64(r1)}, len(scale), axis, block)
 	if err != nil {
 		return nil, fmt.Errorf("DequantizeLinear %s: %w", graph.NodeName(d), err)
 	}
@@ -326,7 +326,7 @@ func dropActQuant(m *graph.Model, r *Result) {
 		}
 		var d *onnx.NodeProto
 		for _, n := range m.Graph().Node {
-			if n.Name == f.Dequantize && n.OpType == "DequantizeLinear" {
+			if n.Name == f.Dequantize && isDequantize(n) {
 				d = n
 				break
 			}
@@ -359,7 +359,7 @@ func dropActQuant(m *graph.Model, r *Result) {
 //     is 0), as DequantizeLinear takes no scale of the indices' shape.
 func gatherRows(m *graph.Model) {
 	for _, d := range append([]*onnx.NodeProto(nil), m.Graph().Node...) {
-		if d.OpType != "DequantizeLinear" || m.IsGraphOutput(d.Output[0]) {
+		if !isDequantize(d) || m.IsGraphOutput(d.Output[0]) {
 			continue
 		}
 		x := m.Initializer(d.Input[0])

@@ -7,51 +7,6 @@ import (
 	"github.com/qatc/qatc/onnx"
 )
 
-// operand is a MatMul input read through a DequantizeLinear.
-type operand struct {
-	dq    *onnx.NodeProto
-	x     string // the integers
-	scale []float32
-	zp    string // "" for the default (uint8 0)
-	axis  int64  // normalized when the rank is known
-	rank  int    // -1 when unknown
-}
-
-// dequantized returns v's DequantizeLinear operand, or nil when v is not
-// produced by one with a constant scale.
-func dequantized(m *graph.Model, v string) (*operand, error) {
-	d := m.Producer(v)
-	if d == nil || d.OpType != "DequantizeLinear" {
-		return nil, nil
-	}
-	st := m.Const(d.Input[1])
-	if st == nil {
-		return nil, nil
-	}
-	s, err := graph.Floats(st)
-	if err != nil {
-		return nil, fmt.Errorf("DequantizeLinear %s: scale: %w", graph.NodeName(d), err)
-	}
-	o := &operand{dq: d, x: d.Input[0], scale: s, axis: graph.IntAttr(d, "axis", 1), rank: -1}
-	if len(d.Input) > 2 {
-		o.zp = d.Input[2]
-	}
-	if o.rank = intRank(m, o.x); o.rank >= 0 && o.axis < 0 {
-		o.axis += int64(o.rank)
-	}
-	if graph.IntAttr(d, "block_size", 0) > 0 {
-		return o, fmt.Errorf("tensor %q is quantized per block; MatMulInteger takes one scale per tensor or per output column: export with --format qdq, or re-insert per-channel", v)
-	}
-	return o, nil
-}
-
-// perColumn reports whether o's scale is per tensor or per output column
-// (the last axis of a matrix B), the two forms an integer MatMul can
-// apply after accumulating.
-func (o *operand) perColumn() bool {
-	return len(o.scale) == 1 || (o.rank >= 2 && o.axis == int64(o.rank-1))
-}
-
 // QOperator rewrites a folded (qdq) model's MatMul and Gemm nodes whose
 // both inputs are dequantized into onnxruntime's integer operator with
 // static scales:
@@ -104,10 +59,10 @@ func QOperator(m *graph.Model, r *Result) error {
 			r.leaveFloat(m, n, "a Gemm with transA has no integer form in onnxruntime")
 			continue
 		}
-		if len(a.scale) != 1 {
+		if len(a.Scale) != 1 {
 			return fmt.Errorf("%s: input %q is quantized per channel; an integer MatMul needs one scale for its left input: export with --format qdq, or re-insert it per tensor", graph.NodeName(n), n.Input[0])
 		}
-		bx := b.x
+		bx := b.Ints
 		if n.OpType == "Gemm" && graph.IntAttr(n, "transB", 0) != 0 {
 			var err error
 			if bx, err = transposedInts(m, b); err != nil {
@@ -117,7 +72,7 @@ func QOperator(m *graph.Model, r *Result) error {
 		if !b.perColumn() {
 			return fmt.Errorf("%s: weight %q is quantized per channel along its input axis; an integer MatMul can only rescale output columns: export with --format qdq, or re-insert it per output channel", graph.NodeName(n), n.Input[1])
 		}
-		bs := append([]float32(nil), b.scale...)
+		bs := append([]float32(nil), b.Scale...)
 		if n.OpType == "Gemm" {
 			alpha := graph.FloatAttr(n, "alpha", 1)
 			for i := range bs {
@@ -129,7 +84,7 @@ func QOperator(m *graph.Model, r *Result) error {
 			sdims = []int64{int64(len(bs))}
 		}
 		bscale := m.AddInitializer(graph.FloatTensor(m.UniqueName(n.Output[0]+"_weight_scale"), sdims, bs))
-		if err := integerToFloat(m, n, a, bx, b.zp, bscale); err != nil {
+		if err := integerToFloat(m, n, a, bx, b.ZeroPoint, bscale); err != nil {
 			return err
 		}
 	}
@@ -164,7 +119,7 @@ func unsignActivations(m *graph.Model) {
 		for _, c := range uses {
 			switch {
 			case c.OpType == "MatMulIntegerToFloat" && c.Input[0] == q.Output[0] && c.Input[1] != q.Output[0]:
-			case c.OpType == "DequantizeLinear":
+			case isDequantize(c):
 			default:
 				ok = false
 			}
@@ -175,13 +130,13 @@ func unsignActivations(m *graph.Model) {
 		u := m.AddInitializer(graph.Uint8Tensor(m.UniqueName(q.Output[0]+"_zero_point_u8"), zp.Dims, []uint8{128}))
 		m.ReplaceInput(q, 2, u)
 		for _, c := range uses {
-			switch c.OpType {
-			case "MatMulIntegerToFloat":
+			switch {
+			case c.OpType == "MatMulIntegerToFloat":
 				for len(c.Input) < 5 {
 					c.Input = append(c.Input, "")
 				}
 				m.ReplaceInput(c, 4, u)
-			case "DequantizeLinear":
+			case isDequantize(c):
 				for len(c.Input) < 3 {
 					c.Input = append(c.Input, "")
 				}
@@ -231,13 +186,13 @@ const msDomain = "com.microsoft"
 // integerToFloat replaces n (MatMul, or Gemm with transB folded into b) by
 // MatMulIntegerToFloat; a Gemm's C becomes the bias when it is a 1-D
 // constant (beta·C), else an Add.
-func integerToFloat(m *graph.Model, n *onnx.NodeProto, a *operand, b, bzp, bscale string) error {
+func integerToFloat(m *graph.Model, n *onnx.NodeProto, a *Dequantized, b, bzp, bscale string) error {
 	out := n.Output[0]
 	base := n.Name
 	if base == "" {
 		base = out
 	}
-	ins := []string{a.x, b, a.dq.Input[1], bscale, a.zp, bzp}
+	ins := []string{a.Ints, b, a.Node.Input[1], bscale, a.ZeroPoint, bzp}
 	var c string
 	if n.OpType == "Gemm" && len(n.Input) > 2 && n.Input[2] != "" {
 		c = n.Input[2]
@@ -280,16 +235,16 @@ func integerToFloat(m *graph.Model, n *onnx.NodeProto, a *operand, b, bzp, bscal
 
 // transposedInts returns a [K, N] copy of Gemm's transposed B integers
 // (stored [N, K]), with b's per-channel axis moved along.
-func transposedInts(m *graph.Model, b *operand) (string, error) {
-	t := m.Initializer(b.x)
+func transposedInts(m *graph.Model, b *Dequantized) (string, error) {
+	t := m.Initializer(b.Ints)
 	if t == nil || len(t.Dims) != 2 || (graph.TensorType(t) != graph.Int8 && graph.TensorType(t) != graph.Uint8) {
-		return "", fmt.Errorf("Gemm with transB reads %q, which is not a stored 8-bit matrix", b.x)
+		return "", fmt.Errorf("Gemm with transB reads %q, which is not a stored 8-bit matrix", b.Ints)
 	}
 	data, dims := graph.Transpose(t.RawData, t.Dims, []int64{1, 0})
-	name := m.UniqueName(b.x + "_transposed")
+	name := m.UniqueName(b.Ints + "_transposed")
 	m.AddInitializer(&onnx.TensorProto{Name: name, Dims: dims, DataType: t.DataType, RawData: data})
-	if len(b.scale) > 1 {
-		b.axis = 1 - b.axis
+	if len(b.Scale) > 1 {
+		b.Axis = 1 - b.Axis
 	}
 	return name, nil
 }

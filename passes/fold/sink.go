@@ -28,7 +28,7 @@ func sinkDequantize(m *graph.Model, res *Result) {
 	for {
 		moved := false
 		for _, d := range m.Graph().Node {
-			if d.OpType != "DequantizeLinear" || !storedInts(m, d.Input[0]) {
+			if !isDequantize(d) || !storedInts(m, d.Input[0]) {
 				continue
 			}
 			for _, c := range m.Consumers(d.Output[0]) {
@@ -44,21 +44,6 @@ func sinkDequantize(m *graph.Model, res *Result) {
 		if !moved {
 			return
 		}
-	}
-}
-
-// storedInts reports whether v is stored integers (an initializer, or data
-// movement over one) rather than a quantized activation.
-func storedInts(m *graph.Model, v string) bool {
-	for {
-		if m.Initializer(v) != nil {
-			return true
-		}
-		p := m.Producer(v)
-		if p == nil || !movable(p.OpType) {
-			return false
-		}
-		v = p.Input[0]
 	}
 }
 
@@ -187,21 +172,6 @@ func sinkPast(m *graph.Model, d, c *onnx.NodeProto, byInt map[string]*Folded) bo
 	m.RemoveNodes(c)
 	m.Op("DequantizeLinear", m.UniqueName(out+"/dequantize"), append([]string{x}, qparams...), []string{out}, attrs...)
 	return true
-}
-
-// intRank returns the rank of stored integers v (an initializer, or
-// Slice/Transpose over one), or -1.
-func intRank(m *graph.Model, v string) int {
-	for {
-		if t := m.Initializer(v); t != nil {
-			return len(t.Dims)
-		}
-		p := m.Producer(v)
-		if p == nil || (p.OpType != "Slice" && p.OpType != "Transpose") {
-			return -1
-		}
-		v = p.Input[0]
-	}
 }
 
 // sliceAxes returns the (normalized) axes a Slice cuts, when they are
