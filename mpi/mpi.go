@@ -137,7 +137,7 @@ func (c *Comm) AllReduce(buf []float32) error {
 		}
 	}
 	for i := range reqs {
-		if err := c.wait(&reqs[i], "the all-reduce of %d values", len(buf)); err != nil {
+		if err := c.wait(&reqs[i], false, "the all-reduce of %d values", len(buf)); err != nil {
 			return err
 		}
 	}
@@ -164,7 +164,7 @@ func (c *Comm) AllGather(msg []byte) ([][]byte, error) {
 	if rc := C.qatc_iallgather_int(&own, &counts[0], &req); rc != C.qatc_success() {
 		return nil, fmt.Errorf("MPI_Iallgather: %s", errorString(rc))
 	}
-	if err := c.wait(&req, "the all-gather of message sizes"); err != nil {
+	if err := c.wait(&req, true, "the all-gather of message sizes"); err != nil {
 		return nil, err
 	}
 	displs := make([]C.int, c.size)
@@ -185,7 +185,7 @@ func (c *Comm) AllGather(msg []byte) ([][]byte, error) {
 	if rc := C.qatc_iallgatherv(unsafe.Pointer(&in[0]), own, unsafe.Pointer(&out[0]), &counts[0], &displs[0], &req); rc != C.qatc_success() {
 		return nil, fmt.Errorf("MPI_Iallgatherv: %s", errorString(rc))
 	}
-	if err := c.wait(&req, "the all-gather of %d bytes", total); err != nil {
+	if err := c.wait(&req, false, "the all-gather of %d bytes", total); err != nil {
 		return nil, err
 	}
 	all := make([][]byte, c.size)
@@ -195,11 +195,15 @@ func (c *Comm) AllGather(msg []byte) ([][]byte, error) {
 	return all, nil
 }
 
-// wait completes req, testing it in a loop that yields the processor
-// once the call has taken a moment (a rank waiting for a slower one
-// leaves the core to other work), and gives up after the timeout.
-func (c *Comm) wait(req *C.MPI_Request, what string, args ...any) error {
+// wait completes req by testing it in a loop, and gives up after the
+// timeout. After the first millisecond a patient wait sleeps between
+// tests (50 µs, doubling up to 1 ms): it is where a rank waits for slower
+// ones, and its core is theirs meanwhile. Otherwise the loop only yields
+// the processor, since MPI moves a large message only while it is
+// tested.
+func (c *Comm) wait(req *C.MPI_Request, patient bool, what string, args ...any) error {
 	start := time.Now()
+	nap := 50 * time.Microsecond
 	for {
 		var done C.int
 		if rc := C.qatc_test(req, &done); rc != C.qatc_success() {
@@ -212,7 +216,12 @@ func (c *Comm) wait(req *C.MPI_Request, what string, args ...any) error {
 		if c.Timeout > 0 && waited > c.Timeout {
 			return &TimeoutError{What: fmt.Sprintf(what, args...), Timeout: c.Timeout}
 		}
-		if waited > time.Millisecond {
+		switch {
+		case waited < time.Millisecond:
+		case patient:
+			time.Sleep(nap)
+			nap = min(2*nap, time.Millisecond)
+		default:
 			C.qatc_yield()
 		}
 	}

@@ -29,8 +29,9 @@ type Progress struct {
 	// Checkpoint is the directory written at this step, or "".
 	Checkpoint string
 	// CommTime is this run's time so far in summing gradients across
-	// ranks (0 in one process).
-	CommTime time.Duration
+	// ranks, WaitTime in exchanging step reports before that (mostly
+	// waiting for the slowest rank); both are 0 in one process.
+	CommTime, WaitTime time.Duration
 }
 
 // Display draws progress for a terminal (a progress bar redrawn in place)

@@ -202,11 +202,12 @@ type Trainer struct {
 // CommStats is the cost of summing gradients across ranks.
 type CommStats struct {
 	// Calls is the number of all-reduces, Bytes the gradient bytes each
-	// rank contributed to them, Time the time spent in them (waiting for
-	// the slowest rank included) and in the exchange of step reports.
-	Calls int64
-	Bytes int64
-	Time  time.Duration
+	// rank contributed to them, Time the time spent in them. Wait is the
+	// time in the exchange of step reports before them, which is mostly
+	// waiting for the slowest rank to finish its share.
+	Calls      int64
+	Bytes      int64
+	Time, Wait time.Duration
 }
 
 // NewTrainer builds the training graph of m and opens the sessions. The
@@ -665,8 +666,8 @@ func (t *Trainer) reduce(step int64, b *Batch, nanErr func(string, []int) error)
 		}
 	}
 	start := time.Now()
-	defer func() { t.comms.Time += time.Since(start) }()
 	reps, err := t.exchangeReports(step, rep)
+	t.comms.Wait += time.Since(start)
 	if err != nil {
 		return 0, err
 	}
@@ -678,7 +679,10 @@ func (t *Trainer) reduce(step int64, b *Batch, nanErr func(string, []int) error)
 		t.stop = t.stop || rp.Stop
 		loss += rp.Loss
 	}
-	if err := t.comm.AllReduce(t.gradBuf); err != nil {
+	start = time.Now()
+	err = t.comm.AllReduce(t.gradBuf)
+	t.comms.Time += time.Since(start)
+	if err != nil {
 		return 0, fmt.Errorf("step %d: gradient all-reduce: %v", step, err)
 	}
 	t.comms.Calls++
@@ -939,7 +943,7 @@ func (t *Trainer) Run(ctx context.Context) (*Result, error) {
 		p := Progress{
 			Step: t.state.Step, Steps: total, Epoch: t.state.Epoch,
 			Loss: loss, GradNorm: norm, LR: t.state.LR,
-			Tokens: t.state.Tokens, Elapsed: time.Since(start), ValidLoss: math.NaN(), CommTime: t.comms.Time,
+			Tokens: t.state.Tokens, Elapsed: time.Since(start), ValidLoss: math.NaN(), CommTime: t.comms.Time, WaitTime: t.comms.Wait,
 		}
 		if secs := p.Elapsed.Seconds(); secs > 0 {
 			p.TokensPerSec = float64(t.state.Tokens-startTokens) / secs

@@ -231,7 +231,7 @@ func trainAction(c *cli.Context, qat bool) error {
 			enc.Encode(stepMetrics{
 				Step: p.Step, Epoch: p.Epoch + 1, Loss: num(p.Loss), GradNorm: num(p.GradNorm), LR: p.LR,
 				Tokens: p.Tokens, TokensPerSec: p.TokensPerSec, Seconds: p.Elapsed.Seconds(),
-				CommSeconds: p.CommTime.Seconds(), ValidLoss: num(p.ValidLoss),
+				CommSeconds: p.CommTime.Seconds(), WaitSeconds: p.WaitTime.Seconds(), ValidLoss: num(p.ValidLoss),
 			})
 		}
 	}
@@ -301,12 +301,13 @@ func trainAction(c *cli.Context, qat bool) error {
 			Output: out, Steps: res.Steps, Epoch: res.Epoch, Tokens: res.Tokens,
 			Loss: num(res.Loss), ValidLoss: num(res.ValidLoss), ValidLossBefore: num(before),
 			Seconds: res.Elapsed.Seconds(), Params: len(res.Params),
-			Ranks: nranks, CommSeconds: comms.Time.Seconds(), CommBytes: comms.Bytes,
+			Ranks: nranks, CommSeconds: comms.Time.Seconds(), WaitSeconds: comms.Wait.Seconds(), CommBytes: comms.Bytes,
 		})
 	}
 	if nranks > 1 {
-		fmt.Fprintf(c.App.ErrWriter, "%d ranks: %d gradient all-reduces of %.1f MB; %.1f s in them and the step exchanges (%.1f%% of the run)\n",
-			nranks, comms.Calls, float64(comms.Bytes)/float64(max(comms.Calls, 1))/1e6, comms.Time.Seconds(), 100*comms.Time.Seconds()/res.Elapsed.Seconds())
+		secs := res.Elapsed.Seconds()
+		fmt.Fprintf(c.App.ErrWriter, "%d ranks: %d gradient all-reduces of %.1f MB, %.1f s (%.1f%% of the run); %.1f s (%.1f%%) waiting for the slowest rank\n",
+			nranks, comms.Calls, float64(comms.Bytes)/float64(max(comms.Calls, 1))/1e6, comms.Time.Seconds(), 100*comms.Time.Seconds()/secs, comms.Wait.Seconds(), 100*comms.Wait.Seconds()/secs)
 	}
 	validation := ""
 	switch {
@@ -333,10 +334,12 @@ type trainReport struct {
 	Seconds         float64 `json:"seconds"`
 	Params          int     `json:"params"`
 	// Ranks is the number of data-parallel ranks; CommSeconds and
-	// CommBytes the time in the gradient all-reduces (and the step
-	// exchanges) and the bytes each rank contributed to them.
+	// CommBytes the time in the gradient all-reduces and the bytes each
+	// rank contributed to them; WaitSeconds the time in the step
+	// exchanges before them, mostly waiting for the slowest rank.
 	Ranks       int     `json:"ranks"`
 	CommSeconds float64 `json:"comm_seconds"`
+	WaitSeconds float64 `json:"wait_seconds"`
 	CommBytes   int64   `json:"comm_bytes"`
 }
 
@@ -351,5 +354,6 @@ type stepMetrics struct {
 	TokensPerSec float64 `json:"tokens_per_sec"`
 	Seconds      float64 `json:"seconds"`
 	CommSeconds  float64 `json:"comm_seconds"`
+	WaitSeconds  float64 `json:"wait_seconds"`
 	ValidLoss    num     `json:"valid_loss"`
 }
