@@ -3,6 +3,7 @@ package eval
 import (
 	"bufio"
 	"fmt"
+	"github.com/qatc/qatc/seq2seq"
 	"math"
 	"os"
 	"path/filepath"
@@ -22,7 +23,7 @@ type BenchOptions struct {
 	// at once (see Threads; 0: one per CPU).
 	Threads       int
 	Warmup, Iters int
-	Special       Special // zero value: DefaultSpecial
+	Special       seq2seq.Special // zero value: DefaultSpecial
 }
 
 // BenchResult is the latency of one model.
@@ -66,7 +67,7 @@ type BenchModel struct {
 
 // BenchFile loads the model at path (a file or an incremental directory,
 // see Load) with sessions of one thread each and benchmarks it.
-func BenchFile(path string, roles Roles, opts BenchOptions) (*BenchResult, error) {
+func BenchFile(path string, roles seq2seq.Roles, opts BenchOptions) (*BenchResult, error) {
 	l, err := Load(ModelSpec{Path: path, Roles: roles}, opts.Special, 1)
 	if err != nil {
 		return nil, err
@@ -91,8 +92,8 @@ func BenchAll(ms []BenchModel, opts BenchOptions) ([]*BenchResult, error) {
 			opts.Batch, opts.SrcLen, opts.TgtLen, opts.Iters, opts.Warmup)
 	}
 	sp := opts.Special
-	if sp == (Special{}) {
-		sp = DefaultSpecial()
+	if sp == (seq2seq.Special{}) {
+		sp = seq2seq.DefaultSpecial()
 	}
 	workers := min(Threads(opts.Threads), opts.Batch)
 	type timing struct{ total, enc, step []float64 }
@@ -147,7 +148,7 @@ type benchBatch struct {
 }
 
 // newBenchBatch draws the batch for m's vocabulary.
-func newBenchBatch(m BenchModel, sp Special, opts BenchOptions) (benchBatch, error) {
+func newBenchBatch(m BenchModel, sp seq2seq.Special, opts BenchOptions) (benchBatch, error) {
 	lo := max(sp.Pad, sp.BOS, sp.EOS) + 1
 	if int64(m.Vocab) <= lo {
 		return benchBatch{}, fmt.Errorf("bench: %s has a vocabulary of %d, too small for tokens above the special ids", m.Name, m.Vocab)

@@ -2,6 +2,7 @@ package eval
 
 import (
 	"fmt"
+	"github.com/qatc/qatc/seq2seq"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -45,7 +46,7 @@ func openBoth(t *testing.T, cfg testmodels.Config) (*Seq2Seq, *Incremental) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	full, err := NewSeq2Seq("tiny", s, Roles{})
+	full, err := NewSeq2Seq("tiny", s, seq2seq.Roles{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,7 +260,7 @@ func bruteBeam(t *testing.T, m *Seq2Seq, src []int64, o DecodeOptions) Hypothesi
 // and checks each translation against the plain beam search over the
 // full model.
 func TestBeamBruteForce(t *testing.T) {
-	tok, err := LoadSentencePiece("../testmodels/demo/data/spm.model")
+	tok, err := seq2seq.LoadSentencePiece("../testmodels/demo/data/spm.model")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,11 +268,11 @@ func TestBeamBruteForce(t *testing.T) {
 	for _, p := range demo.Generate(3, 50) { // the test split's seed
 		lines = append(lines, p.Src)
 	}
-	srcs, err := EncodeSources(lines, tok, "test", DefaultSpecial(), false)
+	srcs, err := EncodeSources(lines, tok, "test", seq2seq.DefaultSpecial(), false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := Load(ModelSpec{Path: "../testmodels/demo/data/model.onnx"}, DefaultSpecial(), 1)
+	l, err := Load(ModelSpec{Path: "../testmodels/demo/data/model.onnx"}, seq2seq.DefaultSpecial(), 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,7 +302,7 @@ func rerunModel(t *testing.T, path string) *Seq2Seq {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	m, err := NewSeq2Seq(path, s, Roles{})
+	m, err := NewSeq2Seq(path, s, seq2seq.Roles{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -356,7 +357,7 @@ func decodeMemoryChild() {
 		}
 		return 0
 	}
-	tok, err := LoadSentencePiece("../testmodels/demo/data/spm.model")
+	tok, err := seq2seq.LoadSentencePiece("../testmodels/demo/data/spm.model")
 	if err != nil {
 		panic(err)
 	}
@@ -364,11 +365,11 @@ func decodeMemoryChild() {
 	for _, p := range demo.Generate(3, 500) {
 		lines = append(lines, p.Src)
 	}
-	srcs, err := EncodeSources(lines, tok, "test", DefaultSpecial(), false)
+	srcs, err := EncodeSources(lines, tok, "test", seq2seq.DefaultSpecial(), false)
 	if err != nil {
 		panic(err)
 	}
-	l, err := Load(ModelSpec{Path: "../testmodels/demo/data/model.onnx"}, DefaultSpecial(), 1)
+	l, err := Load(ModelSpec{Path: "../testmodels/demo/data/model.onnx"}, seq2seq.DefaultSpecial(), 1)
 	if err != nil {
 		panic(err)
 	}

@@ -2,23 +2,13 @@ package eval
 
 import (
 	"fmt"
+	"github.com/qatc/qatc/seq2seq"
 	"math"
 	"sort"
 	"sync"
 
 	"github.com/qatc/qatc/ort"
 )
-
-// Special are the pad, bos and eos ids.
-type Special struct {
-	Pad int64 `json:"pad"`
-	BOS int64 `json:"bos"`
-	EOS int64 `json:"eos"`
-}
-
-// DefaultSpecial returns the ids NeurST, fairseq and the project's models
-// use: pad 0, bos 2, eos 3.
-func DefaultSpecial() Special { return Special{Pad: 0, BOS: 2, EOS: 3} }
 
 // DefaultLengthPenalty is LightSeq's and NeurST's default length_penalty α.
 const DefaultLengthPenalty = 0.6
@@ -32,7 +22,7 @@ const DefaultMaxExtra = 50
 type DecodeOptions struct {
 	// Special are the pad, bos and eos ids; the zero value means
 	// DefaultSpecial.
-	Special Special
+	Special seq2seq.Special
 	// Beam is the beam size; 0 and 1 decode greedily.
 	Beam int
 	// LengthPenalty is LightSeq's length_penalty α (≥ 0): a finished
@@ -96,11 +86,11 @@ type Stepper interface {
 
 // Rerun decodes with a Stepper: every step runs it on the sources and the
 // whole target prefixes, so a step costs the full forward pass (no cache).
-func Rerun(m Stepper, sp Special) Model { return rerun{m, sp} }
+func Rerun(m Stepper, sp seq2seq.Special) Model { return rerun{m, sp} }
 
 type rerun struct {
 	m  Stepper
-	sp Special
+	sp seq2seq.Special
 }
 
 func (r rerun) Start(srcs [][]int64) (State, error) {
@@ -110,7 +100,7 @@ func (r rerun) Start(srcs [][]int64) (State, error) {
 // rerunState holds each row's source and the target tokens fed so far.
 type rerunState struct {
 	m    Stepper
-	sp   Special
+	sp   seq2seq.Special
 	srcs [][]int64
 	fed  [][]int64
 }
@@ -240,8 +230,8 @@ func Decode(m Model, srcs [][]int64, opts DecodeOptions) ([]Hypothesis, error) {
 }
 
 func (o DecodeOptions) withDefaults() (DecodeOptions, error) {
-	if o.Special == (Special{}) {
-		o.Special = DefaultSpecial()
+	if o.Special == (seq2seq.Special{}) {
+		o.Special = seq2seq.DefaultSpecial()
 	}
 	sp := o.Special
 	if sp.BOS == sp.EOS || sp.Pad == sp.EOS {
@@ -294,7 +284,7 @@ func (o DecodeOptions) lengthNorm(n int) float64 {
 // rows builds a full-sequence model's inputs for the given sources and
 // target tokens fed so far (BOS first, all of one length): sources padded
 // to the longest.
-func rows(srcs [][]int64, fed [][]int64, sp Special) (src, tgt *ort.Tensor) {
+func rows(srcs [][]int64, fed [][]int64, sp seq2seq.Special) (src, tgt *ort.Tensor) {
 	s := 1
 	for _, x := range srcs {
 		s = max(s, len(x))
@@ -317,7 +307,7 @@ func rows(srcs [][]int64, fed [][]int64, sp Special) (src, tgt *ort.Tensor) {
 // top feeds tokens to st and returns each row's k best next tokens
 // (k is capped at the vocabulary) and their log-probabilities, row-major,
 // with the k used.
-func top(st State, tokens []int64, k int, sp Special) ([]int64, []float32, int, error) {
+func top(st State, tokens []int64, k int, sp seq2seq.Special) ([]int64, []float32, int, error) {
 	logits, v, err := st.Step(tokens)
 	if err != nil {
 		return nil, nil, 0, err

@@ -2,6 +2,7 @@ package eval
 
 import (
 	"fmt"
+	"github.com/qatc/qatc/seq2seq"
 	"math"
 	"reflect"
 	"testing"
@@ -81,7 +82,7 @@ func openBigram(t *testing.T) *Seq2Seq {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	m, err := NewSeq2Seq("bigram", s, Roles{})
+	m, err := NewSeq2Seq("bigram", s, seq2seq.Roles{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,10 +91,10 @@ func openBigram(t *testing.T) *Seq2Seq {
 
 func TestDecodeBigram(t *testing.T) {
 	m := openBigram(t)
-	if m.Roles != (Roles{"src_ids", "tgt_ids", "logits"}) {
+	if m.Roles != (seq2seq.Roles{Src: "src_ids", Tgt: "tgt_ids", Logits: "logits"}) {
 		t.Fatalf("roles %+v", m.Roles)
 	}
-	if v, err := m.Vocab(DefaultSpecial()); err != nil || v != bigramVocab {
+	if v, err := m.Vocab(seq2seq.DefaultSpecial()); err != nil || v != bigramVocab {
 		t.Fatalf("vocab %d, %v", v, err)
 	}
 	src := [][]int64{{tA, 3}}
@@ -200,8 +201,8 @@ func TestDecodeOptionErrors(t *testing.T) {
 	m := openBigram(t)
 	for _, o := range []DecodeOptions{
 		{Beam: -1}, {LengthPenalty: -0.5}, {MaxExtra: -1}, {BatchSize: -2},
-		{Special: Special{Pad: 0, BOS: 3, EOS: 3}},
-		{Special: Special{Pad: 0, BOS: 2, EOS: 99}},
+		{Special: seq2seq.Special{Pad: 0, BOS: 3, EOS: 3}},
+		{Special: seq2seq.Special{Pad: 0, BOS: 2, EOS: 99}},
 	} {
 		if _, err := Decode(m, [][]int64{{tA, 3}}, o); err == nil {
 			t.Errorf("%+v: no error", o)
@@ -222,14 +223,14 @@ func TestDecodeTorchTransformer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	m, err := NewSeq2Seq(fixture.Transformer17, s, Roles{})
+	m, err := NewSeq2Seq(fixture.Transformer17, s, seq2seq.Roles{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Roles != (Roles{"src_ids", "tgt_ids", "logits"}) {
+	if m.Roles != (seq2seq.Roles{Src: "src_ids", Tgt: "tgt_ids", Logits: "logits"}) {
 		t.Fatalf("roles %+v", m.Roles)
 	}
-	if v, _ := m.Vocab(DefaultSpecial()); v != 512 {
+	if v, _ := m.Vocab(seq2seq.DefaultSpecial()); v != 512 {
 		t.Fatalf("vocab %d, want 512", v)
 	}
 	src, err := ort.ReadNpy(fixture.Torch(t, fixture.TransformerSrc))
@@ -321,7 +322,7 @@ func BenchmarkDecodeTorch(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer s.Close()
-	m, err := NewSeq2Seq("torch", s, Roles{})
+	m, err := NewSeq2Seq("torch", s, seq2seq.Roles{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -5,9 +5,12 @@
 //
 // A seq2seq model is any ONNX graph with two int64 inputs [batch, len]
 // (source ids and decoder input ids) and one float output
-// [batch, tgt_len, vocab] (logits); FindRoles recognises them by shape or
-// takes their names. Decoding runs the whole model on the growing target
-// prefix at every step, as exported graphs have no key/value cache.
+// [batch, tgt_len, vocab] (logits); seq2seq.FindRoles recognises them by
+// shape or takes their names, and seq2seq's tokenizers turn text into ids.
+// Decoding runs an encoder and a decoder with a key/value cache
+// (Incremental: a directory written by export --incremental, or one built
+// in memory from a full-sequence file), or re-runs the whole model on the
+// growing target prefix at every step (Rerun, Seq2Seq).
 //
 // Beam search ranks finished hypotheses as LightSeq does: a hypothesis of
 // L tokens (EOS counted) with log-probability logP scores

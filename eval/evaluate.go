@@ -2,6 +2,7 @@ package eval
 
 import (
 	"fmt"
+	"github.com/qatc/qatc/seq2seq"
 	"os"
 	"path/filepath"
 	"time"
@@ -20,7 +21,7 @@ type EvalOptions struct {
 	Threads int
 	// Src and Tgt tokenize the source lines and detokenize the
 	// translations; nil means the lines are token ids (IDs).
-	Src, Tgt Tokenizer
+	Src, Tgt seq2seq.Tokenizer
 	// SrcName, RefName and TgtTokName name the source and reference
 	// files and the target tokenizer's model in errors.
 	SrcName, RefName, TgtTokName string
@@ -33,11 +34,11 @@ type EvalOptions struct {
 
 // Row is one model's evaluation.
 type Row struct {
-	Model string `json:"model"`
-	Path  string `json:"path"`
-	Roles Roles  `json:"roles"`
-	BLEU  *BLEU  `json:"bleu"`
-	ChrF  *ChrF  `json:"chrf"`
+	Model string        `json:"model"`
+	Path  string        `json:"path"`
+	Roles seq2seq.Roles `json:"roles"`
+	BLEU  *BLEU         `json:"bleu"`
+	ChrF  *ChrF         `json:"chrf"`
 	// DeltaBLEU is BLEU.Score minus the first model's.
 	DeltaBLEU float64 `json:"delta_bleu"`
 	// Agreement is the share of token positions where this model's
@@ -81,10 +82,10 @@ func Evaluate(models []ModelSpec, src, ref []string, opts EvalOptions) ([]Row, e
 	}
 	stok, ttok := opts.Src, opts.Tgt
 	if stok == nil {
-		stok = IDs{}
+		stok = seq2seq.IDs{}
 	}
 	if ttok == nil {
-		ttok = IDs{}
+		ttok = seq2seq.IDs{}
 	}
 	srcIDs, err := EncodeSources(src, stok, srcName, dopts.Special, opts.NoSrcEOS)
 	if err != nil {
@@ -114,7 +115,7 @@ func nameOr(s, def string) string {
 	return s
 }
 
-func evaluateOne(spec ModelSpec, srcIDs [][]int64, ref []string, ttok Tokenizer, opts EvalOptions, dopts DecodeOptions) (*Row, error) {
+func evaluateOne(spec ModelSpec, srcIDs [][]int64, ref []string, ttok seq2seq.Tokenizer, opts EvalOptions, dopts DecodeOptions) (*Row, error) {
 	name := spec.Name
 	if name == "" {
 		name = filepath.Base(spec.Path)
@@ -126,7 +127,7 @@ func evaluateOne(spec ModelSpec, srcIDs [][]int64, ref []string, ttok Tokenizer,
 	defer l.Close()
 	m, roles, vocab, size := l.Model, l.Roles, l.Vocab, l.SizeBytes
 	dopts.Workers = Threads(opts.Threads)
-	if err := CheckVocab(ttok, nameOr(opts.TgtTokName, "the SentencePiece model"), vocab, spec.Path); err != nil {
+	if err := seq2seq.CheckVocab(ttok, nameOr(opts.TgtTokName, "the SentencePiece model"), vocab, spec.Path); err != nil {
 		return nil, err
 	}
 	if spec.Model == nil {
@@ -182,7 +183,7 @@ func evaluateOne(spec ModelSpec, srcIDs [][]int64, ref []string, ttok Tokenizer,
 // source positions (named by file and line, not left to onnxruntime), and
 // the logits of a decoding batch within ort.MemoryLimit. Translations are
 // held to the target positions.
-func CheckSources(path string, roles Roles, srcIDs [][]int64, vocab int, srcName string, dopts *DecodeOptions) error {
+func CheckSources(path string, roles seq2seq.Roles, srcIDs [][]int64, vocab int, srcName string, dopts *DecodeOptions) error {
 	srcPos, tgtPos := Positions(path, roles)
 	longest := 0
 	for i, ids := range srcIDs {

@@ -2,6 +2,7 @@ package eval
 
 import (
 	"bytes"
+	"github.com/qatc/qatc/seq2seq"
 	"math"
 	"os"
 	"path/filepath"
@@ -79,7 +80,7 @@ func TestEvaluate(t *testing.T) {
 		if r.DecodeSeconds <= 0 || math.Abs(r.MsPerSentence-1000*r.DecodeSeconds/3) > 1e-9 || math.Abs(r.SentencesPerSecond*r.DecodeSeconds-3) > 1e-9 {
 			t.Errorf("%s: timing %v s, %v ms/sentence, %v sentences/s", r.Model, r.DecodeSeconds, r.MsPerSentence, r.SentencesPerSecond)
 		}
-		if r.Roles != (Roles{"src_ids", "tgt_ids", "logits"}) || r.ChrF == nil {
+		if r.Roles != (seq2seq.Roles{Src: "src_ids", Tgt: "tgt_ids", Logits: "logits"}) || r.ChrF == nil {
 			t.Errorf("%s: roles %+v, chrF %v", r.Model, r.Roles, r.ChrF)
 		}
 	}
@@ -96,6 +97,21 @@ func TestEvaluate(t *testing.T) {
 	t.Logf("\n%s", buf.String())
 }
 
+// pieces is a tokenizer of text with a vocabulary of its own, as a
+// SentencePiece model has: one id per byte.
+type pieces struct{ n int }
+
+func (p pieces) Encode(line string) ([]int64, error) {
+	ids := make([]int64, len(line))
+	for i := range line {
+		ids[i] = int64(line[i]) % int64(p.n)
+	}
+	return ids, nil
+}
+
+func (pieces) Decode(ids []int64) string { return seq2seq.IDs{}.Decode(ids) }
+func (p pieces) VocabSize() int          { return p.n }
+
 func TestEvaluateErrors(t *testing.T) {
 	a := saveModel(t, bigramModel(t, false), "a.onnx")
 	cls := graph.New("classifier", 17)
@@ -103,10 +119,7 @@ func TestEvaluateErrors(t *testing.T) {
 	cls.AddOutput("probs", graph.Float, []int64{-1, 4}, "batch")
 	cls.Op("Softmax", "", []string{"pixels"}, []string{"probs"})
 	c := saveModel(t, cls, "classifier.onnx")
-	spm, err := LoadSentencePiece(spmModel(t, 2, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
+	var spm seq2seq.Tokenizer = pieces{11}
 	for _, tc := range []struct {
 		name     string
 		models   []ModelSpec
@@ -133,7 +146,7 @@ func TestEvaluateErrors(t *testing.T) {
 
 func TestBench(t *testing.T) {
 	path := saveModel(t, bigramModel(t, false), "a.onnx")
-	r, err := BenchFile(path, Roles{}, BenchOptions{Batch: 3, SrcLen: 5, TgtLen: 4, Threads: 1, Warmup: 1, Iters: 7})
+	r, err := BenchFile(path, seq2seq.Roles{}, BenchOptions{Batch: 3, SrcLen: 5, TgtLen: 4, Threads: 1, Warmup: 1, Iters: 7})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +154,7 @@ func TestBench(t *testing.T) {
 		math.Abs(r.SentencesPerSec-3000/r.MedianMs) > 1e-6 || math.Abs(r.TokensPerSec-12000/r.MedianMs) > 1e-6 || r.PeakRSSBytes < 1<<20 {
 		t.Errorf("bench result %+v", r)
 	}
-	if _, err := BenchFile(path, Roles{}, BenchOptions{Batch: 0, SrcLen: 5, TgtLen: 4, Iters: 1}); err == nil {
+	if _, err := BenchFile(path, seq2seq.Roles{}, BenchOptions{Batch: 0, SrcLen: 5, TgtLen: 4, Iters: 1}); err == nil {
 		t.Error("batch 0 accepted")
 	}
 	var buf bytes.Buffer

@@ -3,6 +3,7 @@ package eval
 import (
 	"errors"
 	"fmt"
+	"github.com/qatc/qatc/seq2seq"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -21,7 +22,7 @@ type ModelSpec struct {
 	Path string
 	// Roles names a full-sequence model's inputs and output; empty fields
 	// are found by shape (FindRoles).
-	Roles Roles
+	Roles seq2seq.Roles
 	// Model, when set, decodes instead of onnxruntime sessions over Path (a
 	// model in another format, such as a LightSeq file run by its
 	// reference decoder); Vocab is then its vocabulary size.
@@ -39,7 +40,7 @@ type Loaded struct {
 	Model Model
 	Vocab int
 	// Roles are a full-sequence model's roles when it decodes by re-running.
-	Roles Roles
+	Roles seq2seq.Roles
 	// SizeBytes is what the model takes on disk.
 	SizeBytes int64
 	// Cached reports decoding with a key/value cache; Note says why a
@@ -77,9 +78,9 @@ func Threads(n int) int {
 // full-sequence fp32 or QAT file with the incremental graphs built from it
 // in memory, and any other seq2seq file, or one with spec.Rerun, by
 // re-running it at every step (Note says why).
-func Load(spec ModelSpec, sp Special, threads int) (*Loaded, error) {
-	if sp == (Special{}) {
-		sp = DefaultSpecial()
+func Load(spec ModelSpec, sp seq2seq.Special, threads int) (*Loaded, error) {
+	if sp == (seq2seq.Special{}) {
+		sp = seq2seq.DefaultSpecial()
 	}
 	opts := &ort.Options{Threads: threads}
 	if spec.Model != nil {

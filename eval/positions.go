@@ -1,6 +1,7 @@
 package eval
 
 import (
+	"github.com/qatc/qatc/seq2seq"
 	"path/filepath"
 
 	"github.com/qatc/qatc/graph"
@@ -13,10 +14,10 @@ import (
 // full-sequence file, with the roles given or found by name, or of a
 // directory written by export --incremental, from its encoder and
 // decoder files. Only the models' structure is read.
-func Positions(path string, given Roles) (src, tgt int) {
+func Positions(path string, given seq2seq.Roles) (src, tgt int) {
 	if IsIncrementalDir(path) {
-		src, _ = filePositions(filepath.Join(path, incremental.EncoderFile), Roles{})
-		_, tgt = filePositions(filepath.Join(path, incremental.DecoderFile), Roles{})
+		src, _ = filePositions(filepath.Join(path, incremental.EncoderFile), seq2seq.Roles{})
+		_, tgt = filePositions(filepath.Join(path, incremental.DecoderFile), seq2seq.Roles{})
 		return src, tgt
 	}
 	return filePositions(path, given)
@@ -25,7 +26,7 @@ func Positions(path string, given Roles) (src, tgt int) {
 // filePositions reads one file's positions. With no roles given, an ids
 // input is the target when its name says so (nameSays), else the source;
 // an input whose positions are found for neither role counts for both.
-func filePositions(path string, given Roles) (src, tgt int) {
+func filePositions(path string, given seq2seq.Roles) (src, tgt int) {
 	m, err := graph.LoadStructure(path)
 	if err != nil {
 		return 0, 0
@@ -41,7 +42,7 @@ func filePositions(path string, given Roles) (src, tgt int) {
 		if p == 0 {
 			continue
 		}
-		isTgt, isSrc := nameSays(in.Name)
+		isTgt, isSrc := seq2seq.NameSays(in.Name)
 		switch {
 		case isTgt && !isSrc:
 			tgt = p

@@ -3,6 +3,7 @@ package eval
 import (
 	"bufio"
 	"fmt"
+	"github.com/qatc/qatc/seq2seq"
 	"io"
 	"strings"
 
@@ -17,15 +18,15 @@ type TranslateOptions struct {
 	Threads int
 	// Src and Tgt tokenize the source lines and detokenize the
 	// translations; nil means the lines are token ids (IDs).
-	Src, Tgt Tokenizer
+	Src, Tgt seq2seq.Tokenizer
 	// SrcName names the input in errors; TgtTokName the target
 	// tokenizer's model.
 	SrcName, TgtTokName string
 	// NoSrcEOS feeds sources without the EOS qatc's training appends.
 	NoSrcEOS bool
-	// Rerun, Roles and Map are ModelSpec's.
+	// Rerun, seq2seq.Roles and Map are ModelSpec's.
 	Rerun bool
-	Roles Roles
+	Roles seq2seq.Roles
 	Map   map[string]string
 	// Progress, when set, is called after each batch.
 	Progress func(done, total int)
@@ -53,10 +54,10 @@ func Translate(path string, r io.Reader, w io.Writer, opts TranslateOptions) (*T
 	dopts.Progress = opts.Progress
 	stok, ttok := opts.Src, opts.Tgt
 	if stok == nil {
-		stok = IDs{}
+		stok = seq2seq.IDs{}
 	}
 	if ttok == nil {
-		ttok = IDs{}
+		ttok = seq2seq.IDs{}
 	}
 	var lines []string
 	err = safeio.ScanLines(r, name, func(n int, line string) error {
@@ -78,7 +79,7 @@ func Translate(path string, r io.Reader, w io.Writer, opts TranslateOptions) (*T
 		return nil, err
 	}
 	defer l.Close()
-	if err := CheckVocab(ttok, nameOr(opts.TgtTokName, "the SentencePiece model"), l.Vocab, path); err != nil {
+	if err := seq2seq.CheckVocab(ttok, nameOr(opts.TgtTokName, "the SentencePiece model"), l.Vocab, path); err != nil {
 		return nil, err
 	}
 	given := opts.Roles
@@ -106,7 +107,7 @@ func Translate(path string, r io.Reader, w io.Writer, opts TranslateOptions) (*T
 
 // EncodeSources tokenizes source lines (name names them in errors) and
 // appends EOS unless noEOS: the ids a model trained by qatc reads.
-func EncodeSources(lines []string, tok Tokenizer, name string, sp Special, noEOS bool) ([][]int64, error) {
+func EncodeSources(lines []string, tok seq2seq.Tokenizer, name string, sp seq2seq.Special, noEOS bool) ([][]int64, error) {
 	srcs := make([][]int64, len(lines))
 	for i, line := range lines {
 		ids, err := tok.Encode(line)

@@ -1,6 +1,7 @@
 package export
 
 import (
+	"github.com/qatc/qatc/seq2seq"
 	"os"
 	"path/filepath"
 	"strings"
@@ -85,7 +86,7 @@ func TestIncremental(t *testing.T) {
 			}
 			s.Close()
 		}
-		l, err := eval.Load(eval.ModelSpec{Path: dir}, eval.DefaultSpecial(), 1)
+		l, err := eval.Load(eval.ModelSpec{Path: dir}, seq2seq.DefaultSpecial(), 1)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}

@@ -1,6 +1,7 @@
 package train
 
 import (
+	"github.com/qatc/qatc/seq2seq"
 	"math"
 	"strings"
 	"testing"
@@ -21,7 +22,7 @@ func demoTask(t *testing.T, n int, seed uint64) (*graph.Model, *Dataset) {
 	if _, err := quantize.Insert(m, quantize.DefaultParams()); err != nil {
 		t.Fatal(err)
 	}
-	sp, err := LoadSentencePiece("../testmodels/demo/data/spm.model")
+	sp, err := seq2seq.LoadSentencePiece("../testmodels/demo/data/spm.model")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +32,7 @@ func demoTask(t *testing.T, n int, seed uint64) (*graph.Model, *Dataset) {
 		tgt.WriteString(p.Tgt + "\n")
 	}
 	s, g := writeFiles(t, src.String(), tgt.String())
-	ds, err := ReadParallel(s, g, DataOptions{Tokenizer: sp, Special: DefaultSpecial()})
+	ds, err := ReadParallel(s, g, DataOptions{Tokenizer: sp, Special: seq2seq.DefaultSpecial()})
 	if err != nil {
 		t.Fatal(err)
 	}

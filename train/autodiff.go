@@ -9,6 +9,7 @@ import (
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/passes/autodiff"
 	"github.com/qatc/qatc/passes/quantize"
+	"github.com/qatc/qatc/seq2seq"
 )
 
 // trainingGraph is the training graph with what the loop needs to know
@@ -72,7 +73,7 @@ func TrainingGraph(m *graph.Model, cfg Config) (*graph.Model, error) {
 	if cfg.Loss.Kind == "" {
 		cfg.Loss.Kind = "ce"
 	}
-	roles, err := FindRoles(m, cfg.Roles)
+	roles, err := seq2seq.Describe(m, cfg.Roles)
 	if err != nil {
 		return nil, err
 	}
@@ -85,8 +86,8 @@ func TrainingGraph(m *graph.Model, cfg Config) (*graph.Model, error) {
 
 // buildTrainingGraph asks passes/autodiff for the training graph of m
 // with the loss cfg names.
-func buildTrainingGraph(m *graph.Model, roles Roles, cfg Config) (*trainingGraph, error) {
-	pad := DefaultSpecial().Pad
+func buildTrainingGraph(m *graph.Model, roles seq2seq.Model, cfg Config) (*trainingGraph, error) {
+	pad := seq2seq.DefaultSpecial().Pad
 	if cfg.Train != nil {
 		pad = cfg.Train.Special.Pad
 	}

@@ -1,6 +1,7 @@
 package train
 
 import (
+	"github.com/qatc/qatc/seq2seq"
 	"reflect"
 	"sort"
 	"strings"
@@ -10,7 +11,7 @@ import (
 // lengthsDataset returns a dataset whose example i has a source of
 // srcLen[i] tokens and a target one longer, all ids 5.
 func lengthsDataset(srcLen []int) *Dataset {
-	ds := &Dataset{SrcPath: "s", TgtPath: "t", Special: DefaultSpecial()}
+	ds := &Dataset{SrcPath: "s", TgtPath: "t", Special: seq2seq.DefaultSpecial()}
 	for i, n := range srcLen {
 		e := Example{Line: i + 1}
 		for range n - 1 {
@@ -112,7 +113,7 @@ func TestBatcherDeterminism(t *testing.T) {
 }
 
 func TestMakeBatch(t *testing.T) {
-	ds := &Dataset{Special: Special{Pad: 1, BOS: 2, EOS: 3}, Examples: []Example{
+	ds := &Dataset{Special: seq2seq.Special{Pad: 1, BOS: 2, EOS: 3}, Examples: []Example{
 		{Line: 4, Src: []int64{7, 8, 3}, Tgt: []int64{9, 3}},
 		{Line: 9, Src: []int64{5, 3}, Tgt: []int64{10, 11, 12, 3}},
 	}}

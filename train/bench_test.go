@@ -2,6 +2,7 @@ package train
 
 import (
 	"fmt"
+	"github.com/qatc/qatc/seq2seq"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -74,7 +75,7 @@ func benchSetup(b *testing.B) (*graph.Model, testmodels.Config, *Dataset, int) {
 	sp, tp := filepath.Join(dir, "s"), filepath.Join(dir, "t")
 	os.WriteFile(sp, []byte(src.String()), 0o644)
 	os.WriteFile(tp, []byte(tgt.String()), 0o644)
-	ds, err := ReadParallel(sp, tp, DataOptions{Vocab: mc.Vocab, Special: DefaultSpecial()})
+	ds, err := ReadParallel(sp, tp, DataOptions{Vocab: mc.Vocab, Special: seq2seq.DefaultSpecial()})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -141,7 +142,7 @@ func BenchmarkForward(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer s.Close()
-	roles, err := FindRoles(m, Roles{})
+	roles, err := seq2seq.Describe(m, seq2seq.Roles{})
 	if err != nil {
 		b.Fatal(err)
 	}

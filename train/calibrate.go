@@ -9,12 +9,13 @@ import (
 	"github.com/qatc/qatc/passes/calibrate"
 	"github.com/qatc/qatc/passes/quantize"
 	"github.com/qatc/qatc/passes/smooth"
+	"github.com/qatc/qatc/seq2seq"
 )
 
 // CalibrationOptions configure Calibrate.
 type CalibrationOptions struct {
 	// Roles name the model's source and target inputs.
-	Roles Roles
+	Roles seq2seq.Roles
 	// Batches caps the number of batches run (0: the whole dataset).
 	Batches int
 	// BatchTokens is the padded token count of one batch.
@@ -152,7 +153,7 @@ const SampleSize = 16
 // d spread over the file (every len/SampleSize-th pair) as m's sample
 // (quantize.SampleKey): the batch its inputs take, so that export checks
 // itself on real sentences. It reports whether it wrote one.
-func RecordSample(m *graph.Model, d *Dataset, roles Roles) (bool, error) {
+func RecordSample(m *graph.Model, d *Dataset, roles seq2seq.Roles) (bool, error) {
 	if s, err := quantize.ReadSample(m); err != nil || s != nil {
 		return false, err
 	}

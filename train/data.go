@@ -4,89 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"strconv"
 	"strings"
 
 	"github.com/qatc/qatc/safeio"
-	"github.com/qatc/qatc/spm"
+	"github.com/qatc/qatc/seq2seq"
 )
-
-// Special holds the ids with a fixed meaning for the model.
-type Special struct {
-	Pad, BOS, EOS int64
-}
-
-// DefaultSpecial returns the ids NeurST, fairseq and the reference models
-// use: pad 0, bos 2, eos 3.
-func DefaultSpecial() Special { return Special{Pad: 0, BOS: 2, EOS: 3} }
-
-// Tokenizer turns a line of a data file into token ids and back, so that
-// id files and SentencePiece text share one reading path.
-type Tokenizer interface {
-	Encode(line string) []int64
-	Decode(ids []int64) string
-	VocabSize() int
-}
-
-// lineEncoder is implemented by tokenizers that can reject a line (an id
-// file with a field that is not a number); the reader prefers it to Encode
-// so that the error names the line.
-type lineEncoder interface {
-	EncodeLine(line string) ([]int64, error)
-}
-
-// IDs is the Tokenizer of files that already hold space-separated token
-// ids. Vocab is the vocabulary size Decode and VocabSize report.
-type IDs struct {
-	Vocab int
-}
-
-// EncodeLine parses the space-separated ids of line.
-func (IDs) EncodeLine(line string) ([]int64, error) {
-	fields := strings.Fields(line)
-	ids := make([]int64, len(fields))
-	for i, f := range fields {
-		v, err := strconv.ParseInt(f, 10, 64)
-		if err != nil {
-			return nil, fmt.Errorf("field %d %q is not a token id (the file must hold space-separated integers, or give a SentencePiece model for text)", i+1, f)
-		}
-		ids[i] = v
-	}
-	return ids, nil
-}
-
-// Encode parses line as EncodeLine does; a field that is not an integer
-// becomes -1, which the data validation reports as out of the vocabulary.
-func (t IDs) Encode(line string) []int64 {
-	fields := strings.Fields(line)
-	ids := make([]int64, len(fields))
-	for i, f := range fields {
-		v, err := strconv.ParseInt(f, 10, 64)
-		if err != nil {
-			v = -1
-		}
-		ids[i] = v
-	}
-	return ids
-}
-
-// Decode writes ids space-separated.
-func (IDs) Decode(ids []int64) string {
-	var b strings.Builder
-	for i, id := range ids {
-		if i > 0 {
-			b.WriteByte(' ')
-		}
-		b.WriteString(strconv.FormatInt(id, 10))
-	}
-	return b.String()
-}
-
-// VocabSize returns t.Vocab.
-func (t IDs) VocabSize() int { return t.Vocab }
-
-// LoadSentencePiece reads a SentencePiece BPE .model file as a Tokenizer.
-func LoadSentencePiece(path string) (*spm.Model, error) { return spm.Load(path) }
 
 // Example is one sentence pair, ready for teacher forcing.
 type Example struct {
@@ -106,18 +28,18 @@ type Dataset struct {
 	Examples         []Example
 	// Dropped counts the pairs MaxLen filtered out.
 	Dropped int
-	Special Special
+	Special seq2seq.Special
 }
 
 // DataOptions configure ReadParallel.
 type DataOptions struct {
 	// Tokenizer encodes each line; nil reads space-separated ids.
-	Tokenizer Tokenizer
+	Tokenizer seq2seq.Tokenizer
 	// Vocab is the model's vocabulary size: every id must be below it. 0
 	// takes the tokenizer's size.
 	Vocab int
 	// Special are the pad, bos and eos ids.
-	Special Special
+	Special seq2seq.Special
 	// MaxLen drops pairs whose source or target, EOS included, is longer
 	// (0: no limit).
 	MaxLen int
@@ -141,7 +63,7 @@ func ReadParallel(srcPath, tgtPath string, opts DataOptions) (*Dataset, error) {
 		if vocab <= 0 {
 			return nil, fmt.Errorf("reading %s: the vocabulary size is unknown; give the model's vocabulary size", srcPath)
 		}
-		tok = IDs{Vocab: vocab}
+		tok = seq2seq.IDs{}
 	}
 	if vocab <= 0 {
 		vocab = tok.VocabSize()
@@ -191,21 +113,15 @@ func ReadParallel(srcPath, tgtPath string, opts DataOptions) (*Dataset, error) {
 }
 
 // readLines encodes every line of path and checks it.
-func readLines(path string, tok Tokenizer, vocab int, sp Special) ([][]int64, error) {
-	le, _ := tok.(lineEncoder)
+func readLines(path string, tok seq2seq.Tokenizer, vocab int, sp seq2seq.Special) ([][]int64, error) {
 	var out [][]int64
 	err := safeio.ReadLines(path, func(n int, line string) error {
 		if strings.TrimSpace(line) == "" {
 			return fmt.Errorf("%s:%d: empty line; every line must hold a sentence (remove the pair from both files)", path, n)
 		}
-		var ids []int64
-		if le != nil {
-			var err error
-			if ids, err = le.EncodeLine(line); err != nil {
-				return fmt.Errorf("%s:%d: %v", path, n, err)
-			}
-		} else {
-			ids = tok.Encode(line)
+		ids, err := tok.Encode(line)
+		if err != nil {
+			return fmt.Errorf("%s:%d: %v", path, n, err)
 		}
 		if len(ids) == 0 {
 			return fmt.Errorf("%s:%d: the line encodes to no tokens", path, n)

@@ -1,6 +1,7 @@
 package train
 
 import (
+	"github.com/qatc/qatc/seq2seq"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -25,7 +26,7 @@ func writeFiles(t *testing.T, src, tgt string) (string, string) {
 
 func TestReadParallel(t *testing.T) {
 	s, g := writeFiles(t, "5 6 7\r\n8\n9 10 11 12 13\n", "7 6 5\n8 8\n4")
-	ds, err := ReadParallel(s, g, DataOptions{Vocab: 20, Special: DefaultSpecial(), MaxLen: 5})
+	ds, err := ReadParallel(s, g, DataOptions{Vocab: 20, Special: seq2seq.DefaultSpecial(), MaxLen: 5})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +64,7 @@ func TestReadParallelErrors(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, g := writeFiles(t, tc.src, tc.tgt)
-			_, err := ReadParallel(s, g, DataOptions{Vocab: 20, Special: DefaultSpecial(), MaxLen: tc.maxLen})
+			_, err := ReadParallel(s, g, DataOptions{Vocab: 20, Special: seq2seq.DefaultSpecial(), MaxLen: tc.maxLen})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want one containing %q", err, tc.want)
 			}
@@ -76,7 +77,7 @@ func TestReadParallelErrors(t *testing.T) {
 		t.Errorf("missing file: error %v does not name it", err)
 	}
 	s, g := writeFiles(t, "4\n", "4\n")
-	if _, err := ReadParallel(s, g, DataOptions{Vocab: 20, Special: Special{Pad: 0, BOS: 2, EOS: 30}}); err == nil || !strings.Contains(err.Error(), "special id 30") {
+	if _, err := ReadParallel(s, g, DataOptions{Vocab: 20, Special: seq2seq.Special{Pad: 0, BOS: 2, EOS: 30}}); err == nil || !strings.Contains(err.Error(), "special id 30") {
 		t.Errorf("eos outside the vocabulary: error %v", err)
 	}
 }
@@ -85,12 +86,12 @@ func TestReadParallelErrors(t *testing.T) {
 // 'a' = 4.
 type charTokenizer struct{}
 
-func (charTokenizer) Encode(s string) []int64 {
+func (charTokenizer) Encode(s string) ([]int64, error) {
 	var ids []int64
 	for _, c := range []byte(s) {
 		ids = append(ids, int64(c-'a')+4)
 	}
-	return ids
+	return ids, nil
 }
 
 func (charTokenizer) Decode(ids []int64) string {
@@ -105,7 +106,7 @@ func (charTokenizer) VocabSize() int { return 30 }
 
 func TestReadParallelTokenizer(t *testing.T) {
 	s, g := writeFiles(t, "abc\nz\n", "cba\nzz\n")
-	ds, err := ReadParallel(s, g, DataOptions{Tokenizer: charTokenizer{}, Special: DefaultSpecial()})
+	ds, err := ReadParallel(s, g, DataOptions{Tokenizer: charTokenizer{}, Special: seq2seq.DefaultSpecial()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,20 +115,9 @@ func TestReadParallelTokenizer(t *testing.T) {
 	}
 	// The model's vocabulary, when given, bounds the ids, not the
 	// tokenizer's.
-	_, err = ReadParallel(s, g, DataOptions{Tokenizer: charTokenizer{}, Vocab: 20, Special: DefaultSpecial()})
+	_, err = ReadParallel(s, g, DataOptions{Tokenizer: charTokenizer{}, Vocab: 20, Special: seq2seq.DefaultSpecial()})
 	if err == nil || !strings.Contains(err.Error(), "train.src:2: token id 29 is beyond the vocabulary of 20") {
 		t.Errorf("error %v", err)
-	}
-}
-
-func TestIDs(t *testing.T) {
-	tok := IDs{Vocab: 100}
-	ids := tok.Encode(" 4  17 x 9")
-	if want := []int64{4, 17, -1, 9}; !reflect.DeepEqual(ids, want) {
-		t.Errorf("Encode = %v, want %v", ids, want)
-	}
-	if got := tok.Decode([]int64{4, 17, 9}); got != "4 17 9" {
-		t.Errorf("Decode = %q", got)
 	}
 }
 
@@ -135,36 +125,37 @@ func TestIDs(t *testing.T) {
 // eos 3; identity normalization, no dummy prefix, whitespace kept)
 // trained by spm_train on the first 200 kB of Romeo and Juliet.
 func TestSentencePiece(t *testing.T) {
-	sp, err := LoadSentencePiece("testdata/tiny_spm.model")
+	sp, err := seq2seq.LoadSentencePiece("testdata/tiny_spm.model")
 	if err != nil {
 		t.Fatal(err)
 	}
 	const text = "Romeo, thou art the man"
-	ids := sp.Encode(text)
-	if len(ids) < 5 || sp.VocabSize() != 200 {
+	ids, err := sp.Encode(text)
+	if err != nil || len(ids) < 5 || sp.VocabSize() != 200 {
 		t.Fatalf("Encode = %v, vocabulary %d", ids, sp.VocabSize())
 	}
 	if got := sp.Decode(ids); got != text {
 		t.Errorf("Decode(Encode(s)) = %q", got)
 	}
 	s, g := writeFiles(t, text+"\n", "thou\n")
-	ds, err := ReadParallel(s, g, DataOptions{Tokenizer: sp, Special: DefaultSpecial()})
+	ds, err := ReadParallel(s, g, DataOptions{Tokenizer: sp, Special: seq2seq.DefaultSpecial()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if e := ds.Examples[0]; len(e.Src) != len(ids)+1 || e.Src[len(e.Src)-1] != 3 {
 		t.Errorf("source %v, want %v + EOS", e.Src, ids)
 	}
-	if _, err := LoadSentencePiece(s); err == nil || !strings.Contains(err.Error(), "train.src") || strings.Contains(err.Error(), "\n") {
+	if _, err := seq2seq.LoadSentencePiece(s); err == nil || !strings.Contains(err.Error(), "train.src") || strings.Contains(err.Error(), "\n") {
 		t.Errorf("a text file as model: error %v", err)
 	}
 	// spm_train's defaults (dummy prefix, whitespace folding, nmt_nfkc)
 	// read too: the demo's model.
-	demo, err := LoadSentencePiece("../testmodels/demo/data/spm.model")
+	demo, err := seq2seq.LoadSentencePiece("../testmodels/demo/data/spm.model")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := demo.Decode(demo.Encode("  the big  dog .")); got != "the big dog ." {
-		t.Errorf("demo model round trip: %q", got)
+	ids, err = demo.Encode("  the big  dog .")
+	if got := demo.Decode(ids); err != nil || got != "the big dog ." {
+		t.Errorf("demo model round trip: %q, %v", got, err)
 	}
 }

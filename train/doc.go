@@ -3,7 +3,8 @@
 //
 // The pieces, each usable on its own:
 //   - data: parallel files of token ids or SentencePiece text (ReadParallel,
-//     Tokenizer), validated before training, with EOS appended and teacher
+//     with a seq2seq.Tokenizer), validated before training, with EOS
+//     appended and teacher
 //     forcing (decoder input BOS + target, labels target + EOS);
 //   - batching: batches of at most N padded tokens over length-sorted
 //     examples, shuffled per epoch from a seed (Batcher); an epoch's plan is
@@ -33,10 +34,10 @@
 // written back with it.
 //
 // A step's Go side is kept small: the session writes the gradients
-// straight into the optimizer's buffers (runtime.Session.RunInto), the
+// straight into the optimizer's buffers (ort.Session.RunInto), the
 // optimizer updates in parallel over fixed chunks (so that results do not
 // depend on the number of cores), onnxruntime's threads sleep rather
-// than spin between ops (runtime.Options.NoSpinning), which on a shared
+// than spin between ops (ort.Options.NoSpinning), which on a shared
 // machine leaves the cores to the work, and the session allocates from
 // its arena instead of a per-run memory pattern (NoMemPattern), whose
 // block of kept activations would be faulted in again on every step.

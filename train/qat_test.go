@@ -2,6 +2,7 @@ package train
 
 import (
 	"context"
+	"github.com/qatc/qatc/seq2seq"
 	"math"
 	"strings"
 	"testing"
@@ -150,7 +151,7 @@ func TestBadModels(t *testing.T) {
 
 	// Data beyond the model's vocabulary (64) is refused before training.
 	s, g := writeFiles(t, "5 70\n", "6\n")
-	big, err := ReadParallel(s, g, DataOptions{Vocab: 100, Special: DefaultSpecial()})
+	big, err := ReadParallel(s, g, DataOptions{Vocab: 100, Special: seq2seq.DefaultSpecial()})
 	if err != nil {
 		t.Fatal(err)
 	}

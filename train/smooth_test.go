@@ -1,6 +1,7 @@
 package train
 
 import (
+	"github.com/qatc/qatc/seq2seq"
 	"math"
 	"testing"
 )
@@ -11,7 +12,7 @@ import (
 func TestSmoothAlphaOne(t *testing.T) {
 	m := tinyModel(t)
 	ds := reverseTask(t, 40, 8, 3)
-	opts := CalibrationOptions{Roles: Roles{Src: "src_ids", Tgt: "tgt_ids"}, BatchTokens: 128, Threads: 1}
+	opts := CalibrationOptions{Roles: seq2seq.Roles{Src: "src_ids", Tgt: "tgt_ids"}, BatchTokens: 128, Threads: 1}
 	r, err := Smooth(m, ds, 1, opts)
 	if err != nil {
 		t.Fatal(err)

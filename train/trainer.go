@@ -12,6 +12,7 @@ import (
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/autodiff"
 	"github.com/qatc/qatc/passes/quantize"
+	"github.com/qatc/qatc/seq2seq"
 )
 
 // Loss chooses the training objective, which passes/autodiff builds into
@@ -86,7 +87,7 @@ type Config struct {
 
 	// Roles names the model's inputs and logits where finding them by
 	// shape is not enough.
-	Roles Roles
+	Roles seq2seq.Roles
 
 	// ValidEvery and CheckpointEvery are in steps (0: never, except at
 	// the end). Checkpoints go to CheckpointDir (none when empty), which
@@ -163,7 +164,7 @@ const teacherInput = autodiff.TeacherInput
 type Trainer struct {
 	cfg     Config
 	model   *graph.Model
-	roles   Roles
+	roles   seq2seq.Model
 	tg      *trainingGraph
 	sess    *ort.Session
 	teacher *ort.Session
@@ -268,7 +269,7 @@ func newTrainer(m *graph.Model, cfg Config) (*Trainer, error) {
 	if cfg.Accumulate < 0 {
 		return nil, fmt.Errorf("accumulate %d: want 1 or more micro-batches per update", cfg.Accumulate)
 	}
-	roles, err := FindRoles(m, cfg.Roles)
+	roles, err := seq2seq.Describe(m, cfg.Roles)
 	if err != nil {
 		return nil, err
 	}

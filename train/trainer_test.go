@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/qatc/qatc/seq2seq"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -44,7 +45,7 @@ func reverseTask(t *testing.T, n, k int, seed uint64) *Dataset {
 		tgt.WriteByte('\n')
 	}
 	s, g := writeFiles(t, src.String(), tgt.String())
-	ds, err := ReadParallel(s, g, DataOptions{Vocab: 64, Special: DefaultSpecial()})
+	ds, err := ReadParallel(s, g, DataOptions{Vocab: 64, Special: seq2seq.DefaultSpecial()})
 	if err != nil {
 		t.Fatal(err)
 	}

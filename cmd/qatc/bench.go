@@ -6,6 +6,7 @@ import (
 
 	"github.com/qatc/qatc/eval"
 	"github.com/qatc/qatc/ort"
+	"github.com/qatc/qatc/seq2seq"
 	"github.com/urfave/cli/v2"
 )
 
@@ -50,7 +51,7 @@ func benchAction(c *cli.Context) error {
 	}
 	var models []eval.BenchModel
 	for _, path := range c.Args().Slice() {
-		l, err := eval.Load(eval.ModelSpec{Path: path, Roles: evalRoles(c), Rerun: c.Bool("no-cache")}, opts.Special, 1)
+		l, err := eval.Load(eval.ModelSpec{Path: path, Roles: roleFlagValues(c), Rerun: c.Bool("no-cache")}, opts.Special, 1)
 		if err != nil {
 			return err
 		}
@@ -98,7 +99,7 @@ func benchDecode(c *cli.Context, models []eval.BenchModel, src string, opts eval
 	if err != nil {
 		return err
 	}
-	var tok, ttok eval.Tokenizer = eval.IDs{}, nil
+	var tok, ttok seq2seq.Tokenizer = seq2seq.IDs{}, nil
 	var name string
 	if err := tokenizers(c, &tok, &ttok, &name); err != nil {
 		return err
@@ -108,7 +109,7 @@ func benchDecode(c *cli.Context, models []eval.BenchModel, src string, opts eval
 		return err
 	}
 	for i, path := range c.Args().Slice() {
-		if err := eval.CheckSources(path, evalRoles(c), srcs, models[i].Vocab, src, &opts); err != nil {
+		if err := eval.CheckSources(path, roleFlagValues(c), srcs, models[i].Vocab, src, &opts); err != nil {
 			return err
 		}
 	}
@@ -126,9 +127,4 @@ func benchDecode(c *cli.Context, models []eval.BenchModel, src string, opts eval
 	}
 	_, err = fmt.Fprintf(c.App.Writer, "each round decodes the %d sentences with every model in turn; speed-up is against %s\n", len(srcs), rs[0].Model)
 	return err
-}
-
-// evalRoles are the role flags as eval names them.
-func evalRoles(c *cli.Context) eval.Roles {
-	return eval.Roles{Src: c.String("src-input"), Tgt: c.String("tgt-input"), Logits: c.String("logits-output")}
 }

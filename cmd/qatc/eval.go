@@ -9,6 +9,7 @@ import (
 	"github.com/qatc/qatc/eval"
 	"github.com/qatc/qatc/export/lightseq"
 	"github.com/qatc/qatc/safeio"
+	"github.com/qatc/qatc/seq2seq"
 	"github.com/urfave/cli/v2"
 )
 
@@ -90,7 +91,7 @@ func evalAction(c *cli.Context) error {
 	}
 	opts := eval.EvalOptions{
 		Decode: eval.DecodeOptions{
-			Special: eval.Special{Pad: c.Int64("pad-id"), BOS: c.Int64("bos-id"), EOS: c.Int64("eos-id")},
+			Special: seq2seq.Special{Pad: c.Int64("pad-id"), BOS: c.Int64("bos-id"), EOS: c.Int64("eos-id")},
 			Beam:    c.Int("beam"), LengthPenalty: c.Float64("length-penalty"),
 			MaxExtra: c.Int("max-extra"), BatchSize: c.Int("batch"),
 		},
@@ -98,13 +99,13 @@ func evalAction(c *cli.Context) error {
 		SrcName: c.String("src"), RefName: c.String("ref"),
 	}
 	if path := c.String("spm"); path != "" {
-		tok, err := eval.LoadSentencePiece(path)
+		tok, err := seq2seq.LoadSentencePiece(path)
 		if err != nil {
 			return err
 		}
 		opts.Src, opts.Tgt, opts.TgtTokName = tok, tok, path
 	}
-	roles := evalRoles(c)
+	roles := roleFlagValues(c)
 	var specs []eval.ModelSpec
 	for _, p := range c.Args().Slice() {
 		spec := eval.ModelSpec{Path: p, Roles: roles, Rerun: c.Bool("no-cache")}

@@ -13,7 +13,7 @@ import (
 	"github.com/qatc/qatc/passes/quantize"
 	"github.com/qatc/qatc/passes/transformer"
 	"github.com/qatc/qatc/safeio"
-	"github.com/qatc/qatc/train"
+	"github.com/qatc/qatc/seq2seq"
 	"github.com/urfave/cli/v2"
 	"google.golang.org/protobuf/proto"
 )
@@ -161,7 +161,7 @@ func roleMap(c *cli.Context) (map[string]string, error) {
 // checkBatch is the batch exports are checked on, and what it holds:
 // sentences from --src and --tgt, else those recorded in the model (by
 // insert's calibration or finetune), else valid random token ids.
-func checkBatch(c *cli.Context, m *graph.Model, roles train.Roles) (map[string]*ort.Tensor, string, error) {
+func checkBatch(c *cli.Context, m *graph.Model, roles seq2seq.Model) (map[string]*ort.Tensor, string, error) {
 	n := c.Int("batch")
 	if src := c.String("src"); src != "" {
 		tgt := c.String("tgt")

@@ -11,7 +11,7 @@ import (
 	"github.com/qatc/qatc/passes/quantize"
 	"github.com/qatc/qatc/passes/smooth"
 	"github.com/qatc/qatc/safeio"
-	"github.com/qatc/qatc/spm"
+	"github.com/qatc/qatc/seq2seq"
 	"github.com/qatc/qatc/train"
 	"github.com/urfave/cli/v2"
 )
@@ -127,15 +127,15 @@ func quantParams(c *cli.Context) (quantize.Params, error) {
 }
 
 // readData reads a parallel file pair with the command's data flags.
-func readData(c *cli.Context, src, tgt string, roles train.Roles, maxLen int) (*train.Dataset, error) {
+func readData(c *cli.Context, src, tgt string, roles seq2seq.Model, maxLen int) (*train.Dataset, error) {
 	opts := train.DataOptions{
 		Vocab:        roles.Vocab,
 		SrcPositions: roles.SrcPositions, TgtPositions: roles.TgtPositions,
 		MaxLen:  maxLen,
-		Special: train.Special{Pad: c.Int64("pad-id"), BOS: c.Int64("bos-id"), EOS: c.Int64("eos-id")},
+		Special: seq2seq.Special{Pad: c.Int64("pad-id"), BOS: c.Int64("bos-id"), EOS: c.Int64("eos-id")},
 	}
 	if path := c.String("spm"); path != "" {
-		tok, err := spm.Load(path)
+		tok, err := seq2seq.LoadSentencePiece(path)
 		if err != nil {
 			return nil, err
 		}
@@ -144,9 +144,14 @@ func readData(c *cli.Context, src, tgt string, roles train.Roles, maxLen int) (*
 	return train.ReadParallel(src, tgt, opts)
 }
 
+// roleFlagValues are the roles the role flags name.
+func roleFlagValues(c *cli.Context) seq2seq.Roles {
+	return seq2seq.Roles{Src: c.String("src-input"), Tgt: c.String("tgt-input"), Logits: c.String("logits-output")}
+}
+
 // modelRoles finds the seq2seq roles, honouring the role flags.
-func modelRoles(c *cli.Context, m *graph.Model) (train.Roles, error) {
-	return train.FindRoles(m, train.Roles{Src: c.String("src-input"), Tgt: c.String("tgt-input"), Logits: c.String("logits-output")})
+func modelRoles(c *cli.Context, m *graph.Model) (seq2seq.Model, error) {
+	return seq2seq.Describe(m, roleFlagValues(c))
 }
 
 // calibMethod is the calibration the flags ask for: --calib-method, or
@@ -214,7 +219,7 @@ func insertAction(c *cli.Context) error {
 	var collector *calibrate.Collector
 	var smoothed smooth.Report
 	var data *train.Dataset
-	var roles train.Roles
+	var roles seq2seq.Model
 	if src := c.String("calib-src"); src != "" {
 		if roles, err = modelRoles(c, m); err != nil {
 			return fmt.Errorf("%s: %w", path, err)
@@ -232,7 +237,7 @@ func insertAction(c *cli.Context) error {
 			return err
 		}
 		opts := train.CalibrationOptions{
-			Roles: roles, Batches: c.Int("calib-batches"), BatchTokens: c.Int("batch-tokens"),
+			Roles: roles.Roles, Batches: c.Int("calib-batches"), BatchTokens: c.Int("batch-tokens"),
 			Threads: c.Int("threads"),
 		}
 		if alpha > 0 {
@@ -265,7 +270,7 @@ func insertAction(c *cli.Context) error {
 		if err := calibrate.Calibrate(m, rec, collector, method, c.Float64("calib-percentile")); err != nil {
 			return err
 		}
-		if _, err := train.RecordSample(m, data, roles); err != nil {
+		if _, err := train.RecordSample(m, data, roles.Roles); err != nil {
 			return err
 		}
 	}

@@ -177,7 +177,7 @@ func trainAction(c *cli.Context, qat bool) error {
 			KDWeight: c.Float64("kd-weight"), Temperature: c.Float64("temperature"),
 		},
 		Untie:      c.Bool("untie"),
-		Roles:      roles,
+		Roles:      roles.Roles,
 		ValidEvery: c.Int64("valid-every"), CheckpointEvery: c.Int64("checkpoint-every"),
 		CheckpointDir: ckptDir, KeepCheckpoints: c.Int("keep-checkpoints"),
 		Resume: c.Bool("resume"), Provider: c.String("ep"),
@@ -286,7 +286,7 @@ func trainAction(c *cli.Context, qat bool) error {
 	if valid != nil {
 		sample = valid
 	}
-	if _, err := train.RecordSample(m, sample, roles); err != nil {
+	if _, err := train.RecordSample(m, sample, roles.Roles); err != nil {
 		return err
 	}
 	if err := m.Save(out); err != nil {

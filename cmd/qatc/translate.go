@@ -8,6 +8,7 @@ import (
 
 	"github.com/qatc/qatc/eval"
 	"github.com/qatc/qatc/safeio"
+	"github.com/qatc/qatc/seq2seq"
 	"github.com/urfave/cli/v2"
 )
 
@@ -42,7 +43,7 @@ func translateAction(c *cli.Context) error {
 		return err
 	}
 	topts := eval.TranslateOptions{Decode: opts, Threads: c.Int("threads"), SrcName: "standard input",
-		Rerun: c.Bool("no-cache"), Roles: evalRoles(c)}
+		Rerun: c.Bool("no-cache"), Roles: roleFlagValues(c)}
 	if err := tokenizers(c, &topts.Src, &topts.Tgt, &topts.TgtTokName); err != nil {
 		return err
 	}
@@ -105,19 +106,19 @@ func decodeOptions(c *cli.Context) (eval.DecodeOptions, error) {
 		return eval.DecodeOptions{}, usagef("--threads %d: use 0 (one per CPU) or more", n)
 	}
 	return eval.DecodeOptions{
-		Special: eval.Special{Pad: c.Int64("pad-id"), BOS: c.Int64("bos-id"), EOS: c.Int64("eos-id")},
+		Special: seq2seq.Special{Pad: c.Int64("pad-id"), BOS: c.Int64("bos-id"), EOS: c.Int64("eos-id")},
 		Beam:    c.Int("beam"), LengthPenalty: c.Float64("length-penalty"),
 		MaxExtra: c.Int("max-extra"), BatchSize: c.Int("batch"),
 	}, nil
 }
 
 // tokenizers sets the source and target tokenizers from --spm (nil: ids).
-func tokenizers(c *cli.Context, src, tgt *eval.Tokenizer, name *string) error {
+func tokenizers(c *cli.Context, src, tgt *seq2seq.Tokenizer, name *string) error {
 	path := c.String("spm")
 	if path == "" {
 		return nil
 	}
-	tok, err := eval.LoadSentencePiece(path)
+	tok, err := seq2seq.LoadSentencePiece(path)
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package eval
+package seq2seq
 
 import (
 	"math"

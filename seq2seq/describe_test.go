@@ -1,4 +1,4 @@
-package train
+package seq2seq
 
 import (
 	"strings"
@@ -8,20 +8,20 @@ import (
 	"github.com/qatc/qatc/testmodels"
 )
 
-func TestFindRoles(t *testing.T) {
+func TestDescribe(t *testing.T) {
 	m, err := testmodels.Build(testmodels.Tiny())
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := FindRoles(m, Roles{})
+	r, err := Describe(m, Roles{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (Roles{Src: "src_ids", Tgt: "tgt_ids", Logits: "logits", Vocab: 64, SrcPositions: 64, TgtPositions: 64}); r != want {
+	if want := (Model{Roles: Roles{Src: "src_ids", Tgt: "tgt_ids", Logits: "logits"}, Vocab: 64, SrcPositions: 64, TgtPositions: 64}); r != want {
 		t.Errorf("roles %+v, want %+v", r, want)
 	}
 	// Named roles win over the name heuristics.
-	r, err = FindRoles(m, Roles{Src: "tgt_ids"})
+	r, err = Describe(m, Roles{Src: "tgt_ids"})
 	if err != nil || r.Src != "tgt_ids" || r.Tgt != "src_ids" {
 		t.Errorf("roles %+v, %v; want the named source", r, err)
 	}
@@ -40,14 +40,14 @@ func TestFindRoles(t *testing.T) {
 		{bad, Roles{Src: "x"}, `model has no input "x"; its inputs are a, b`},
 		{m, Roles{Src: "position_embedding"}, `model has no input "position_embedding"`},
 	} {
-		if _, err := FindRoles(tc.m, tc.want); err == nil || !strings.Contains(err.Error(), tc.err) {
-			t.Errorf("FindRoles(%+v): error %v, want %q", tc.want, err, tc.err)
+		if _, err := Describe(tc.m, tc.want); err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("Describe(%+v): error %v, want %q", tc.want, err, tc.err)
 		}
 	}
 	one := graph.New("one", 17)
 	one.AddInput("ids", graph.Int64, []int64{-1, -1})
 	one.AddOutput("logits", graph.Float, []int64{-1, -1, 10})
-	if _, err := FindRoles(one, Roles{}); err == nil || !strings.Contains(err.Error(), "--src-input and --tgt-input") {
+	if _, err := Describe(one, Roles{}); err == nil || !strings.Contains(err.Error(), "--src-input and --tgt-input") {
 		t.Errorf("one input: error %v", err)
 	}
 }

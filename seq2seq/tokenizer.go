@@ -1,4 +1,4 @@
-package eval
+package seq2seq
 
 import (
 	"fmt"
@@ -8,7 +8,8 @@ import (
 	"github.com/qatc/qatc/spm"
 )
 
-// Tokenizer turns a line into token ids and ids back into a line.
+// Tokenizer turns a line into token ids and ids back into a line, so that
+// id files and SentencePiece text share one reading path.
 type Tokenizer interface {
 	// Encode tokenizes one line (without BOS or EOS).
 	Encode(line string) ([]int64, error)
@@ -28,8 +29,11 @@ func (IDs) Encode(line string) ([]int64, error) {
 	ids := make([]int64, len(f))
 	for i, s := range f {
 		v, err := strconv.ParseInt(s, 10, 64)
-		if err != nil || v < 0 {
+		switch {
+		case err != nil:
 			return nil, fmt.Errorf("field %d %q is not a token id (the file must hold space-separated ids, or give a SentencePiece model for text)", i+1, s)
+		case v < 0:
+			return nil, fmt.Errorf("token id %d is beyond the vocabulary: ids start at 0 (field %d)", v, i+1)
 		}
 		ids[i] = v
 	}
@@ -49,9 +53,11 @@ func (IDs) Decode(ids []int64) string {
 func (IDs) VocabSize() int { return 0 }
 
 // SentencePiece is a Tokenizer over a SentencePiece BPE model (a .model
-// file from spm_train --model_type=bpe).
+// file from spm_train --model_type=bpe), token for token what spm_encode
+// gives.
 type SentencePiece struct {
-	path string
+	// Path is the model file it was loaded from.
+	Path string
 	m    *spm.Model
 }
 
@@ -61,7 +67,7 @@ func LoadSentencePiece(path string) (*SentencePiece, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &SentencePiece{path: path, m: m}, nil
+	return &SentencePiece{Path: path, m: m}, nil
 }
 
 // Encode tokenizes a line of text.
