@@ -13,8 +13,11 @@
 // inside the model's directory only.
 //
 // InferShapes gives every value an element type and, for the supported op
-// set, a rank with static or named dimensions; Validate reports structural
-// problems with one-line messages naming the node and value.
+// set, a rank with static or named dimensions, with one rule per op type
+// in the table of ops.go (passes/autodiff types the forward graph with it
+// too), walking the nodes in TopoSort's order; Const reads constants
+// (initializers and Constant nodes) for every pass; Validate reports
+// structural problems with one-line messages naming the node and value.
 //
 // graph runs nothing and knows nothing about quantization.
 package graph

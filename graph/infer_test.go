@@ -38,6 +38,16 @@ func TestInferShapes(t *testing.T) {
 			m.AddInput("k", Float, []int64{1, 4, 16, 9})
 			m.Op("MatMul", "", []string{"q", "k"}, []string{"qk"})
 		}, map[string]string{"y": "float32[batch,seq,256]", "xv": "float32[batch,seq]", "qk": "float32[batch,4,seq,9]"}},
+		{"onehot and topk", 17, func(m *Model) {
+			m.AddInput("ids", Int64, []int64{-1, -1}, "batch", "seq")
+			i64(m, "depth", nil, 512)
+			m.AddInitializer(FloatTensor("vals", []int64{2}, []float32{0, 1}))
+			m.Op("OneHot", "", []string{"ids", "depth", "vals"}, []string{"hot"})
+			m.Op("OneHot", "", []string{"ids", "depth", "vals"}, []string{"hot0"}, AttrInt("axis", 0))
+			seqInput(m)
+			i64(m, "k", []int64{1}, 5)
+			m.Op("TopK", "", []string{"x", "k"}, []string{"top", "idx"})
+		}, map[string]string{"hot": "float32[batch,seq,512]", "hot0": "float32[512,batch,seq]", "top": "float32[batch,seq,5]", "idx": "int64[batch,seq,5]"}},
 		{"gemm", 17, func(m *Model) {
 			m.AddInput("a", Float, []int64{-1, 64}, "n")
 			m.AddInitializer(FloatTensor("w", []int64{32, 64}, make([]float32, 32*64)))

@@ -169,6 +169,17 @@ func filter[T any](list []T, keep func(T) bool) []T {
 // producers of its inputs, keeping the existing order where it is already
 // valid. It fails on a cycle, naming a node on it.
 func (m *Model) TopoSort() error {
+	order, err := m.topoOrder()
+	if err != nil {
+		return err
+	}
+	m.Proto.Graph.Node = order
+	return nil
+}
+
+// topoOrder returns the nodes in TopoSort's order without changing the
+// graph; shape inference walks them in it.
+func (m *Model) topoOrder() ([]*onnx.NodeProto, error) {
 	g := m.Proto.Graph
 	producer := make(map[string]*onnx.NodeProto, len(g.Node))
 	for _, n := range g.Node {
@@ -216,11 +227,10 @@ func (m *Model) TopoSort() error {
 					}
 				}
 			}
-			return fmt.Errorf("graph has a cycle through node %s", nodeRef(c))
+			return nil, fmt.Errorf("graph has a cycle through node %s", nodeRef(c))
 		}
 	}
-	g.Node = order
-	return nil
+	return order, nil
 }
 
 // nodeInputs returns n's inputs plus the outer-scope values its subgraphs

@@ -48,7 +48,7 @@ type Options struct {
 	Logits string
 	// Trainable lists the initializers to differentiate. By default: every
 	// float initializer that is a parameter on a differentiable path to the
-	// logits (not scalar constants other than *_clip_max, not tables
+	// logits (not scalar constants other than clips, not tables
 	// holding infinities, and not sinusoidal position tables).
 	Trainable []string
 	// Untie makes every initializer its own parameter; by default exact
@@ -301,9 +301,8 @@ func findLogits(m *graph.Model, name string) (string, error) {
 		return name, nil
 	}
 	var found []string
-	for _, o := range m.Graph().Output {
-		dt, r := valueType(o)
-		if isFloat(dt) && r == 3 {
+	for _, o := range m.Outputs() {
+		if isFloat(o.Elem) && o.Dims != nil && len(o.Dims) == 3 {
 			found = append(found, o.Name)
 		}
 	}

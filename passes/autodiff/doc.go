@@ -8,8 +8,9 @@
 //
 //  1. picks the parameters: float initializers from which a float path
 //     reaches the logits, except scalar constants (a quantizer's tiny and
-//     qmax, softmax fixed scales) other than *_clip_max clips, and
-//     sinusoidal position tables; or Options.Trainable;
+//     qmax, softmax fixed scales) other than the quantizers' clips
+//     (quantize.Units, or initializers named *_clip_max), and sinusoidal
+//     position tables; or Options.Trainable;
 //  2. ties copies: a parameter that is an exact or transposed copy of an
 //     earlier one (exporters write a tied embedding table twice, once
 //     transposed for the output projection) is rebuilt in the graph from
@@ -31,6 +32,10 @@
 //     computing a gradient is renamed to it, so that no Identity copies
 //     it) and drops the nodes nothing reads.
 //
+// The forward graph's element types and shapes come from graph's
+// inference, whose op table (graph/ops.go) serves both; the builder
+// declares the types of the values it emits.
+//
 // Rules emit only ops valid at the model's opset (attribute or input forms
 // of axes, Split and Squeeze). Broadcasting is undone by ReduceSum over
 // the broadcast axes: statically where the operand is a constant or
@@ -46,8 +51,8 @@
 // axis is used. Slice's gradient scatters into the positions the same
 // Slice selects from a tensor of element indices, exact for any steps.
 //
-// A fake quantizer, QuantizeLinear → [integer Clip] → DequantizeLinear, is
-// differentiated as one unit (the integer tensors in between have no
+// A fake quantizer, QuantizeLinear → [integer Clip] → DequantizeLinear
+// (quantize.Match), is differentiated as one unit (the integer tensors in between have no
 // gradient): straight-through for x inside the representable range
 // [s·(qmin−zp), s·(qmax−zp)] and zero outside; the scale receives Σ g·qmax
 // over elements above the range plus Σ g·qmin below it, which through the

@@ -10,6 +10,7 @@ import (
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/onnx"
+	"github.com/qatc/qatc/passes/quantize"
 )
 
 // choosePar returns the trainable initializers, in initializer order:
@@ -70,9 +71,17 @@ func choosePar(b *builder, nodes []*onnx.NodeProto, logits string, opts Options)
 			}
 		}
 	}
+	// A quantizer's clip (or an initializer named as insert names clips)
+	// is learned, scalar or not.
+	clips := map[string]bool{}
+	for _, u := range b.quant {
+		if u.Resolve(m) == nil && u.Clip != "" {
+			clips[u.Clip] = true
+		}
+	}
 	var out []string
 	for _, t := range m.Graph().Initializer {
-		if !reach[t.Name] || !isParameter(t) {
+		if !reach[t.Name] || !clips[t.Name] && !strings.HasSuffix(t.Name, quantize.ClipSuffix) && !isParameter(t) {
 			continue
 		}
 		out = append(out, t.Name)
@@ -83,13 +92,9 @@ func choosePar(b *builder, nodes []*onnx.NodeProto, logits string, opts Options)
 
 // isParameter tells learned tensors from constants that merely happen to
 // be float initializers: scalars (a quantizer's tiny and qmax, softmax
-// fixed scales, eps) other than clip values, tables holding infinities
-// (additive masks), and sinusoidal position tables, which are computed,
-// not learned.
+// fixed scales, eps), tables holding infinities (additive masks), and
+// sinusoidal position tables, which are computed, not learned.
 func isParameter(t *onnx.TensorProto) bool {
-	if strings.HasSuffix(t.Name, "_clip_max") {
-		return true
-	}
 	if graph.NumElements(t.Dims) <= 1 {
 		return false
 	}

@@ -9,6 +9,10 @@ import (
 	"github.com/qatc/qatc/onnx"
 )
 
+// ClipSuffix ends the name of every clip initializer Insert writes
+// (<tensor>_clip_max, DESIGN.md's convention).
+const ClipSuffix = "_clip_max"
+
 // Tiny is the floor Max(clip, Tiny) puts under every clip, so that a clip
 // driven to zero by training never gives a zero scale.
 const Tiny = 1e-8
@@ -198,7 +202,7 @@ func (in *inserter) insert(c *cand, clip *onnx.TensorProto) Quantizer {
 		}
 		clipName, ok := in.clipOf[rep]
 		if !ok {
-			clipName = m.UniqueName(rep.tensor + "_clip_max")
+			clipName = m.UniqueName(rep.tensor + ClipSuffix)
 			clip.Name = clipName
 			m.AddInitializer(clip)
 			in.clipOf[rep] = clipName
