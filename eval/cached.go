@@ -14,6 +14,7 @@ import (
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/incremental"
+	"github.com/qatc/qatc/seq2seq"
 )
 
 // Incremental is a translation model as an encoder and a decoder with a
@@ -25,7 +26,7 @@ import (
 type Incremental struct {
 	// Name is the model in messages (its directory).
 	Name   string
-	Config incremental.Config
+	Config seq2seq.Config
 
 	enc, first, next *ort.Session
 	layers, heads    int
@@ -137,18 +138,18 @@ func IsIncrementalDir(path string) bool {
 // onnxruntime's defaults) and checks that they and dir's config.json
 // belong together.
 func OpenIncremental(dir string, opts *ort.Options) (*Incremental, error) {
-	cfg, err := incremental.ReadConfig(dir)
+	cfg, err := seq2seq.ReadConfig(dir)
 	if err != nil {
 		return nil, err
 	}
-	for _, f := range incremental.Files {
+	for _, f := range seq2seq.Files {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
 			return nil, fmt.Errorf("%s: %s is missing: the directory holds an incomplete export; write it again with qatc export --incremental", dir, f)
 		}
 	}
 	m := &Incremental{Name: dir, Config: *cfg}
 	sessions := []**ort.Session{&m.enc, &m.first, &m.next}
-	for i, f := range incremental.Files {
+	for i, f := range seq2seq.Files {
 		s, err := ort.OpenFile(filepath.Join(dir, f), fileOptions(opts, i))
 		if err != nil {
 			m.Close()
@@ -172,7 +173,7 @@ func NewIncremental(name string, s *incremental.Set, opts *ort.Options) (*Increm
 		sess, err := ort.Open(g, fileOptions(opts, i))
 		if err != nil {
 			m.Close()
-			return nil, fmt.Errorf("%s: %s: %w", name, incremental.Files[i], err)
+			return nil, fmt.Errorf("%s: %s: %w", name, seq2seq.Files[i], err)
 		}
 		*sessions[i] = sess
 	}
@@ -189,7 +190,7 @@ func fileOptions(opts *ort.Options, i int) *ort.Options {
 		return opts
 	}
 	c := *opts
-	c.ProfilePrefix += "_" + strings.TrimSuffix(incremental.Files[i], ".onnx")
+	c.ProfilePrefix += "_" + strings.TrimSuffix(seq2seq.Files[i], ".onnx")
 	return &c
 }
 
@@ -215,7 +216,7 @@ func (m *Incremental) EndProfiling() (map[string]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		out[incremental.Files[i]] = p
+		out[seq2seq.Files[i]] = p
 	}
 	return out, nil
 }
@@ -268,20 +269,20 @@ func (m *Incremental) Vocab() int { return m.vocab }
 // different exports is refused, naming the file.
 func (m *Incremental) check() error {
 	cfg := &m.Config
-	file := func(i int) string { return filepath.Join(m.Name, incremental.Files[i]) }
+	file := func(i int) string { return filepath.Join(m.Name, seq2seq.Files[i]) }
 	// The export's id, where the files carry one.
 	if cfg.Qatc.ID != "" {
 		for i, s := range []*ort.Session{m.enc, m.first, m.next} {
-			v, ok, err := s.Metadata(incremental.MetadataKey)
+			v, ok, err := s.Metadata(seq2seq.MetadataKey)
 			if err != nil {
 				return err
 			}
 			if !ok {
 				continue
 			}
-			var p incremental.Part
+			var p seq2seq.Part
 			if json.Unmarshal([]byte(v), &p) != nil || p.ID != cfg.Qatc.ID {
-				return fmt.Errorf("%s comes from another export than %s (export id %q, config %q): the directory mixes files of different models; export it again", file(i), filepath.Join(m.Name, incremental.ConfigFile), p.ID, cfg.Qatc.ID)
+				return fmt.Errorf("%s comes from another export than %s (export id %q, config %q): the directory mixes files of different models; export it again", file(i), filepath.Join(m.Name, seq2seq.ConfigFile), p.ID, cfg.Qatc.ID)
 			}
 		}
 	}
@@ -309,20 +310,20 @@ func (m *Incremental) check() error {
 			return nil
 		}
 		if int(io.Dims[axis]) != want {
-			return fmt.Errorf("%s: %s has %s %d where %s says %d: the files come from different models; export the directory again", file(i), io, what, io.Dims[axis], filepath.Join(m.Name, incremental.ConfigFile), want)
+			return fmt.Errorf("%s: %s has %s %d where %s says %d: the files come from different models; export the directory again", file(i), io, what, io.Dims[axis], filepath.Join(m.Name, seq2seq.ConfigFile), want)
 		}
 		return nil
 	}
 	m.hidden, m.vocab, m.heads, m.layers = cfg.Hidden, cfg.Vocab, cfg.DecoderHeads, cfg.DecoderLayers
 	m.headSize = cfg.HeadSize()
 	enc, first, next := m.enc, m.first, m.next
-	if _, err := need(0, enc.Inputs(), "input", incremental.InputIDs, graph.Int64, 2); err != nil {
+	if _, err := need(0, enc.Inputs(), "input", seq2seq.InputIDs, graph.Int64, 2); err != nil {
 		return err
 	}
-	if _, err := need(0, enc.Inputs(), "input", incremental.AttentionMask, graph.Int64, 2); err != nil {
+	if _, err := need(0, enc.Inputs(), "input", seq2seq.AttentionMask, graph.Int64, 2); err != nil {
 		return err
 	}
-	h, err := need(0, enc.Outputs(), "output", incremental.LastHiddenState, graph.Float, 3)
+	h, err := need(0, enc.Outputs(), "output", seq2seq.LastHiddenState, graph.Float, 3)
 	if err != nil {
 		return err
 	}
@@ -331,13 +332,13 @@ func (m *Incremental) check() error {
 	}
 	for i, s := range []*ort.Session{first, next} {
 		i++
-		if _, err := need(i, s.Inputs(), "input", incremental.InputIDs, graph.Int64, 2); err != nil {
+		if _, err := need(i, s.Inputs(), "input", seq2seq.InputIDs, graph.Int64, 2); err != nil {
 			return err
 		}
-		if _, err := need(i, s.Inputs(), "input", incremental.EncoderAttentionMask, graph.Int64, 2); err != nil {
+		if _, err := need(i, s.Inputs(), "input", seq2seq.EncoderAttentionMask, graph.Int64, 2); err != nil {
 			return err
 		}
-		l, err := need(i, s.Outputs(), "output", incremental.Logits, graph.Float, 3)
+		l, err := need(i, s.Outputs(), "output", seq2seq.Logits, graph.Float, 3)
 		if err != nil {
 			return err
 		}
@@ -349,9 +350,9 @@ func (m *Incremental) check() error {
 				for _, kv := range []string{"key", "value"} {
 					var io graph.IOInfo
 					if i == 1 {
-						io, err = need(i, s.Outputs(), "output", incremental.Present(layer, st, kv), graph.Float, 4)
+						io, err = need(i, s.Outputs(), "output", seq2seq.Present(layer, st, kv), graph.Float, 4)
 					} else {
-						io, err = need(i, s.Inputs(), "input", incremental.Past(layer, st, kv), graph.Float, 4)
+						io, err = need(i, s.Inputs(), "input", seq2seq.Past(layer, st, kv), graph.Float, 4)
 					}
 					if err != nil {
 						return err
@@ -369,12 +370,12 @@ func (m *Incremental) check() error {
 			if strings.HasPrefix(io.Name, "past_key_values.") {
 				var layer int
 				if _, err := fmt.Sscanf(io.Name, "past_key_values.%d.", &layer); err == nil && layer >= m.layers {
-					return fmt.Errorf("%s has a cache input for layer %d; %s says %d decoder layers: the files come from different models", file(i), layer, filepath.Join(m.Name, incremental.ConfigFile), m.layers)
+					return fmt.Errorf("%s has a cache input for layer %d; %s says %d decoder layers: the files come from different models", file(i), layer, filepath.Join(m.Name, seq2seq.ConfigFile), m.layers)
 				}
 			}
 		}
 		if i == 1 {
-			e, err := need(i, s.Inputs(), "input", incremental.EncoderHiddenStates, graph.Float, 3)
+			e, err := need(i, s.Inputs(), "input", seq2seq.EncoderHiddenStates, graph.Float, 3)
 			if err != nil {
 				return err
 			}
@@ -436,13 +437,13 @@ func (m *Incremental) Start(srcs [][]int64) (State, error) {
 	// The encoder writes into a pooled buffer, as every step below does:
 	// nothing large is copied out of onnxruntime or left to the collector.
 	hs := []int64{int64(rows), int64(s), int64(m.hidden)}
-	into := map[string]*ort.Tensor{incremental.LastHiddenState: ort.Float32(hs, m.pool.get(int(graph.NumElements(hs)), 0))}
-	out, err := m.enc.RunInto(map[string]*ort.Tensor{incremental.InputIDs: ort.Int64(shape, ids), incremental.AttentionMask: ort.Int64(shape, mask)}, into, incremental.LastHiddenState)
+	into := map[string]*ort.Tensor{seq2seq.LastHiddenState: ort.Float32(hs, m.pool.get(int(graph.NumElements(hs)), 0))}
+	out, err := m.enc.RunInto(map[string]*ort.Tensor{seq2seq.InputIDs: ort.Int64(shape, ids), seq2seq.AttentionMask: ort.Int64(shape, mask)}, into, seq2seq.LastHiddenState)
 	if err != nil {
-		m.pool.put(into[incremental.LastHiddenState])
+		m.pool.put(into[seq2seq.LastHiddenState])
 		return nil, err
 	}
-	st := &incState{m: m, rows: rows, srcLen: s, mask: mask, enc: out[incremental.LastHiddenState]}
+	st := &incState{m: m, rows: rows, srcLen: s, mask: mask, enc: out[seq2seq.LastHiddenState]}
 	st.sentence = make([]int, rows)
 	for i := range st.sentence {
 		st.sentence[i] = i
@@ -463,21 +464,21 @@ func (s *incState) Step(tokens []int64) ([]float32, int, error) {
 		s.logits = make([]float32, s.rows*v)
 	}
 	logits := ort.Float32([]int64{int64(s.rows), 1, int64(v)}, s.logits[:s.rows*v])
-	into := map[string]*ort.Tensor{incremental.Logits: logits}
+	into := map[string]*ort.Tensor{seq2seq.Logits: logits}
 	if s.steps == 0 {
 		// Tokens one position long: the self-attention cache has one
 		// position, the cross-attention one the source's.
 		for l := range m.layers {
 			for _, kv := range []string{"key", "value"} {
 				self := []int64{int64(s.rows), int64(m.heads), 1, int64(m.headSize)}
-				into[incremental.Present(l, "decoder", kv)] = s.buffer(nil, self)
+				into[seq2seq.Present(l, "decoder", kv)] = s.buffer(nil, self)
 				cross := []int64{int64(s.rows), int64(m.heads), int64(s.srcLen), int64(m.headSize)}
 				n := int(graph.NumElements(cross))
-				into[incremental.Present(l, "encoder", kv)] = ort.Float32(cross, m.pool.get(n, n))
+				into[seq2seq.Present(l, "encoder", kv)] = ort.Float32(cross, m.pool.get(n, n))
 			}
 		}
 		out, err := m.first.RunInto(map[string]*ort.Tensor{
-			incremental.InputIDs: ids, incremental.EncoderAttentionMask: mask, incremental.EncoderHiddenStates: s.enc,
+			seq2seq.InputIDs: ids, seq2seq.EncoderAttentionMask: mask, seq2seq.EncoderHiddenStates: s.enc,
 		}, into)
 		if err != nil {
 			return nil, 0, err
@@ -486,8 +487,8 @@ func (s *incState) Step(tokens []int64) ([]float32, int, error) {
 		s.enc = nil
 		for l := range m.layers {
 			for _, kv := range []string{"key", "value"} {
-				s.self = append(s.self, out[incremental.Present(l, "decoder", kv)])
-				s.cross = append(s.cross, out[incremental.Present(l, "encoder", kv)])
+				s.self = append(s.self, out[seq2seq.Present(l, "decoder", kv)])
+				s.cross = append(s.cross, out[seq2seq.Present(l, "encoder", kv)])
 			}
 		}
 		s.spare = make([]*ort.Tensor, len(s.self))
@@ -496,15 +497,15 @@ func (s *incState) Step(tokens []int64) ([]float32, int, error) {
 		if err := s.gatherCross(); err != nil {
 			return nil, 0, err
 		}
-		in := map[string]*ort.Tensor{incremental.InputIDs: ids, incremental.EncoderAttentionMask: mask}
+		in := map[string]*ort.Tensor{seq2seq.InputIDs: ids, seq2seq.EncoderAttentionMask: mask}
 		t := s.self[0].Shape[2]
 		for l := range m.layers {
 			for j, kv := range []string{"key", "value"} {
 				i := 2*l + j
-				in[incremental.Past(l, "decoder", kv)] = s.self[i]
-				in[incremental.Past(l, "encoder", kv)] = s.cross[i]
+				in[seq2seq.Past(l, "decoder", kv)] = s.self[i]
+				in[seq2seq.Past(l, "encoder", kv)] = s.cross[i]
 				s.spare[i] = s.buffer(s.spare[i], []int64{int64(s.rows), int64(m.heads), t + 1, int64(m.headSize)})
-				into[incremental.Present(l, "decoder", kv)] = s.spare[i]
+				into[seq2seq.Present(l, "decoder", kv)] = s.spare[i]
 			}
 		}
 		if _, err := m.next.RunInto(in, into); err != nil {

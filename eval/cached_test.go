@@ -104,7 +104,7 @@ func writeDir(t *testing.T, s *incremental.Set) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, incremental.ConfigFile), cfg, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, seq2seq.ConfigFile), cfg, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return dir
@@ -143,17 +143,17 @@ func TestOpenIncremental(t *testing.T) {
 		edit func(dir string)
 		want string
 	}{
-		{"missing file", func(dir string) { os.Remove(filepath.Join(dir, incremental.DecoderWithPastFile)) }, "decoder_with_past_model.onnx is missing"},
-		{"no config", func(dir string) { os.Remove(filepath.Join(dir, incremental.ConfigFile)) }, "no config.json"},
+		{"missing file", func(dir string) { os.Remove(filepath.Join(dir, seq2seq.DecoderWithPastFile)) }, "decoder_with_past_model.onnx is missing"},
+		{"no config", func(dir string) { os.Remove(filepath.Join(dir, seq2seq.ConfigFile)) }, "no config.json"},
 		{"another export", func(dir string) {
-			if err := b.Decoder.Save(filepath.Join(dir, incremental.DecoderFile)); err != nil {
+			if err := b.Decoder.Save(filepath.Join(dir, seq2seq.DecoderFile)); err != nil {
 				t.Fatal(err)
 			}
 		}, "comes from another export"},
 		{"another model", func(dir string) {
 			g := c.DecoderWithPast
-			g.SetMetadata(incremental.MetadataKey, "")
-			if err := g.Save(filepath.Join(dir, incremental.DecoderWithPastFile)); err != nil {
+			g.SetMetadata(seq2seq.MetadataKey, "")
+			if err := g.Save(filepath.Join(dir, seq2seq.DecoderWithPastFile)); err != nil {
 				t.Fatal(err)
 			}
 		}, "different models"},

@@ -96,7 +96,7 @@ func Load(spec ModelSpec, sp seq2seq.Special, threads int) (*Loaded, error) {
 			return nil, err
 		}
 		size := int64(0)
-		for _, f := range incremental.Files {
+		for _, f := range seq2seq.Files {
 			n, err := ModelSize(filepath.Join(spec.Path, f))
 			if err != nil {
 				m.Close()

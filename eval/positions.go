@@ -5,7 +5,6 @@ import (
 	"path/filepath"
 
 	"github.com/qatc/qatc/graph"
-	"github.com/qatc/qatc/passes/incremental"
 	"github.com/qatc/qatc/passes/transformer"
 )
 
@@ -16,8 +15,8 @@ import (
 // decoder files. Only the models' structure is read.
 func Positions(path string, given seq2seq.Roles) (src, tgt int) {
 	if IsIncrementalDir(path) {
-		src, _ = filePositions(filepath.Join(path, incremental.EncoderFile), seq2seq.Roles{})
-		_, tgt = filePositions(filepath.Join(path, incremental.DecoderFile), seq2seq.Roles{})
+		src, _ = filePositions(filepath.Join(path, seq2seq.EncoderFile), seq2seq.Roles{})
+		_, tgt = filePositions(filepath.Join(path, seq2seq.DecoderFile), seq2seq.Roles{})
 		return src, tgt
 	}
 	return filePositions(path, given)

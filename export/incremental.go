@@ -15,6 +15,7 @@ import (
 	"github.com/qatc/qatc/passes/incremental"
 	"github.com/qatc/qatc/passes/quantize"
 	"github.com/qatc/qatc/safeio"
+	"github.com/qatc/qatc/seq2seq"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -38,7 +39,7 @@ type IncrementalOptions struct {
 // IncrementalReport says what Incremental built and how it checked it.
 type IncrementalReport struct {
 	Format string
-	Config incremental.Config
+	Config seq2seq.Config
 	Files  []FileReport
 	Check  IncrementalCheck
 	// Notes says what the format conversion chose, per file.
@@ -95,7 +96,7 @@ func Incremental(m *graph.Model, format string, opts IncrementalOptions) (*incre
 	rep := &IncrementalReport{Format: format}
 	graphs := []**graph.Model{&set.Encoder, &set.Decoder, &set.DecoderWithPast}
 	for i, p := range graphs {
-		f := FileReport{File: incremental.Files[i]}
+		f := FileReport{File: seq2seq.Files[i]}
 		if format == "fp32" {
 			f.Size = int64(proto.Size((*p).Proto))
 		} else {
@@ -271,7 +272,7 @@ func WriteIncremental(dir string, set *incremental.Set) error {
 	if err != nil {
 		return err
 	}
-	if err := safeio.WriteFile(filepath.Join(tmp, incremental.ConfigFile), cfg); err != nil {
+	if err := safeio.WriteFile(filepath.Join(tmp, seq2seq.ConfigFile), cfg); err != nil {
 		return err
 	}
 	return b.Commit()
@@ -304,8 +305,8 @@ func replaceable(dir string) error {
 	if len(entries) == 0 {
 		return nil
 	}
-	ours := map[string]bool{incremental.ConfigFile: true}
-	for _, f := range incremental.Files {
+	ours := map[string]bool{seq2seq.ConfigFile: true}
+	for _, f := range seq2seq.Files {
 		ours[f] = true
 	}
 	for _, e := range entries {
@@ -313,7 +314,7 @@ func replaceable(dir string) error {
 			return fmt.Errorf("-o %s: the directory exists and holds %s, which is not part of an incremental export; choose another directory", dir, e.Name())
 		}
 	}
-	if _, err := incremental.ReadConfig(dir); err != nil {
+	if _, err := seq2seq.ReadConfig(dir); err != nil {
 		return fmt.Errorf("-o %s: the directory exists and is not an incremental export (%v); choose another directory", dir, err)
 	}
 	return nil

@@ -67,7 +67,7 @@ func TestIncremental(t *testing.T) {
 				t.Errorf("%s: %s holds no integer weights", name, f.File)
 			}
 			// qoperator's encoder runs every product in integers.
-			if tc.format == "qoperator" && f.FloatMatMuls > 0 && f.File == incremental.EncoderFile {
+			if tc.format == "qoperator" && f.FloatMatMuls > 0 && f.File == seq2seq.EncoderFile {
 				t.Errorf("%s: %s runs %d float products", name, f.File, f.FloatMatMuls)
 			}
 		}
@@ -78,7 +78,7 @@ func TestIncremental(t *testing.T) {
 		if err := WriteIncremental(dir, set); err != nil {
 			t.Fatal(err)
 		}
-		for _, f := range incremental.Files {
+		for _, f := range seq2seq.Files {
 			s, err := ort.OpenFile(filepath.Join(dir, f), nil)
 			if err != nil {
 				t.Errorf("%s: %s does not open with default options: %v", name, f, err)

@@ -8,4 +8,11 @@
 // train reads its data, eval and translate decode, export checks and
 // writes incremental models with these; nothing else finds roles or loads
 // a SentencePiece model.
+//
+// It also owns a model stored as several ONNX files: Hugging Face
+// Optimum's seq2seq layout (an encoder, a decoder for the first step and a
+// decoder with a key/value cache, or both decoders merged into one file)
+// with its config.json: the layout's names and the config.
+// passes/incremental builds qatc's own directories of this layout from a
+// full-sequence model; eval decodes directories with their cache.
 package seq2seq

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
-	"github.com/qatc/qatc/passes/incremental"
+	"github.com/qatc/qatc/seq2seq"
 	"github.com/qatc/qatc/testmodels/demo"
 )
 
@@ -154,12 +154,12 @@ func TestTranslateBadInputs(t *testing.T) {
 	mixed := filepath.Join(dir, "mixed.inc")
 	for _, d := range []string{broken, mixed} {
 		os.Mkdir(d, 0o755)
-		for _, f := range append(incremental.Files, incremental.ConfigFile) {
+		for _, f := range append(seq2seq.Files, seq2seq.ConfigFile) {
 			b, _ := os.ReadFile(filepath.Join(good, f))
-			if d == mixed && f == incremental.DecoderFile {
+			if d == mixed && f == seq2seq.DecoderFile {
 				b, _ = os.ReadFile(filepath.Join(other, f))
 			}
-			if d == broken && f == incremental.DecoderWithPastFile {
+			if d == broken && f == seq2seq.DecoderWithPastFile {
 				continue
 			}
 			os.WriteFile(filepath.Join(d, f), b, 0o644)

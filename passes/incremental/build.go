@@ -11,6 +11,7 @@ import (
 	"github.com/qatc/qatc/onnx"
 	"github.com/qatc/qatc/passes/quantize"
 	"github.com/qatc/qatc/passes/transformer"
+	"github.com/qatc/qatc/seq2seq"
 )
 
 // Options configure Build.
@@ -26,17 +27,20 @@ type Options struct {
 	Float bool
 }
 
+// CacheDoc describes the cache tensors for Qatc.Cache.
+const CacheDoc = "keys and values [batch, heads, len, head_size] as the attention products read them: after the model's scaling and quantizers"
+
 // Set is the three graphs of an incremental decoder and their config.
 type Set struct {
 	Encoder, Decoder, DecoderWithPast *graph.Model
-	Config                            Config
+	Config                            seq2seq.Config
 	// Model is what the recogniser found in the source.
 	Model *transformer.Model
 }
 
 // Graphs returns the three graphs with their file names.
 func (s *Set) Graphs() map[string]*graph.Model {
-	return map[string]*graph.Model{EncoderFile: s.Encoder, DecoderFile: s.Decoder, DecoderWithPastFile: s.DecoderWithPast}
+	return map[string]*graph.Model{seq2seq.EncoderFile: s.Encoder, seq2seq.DecoderFile: s.Decoder, seq2seq.DecoderWithPastFile: s.DecoderWithPast}
 }
 
 // ErrFormat is wrapped by Build's errors for models already exported to
@@ -95,9 +99,9 @@ func Build(m *graph.Model, opts Options) (*Set, error) {
 		dst   **graph.Model
 		build func(*builder) error
 	}{
-		{EncoderFile, &s.Encoder, (*builder).encoderGraph},
-		{DecoderFile, &s.Decoder, (*builder).decoderGraph},
-		{DecoderWithPastFile, &s.DecoderWithPast, (*builder).withPastGraph},
+		{seq2seq.EncoderFile, &s.Encoder, (*builder).encoderGraph},
+		{seq2seq.DecoderFile, &s.Decoder, (*builder).decoderGraph},
+		{seq2seq.DecoderWithPastFile, &s.DecoderWithPast, (*builder).withPastGraph},
 	} {
 		b := src.newBuilder(p.file, opts)
 		if err := p.build(b); err != nil {
@@ -179,10 +183,10 @@ func newSource(m *graph.Model, tm *transformer.Model, float bool) (*source, erro
 }
 
 // config reads the sizes of the recognised model.
-func (s *source) config(opts Options) Config {
+func (s *source) config(opts Options) seq2seq.Config {
 	tm := s.tm
-	c := Config{
-		ModelType: ModelType, Hidden: tm.Hidden,
+	c := seq2seq.Config{
+		ModelType: seq2seq.ModelType, Hidden: tm.Hidden,
 		EncoderLayers: len(tm.Encoder), DecoderLayers: len(tm.Decoder),
 		EncoderHeads: tm.Heads, DecoderHeads: tm.Heads, EncoderFFN: tm.FFN, DecoderFFN: tm.FFN,
 		Vocab: tm.Vocab, Activation: tm.Activation, PreNorm: tm.PreNorm, Tied: tm.Tied,

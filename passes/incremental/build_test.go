@@ -14,6 +14,7 @@ import (
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/quantize"
 	"github.com/qatc/qatc/passes/transformer"
+	"github.com/qatc/qatc/seq2seq"
 	"github.com/qatc/qatc/testmodels"
 )
 
@@ -40,7 +41,7 @@ func steps(t *testing.T, s *Set, src, tgt []int64, rows int, opt ort.GraphOptimi
 		}
 	}
 	shape := []int64{int64(rows), int64(S)}
-	out, err := enc.Run(map[string]*ort.Tensor{InputIDs: ort.Int64(shape, src), AttentionMask: ort.Int64(shape, mask)})
+	out, err := enc.Run(map[string]*ort.Tensor{seq2seq.InputIDs: ort.Int64(shape, src), seq2seq.AttentionMask: ort.Int64(shape, mask)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,21 +60,21 @@ func steps(t *testing.T, s *Set, src, tgt []int64, rows int, opt ort.GraphOptimi
 			copy(logits[(r*T+j)*v:(r*T+j+1)*v], f[r*v:(r+1)*v])
 		}
 	}
-	res, err := dec.Run(map[string]*ort.Tensor{InputIDs: column(0), EncoderAttentionMask: ort.Int64(shape, mask), EncoderHiddenStates: out[LastHiddenState]})
+	res, err := dec.Run(map[string]*ort.Tensor{seq2seq.InputIDs: column(0), seq2seq.EncoderAttentionMask: ort.Int64(shape, mask), seq2seq.EncoderHiddenStates: out[seq2seq.LastHiddenState]})
 	if err != nil {
 		t.Fatal(err)
 	}
-	keep(0, res[Logits])
+	keep(0, res[seq2seq.Logits])
 	cache := map[string]*ort.Tensor{}
 	for i := range s.Config.DecoderLayers {
 		for _, st := range []string{"decoder", "encoder"} {
 			for _, k := range []string{"key", "value"} {
-				cache[Past(i, st, k)] = res[Present(i, st, k)]
+				cache[seq2seq.Past(i, st, k)] = res[seq2seq.Present(i, st, k)]
 			}
 		}
 	}
 	for j := 1; j < T; j++ {
-		in := map[string]*ort.Tensor{InputIDs: column(j), EncoderAttentionMask: ort.Int64(shape, mask)}
+		in := map[string]*ort.Tensor{seq2seq.InputIDs: column(j), seq2seq.EncoderAttentionMask: ort.Int64(shape, mask)}
 		for k, x := range cache {
 			in[k] = x
 		}
@@ -81,10 +82,10 @@ func steps(t *testing.T, s *Set, src, tgt []int64, rows int, opt ort.GraphOptimi
 		if err != nil {
 			t.Fatal(err)
 		}
-		keep(j, res[Logits])
+		keep(j, res[seq2seq.Logits])
 		for i := range s.Config.DecoderLayers {
 			for _, k := range []string{"key", "value"} {
-				cache[Past(i, "decoder", k)] = res[Present(i, "decoder", k)]
+				cache[seq2seq.Past(i, "decoder", k)] = res[seq2seq.Present(i, "decoder", k)]
 			}
 		}
 	}
@@ -273,7 +274,7 @@ func TestLayout(t *testing.T) {
 		if len(qs) == 0 {
 			t.Errorf("%s has no quantizers", name)
 		}
-		part, _ := tc.m.Metadata(MetadataKey)
+		part, _ := tc.m.Metadata(seq2seq.MetadataKey)
 		if !strings.Contains(part, s.Config.Qatc.ID) {
 			t.Errorf("%s: part %s lacks the export id %s", name, part, s.Config.Qatc.ID)
 		}

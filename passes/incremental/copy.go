@@ -8,6 +8,7 @@ import (
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/onnx"
 	"github.com/qatc/qatc/passes/quantize"
+	"github.com/qatc/qatc/seq2seq"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -365,11 +366,11 @@ func (b *builder) apply(x string, steps []step) (string, error) {
 // source's quantization record narrowed to the quantizers used here.
 func (b *builder) finish(id string) error {
 	m := b.m
-	part, err := json.Marshal(Part{ID: id, File: b.file})
+	part, err := json.Marshal(seq2seq.Part{ID: id, File: b.file})
 	if err != nil {
 		return err
 	}
-	m.SetMetadata(MetadataKey, string(part))
+	m.SetMetadata(seq2seq.MetadataKey, string(part))
 	if b.rec != nil && len(b.used) > 0 {
 		r := &quantize.Record{Params: b.rec.Params, Calibration: b.rec.Calibration}
 		for _, q := range b.used {

@@ -7,6 +7,7 @@ import (
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/onnx"
 	"github.com/qatc/qatc/passes/transformer"
+	"github.com/qatc/qatc/seq2seq"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -18,10 +19,10 @@ const maskBias = -1e9
 // encoderGraph builds input_ids, attention_mask → last_hidden_state.
 func (b *builder) encoderGraph() error {
 	tm := b.tm
-	b.m.AddInput(InputIDs, graph.Int64, []int64{-1, -1}, DimBatch, DimSrc)
-	b.m.AddInput(AttentionMask, graph.Int64, []int64{-1, -1}, DimBatch, DimSrc)
-	mask := b.padMask(AttentionMask)
-	x, err := b.embed(tm.Src, InputIDs, "")
+	b.m.AddInput(seq2seq.InputIDs, graph.Int64, []int64{-1, -1}, seq2seq.DimBatch, seq2seq.DimSrc)
+	b.m.AddInput(seq2seq.AttentionMask, graph.Int64, []int64{-1, -1}, seq2seq.DimBatch, seq2seq.DimSrc)
+	mask := b.padMask(seq2seq.AttentionMask)
+	x, err := b.embed(tm.Src, seq2seq.InputIDs, "")
 	if err != nil {
 		return err
 	}
@@ -43,10 +44,10 @@ func (b *builder) encoderGraph() error {
 			return fmt.Errorf("encoder LayerNorm: %w", err)
 		}
 	}
-	if _, err := b.rename(x, LastHiddenState); err != nil {
+	if _, err := b.rename(x, seq2seq.LastHiddenState); err != nil {
 		return err
 	}
-	b.m.AddOutput(LastHiddenState, graph.Float, []int64{-1, -1, int64(tm.Hidden)}, DimBatch, DimSrc)
+	b.m.AddOutput(seq2seq.LastHiddenState, graph.Float, []int64{-1, -1, int64(tm.Hidden)}, seq2seq.DimBatch, seq2seq.DimSrc)
 	return nil
 }
 
@@ -54,51 +55,51 @@ func (b *builder) encoderGraph() error {
 // self-attention cache and the cross-attention keys and values.
 func (b *builder) decoderGraph() error {
 	tm := b.tm
-	b.m.AddInput(InputIDs, graph.Int64, []int64{-1, -1}, DimBatch, DimTgt)
-	b.m.AddInput(EncoderAttentionMask, graph.Int64, []int64{-1, -1}, DimBatch, DimSrc)
-	b.m.AddInput(EncoderHiddenStates, graph.Float, []int64{-1, -1, int64(tm.Hidden)}, DimBatch, DimSrc)
-	mask := b.padMask(EncoderAttentionMask)
+	b.m.AddInput(seq2seq.InputIDs, graph.Int64, []int64{-1, -1}, seq2seq.DimBatch, seq2seq.DimTgt)
+	b.m.AddInput(seq2seq.EncoderAttentionMask, graph.Int64, []int64{-1, -1}, seq2seq.DimBatch, seq2seq.DimSrc)
+	b.m.AddInput(seq2seq.EncoderHiddenStates, graph.Float, []int64{-1, -1, int64(tm.Hidden)}, seq2seq.DimBatch, seq2seq.DimSrc)
+	mask := b.padMask(seq2seq.EncoderAttentionMask)
 	// Causal bias [len, len]: maskBias strictly above the diagonal.
-	n := b.op("Shape", "decoder/length", []string{InputIDs}, graph.AttrInt("start", 1), graph.AttrInt("end", 2))
+	n := b.op("Shape", "decoder/length", []string{seq2seq.InputIDs}, graph.AttrInt("start", 1), graph.AttrInt("end", 2))
 	square := b.op("Concat", "decoder/causal/shape", []string{n, n}, graph.AttrInt("axis", 0))
 	fill := b.op("ConstantOfShape", "decoder/causal/fill", []string{square},
 		graph.AttrTensor("value", graph.FloatTensor("value", []int64{1}, []float32{maskBias})))
 	causal := b.op("Trilu", "decoder/causal/bias", []string{fill, b.scalarInt(1)}, graph.AttrInt("upper", 1))
-	x, err := b.embed(tm.Tgt, InputIDs, "")
+	x, err := b.embed(tm.Tgt, seq2seq.InputIDs, "")
 	if err != nil {
 		return err
 	}
 	return b.decoderLayers(x, func(i int) (kv, kv) {
-		return kv{mask: causal, present: [2]string{Present(i, "decoder", "key"), Present(i, "decoder", "value")}},
-			kv{mask: mask, memory: EncoderHiddenStates, present: [2]string{Present(i, "encoder", "key"), Present(i, "encoder", "value")}}
-	}, DimTgt, DimEncoderOut)
+		return kv{mask: causal, present: [2]string{seq2seq.Present(i, "decoder", "key"), seq2seq.Present(i, "decoder", "value")}},
+			kv{mask: mask, memory: seq2seq.EncoderHiddenStates, present: [2]string{seq2seq.Present(i, "encoder", "key"), seq2seq.Present(i, "encoder", "value")}}
+	}, seq2seq.DimTgt, seq2seq.DimEncoderOut)
 }
 
 // withPastGraph builds a decoder step over the cache.
 func (b *builder) withPastGraph() error {
 	tm := b.tm
-	b.m.AddInput(InputIDs, graph.Int64, []int64{-1, 1}, DimBatch)
-	b.m.AddInput(EncoderAttentionMask, graph.Int64, []int64{-1, -1}, DimBatch, DimSrc)
+	b.m.AddInput(seq2seq.InputIDs, graph.Int64, []int64{-1, 1}, seq2seq.DimBatch)
+	b.m.AddInput(seq2seq.EncoderAttentionMask, graph.Int64, []int64{-1, -1}, seq2seq.DimBatch, seq2seq.DimSrc)
 	dh := int64(tm.Hidden / tm.Heads)
 	for i := range tm.Decoder {
-		for _, s := range []struct{ stack, dim string }{{"decoder", DimPast}, {"encoder", DimEncoderOut}} {
+		for _, s := range []struct{ stack, dim string }{{"decoder", seq2seq.DimPast}, {"encoder", seq2seq.DimEncoderOut}} {
 			for _, k := range []string{"key", "value"} {
-				b.m.AddInput(Past(i, s.stack, k), graph.Float, []int64{-1, int64(tm.Heads), -1, dh}, DimBatch, "", s.dim)
+				b.m.AddInput(seq2seq.Past(i, s.stack, k), graph.Float, []int64{-1, int64(tm.Heads), -1, dh}, seq2seq.DimBatch, "", s.dim)
 			}
 		}
 	}
 	b.oneStep = true
-	mask := b.padMask(EncoderAttentionMask)
-	past := b.op("Shape", "decoder/past_length", []string{Past(0, "decoder", "key")}, graph.AttrInt("start", 2), graph.AttrInt("end", 3))
-	x, err := b.embed(tm.Tgt, InputIDs, past)
+	mask := b.padMask(seq2seq.EncoderAttentionMask)
+	past := b.op("Shape", "decoder/past_length", []string{seq2seq.Past(0, "decoder", "key")}, graph.AttrInt("start", 2), graph.AttrInt("end", 3))
+	x, err := b.embed(tm.Tgt, seq2seq.InputIDs, past)
 	if err != nil {
 		return err
 	}
 	return b.decoderLayers(x, func(i int) (kv, kv) {
-		return kv{past: [2]string{Past(i, "decoder", "key"), Past(i, "decoder", "value")},
-				present: [2]string{Present(i, "decoder", "key"), Present(i, "decoder", "value")}},
-			kv{mask: mask, past: [2]string{Past(i, "encoder", "key"), Past(i, "encoder", "value")}, cross: true}
-	}, DimPastPlus1, "")
+		return kv{past: [2]string{seq2seq.Past(i, "decoder", "key"), seq2seq.Past(i, "decoder", "value")},
+				present: [2]string{seq2seq.Present(i, "decoder", "key"), seq2seq.Present(i, "decoder", "value")}},
+			kv{mask: mask, past: [2]string{seq2seq.Past(i, "encoder", "key"), seq2seq.Past(i, "encoder", "value")}, cross: true}
+	}, seq2seq.DimPastPlus1, "")
 }
 
 // decoderLayers runs the decoder stack from x with each layer's
@@ -111,13 +112,13 @@ func (b *builder) decoderLayers(x string, kvs func(int) (kv, kv), selfDim, cross
 	var err error
 	// The logits' length: the decoder inputs', one with a past.
 	logitsLen := int64(-1)
-	if selfDim == DimPastPlus1 {
+	if selfDim == seq2seq.DimPastPlus1 {
 		logitsLen = 1
 	}
 	var outputs []*onnx.ValueInfoProto
 	dh := int64(tm.Hidden / tm.Heads)
 	cache := func(name, dim string) {
-		outputs = append(outputs, graph.ValueInfo(name, graph.Float, []int64{-1, int64(tm.Heads), -1, dh}, DimBatch, "", dim))
+		outputs = append(outputs, graph.ValueInfo(name, graph.Float, []int64{-1, int64(tm.Heads), -1, dh}, seq2seq.DimBatch, "", dim))
 	}
 	for i := range tm.Decoder {
 		l := &tm.Decoder[i]
@@ -167,10 +168,10 @@ func (b *builder) decoderLayers(x string, kvs func(int) (kv, kv), selfDim, cross
 	if err != nil {
 		return fmt.Errorf("output projection: %w", err)
 	}
-	if _, err := b.rename(ys[0], Logits); err != nil {
+	if _, err := b.rename(ys[0], seq2seq.Logits); err != nil {
 		return err
 	}
-	b.m.AddOutput(Logits, graph.Float, []int64{-1, logitsLen, int64(tm.Vocab)}, DimBatch, DimTgt)
+	b.m.AddOutput(seq2seq.Logits, graph.Float, []int64{-1, logitsLen, int64(tm.Vocab)}, seq2seq.DimBatch, seq2seq.DimTgt)
 	g := b.m.Graph()
 	g.Output = append(g.Output, outputs...)
 	b.m.Reindex()

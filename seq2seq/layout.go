@@ -1,17 +1,20 @@
-package incremental
+package seq2seq
 
 import "fmt"
 
-// The files of an incremental directory, as Hugging Face Optimum names a
-// seq2seq export.
+// The files of a seq2seq directory, as Hugging Face Optimum names them.
 const (
 	EncoderFile         = "encoder_model.onnx"
 	DecoderFile         = "decoder_model.onnx"
 	DecoderWithPastFile = "decoder_with_past_model.onnx"
-	ConfigFile          = "config.json"
+	// MergedFile holds both decoders as the branches of one If node on
+	// UseCacheBranch (then: with past, else: without).
+	MergedFile = "decoder_model_merged.onnx"
+	ConfigFile = "config.json"
 )
 
-// Files lists the model files of a directory, encoder first.
+// Files lists the model files of a directory with separate decoders,
+// encoder first.
 var Files = []string{EncoderFile, DecoderFile, DecoderWithPastFile}
 
 // Input and output names, as Optimum's seq2seq exports have them.
@@ -22,6 +25,7 @@ const (
 	EncoderHiddenStates  = "encoder_hidden_states"  // decoder_model's input
 	EncoderAttentionMask = "encoder_attention_mask" // the attention_mask again, for cross-attention
 	Logits               = "logits"                 // [batch, len, vocab]
+	UseCacheBranch       = "use_cache_branch"       // the merged decoder's bool [1]: true with past
 )
 
 // Symbolic dimension names, as Optimum writes them.
