@@ -35,6 +35,27 @@ func Load(path string) (*Model, error) {
 	return m, nil
 }
 
+// LoadValid is Load for a model a command works on: its structure is
+// checked too (Validate), so that a broken graph (a cycle, a dangling
+// input, a value written twice) is refused with one line naming the node;
+// nodes merely out of order are put in order.
+func LoadValid(path string) (*Model, error) {
+	m, err := Load(path)
+	if err != nil {
+		return nil, err
+	}
+	if m.Validate() == nil {
+		return m, nil
+	}
+	if err := m.TopoSort(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return m, nil
+}
+
 // LoadStructure reads a model file's structure: the graph and every
 // tensor's name, type and dims, but the data only of tensors up to 4 KiB
 // (shapes, bounds, scalars). Its external-data references are validated

@@ -71,7 +71,7 @@ func exportAction(c *cli.Context) error {
 			return err
 		}
 	}
-	m, err := loadModel(path)
+	m, err := graph.LoadValid(path)
 	if err != nil {
 		return err
 	}

@@ -3,8 +3,10 @@ package main
 import (
 	"fmt"
 	"math"
+	"strings"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/passes"
 	"github.com/qatc/qatc/safeio"
 	"github.com/urfave/cli/v2"
 )
@@ -205,4 +207,39 @@ func fileInputs(c *cli.Context, flags ...string) []safeio.Group {
 // beside it.
 func modelOutput(flag, path string) safeio.Group {
 	return safeio.Group{Flag: flag, Path: path, Parts: []string{graph.DataPath(path)}}
+}
+
+// pipelineFlags are the flags of the commands that run a pipeline of
+// passes (insert, finetune, export).
+func pipelineFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "dump-after", Usage: "PASS|all DIR: write the graph after the named pass (comma-separated passes, or all) to DIR/NN-PASS.onnx"},
+		&cli.StringFlag{Name: "dump-dir", Hidden: true},
+		&cli.BoolFlag{Name: "passes", Usage: "list the command's passes (what each requires and produces) and exit"},
+	}
+}
+
+// twoValued are flags that take two values (--dump-after PASS DIR):
+// reorderArgs passes the second one as the hidden flag named here.
+var twoValued = map[string]string{"dump-after": "dump-dir"}
+
+// dumpOptions reads --dump-after PASS|all DIR for pipeline p, adds DIR
+// to plan's directories, and says on standard error what each dump
+// wrote.
+func dumpOptions(c *cli.Context, plan *safeio.Plan, p *passes.Pipeline) (*passes.Options, error) {
+	o := &passes.Options{}
+	if !c.IsSet("dump-after") {
+		return o, nil
+	}
+	dir := c.String("dump-dir")
+	if c.String("dump-after") == "" || dir == "" {
+		return nil, usagef("--dump-after takes a pass (or all) and a directory: --dump-after PASS|all DIR")
+	}
+	o.DumpAfter, o.DumpDir = strings.Split(c.String("dump-after"), ","), dir
+	if err := p.CheckDump(o); err != nil {
+		return nil, usageError{err.Error()}
+	}
+	plan.Dirs = append(plan.Dirs, safeio.Dir{Flag: "--dump-after", Path: dir})
+	o.Dumped = func(p *passes.Pass, file string) { fmt.Fprintf(c.App.ErrWriter, "dumped %s after %s\n", file, p.Name) }
+	return o, nil
 }

@@ -2,14 +2,10 @@ package main
 
 import (
 	"fmt"
-	"io"
-	"strings"
+	"time"
 
 	"github.com/qatc/qatc/graph"
-	"github.com/qatc/qatc/ort"
-	"github.com/qatc/qatc/passes/calibrate"
-	"github.com/qatc/qatc/passes/quantize"
-	"github.com/qatc/qatc/passes/smooth"
+	"github.com/qatc/qatc/passes"
 	"github.com/qatc/qatc/safeio"
 	"github.com/qatc/qatc/seq2seq"
 	"github.com/qatc/qatc/train"
@@ -42,12 +38,12 @@ func insertCommand() *cli.Command {
 			&cli.StringFlag{Name: "calib-tgt", Usage: "target sentences for calibration (default: the source file, for the decoder's inputs)"},
 			&cli.StringFlag{Name: "calib-method", Usage: "minmax, percentile or mse (with --calib-src; also starts weight clips at max |w|)"},
 			&cli.IntFlag{Name: "calib-batches", Value: 16, Usage: "calibration batches"},
-			&cli.Float64Flag{Name: "calib-percentile", Value: calibrate.DefaultPercentile, Usage: "percentile for --calib-method percentile"},
+			&cli.Float64Flag{Name: "calib-percentile", Value: train.DefaultPercentile, Usage: "percentile for --calib-method percentile"},
 			&cli.IntFlag{Name: "batch-tokens", Value: 4096, Usage: "padded tokens per calibration batch"},
 			&cli.Float64Flag{Name: "smooth", Usage: "SmoothQuant strength α in (0, 1]: move the per-channel range of LayerNorm outputs into the weights that read them, measured on --calib-src, before inserting (0: off)"},
 			&cli.IntFlag{Name: "threads", Usage: "intra-op threads (0: onnxruntime's default)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the quantization record as JSON"},
-		}, dataFlags()...),
+		}, append(pipelineFlags(), dataFlags()...)...),
 		Action: insertAction,
 	}
 }
@@ -78,70 +74,48 @@ func specialFlags() []cli.Flag {
 	}
 }
 
-// quantParams builds the insert parameters from the flags: NeurST's string
-// first, then the individual flags on top.
-func quantParams(c *cli.Context) (quantize.Params, error) {
-	p := quantize.DefaultParams()
-	if s := c.String("quant-params"); s != "" {
-		var err error
-		if p, err = quantize.ParseNeurST(s); err != nil {
-			return p, usagef("--quant-params: %v", err)
-		}
+// insertConfig is insert's configuration as the flags give it.
+func insertConfig(c *cli.Context) train.InsertConfig {
+	return train.InsertConfig{
+		Quant: train.QuantOptions{
+			NeurST: c.String("quant-params"), Bits: c.Int("bits"), WeightBits: c.Int("weight-bits"), ActBits: c.Int("act-bits"),
+			WeightClipMax: c.Float64("weight-clip-max"), ActClipMax: c.Float64("act-clip-max"),
+			PerChannel: c.Bool("per-channel"), Granularity: c.String("weight-granularity"), BlockSize: c.Int("block-size"),
+			WeightInit: c.String("weight-init"), Include: c.StringSlice("include"), Exclude: c.StringSlice("exclude"),
+			RecipeFile: c.String("recipe"),
+		},
+		CalibSrc: c.String("calib-src"), CalibTgt: c.String("calib-tgt"),
+		Method: c.String("calib-method"), Percentile: c.Float64("calib-percentile"),
+		Batches: c.Int("calib-batches"), BatchTokens: c.Int("batch-tokens"), Smooth: c.Float64("smooth"),
+		Special: specialIDs(c), Roles: roleFlagValues(c), Threads: c.Int("threads"),
 	}
-	if c.IsSet("bits") {
-		p.WeightBits, p.ActBits = c.Int("bits"), c.Int("bits")
-	}
-	if c.IsSet("weight-bits") {
-		p.WeightBits = c.Int("weight-bits")
-	}
-	if c.IsSet("act-bits") {
-		p.ActBits = c.Int("act-bits")
-	}
-	if c.IsSet("weight-clip-max") {
-		p.WeightClipMax = float32(c.Float64("weight-clip-max"))
-	}
-	if c.IsSet("act-clip-max") {
-		p.ActClipMax = float32(c.Float64("act-clip-max"))
-	}
-	p.PerChannel = c.Bool("per-channel")
-	if g := c.String("weight-granularity"); g != "" {
-		p.Granularity = g
-	}
-	p.BlockSize = c.Int("block-size")
-	p.WeightInit = c.String("weight-init")
-	if p.WeightInit == "" && calibMethod(c) != "" {
-		p.WeightInit = quantize.InitMax
-	}
-	p.Include = c.StringSlice("include")
-	p.Exclude = c.StringSlice("exclude")
-	if path := c.String("recipe"); path != "" {
-		data, err := safeio.ReadFile(path, 64<<20)
-		if err != nil {
-			return p, fmt.Errorf("--recipe: %w", err)
-		}
-		if p.Recipe, err = quantize.ParseRecipe(data); err != nil {
-			return p, fmt.Errorf("--recipe %s: %w", path, err)
-		}
-	}
-	return p, nil
 }
 
 // readData reads a parallel file pair with the command's data flags.
 func readData(c *cli.Context, src, tgt string, roles seq2seq.Model, maxLen int) (*train.Dataset, error) {
-	opts := train.DataOptions{
-		Vocab:        roles.Vocab,
+	tok, err := tokenizer(c)
+	if err != nil {
+		return nil, err
+	}
+	return train.ReadParallel(src, tgt, train.DataOptions{
+		Tokenizer: tok, Vocab: roles.Vocab,
 		SrcPositions: roles.SrcPositions, TgtPositions: roles.TgtPositions,
-		MaxLen:  maxLen,
-		Special: seq2seq.Special{Pad: c.Int64("pad-id"), BOS: c.Int64("bos-id"), EOS: c.Int64("eos-id")},
+		MaxLen: maxLen, Special: specialIDs(c),
+	})
+}
+
+// tokenizer loads --spm (nil without it: the files hold ids).
+func tokenizer(c *cli.Context) (seq2seq.Tokenizer, error) {
+	path := c.String("spm")
+	if path == "" {
+		return nil, nil
 	}
-	if path := c.String("spm"); path != "" {
-		tok, err := seq2seq.LoadSentencePiece(path)
-		if err != nil {
-			return nil, err
-		}
-		opts.Tokenizer = tok
-	}
-	return train.ReadParallel(src, tgt, opts)
+	return seq2seq.LoadSentencePiece(path)
+}
+
+// specialIDs are the special ids the flags give.
+func specialIDs(c *cli.Context) seq2seq.Special {
+	return seq2seq.Special{Pad: c.Int64("pad-id"), BOS: c.Int64("bos-id"), EOS: c.Int64("eos-id")}
 }
 
 // roleFlagValues are the roles the role flags name.
@@ -162,13 +136,17 @@ func calibMethod(c *cli.Context) string {
 	if m := c.String("calib-method"); m != "" || c.String("calib-src") == "" {
 		return m
 	}
-	return calibrate.MinMax
+	return "minmax"
 }
 
 func insertAction(c *cli.Context) error {
 	path, err := oneArg(c, "MODEL")
 	if err != nil {
 		return err
+	}
+	cfg := insertConfig(c)
+	if c.Bool("passes") {
+		return train.InsertPipeline(cfg).List(c.App.Writer)
 	}
 	out := c.String("output")
 	plan := safeio.Plan{
@@ -178,173 +156,56 @@ func insertAction(c *cli.Context) error {
 	if !c.Bool("dry-run") {
 		plan.Outputs = []safeio.Group{modelOutput("-o", out)}
 	}
+	dump, err := dumpOptions(c, &plan, train.InsertPipeline(cfg))
+	if err != nil {
+		return err
+	}
 	if err := safeio.Check(plan); err != nil {
 		return err
 	}
-	p, err := quantParams(c)
-	if err != nil {
-		return err
-	}
-	method := calibMethod(c)
-	if method != "" && c.String("calib-src") == "" {
+	switch method := calibMethod(c); {
+	case method != "" && c.String("calib-src") == "":
 		return usagef("--calib-method needs --calib-src (and optionally --calib-tgt) to calibrate on")
-	}
-	switch method {
-	case "", calibrate.MinMax, calibrate.Percentile, calibrate.MSE:
-	default:
+	case method != "" && method != "minmax" && method != "percentile" && method != "mse":
 		return usagef("--calib-method %q: want minmax, percentile or mse", method)
 	}
-	alpha := c.Float64("smooth")
-	if alpha > 0 && c.String("calib-src") == "" {
+	if c.Float64("smooth") > 0 && c.String("calib-src") == "" {
 		return usagef("--smooth measures the activations: give --calib-src (and optionally --calib-tgt)")
 	}
-	m, err := loadModel(path)
-	if err != nil {
+	if cfg.Tokenizer, err = tokenizer(c); err != nil {
 		return err
 	}
 	if c.Bool("dry-run") {
-		plan, err := quantize.Plan(m, p)
+		rec, err := train.PlanFile(path, cfg)
 		if err != nil {
-			return fmt.Errorf("%s: %w", path, err)
+			return err
 		}
 		if c.Bool("json") {
-			return writeJSON(c.App.Writer, plan)
+			return writeJSON(c.App.Writer, rec)
 		}
-		printPlan(c, plan.Quantizers)
-		printUnquantized(c.App.Writer, plan.Unquantized)
-		return nil
+		rec.WritePlan(c.App.Writer)
+		return rec.WriteUnquantized(c.App.Writer)
 	}
-	// Calibration runs the fp32 model, so it reads the activations before
-	// the quantizers exist (and after smoothing, which changes them).
-	var collector *calibrate.Collector
-	var smoothed smooth.Report
-	var data *train.Dataset
-	var roles seq2seq.Model
-	if src := c.String("calib-src"); src != "" {
-		if roles, err = modelRoles(c, m); err != nil {
-			return fmt.Errorf("%s: %w", path, err)
+	bars := map[string]*progress{}
+	labels := map[string]string{"smooth": "smoothing", "collect": "calibrating"}
+	cfg.Progress = func(pass string, done, total int) {
+		if bars[pass] == nil {
+			bars[pass] = newProgress(c.App.ErrWriter, labels[pass])
 		}
-		tgt := c.String("calib-tgt")
-		if tgt == "" {
-			tgt = src
-		}
-		if roles.Vocab > 0 {
-			if err := ort.CheckSize("logits", 4, ort.Factor{Name: "--batch-tokens", Value: int64(c.Int("batch-tokens"))}, ort.Factor{Name: "vocabulary", Value: int64(roles.Vocab)}); err != nil {
-				return err
-			}
-		}
-		if data, err = readData(c, src, tgt, roles, 0); err != nil {
-			return err
-		}
-		opts := train.CalibrationOptions{
-			Roles: roles.Roles, Batches: c.Int("calib-batches"), BatchTokens: c.Int("batch-tokens"),
-			Threads: c.Int("threads"),
-		}
-		if alpha > 0 {
-			prog := newProgress(c.App.ErrWriter, "smoothing")
-			opts.Progress = prog.update
-			smoothed, err = train.Smooth(m, data, alpha, opts)
-			prog.done()
-			if err != nil {
-				return fmt.Errorf("%s: %w", path, err)
-			}
-		}
-		plan, err := quantize.Plan(m, p)
-		if err != nil {
-			return fmt.Errorf("%s: %w", path, err)
-		}
-		collector = calibrate.NewCollector(plan)
-		prog := newProgress(c.App.ErrWriter, "calibrating")
-		opts.Progress = prog.update
-		err = train.Calibrate(m, data, collector, opts)
-		prog.done()
-		if err != nil {
-			return err
+		bars[pass].update(done, total)
+	}
+	dump.Done = func(p *passes.Pass, _ time.Duration) {
+		if b := bars[p.Name]; b != nil {
+			b.done()
 		}
 	}
-	rec, err := quantize.Insert(m, p)
+	res, err := train.InsertFile(path, out, cfg, dump)
 	if err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	if collector != nil {
-		if err := calibrate.Calibrate(m, rec, collector, method, c.Float64("calib-percentile")); err != nil {
-			return err
-		}
-		if _, err := train.RecordSample(m, data, roles.Roles); err != nil {
-			return err
-		}
-	}
-	if err := m.Save(out); err != nil {
 		return err
 	}
 	if c.Bool("json") {
-		return writeJSON(c.App.Writer, rec)
+		return writeJSON(c.App.Writer, res.Record)
 	}
-	counts := map[string]int{}
-	for _, q := range rec.Quantizers {
-		counts[q.Kind]++
-	}
-	var parts []string
-	for _, k := range []string{quantize.KindWeight, quantize.KindAct, quantize.KindReLU, quantize.KindSoftmax} {
-		if counts[k] > 0 {
-			parts = append(parts, fmt.Sprintf("%d %s", counts[k], k))
-		}
-	}
-	how := "weight clips from " + weightInitText(p) + ", activation clips "
-	if collector != nil {
-		how += "calibrated by " + method
-	} else {
-		how += fmt.Sprintf("at %g", p.ActClipMax)
-	}
-	if alpha > 0 {
-		how += fmt.Sprintf(", %d LayerNorms smoothed (α %g)", len(smoothed.Smoothed), alpha)
-	}
-	fmt.Fprintf(c.App.Writer, "wrote %s: %d quantizers (%s), W%dA%d, %s\n", out, len(rec.Quantizers), strings.Join(parts, ", "), p.WeightBits, p.ActBits, how)
-	printUnquantized(c.App.Writer, rec.Unquantized)
-	return nil
-}
-
-// printUnquantized says which constant operands of matrix products stay
-// float, and why.
-func printUnquantized(w io.Writer, us []quantize.Unquantized) {
-	if len(us) == 0 {
-		return
-	}
-	fmt.Fprintf(w, "%d matrix-product operands stay float:\n", len(us))
-	for _, u := range us {
-		where := fmt.Sprintf("%s input %d", u.Node, u.Input)
-		if u.Input < 0 {
-			where = u.Node
-		}
-		fmt.Fprintf(w, "  %s: %s\n", where, u.Reason)
-	}
-}
-
-func printPlan(c *cli.Context, plan []quantize.Quantizer) {
-	rows := make([][]string, len(plan))
-	for i, q := range plan {
-		axis := "-"
-		if q.Axis != nil {
-			axis = fmt.Sprint(*q.Axis)
-		}
-		rows[i] = []string{q.Tensor, q.Kind, fmt.Sprint(q.Bits), axis, strings.Join(q.Consumers, " ")}
-	}
-	writeTable(c.App.Writer, []string{"tensor", "kind", "bits", "axis", "consumers"}, rows)
-}
-
-// weightInitText says in words where p starts weight clips.
-func weightInitText(p quantize.Params) string {
-	switch p.WeightInit {
-	case quantize.InitMax:
-		return "max |w|"
-	case quantize.InitPercentile:
-		pct := p.Percentile
-		if pct == 0 {
-			pct = 99.99
-		}
-		return fmt.Sprintf("the %gth percentile of |w|", pct)
-	case quantize.InitMSE:
-		return "the MSE-optimal clip of each weight"
-	}
-	return fmt.Sprintf("the value %g", p.WeightClipMax)
+	fmt.Fprintf(c.App.Writer, "wrote %s: %s\n", out, res.Summary())
+	return res.Record.WriteUnquantized(c.App.Writer)
 }

@@ -47,7 +47,7 @@ func inspectAction(c *cli.Context) error {
 			return err
 		}
 	}
-	m, err := loadModel(path)
+	m, err := graph.LoadValid(path)
 	if err != nil {
 		return err
 	}

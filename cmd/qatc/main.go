@@ -13,9 +13,9 @@ import (
 	"os"
 	"strings"
 
-	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/safeio"
+	"github.com/qatc/qatc/train"
 	"github.com/urfave/cli/v2"
 )
 
@@ -109,7 +109,8 @@ func isUsage(err error) bool {
 	var ue usageError
 	var ce *safeio.CheckError
 	var se *ort.SizeError
-	return errors.As(err, &ue) || isFlagError(err) ||
+	var oe *train.OptionError
+	return errors.As(err, &ue) || isFlagError(err) || errors.As(err, &oe) ||
 		errors.As(err, &ce) && ce.Usage || errors.As(err, &se) && len(se.Flags) > 0
 }
 
@@ -230,6 +231,10 @@ func reorderArgs(app *cli.App, args []string) []string {
 			flags = append(flags, args[i+1])
 			i++
 		}
+		if second, ok := twoValued[strings.SplitN(name, "=", 2)[0]]; ok && i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") {
+			flags = append(flags, "--"+second, args[i+1])
+			i++
+		}
 	}
 	out = append(out, flags...)
 	if len(positional) > 0 {
@@ -237,25 +242,4 @@ func reorderArgs(app *cli.App, args []string) []string {
 		out = append(out, positional...)
 	}
 	return out
-}
-
-// loadModel reads a model and checks its structure, so that every command
-// refuses a broken graph (a cycle, a dangling input, a value written
-// twice) with one line naming the node. Nodes merely out of order are put
-// in order.
-func loadModel(path string) (*graph.Model, error) {
-	m, err := graph.Load(path)
-	if err != nil {
-		return nil, err
-	}
-	if m.Validate() == nil {
-		return m, nil
-	}
-	if err := m.TopoSort(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if err := m.Validate(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return m, nil
 }

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/quantize"
 	"github.com/qatc/qatc/safeio"
@@ -131,7 +132,7 @@ func trainAction(c *cli.Context, qat bool) error {
 	if err != nil {
 		return usagef("--schedule: %v", err)
 	}
-	m, err := loadModel(path)
+	m, err := graph.LoadValid(path)
 	if err != nil {
 		return err
 	}

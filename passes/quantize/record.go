@@ -4,6 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
 
 	"github.com/qatc/qatc/graph"
 )
@@ -131,5 +134,39 @@ func WriteRecord(m *graph.Model, r *Record) error {
 		return fmt.Errorf("encode %s: %v", MetadataKey, err)
 	}
 	m.SetMetadata(MetadataKey, string(b))
+	return nil
+}
+
+// WritePlan writes the record's quantizers as a table, as insert's dry
+// run shows them: tensor, kind, bits, axis and consumers.
+func (r *Record) WritePlan(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "tensor\tkind\tbits\taxis\tconsumers")
+	for _, q := range r.Quantizers {
+		axis := "-"
+		if q.Axis != nil {
+			axis = fmt.Sprint(*q.Axis)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", q.Tensor, q.Kind, q.Bits, axis, strings.Join(q.Consumers, " "))
+	}
+	return tw.Flush()
+}
+
+// WriteUnquantized says which constant operands of matrix products stay
+// float, and why (nothing when none does).
+func (r *Record) WriteUnquantized(w io.Writer) error {
+	if len(r.Unquantized) == 0 {
+		return nil
+	}
+	fmt.Fprintf(w, "%d matrix-product operands stay float:\n", len(r.Unquantized))
+	for _, u := range r.Unquantized {
+		where := fmt.Sprintf("%s input %d", u.Node, u.Input)
+		if u.Input < 0 {
+			where = u.Node
+		}
+		if _, err := fmt.Fprintf(w, "  %s: %s\n", where, u.Reason); err != nil {
+			return err
+		}
+	}
 	return nil
 }

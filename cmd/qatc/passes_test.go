@@ -1,0 +1,84 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/internal/fixture"
+	"github.com/qatc/qatc/passes/quantize"
+)
+
+// TestInsertDumpAfter runs insert with calibration, dumping the graph
+// after every pass: one file per pass that ran, the fp32 graph until the
+// insert pass and the QAT graph from there, the last dump the model -o
+// holds; --passes lists the pipeline without running it.
+func TestInsertDumpAfter(t *testing.T) {
+	dir := t.TempDir()
+	src, tgt := fixtureText(t, dir)
+	fp32 := fixture.Torch(t, fixture.Transformer17)
+	out, dump := filepath.Join(dir, "qat.onnx"), filepath.Join(dir, "dump")
+	code, stdout, errOut := qatc(t, "insert", fp32, "-o", out, "--calib-src", src, "--calib-tgt", tgt, "--dump-after", "all", dump)
+	if code != 0 || !strings.Contains(stdout, "68 quantizers") {
+		t.Fatalf("insert --dump-after all: exit %d\n%s%s", code, stdout, errOut)
+	}
+	entries, err := os.ReadDir(dump)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files []string
+	for _, e := range entries {
+		files = append(files, e.Name())
+	}
+	if want := "01-read.onnx 03-collect.onnx 04-insert.onnx 05-calibrate.onnx 06-sample.onnx"; strings.Join(files, " ") != want {
+		t.Errorf("dumped %v, want %s (smooth is off)", files, want)
+	}
+	for _, f := range files {
+		if !strings.Contains(errOut, "dumped "+filepath.Join(dump, f)) {
+			t.Errorf("stderr does not say it dumped %s:\n%s", f, errOut)
+		}
+	}
+	count := func(path string) int {
+		m, err := graph.Load(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		us, err := quantize.Units(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(us)
+	}
+	for f, want := range map[string]int{"03-collect.onnx": 0, "04-insert.onnx": 68, "06-sample.onnx": 68} {
+		if n := count(filepath.Join(dump, f)); n != want {
+			t.Errorf("%s has %d quantizers, want %d", f, n, want)
+		}
+	}
+	last, err := os.ReadFile(filepath.Join(dump, "06-sample.onnx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if written, _ := os.ReadFile(out); string(written) != string(last) {
+		t.Errorf("the last dump differs from the model -o wrote")
+	}
+
+	code, stdout, errOut = qatc(t, "insert", fp32, "-o", filepath.Join(dir, "never.onnx"), "--passes")
+	if code != 0 || !strings.Contains(stdout, "insert pipeline, given fp32") || !strings.Contains(stdout, "collect") || !strings.Contains(stdout, "(off: no calibration data (--calib-src))") {
+		t.Errorf("--passes: exit %d\n%s%s", code, stdout, errOut)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "never.onnx")); err == nil {
+		t.Error("--passes wrote the model")
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--dump-after", "fold", dump}, "--dump-after fold: insert has no such pass (its passes: read, smooth, collect, insert, calibrate, sample, or all)"},
+		{[]string{"--dump-after=all"}, "--dump-after PASS|all DIR"},
+	} {
+		code, _, errOut := qatc(t, append([]string{"insert", fp32, "-o", filepath.Join(dir, "bad.onnx")}, tc.args...)...)
+		wantError(t, code, errOut, 2, tc.want)
+	}
+}
