@@ -16,6 +16,7 @@
 package passes
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -49,7 +50,10 @@ type Pass struct {
 // builds beside it (a training graph, a teacher), which Attach hands to
 // the dump.
 type Unit struct {
-	Model    *graph.Model
+	Model *graph.Model
+	// Context, when set, is what a long pass (a training loop) watches
+	// for cancellation.
+	Context  context.Context
 	attached []named
 }
 

@@ -82,3 +82,43 @@ func TestInsertDumpAfter(t *testing.T) {
 		wantError(t, code, errOut, 2, tc.want)
 	}
 }
+
+// TestFinetuneDumpAfter fine-tunes the tiny model for one step, dumping
+// after autodiff: the QAT model and, beside it, the training graph that
+// --save-training-graph writes too.
+func TestFinetuneDumpAfter(t *testing.T) {
+	dir := t.TempDir()
+	model, src, tgt := tinySetup(t, dir)
+	qat, tuned, dump := filepath.Join(dir, "qat.onnx"), filepath.Join(dir, "tuned.onnx"), filepath.Join(dir, "dump")
+	if code, _, errOut := qatc(t, "insert", model, "-o", qat); code != 0 {
+		t.Fatalf("insert: exit %d: %s", code, errOut)
+	}
+	saved := filepath.Join(dir, "training.onnx")
+	code, _, errOut := qatc(t, "finetune", qat, "-o", tuned, "--src", src, "--tgt", tgt, "--steps", "1", "--batch-tokens", "256",
+		"--threads", "1", "--save-training-graph", saved, "--dump-after", "autodiff,write-back", dump)
+	if code != 0 {
+		t.Fatalf("finetune: exit %d: %s", code, errOut)
+	}
+	entries, err := os.ReadDir(dump)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files []string
+	for _, e := range entries {
+		files = append(files, e.Name())
+	}
+	if want := "03-autodiff.onnx 03-autodiff.training.onnx 05-write-back.onnx"; strings.Join(files, " ") != want {
+		t.Errorf("dumped %v, want %s", files, want)
+	}
+	a, err := os.ReadFile(filepath.Join(dump, "03-autodiff.training.onnx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(saved); string(a) != string(b) {
+		t.Errorf("the dumped training graph differs from --save-training-graph's")
+	}
+	code, stdout, _ := qatc(t, "train", model, "-o", tuned, "--src", src, "--tgt", tgt, "--passes")
+	if code != 0 || !strings.Contains(stdout, "train pipeline") || !strings.Contains(stdout, "quantizers  -               fp32") {
+		t.Errorf("train --passes: exit %d\n%s", code, stdout)
+	}
+}

@@ -9,9 +9,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
-	"github.com/qatc/qatc/passes/quantize"
 	"github.com/qatc/qatc/safeio"
 	"github.com/qatc/qatc/train"
 	"github.com/urfave/cli/v2"
@@ -56,7 +54,7 @@ func trainFlags() []cli.Flag {
 		&cli.StringFlag{Name: "metrics", Usage: "also write every step's loss, gradient norm, learning rate, tokens and timings to this file (JSON lines)"},
 		&cli.StringFlag{Name: "ep", Value: "cpu", Usage: "onnxruntime execution provider: cpu or cuda (a CUDA build of onnxruntime, see QATC_ORT_LIB)"},
 		&cli.Float64Flag{Name: "adam-eps", Value: train.DefaultOptimizer().Eps, Usage: "Adam's ε"},
-	}, append(dataFlags(), commFlags...)...)
+	}, append(append(pipelineFlags(), dataFlags()...), commFlags...)...)
 }
 
 func trainCommand() *cli.Command {
@@ -98,6 +96,27 @@ func trainAction(c *cli.Context, qat bool) error {
 		// Ctrl-C must always leave a checkpoint to resume from.
 		ckptDir = out + ".ckpt"
 	}
+	cfg := train.FinetuneConfig{
+		QAT: qat, Src: c.String("src"), Tgt: c.String("tgt"), ValidSrc: c.String("valid-src"), ValidTgt: c.String("valid-tgt"),
+		MaxLen: c.Int("max-len"), Special: specialIDs(c), SaveTrainingGraph: c.String("save-training-graph"),
+		Config: train.Config{
+			BatchTokens: c.Int("batch-tokens"), Accumulate: c.Int("accumulate"), Seed: c.Uint64("seed"),
+			Steps: c.Int64("steps"), Epochs: c.Int("epochs"), Threads: c.Int("threads"),
+			LR: c.Float64("lr"), ClipLR: c.Float64("clip-lr"), WeightDecay: c.Float64("weight-decay"),
+			Optimizer: train.DefaultOptimizer(),
+			Loss: train.Loss{
+				Kind: c.String("loss"), LabelSmoothing: c.Float64("label-smoothing"),
+				KDWeight: c.Float64("kd-weight"), Temperature: c.Float64("temperature"),
+			},
+			Untie: c.Bool("untie"), Roles: roleFlagValues(c),
+			ValidEvery: c.Int64("valid-every"), CheckpointEvery: c.Int64("checkpoint-every"),
+			CheckpointDir: ckptDir, KeepCheckpoints: c.Int("keep-checkpoints"),
+			Resume: c.Bool("resume"), Provider: c.String("ep"),
+		},
+	}
+	if c.Bool("passes") {
+		return train.FinetunePipeline(cfg).List(c.App.Writer)
+	}
 	plan := safeio.Plan{
 		InPlace: c.Bool("in-place"), InPlaceFlag: "--in-place",
 		Inputs:  append([]safeio.Group{modelInput("MODEL", path)}, fileInputs(c, "src", "tgt", "valid-src", "valid-tgt", "spm")...),
@@ -106,6 +125,10 @@ func trainAction(c *cli.Context, qat bool) error {
 	}
 	if f := c.String("save-training-graph"); f != "" {
 		plan.Outputs = append(plan.Outputs, modelOutput("--save-training-graph", f))
+	}
+	dump, err := dumpOptions(c, &plan, train.FinetunePipeline(cfg))
+	if err != nil {
+		return err
 	}
 	if err := safeio.Check(plan); err != nil {
 		return err
@@ -128,60 +151,8 @@ func trainAction(c *cli.Context, qat bool) error {
 	if (c.String("valid-src") == "") != (c.String("valid-tgt") == "") {
 		return usagef("--valid-src and --valid-tgt go together")
 	}
-	sched, err := train.ParseSchedule(c.String("schedule"), c.Int64("warmup"), c.Int64("initial-step"), c.Int64("steps"))
-	if err != nil {
+	if cfg.Schedule, err = train.ParseSchedule(c.String("schedule"), c.Int64("warmup"), c.Int64("initial-step"), c.Int64("steps")); err != nil {
 		return usagef("--schedule: %v", err)
-	}
-	m, err := graph.LoadValid(path)
-	if err != nil {
-		return err
-	}
-	quantizers, err := quantize.Find(m)
-	if err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	switch {
-	case qat && len(quantizers) == 0:
-		return fmt.Errorf("%s has no quantizers: run qatc insert on it first (or qatc train for an fp32 model)", path)
-	case !qat && len(quantizers) > 0:
-		return fmt.Errorf("%s has %d quantizers: use qatc finetune for QAT models", path, len(quantizers))
-	}
-	roles, err := modelRoles(c, m)
-	if err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	if roles.Vocab > 0 {
-		// A batch's logits: at most --batch-tokens rows of the vocabulary.
-		if err := ort.CheckSize("logits", 4, ort.Factor{Name: "--batch-tokens", Value: int64(c.Int("batch-tokens"))}, ort.Factor{Name: "vocabulary", Value: int64(roles.Vocab)}); err != nil {
-			return err
-		}
-	}
-	trainData, err := readData(c, c.String("src"), c.String("tgt"), roles, c.Int("max-len"))
-	if err != nil {
-		return err
-	}
-	var valid *train.Dataset
-	if c.String("valid-src") != "" {
-		if valid, err = readData(c, c.String("valid-src"), c.String("valid-tgt"), roles, 0); err != nil {
-			return err
-		}
-	}
-	cfg := train.Config{
-		Train: trainData, Valid: valid,
-		BatchTokens: c.Int("batch-tokens"), Accumulate: c.Int("accumulate"), Seed: c.Uint64("seed"),
-		Steps: c.Int64("steps"), Epochs: c.Int("epochs"), Threads: c.Int("threads"),
-		LR: c.Float64("lr"), ClipLR: c.Float64("clip-lr"), WeightDecay: c.Float64("weight-decay"),
-		Schedule:  sched,
-		Optimizer: train.DefaultOptimizer(),
-		Loss: train.Loss{
-			Kind: c.String("loss"), LabelSmoothing: c.Float64("label-smoothing"),
-			KDWeight: c.Float64("kd-weight"), Temperature: c.Float64("temperature"),
-		},
-		Untie:      c.Bool("untie"),
-		Roles:      roles.Roles,
-		ValidEvery: c.Int64("valid-every"), CheckpointEvery: c.Int64("checkpoint-every"),
-		CheckpointDir: ckptDir, KeepCheckpoints: c.Int("keep-checkpoints"),
-		Resume: c.Bool("resume"), Provider: c.String("ep"),
 	}
 	// In a data-parallel run (qatc-mpi) rank 0 alone writes files.
 	comm := commOf(c)
@@ -209,31 +180,36 @@ func trainAction(c *cli.Context, qat bool) error {
 	if !qat && cfg.Loss.Kind != "ce" {
 		return usagef("--loss %s needs a QAT model (the teacher is its fp32 form); qatc train uses ce", cfg.Loss.Kind)
 	}
-
-	steps := cfg.Steps
-	if steps == 0 {
-		b, err := train.NewBatcher(trainData, cfg.BatchTokens, cfg.Seed)
-		if err != nil {
-			return err
-		}
-		steps = int64(len(b.Epoch(0)) * max(cfg.Epochs, 1))
+	if cfg.Tokenizer, err = tokenizer(c); err != nil {
+		return err
 	}
-	display := train.NewDisplay(c.App.ErrWriter, steps, isTerminal(c.App.ErrWriter), 0)
-	cfg.Progress = display.Update
+	var display *train.Display
+	cfg.Progress = func(p train.Progress) {
+		if display == nil {
+			display = train.NewDisplay(c.App.ErrWriter, p.Steps, isTerminal(c.App.ErrWriter), 0)
+		}
+		display.Update(p)
+	}
 	if path := c.String("metrics"); path != "" && root {
 		f, err := os.Create(path)
 		if err != nil {
 			return fmt.Errorf("--metrics: %w", err)
 		}
 		defer f.Close()
-		enc := json.NewEncoder(f)
+		enc, show := json.NewEncoder(f), cfg.Progress
 		cfg.Progress = func(p train.Progress) {
-			display.Update(p)
+			show(p)
 			enc.Encode(stepMetrics{
 				Step: p.Step, Epoch: p.Epoch + 1, Loss: num(p.Loss), GradNorm: num(p.GradNorm), LR: p.LR,
 				Tokens: p.Tokens, TokensPerSec: p.TokensPerSec, Seconds: p.Elapsed.Seconds(),
 				CommSeconds: p.CommTime.Seconds(), WaitSeconds: p.WaitTime.Seconds(), ValidLoss: num(p.ValidLoss),
 			})
+		}
+	}
+	cfg.Started = func(summary string, before float64) {
+		fmt.Fprintln(c.App.ErrWriter, summary)
+		if !math.IsNaN(before) {
+			fmt.Fprintf(c.App.ErrWriter, "validation loss before training: %.4f\n", before)
 		}
 	}
 
@@ -244,28 +220,11 @@ func trainAction(c *cli.Context, qat bool) error {
 	defer stop()
 	ctx, stopMore := notifyStop(ctx)
 	defer stopMore()
-	defer stop()
-	t, err := train.NewTrainer(m, cfg)
-	if err != nil {
-		return err
-	}
-	defer t.Close()
-	if f := c.String("save-training-graph"); f != "" && root {
-		if err := t.TrainingGraph().Save(f); err != nil {
-			return fmt.Errorf("--save-training-graph: %w", err)
-		}
-	}
-	fmt.Fprintln(c.App.ErrWriter, t.Summary())
-	before := math.NaN()
-	if valid != nil && !cfg.Resume {
-		if before, err = t.Validate(); err != nil {
-			return err
-		}
-		fmt.Fprintf(c.App.ErrWriter, "validation loss before training: %.4f\n", before)
-	}
-	res, err := t.Run(ctx)
+	res, err := train.FinetuneFile(ctx, path, out, cfg, dump)
 	stop()
-	display.Finish()
+	if display != nil {
+		display.Finish()
+	}
 	if err != nil {
 		return err
 	}
@@ -277,46 +236,29 @@ func trainAction(c *cli.Context, qat bool) error {
 		fmt.Fprintf(c.App.ErrWriter, msg+"\n", res.Steps)
 		return nil
 	}
-	if !root {
+	if !res.Wrote {
 		return nil
-	}
-	if err := t.WriteBack(); err != nil {
-		return err
-	}
-	sample := trainData
-	if valid != nil {
-		sample = valid
-	}
-	if _, err := train.RecordSample(m, sample, roles.Roles); err != nil {
-		return err
-	}
-	if err := m.Save(out); err != nil {
-		return err
-	}
-	comms, nranks := t.Comms(), 1
-	if comm != nil {
-		nranks = comm.Size()
 	}
 	if c.Bool("json") {
 		return writeJSON(c.App.Writer, trainReport{
 			Output: out, Steps: res.Steps, Epoch: res.Epoch, Tokens: res.Tokens,
-			Loss: num(res.Loss), ValidLoss: num(res.ValidLoss), ValidLossBefore: num(before),
+			Loss: num(res.Loss), ValidLoss: num(res.ValidLoss), ValidLossBefore: num(res.ValidBefore),
 			Seconds: res.Elapsed.Seconds(), Params: len(res.Params),
-			Ranks: nranks, CommSeconds: comms.Time.Seconds(), WaitSeconds: comms.Wait.Seconds(), CommBytes: comms.Bytes,
+			Ranks: res.Ranks, CommSeconds: res.Comms.Time.Seconds(), WaitSeconds: res.Comms.Wait.Seconds(), CommBytes: res.Comms.Bytes,
 		})
 	}
-	if nranks > 1 {
-		secs := res.Elapsed.Seconds()
+	if res.Ranks > 1 {
+		secs, comms := res.Elapsed.Seconds(), res.Comms
 		fmt.Fprintf(c.App.ErrWriter, "%d ranks: %d gradient all-reduces of %.1f MB, %.1f s (%.1f%% of the run); %.1f s (%.1f%%) waiting for the slowest rank\n",
-			nranks, comms.Calls, float64(comms.Bytes)/float64(max(comms.Calls, 1))/1e6, comms.Time.Seconds(), 100*comms.Time.Seconds()/secs, comms.Wait.Seconds(), 100*comms.Wait.Seconds()/secs)
+			res.Ranks, comms.Calls, float64(comms.Bytes)/float64(max(comms.Calls, 1))/1e6, comms.Time.Seconds(), 100*comms.Time.Seconds()/secs, comms.Wait.Seconds(), 100*comms.Wait.Seconds()/secs)
 	}
 	validation := ""
 	switch {
-	case valid == nil:
-	case math.IsNaN(before):
+	case c.String("valid-src") == "":
+	case math.IsNaN(res.ValidBefore):
 		validation = fmt.Sprintf(", validation loss %.4f", res.ValidLoss)
 	default:
-		validation = fmt.Sprintf(", validation loss %.4f (before: %.4f)", res.ValidLoss, before)
+		validation = fmt.Sprintf(", validation loss %.4f (before: %.4f)", res.ValidLoss, res.ValidBefore)
 	}
 	fmt.Fprintf(c.App.Writer, "wrote %s: %d steps, %d target tokens, last loss %.4f%s, %s\n",
 		out, res.Steps, res.Tokens, res.Loss, validation, res.Elapsed.Round(1e9))
