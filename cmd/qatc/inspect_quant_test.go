@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"github.com/qatc/qatc/inspect"
 	"image/png"
 	"math"
 	"os"
@@ -106,7 +107,7 @@ func TestInspectQuantizerTable(t *testing.T) {
 			p := quantize.DefaultParams()
 			p.WeightClipMax = tc.clip
 			m, path := insertModel(t, p)
-			var s modelSummary
+			var s inspect.Summary
 			inspectJSON(t, &s, path)
 			kinds := map[string]int{}
 			for _, r := range s.Quantizers {
@@ -115,7 +116,7 @@ func TestInspectQuantizerTable(t *testing.T) {
 			if len(s.Quantizers) != 68 || kinds["weight"] != 22 || kinds["act"] != 36 || kinds["relu"] != 4 || kinds["softmax"] != 6 {
 				t.Fatalf("%d quantizers %v, want 68: 22 weight, 36 act, 4 relu, 6 softmax", len(s.Quantizers), kinds)
 			}
-			rows := map[string]quantRow{}
+			rows := map[string]inspect.Row{}
 			for _, r := range s.Quantizers {
 				rows[r.Tensor] = r
 				switch r.Kind {
@@ -174,7 +175,7 @@ func TestInspectQuantizerTable(t *testing.T) {
 
 			// The export keeps the record and the scales; its float weights
 			// are gone, so there is no clipped share or SQNR.
-			var x modelSummary
+			var x inspect.Summary
 			inspectJSON(t, &x, exportModel(t, m, path))
 			if len(x.Quantizers) != 68 {
 				t.Fatalf("export: %d quantizers, want 68", len(x.Quantizers))
@@ -253,30 +254,6 @@ func TestInspectTensorText(t *testing.T) {
 	}
 }
 
-func TestNumpyString(t *testing.T) {
-	seq := func(n int) []int64 {
-		v := make([]int64, n)
-		for i := range v {
-			v[i] = int64(i)
-		}
-		return v
-	}
-	for _, tc := range []struct {
-		dims []int64
-		want string
-	}{
-		{[]int64{4}, "[0 1 2 3]"},
-		{[]int64{2, 3}, "[[0 1 2]\n [3 4 5]]"},
-		{[]int64{2, 2, 2}, "[[[0 1]\n  [2 3]]\n\n [[4 5]\n  [6 7]]]"},
-		{[]int64{1001}, "[   0    1    2 ...  998  999 1000]"},
-		{[]int64{100, 100}, "[[   0    1    2 ...   97   98   99]\n [ 100  101  102 ...  197  198  199]\n [ 200  201  202 ...  297  298  299]\n ...\n [9700 9701 9702 ... 9797 9798 9799]\n [9800 9801 9802 ... 9897 9898 9899]\n [9900 9901 9902 ... 9997 9998 9999]]"},
-	} {
-		if got := numpyString(seq(int(graph.NumElements(tc.dims))), tc.dims); got != tc.want {
-			t.Errorf("%v:\n%s\nwant\n%s", tc.dims, got, tc.want)
-		}
-	}
-}
-
 // The QAT model's integers (folded on the fly) and the export's stored
 // ones are the same, at 8 bits per tensor and 4 bits per block or channel.
 func TestInspectTensorQATvsExport(t *testing.T) {
@@ -306,7 +283,7 @@ func TestInspectTensorQATvsExport(t *testing.T) {
 				{"emb.weight", "emb.weight"},
 				{"onnx::MatMul_1092", "onnx::MatMul_1092_quantized"},
 			} {
-				var a, b tensorView
+				var a, b inspect.Tensor
 				inspectJSON(t, &a, path, "--tensor", names[0])
 				inspectJSON(t, &b, xpath, "--tensor", names[1])
 				if a.Source != "qat" || b.Source != "export" || a.Tensor != names[0] || b.Tensor != names[0] || a.Stored != b.Stored {
@@ -341,7 +318,7 @@ func TestInspectTensorQATvsExport(t *testing.T) {
 					t.Fatalf("export has no matmulnbits format")
 				}
 				npath := exportFormat(t, m, path, "matmulnbits")
-				var a, b tensorView
+				var a, b inspect.Tensor
 				inspectJSON(t, &a, path, "--tensor", "onnx::MatMul_1051")
 				inspectJSON(t, &b, npath, "--tensor", "onnx::MatMul_1051_nbits")
 				if b.Tensor != a.Tensor || b.Stored != "onnx::MatMul_1051_nbits" || !equalInts(a.Ints.Histogram, b.Ints.Histogram) || *a.Scale != *b.Scale || !equalInts(a.Shape, b.Shape) {
@@ -357,9 +334,9 @@ func TestInspectTensorQATvsExport(t *testing.T) {
 				// The table's SQNR and clipped share, from the float weight
 				// [K=64, N=128] and its clip initializer, [N] per channel or
 				// [N, K/32] per block (DESIGN.md's layout), computed here.
-				var s modelSummary
+				var s inspect.Summary
 				inspectJSON(t, &s, path)
-				var row *quantRow
+				var row *inspect.Row
 				for i := range s.Quantizers {
 					if s.Quantizers[i].Tensor == "onnx::MatMul_1051" {
 						row = &s.Quantizers[i]
@@ -395,7 +372,7 @@ func TestInspectTensorQATvsExport(t *testing.T) {
 				}
 			}
 			if tc.bits == 4 {
-				var v tensorView
+				var v inspect.Tensor
 				inspectJSON(t, &v, path, "--tensor", "onnx::MatMul_1051")
 				// Max initialisation puts each block's largest |w| on ±7.
 				if v.DType != "int4" || v.Ints.Max != 7 || v.Ints.Min < -8 || len(v.Ints.Histogram) != 16 {
@@ -421,7 +398,7 @@ func equalInts[T int64 | int](a, b []T) bool {
 func TestInspectPlot(t *testing.T) {
 	m, path := insertModel(t, quantize.DefaultParams())
 	out := filepath.Join(t.TempDir(), "emb.png")
-	var v tensorView
+	var v inspect.Tensor
 	inspectJSON(t, &v, path, "--tensor", "emb.weight", "--plot", out)
 	if v.Plot != out {
 		t.Errorf("plot %q, want %q", v.Plot, out)
@@ -520,14 +497,14 @@ func TestInspectTensorErrors(t *testing.T) {
 // applied after), or packed for MatMulNBits.
 func TestInspectExportFormats(t *testing.T) {
 	m, path := insertModel(t, quantize.DefaultParams())
-	var qat modelSummary
+	var qat inspect.Summary
 	inspectJSON(t, &qat, path)
-	var want tensorView
+	var want inspect.Tensor
 	inspectJSON(t, &want, path, "--tensor", "onnx::MatMul_1051")
 	for _, format := range export.Formats {
 		t.Run(format, func(t *testing.T) {
 			x := exportFormat(t, m, path, format)
-			var s modelSummary
+			var s inspect.Summary
 			inspectJSON(t, &s, x)
 			if len(s.Quantizers) != len(qat.Quantizers) {
 				t.Fatalf("%d quantizers, want %d", len(s.Quantizers), len(qat.Quantizers))
@@ -538,7 +515,7 @@ func TestInspectExportFormats(t *testing.T) {
 					t.Errorf("%s: scale %v, QAT model %v", r.Tensor, r.Scale, q.Scale)
 				}
 			}
-			var v tensorView
+			var v inspect.Tensor
 			inspectJSON(t, &v, x, "--tensor", "onnx::MatMul_1051")
 			if v.Source != "export" || !equalInts(v.Ints.Histogram, want.Ints.Histogram) || !equalInts(v.Shape, want.Shape) || v.Scale.Max != want.Scale.Max {
 				t.Errorf("--tensor: %+v\nQAT model: %+v", v, want)
@@ -560,7 +537,7 @@ func TestInspectForeignInt8(t *testing.T) {
 	if err := x.Save(foreign); err != nil {
 		t.Fatal(err)
 	}
-	var s modelSummary
+	var s inspect.Summary
 	inspectJSON(t, &s, foreign)
 	if len(s.Quantizers) != 22 {
 		t.Fatalf("%d quantizers, want the 22 stored weights", len(s.Quantizers))
@@ -570,7 +547,7 @@ func TestInspectForeignInt8(t *testing.T) {
 			t.Errorf("row %+v", r)
 		}
 	}
-	var a, b tensorView
+	var a, b inspect.Tensor
 	inspectJSON(t, &a, path, "--tensor", "onnx::MatMul_1051")
 	inspectJSON(t, &b, foreign, "--tensor", "onnx::MatMul_1051_quantized")
 	if b.Tensor != "onnx::MatMul_1051_quantized" || b.DType != "int8" || !equalInts(a.Ints.Histogram, b.Ints.Histogram) || math.Abs(a.OutputMin-b.OutputMin) > 1e-6 {
