@@ -316,34 +316,3 @@ func qrange(kind string, bits int) (int, int) {
 	q := quantize.Quantizer{Kind: kind, Bits: bits}
 	return q.QRange()
 }
-
-// scaleIndex maps each element of a tensor with dims to its scale, as
-// DequantizeLinear does: one scale, one per index of axis, or one per
-// block of blockSize along axis (the scale then has the tensor's rank).
-func scaleIndex(dims []int64, nScale int, axis, blockSize int64) (func(int) int, error) {
-	if nScale == 1 && blockSize == 0 {
-		return func(int) int { return 0 }, nil
-	}
-	if axis < 0 {
-		axis += int64(len(dims))
-	}
-	if axis < 0 || axis >= int64(len(dims)) {
-		return nil, fmt.Errorf("scale axis %d out of range for shape %v", axis, dims)
-	}
-	inner, c := graph.NumElements(dims[axis+1:]), dims[axis]
-	if blockSize == 0 {
-		if int64(nScale) != c {
-			return nil, fmt.Errorf("%d scales for %d channels along axis %d of %v", nScale, c, axis, dims)
-		}
-		return func(i int) int { return int(int64(i) / inner % c) }, nil
-	}
-	nb := (c + blockSize - 1) / blockSize
-	if int64(nScale) != graph.NumElements(dims)/c*nb {
-		return nil, fmt.Errorf("%d scales for blocks of %d along axis %d of %v", nScale, blockSize, axis, dims)
-	}
-	return func(i int) int {
-		j := int64(i)
-		return int((j/(inner*c)*nb+j/inner%c/blockSize)*inner + j%inner)
-	}, nil
-}
-

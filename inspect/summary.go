@@ -15,8 +15,8 @@ import (
 // opsets, operators, parameters, metadata, and the quantizers of a QAT or
 // exported model.
 type Summary struct {
-	Inputs       []Value    `json:"inputs"`
-	Outputs      []Value    `json:"outputs"`
+	Inputs       []Value           `json:"inputs"`
+	Outputs      []Value           `json:"outputs"`
 	Opsets       map[string]int64  `json:"opsets"`
 	IRVersion    int64             `json:"ir_version"`
 	Producer     string            `json:"producer"`

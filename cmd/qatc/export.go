@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/qatc/qatc/eval"
 	"github.com/qatc/qatc/export"
 	"github.com/qatc/qatc/export/lightseq"
 	"github.com/qatc/qatc/graph"
@@ -210,7 +211,7 @@ func checkBatch(c *cli.Context, m *graph.Model, roles seq2seq.Model) (map[string
 		{Name: roles.Src, Elem: graph.Int64, Dims: []int64{-1, -1}},
 		{Name: roles.Tgt, Elem: graph.Int64, Dims: []int64{-1, -1}},
 	}
-	b, err = randomInputs(ins, n, c.Int("len"), roles.Vocab, 7)
+	b, err = eval.RandomInputs(ins, n, c.Int("len"), roles.Vocab, 7)
 	return b, fmt.Sprintf("%d random sentences (the model records none: give --src)", n), err
 }
 

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/qatc/qatc/eval"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/safeio"
 	"github.com/qatc/qatc/train"
@@ -200,9 +201,9 @@ func trainAction(c *cli.Context, qat bool) error {
 		cfg.Progress = func(p train.Progress) {
 			show(p)
 			enc.Encode(stepMetrics{
-				Step: p.Step, Epoch: p.Epoch + 1, Loss: num(p.Loss), GradNorm: num(p.GradNorm), LR: p.LR,
+				Step: p.Step, Epoch: p.Epoch + 1, Loss: eval.Num(p.Loss), GradNorm: eval.Num(p.GradNorm), LR: p.LR,
 				Tokens: p.Tokens, TokensPerSec: p.TokensPerSec, Seconds: p.Elapsed.Seconds(),
-				CommSeconds: p.CommTime.Seconds(), WaitSeconds: p.WaitTime.Seconds(), ValidLoss: num(p.ValidLoss),
+				CommSeconds: p.CommTime.Seconds(), WaitSeconds: p.WaitTime.Seconds(), ValidLoss: eval.Num(p.ValidLoss),
 			})
 		}
 	}
@@ -242,7 +243,7 @@ func trainAction(c *cli.Context, qat bool) error {
 	if c.Bool("json") {
 		return writeJSON(c.App.Writer, trainReport{
 			Output: out, Steps: res.Steps, Epoch: res.Epoch, Tokens: res.Tokens,
-			Loss: num(res.Loss), ValidLoss: num(res.ValidLoss), ValidLossBefore: num(res.ValidBefore),
+			Loss: eval.Num(res.Loss), ValidLoss: eval.Num(res.ValidLoss), ValidLossBefore: eval.Num(res.ValidBefore),
 			Seconds: res.Elapsed.Seconds(), Params: len(res.Params),
 			Ranks: res.Ranks, CommSeconds: res.Comms.Time.Seconds(), WaitSeconds: res.Comms.Wait.Seconds(), CommBytes: res.Comms.Bytes,
 		})
@@ -267,15 +268,15 @@ func trainAction(c *cli.Context, qat bool) error {
 
 // trainReport is train's and finetune's --json output.
 type trainReport struct {
-	Output          string  `json:"output"`
-	Steps           int64   `json:"steps"`
-	Epoch           int     `json:"epoch"`
-	Tokens          int64   `json:"tokens"`
-	Loss            num     `json:"loss"`
-	ValidLoss       num     `json:"valid_loss"`
-	ValidLossBefore num     `json:"valid_loss_before"`
-	Seconds         float64 `json:"seconds"`
-	Params          int     `json:"params"`
+	Output          string   `json:"output"`
+	Steps           int64    `json:"steps"`
+	Epoch           int      `json:"epoch"`
+	Tokens          int64    `json:"tokens"`
+	Loss            eval.Num `json:"loss"`
+	ValidLoss       eval.Num `json:"valid_loss"`
+	ValidLossBefore eval.Num `json:"valid_loss_before"`
+	Seconds         float64  `json:"seconds"`
+	Params          int      `json:"params"`
 	// Ranks is the number of data-parallel ranks; CommSeconds and
 	// CommBytes the time in the gradient all-reduces and the bytes each
 	// rank contributed to them; WaitSeconds the time in the step
@@ -288,15 +289,15 @@ type trainReport struct {
 
 // stepMetrics is one line of --metrics.
 type stepMetrics struct {
-	Step         int64   `json:"step"`
-	Epoch        int     `json:"epoch"`
-	Loss         num     `json:"loss"`
-	GradNorm     num     `json:"grad_norm"`
-	LR           float64 `json:"lr"`
-	Tokens       int64   `json:"tokens"`
-	TokensPerSec float64 `json:"tokens_per_sec"`
-	Seconds      float64 `json:"seconds"`
-	CommSeconds  float64 `json:"comm_seconds"`
-	WaitSeconds  float64 `json:"wait_seconds"`
-	ValidLoss    num     `json:"valid_loss"`
+	Step         int64    `json:"step"`
+	Epoch        int      `json:"epoch"`
+	Loss         eval.Num `json:"loss"`
+	GradNorm     eval.Num `json:"grad_norm"`
+	LR           float64  `json:"lr"`
+	Tokens       int64    `json:"tokens"`
+	TokensPerSec float64  `json:"tokens_per_sec"`
+	Seconds      float64  `json:"seconds"`
+	CommSeconds  float64  `json:"comm_seconds"`
+	WaitSeconds  float64  `json:"wait_seconds"`
+	ValidLoss    eval.Num `json:"valid_loss"`
 }
