@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 
+	"github.com/qatc/qatc/passes/transformer"
 	"github.com/qatc/qatc/safeio"
 )
 
@@ -24,10 +25,12 @@ type TranslateOptions struct {
 	SrcName, TgtTokName string
 	// NoSrcEOS feeds sources without the EOS qatc's training appends.
 	NoSrcEOS bool
-	// Rerun, seq2seq.Roles and Map are ModelSpec's.
-	Rerun bool
-	Roles seq2seq.Roles
-	Map   map[string]string
+	// Rerun, Roles and Map are ModelSpec's; MapFile, when set, is read
+	// into Map (transformer.ReadMap).
+	Rerun   bool
+	Roles   seq2seq.Roles
+	Map     map[string]string
+	MapFile string
 	// Progress, when set, is called after each batch.
 	Progress func(done, total int)
 }
@@ -52,6 +55,11 @@ func Translate(path string, r io.Reader, w io.Writer, opts TranslateOptions) (*T
 	}
 	dopts.Workers = Threads(opts.Threads)
 	dopts.Progress = opts.Progress
+	if opts.MapFile != "" {
+		if opts.Map, err = transformer.ReadMap(opts.MapFile); err != nil {
+			return nil, err
+		}
+	}
 	stok, ttok := opts.Src, opts.Tgt
 	if stok == nil {
 		stok = seq2seq.IDs{}

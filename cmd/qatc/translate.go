@@ -43,11 +43,8 @@ func translateAction(c *cli.Context) error {
 		return err
 	}
 	topts := eval.TranslateOptions{Decode: opts, Threads: c.Int("threads"), SrcName: "standard input",
-		Rerun: c.Bool("no-cache"), Roles: roleFlagValues(c)}
+		Rerun: c.Bool("no-cache"), Roles: roleFlagValues(c), MapFile: c.String("map")}
 	if err := tokenizers(c, &topts.Src, &topts.Tgt, &topts.TgtTokName); err != nil {
-		return err
-	}
-	if topts.Map, err = roleMap(c); err != nil {
 		return err
 	}
 	out := c.String("output")

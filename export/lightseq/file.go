@@ -2,9 +2,12 @@ package lightseq
 
 import (
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/qatc/qatc/export/lightseq/lspb"
+	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/safeio"
 	"google.golang.org/protobuf/proto"
 )
@@ -206,4 +209,46 @@ func Read(path string) (*lspb.QuantTransformer, error) {
 		return nil, fmt.Errorf("lightseq: %s: %v", path, err)
 	}
 	return qt, nil
+}
+
+// FileReport is what WriteFile wrote and how it checked it.
+type FileReport struct {
+	Bytes  int64
+	Sizes  Sizes
+	Report *Report
+	Verify VerifyReport
+}
+
+// WriteFile writes the LightSeq file of the QAT model qat (read from
+// path, which names it in errors) to out: Export, then Verify against the
+// QAT model on batch, which must pass before anything is written, then
+// Write, read back and compared field by field with what was written.
+func WriteFile(qat *graph.Model, path, out string, opts Options, batch map[string]*ort.Tensor) (*FileReport, error) {
+	qt, rep, err := Export(qat, opts)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	chk, err := Verify(qat, rep.Model, qt, batch)
+	if err != nil {
+		return nil, fmt.Errorf("%s: the LightSeq file was not written: %w", path, err)
+	}
+	if err := Write(out, qt); err != nil {
+		return nil, err
+	}
+	back, err := Read(out)
+	if err != nil {
+		return nil, fmt.Errorf("reading back %s: %w", out, err)
+	}
+	if !proto.Equal(back, qt) {
+		return nil, fmt.Errorf("reading back %s: the file holds other values than were written", out)
+	}
+	sizes, err := Infer(back)
+	if err != nil {
+		return nil, fmt.Errorf("reading back %s: %w", out, err)
+	}
+	st, err := os.Stat(out)
+	if err != nil {
+		return nil, err
+	}
+	return &FileReport{Bytes: st.Size(), Sizes: sizes, Report: rep, Verify: chk}, nil
 }
