@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -13,7 +15,6 @@ import (
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
-	"github.com/qatc/qatc/passes/incremental"
 	"github.com/qatc/qatc/seq2seq"
 )
 
@@ -29,6 +30,14 @@ type Incremental struct {
 	Config seq2seq.Config
 
 	enc, first, next *ort.Session
+	// files are the files the sessions were opened from (the merged
+	// decoder twice); merged: first and next are its one session, whose
+	// use_cache_branch input picks the step.
+	files  [3]string
+	merged bool
+	// nextReadsEncoder: the step with past reads encoder_hidden_states too
+	// (T5's does, for its length), so the encoder's output stays.
+	nextReadsEncoder bool
 	layers, heads    int
 	headSize, vocab  int
 	hidden           int
@@ -134,23 +143,38 @@ func IsIncrementalDir(path string) bool {
 	return err == nil && st.IsDir()
 }
 
-// OpenIncremental opens the three models of directory dir with opts (nil:
-// onnxruntime's defaults) and checks that they and dir's config.json
-// belong together.
+// OpenIncremental opens the models of directory dir (see seq2seq.Stat:
+// the encoder and the two decoders, or the merged decoder, whose one
+// session then serves both steps) with opts (nil: onnxruntime's defaults)
+// and checks that they and dir's config.json belong together.
 func OpenIncremental(dir string, opts *ort.Options) (*Incremental, error) {
+	lay, err := seq2seq.Stat(dir)
+	if err != nil {
+		return nil, err
+	}
 	cfg, err := seq2seq.ReadConfig(dir)
 	if err != nil {
 		return nil, err
 	}
-	for _, f := range seq2seq.Files {
-		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
-			return nil, fmt.Errorf("%s: %s is missing: the directory holds an incomplete export; write it again with qatc export --incremental", dir, f)
+	if cfg.Qatc.ID == "" {
+		// Files qatc did not write carry no export id to tell them apart:
+		// check that they are one model (seq2seq.ReadDir pairs the
+		// decoders' tensors) before decoding with them.
+		if _, err := seq2seq.ReadDir(dir); err != nil {
+			return nil, err
 		}
 	}
 	m := &Incremental{Name: dir, Config: *cfg}
+	first, next := lay.DecoderFiles()
+	m.files = [3]string{seq2seq.EncoderFile, first, next}
+	m.merged = !lay.Separate
 	sessions := []**ort.Session{&m.enc, &m.first, &m.next}
-	for i, f := range seq2seq.Files {
-		s, err := ort.OpenFile(filepath.Join(dir, f), fileOptions(opts, i))
+	for i, f := range m.files {
+		if i == 2 && m.merged {
+			m.next = m.first
+			break
+		}
+		s, err := ort.OpenFile(filepath.Join(dir, f), m.fileOptions(opts, i))
 		if err != nil {
 			m.Close()
 			return nil, err
@@ -164,16 +188,16 @@ func OpenIncremental(dir string, opts *ort.Options) (*Incremental, error) {
 	return m, nil
 }
 
-// NewIncremental opens sessions over the graphs of s, built in memory;
-// name labels the model in messages.
-func NewIncremental(name string, s *incremental.Set, opts *ort.Options) (*Incremental, error) {
-	m := &Incremental{Name: name, Config: s.Config}
+// NewIncremental opens sessions over the graphs of d, a directory's models
+// in memory (the decoders separate); name labels the model in messages.
+func NewIncremental(name string, d *seq2seq.Dir, opts *ort.Options) (*Incremental, error) {
+	m := &Incremental{Name: name, Config: *d.Config, files: [3]string{seq2seq.EncoderFile, seq2seq.DecoderFile, seq2seq.DecoderWithPastFile}}
 	sessions := []**ort.Session{&m.enc, &m.first, &m.next}
-	for i, g := range []*graph.Model{s.Encoder, s.Decoder, s.DecoderWithPast} {
-		sess, err := ort.Open(g, fileOptions(opts, i))
+	for i, g := range []*graph.Model{d.Encoder, d.Decoder, d.DecoderWithPast} {
+		sess, err := ort.Open(g, m.fileOptions(opts, i))
 		if err != nil {
 			m.Close()
-			return nil, fmt.Errorf("%s: %s: %w", name, seq2seq.Files[i], err)
+			return nil, fmt.Errorf("%s: %s: %w", name, m.files[i], err)
 		}
 		*sessions[i] = sess
 	}
@@ -185,12 +209,12 @@ func NewIncremental(name string, s *incremental.Set, opts *ort.Options) (*Increm
 }
 
 // fileOptions returns opts for file i: a profile of its own.
-func fileOptions(opts *ort.Options, i int) *ort.Options {
+func (m *Incremental) fileOptions(opts *ort.Options, i int) *ort.Options {
 	if opts == nil || opts.ProfilePrefix == "" {
 		return opts
 	}
 	c := *opts
-	c.ProfilePrefix += "_" + strings.TrimSuffix(seq2seq.Files[i], ".onnx")
+	c.ProfilePrefix += "_" + strings.TrimSuffix(m.files[i], ".onnx")
 	return &c
 }
 
@@ -199,12 +223,22 @@ func fileOptions(opts *ort.Options, i int) *ort.Options {
 func (m *Incremental) Close() error {
 	m.pool.close()
 	var errs []error
-	for _, s := range []*ort.Session{m.enc, m.first, m.next} {
-		if s != nil {
-			errs = append(errs, s.Close())
-		}
+	for _, s := range m.sessions() {
+		errs = append(errs, s.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// sessions lists the open sessions, each once (a merged decoder's serves
+// both steps).
+func (m *Incremental) sessions() []*ort.Session {
+	var out []*ort.Session
+	for _, s := range []*ort.Session{m.enc, m.first, m.next} {
+		if s != nil && !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // EndProfiling closes the sessions of a model opened with
@@ -212,11 +246,14 @@ func (m *Incremental) Close() error {
 func (m *Incremental) EndProfiling() (map[string]string, error) {
 	out := map[string]string{}
 	for i, s := range []*ort.Session{m.enc, m.first, m.next} {
+		if _, done := out[m.files[i]]; done {
+			continue
+		}
 		p, err := s.EndProfiling()
 		if err != nil {
 			return nil, err
 		}
-		out[seq2seq.Files[i]] = p
+		out[m.files[i]] = p
 	}
 	return out, nil
 }
@@ -269,7 +306,7 @@ func (m *Incremental) Vocab() int { return m.vocab }
 // different exports is refused, naming the file.
 func (m *Incremental) check() error {
 	cfg := &m.Config
-	file := func(i int) string { return filepath.Join(m.Name, seq2seq.Files[i]) }
+	file := func(i int) string { return filepath.Join(m.Name, m.files[i]) }
 	// The export's id, where the files carry one.
 	if cfg.Qatc.ID != "" {
 		for i, s := range []*ort.Session{m.enc, m.first, m.next} {
@@ -314,6 +351,12 @@ func (m *Incremental) check() error {
 		}
 		return nil
 	}
+	if m.merged {
+		if _, err := need(1, m.first.Inputs(), "input", seq2seq.UseCacheBranch, graph.Bool, 1); err != nil {
+			return fmt.Errorf("%w (a merged decoder switches between its two branches on the bool input %s; give decoder_model.onnx and decoder_with_past_model.onnx instead)", err, seq2seq.UseCacheBranch)
+		}
+	}
+	_, m.nextReadsEncoder = find(m.next.Inputs(), seq2seq.EncoderHiddenStates)
 	m.hidden, m.vocab, m.heads, m.layers = cfg.Hidden, cfg.Vocab, cfg.DecoderHeads, cfg.DecoderLayers
 	m.headSize = cfg.HeadSize()
 	enc, first, next := m.enc, m.first, m.next
@@ -477,14 +520,29 @@ func (s *incState) Step(tokens []int64) ([]float32, int, error) {
 				into[seq2seq.Present(l, "encoder", kv)] = ort.Float32(cross, m.pool.get(n, n))
 			}
 		}
-		out, err := m.first.RunInto(map[string]*ort.Tensor{
+		in := map[string]*ort.Tensor{
 			seq2seq.InputIDs: ids, seq2seq.EncoderAttentionMask: mask, seq2seq.EncoderHiddenStates: s.enc,
-		}, into)
+		}
+		if m.merged {
+			// The branch without past reads no cache: empty ones.
+			in[seq2seq.UseCacheBranch] = ort.Bool([]int64{1}, []bool{false})
+			empty := ort.Float32([]int64{int64(s.rows), int64(m.heads), 0, int64(m.headSize)}, []float32{})
+			for l := range m.layers {
+				for _, st := range []string{"decoder", "encoder"} {
+					for _, kv := range []string{"key", "value"} {
+						in[seq2seq.Past(l, st, kv)] = empty
+					}
+				}
+			}
+		}
+		out, err := m.first.RunInto(in, into)
 		if err != nil {
 			return nil, 0, err
 		}
-		m.pool.put(s.enc)
-		s.enc = nil
+		if !m.nextReadsEncoder {
+			m.pool.put(s.enc)
+			s.enc = nil
+		}
 		for l := range m.layers {
 			for _, kv := range []string{"key", "value"} {
 				s.self = append(s.self, out[seq2seq.Present(l, "decoder", kv)])
@@ -498,6 +556,12 @@ func (s *incState) Step(tokens []int64) ([]float32, int, error) {
 			return nil, 0, err
 		}
 		in := map[string]*ort.Tensor{seq2seq.InputIDs: ids, seq2seq.EncoderAttentionMask: mask}
+		if m.nextReadsEncoder {
+			in[seq2seq.EncoderHiddenStates] = s.enc
+		}
+		if m.merged {
+			in[seq2seq.UseCacheBranch] = ort.Bool([]int64{1}, []bool{true})
+		}
 		t := s.self[0].Shape[2]
 		for l := range m.layers {
 			for j, kv := range []string{"key", "value"} {
@@ -508,7 +572,9 @@ func (s *incState) Step(tokens []int64) ([]float32, int, error) {
 				into[seq2seq.Present(l, "decoder", kv)] = s.spare[i]
 			}
 		}
-		if _, err := m.next.RunInto(in, into); err != nil {
+		// Only these: a merged decoder's step with past also outputs empty
+		// stand-ins for the cross-attention cache.
+		if _, err := m.next.RunInto(in, into, slices.Collect(maps.Keys(into))...); err != nil {
 			return nil, 0, err
 		}
 		s.self, s.spare = s.spare, s.self
@@ -605,13 +671,20 @@ func (s *incState) gatherCross() error {
 		}
 		rows[i] = r
 	}
-	for i, t := range s.cross {
+	gather := func(t *ort.Tensor) *ort.Tensor {
 		shape := append([]int64{int64(len(rows))}, t.Shape[1:]...)
 		n := int(graph.NumElements(shape))
 		g := ort.Float32(shape, s.m.pool.get(n, n))
 		gatherRows(g.Float32s(), t.Float32s(), rows)
 		s.m.pool.put(t)
-		s.cross[i] = g
+		return g
+	}
+	for i, t := range s.cross {
+		s.cross[i] = gather(t)
+	}
+	if s.enc != nil {
+		// Kept for a step with past that reads it (nextReadsEncoder).
+		s.enc = gather(s.enc)
 	}
 	s.crossOf = append(s.crossOf[:0], s.sentence...)
 	return nil
@@ -627,4 +700,50 @@ func gatherRows(dst, src []float32, rows []int) {
 	for i, r := range rows {
 		copy(dst[i*size:(i+1)*size], src[r*size:(r+1)*size])
 	}
+}
+
+// Inputs returns the inputs of the full-sequence model the directory
+// composes to (seq2seq.Dir.Compose): source ids and target ids, so that
+// the directory runs where such a model does (qatc compare).
+func (m *Incremental) Inputs() []graph.IOInfo {
+	return []graph.IOInfo{
+		{Name: seq2seq.SourceIDs, Elem: graph.Int64, Dims: []int64{-1, -1}},
+		{Name: seq2seq.TargetIDs, Elem: graph.Int64, Dims: []int64{-1, -1}},
+	}
+}
+
+// Outputs returns the logits output of the composed model.
+func (m *Incremental) Outputs() []graph.IOInfo {
+	return []graph.IOInfo{{Name: seq2seq.Logits, Elem: graph.Float, Dims: []int64{-1, -1, int64(m.vocab)}}}
+}
+
+// Run computes the composed model's logits for a batch ([rows, S] source
+// ids padded at the end, [rows, T] targets with the start id first),
+// teacher-forced through the cache one position at a time.
+func (m *Incremental) Run(in map[string]*ort.Tensor, _ ...string) (map[string]*ort.Tensor, error) {
+	src, tgt := in[seq2seq.SourceIDs], in[seq2seq.TargetIDs]
+	if src == nil || tgt == nil || len(src.Shape) != 2 || len(tgt.Shape) != 2 || src.Shape[0] != tgt.Shape[0] {
+		return nil, fmt.Errorf("%s: give %s and %s, int64 [rows, len] with one row count", m.Name, seq2seq.SourceIDs, seq2seq.TargetIDs)
+	}
+	rows, sl, tl := int(src.Shape[0]), int(src.Shape[1]), int(tgt.Shape[1])
+	srcs, tgts := make([][]int64, rows), make([][]int64, rows)
+	for r := range rows {
+		s := src.Int64s()[r*sl : (r+1)*sl]
+		for len(s) > 1 && s[len(s)-1] == m.Config.PadID {
+			s = s[:len(s)-1]
+		}
+		if slices.Contains(s, m.Config.PadID) {
+			return nil, fmt.Errorf("%s: source row %d holds the padding id %d inside the sentence; the cache's mask covers trailing padding only", m.Name, r, m.Config.PadID)
+		}
+		srcs[r], tgts[r] = s, tgt.Int64s()[r*tl:(r+1)*tl]
+	}
+	out, err := m.TeacherForced(srcs, tgts)
+	if err != nil {
+		return nil, err
+	}
+	logits := make([]float32, 0, rows*tl*m.vocab)
+	for _, o := range out {
+		logits = append(logits, o...)
+	}
+	return map[string]*ort.Tensor{seq2seq.Logits: ort.Float32([]int64{int64(rows), int64(tl), int64(m.vocab)}, logits)}, nil
 }

@@ -54,7 +54,7 @@ func openBoth(t *testing.T, cfg testmodels.Config) (*Seq2Seq, *Incremental) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	inc, err := NewIncremental("tiny", set, &ort.Options{Threads: 1})
+	inc, err := NewIncremental("tiny", &set.Dir, &ort.Options{Threads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,8 +95,8 @@ func TestIncrementalDecode(t *testing.T) {
 func writeDir(t *testing.T, s *incremental.Set) string {
 	t.Helper()
 	dir := t.TempDir()
-	for name, g := range s.Graphs() {
-		if err := g.Save(filepath.Join(dir, name)); err != nil {
+	for _, g := range s.Graphs() {
+		if err := g.Graph.Save(filepath.Join(dir, g.File)); err != nil {
 			t.Fatal(err)
 		}
 	}

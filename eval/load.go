@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
@@ -96,7 +97,7 @@ func Load(spec ModelSpec, sp seq2seq.Special, threads int) (*Loaded, error) {
 			return nil, err
 		}
 		size := int64(0)
-		for _, f := range seq2seq.Files {
+		for _, f := range slices.Compact(m.files[:]) {
 			n, err := ModelSize(filepath.Join(spec.Path, f))
 			if err != nil {
 				m.Close()
@@ -118,7 +119,7 @@ func Load(spec ModelSpec, sp seq2seq.Special, threads int) (*Loaded, error) {
 		}
 		set, err := incremental.Build(g, incremental.Options{Map: spec.Map, Pad: sp.Pad, BOS: sp.BOS, EOS: sp.EOS})
 		if err == nil {
-			m, err := NewIncremental(spec.Path, set, opts)
+			m, err := NewIncremental(spec.Path, &set.Dir, opts)
 			if err != nil {
 				return nil, err
 			}

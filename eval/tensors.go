@@ -69,7 +69,8 @@ func (e *MismatchError) Error() string {
 	return fmt.Sprintf("%d of %d checked outputs differ beyond atol %g + rtol %g", e.Failed, e.Checked, e.Atol, e.Rtol)
 }
 
-// RunFile runs the model file at path on the .npy inputs, describes every
+// RunFile runs the model at path (a file, or a model directory on its
+// composed inputs, through its cache) on the .npy inputs, describes every
 // output, checks the expected ones and saves the outputs when asked. A
 // failed check returns the reports with a *MismatchError.
 func RunFile(path string, o RunOptions) ([]OutputReport, error) {
@@ -81,7 +82,7 @@ func RunFile(path string, o RunOptions) ([]OutputReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := ort.OpenFile(path, &ort.Options{Threads: o.Threads})
+	s, err := openRunner(path, &ort.Options{Threads: o.Threads})
 	if err != nil {
 		return nil, err
 	}
@@ -301,6 +302,24 @@ func unravel(i int, shape []int64) []int64 {
 	return idx
 }
 
+// runner is what run and compare run: an onnxruntime session over a
+// file, or a model directory, which takes its composed model's inputs and
+// runs teacher-forced through its cache (Incremental.Run).
+type runner interface {
+	Inputs() []graph.IOInfo
+	Outputs() []graph.IOInfo
+	Run(inputs map[string]*ort.Tensor, outputs ...string) (map[string]*ort.Tensor, error)
+	Close() error
+}
+
+// openRunner opens path, a model file or a model directory.
+func openRunner(path string, opts *ort.Options) (runner, error) {
+	if IsIncrementalDir(path) {
+		return OpenIncremental(path, opts)
+	}
+	return ort.OpenFile(path, opts)
+}
+
 // CompareOptions configure CompareFiles.
 type CompareOptions struct {
 	// Inputs maps input names to .npy files; without them valid random
@@ -335,16 +354,18 @@ func (n Num) MarshalJSON() ([]byte, error) {
 	return []byte(strconv.FormatFloat(f, 'g', -1, 64)), nil
 }
 
-// CompareFiles runs the models at pathA and pathB on the same inputs and
+// CompareFiles runs the models at pathA and pathB (files, or model
+// directories teacher-forced through their cache on their composed inputs,
+// input_ids and decoder_input_ids, with logits out) on the same inputs and
 // compares every output they share, B against the reference A.
 func CompareFiles(pathA, pathB string, o CompareOptions) ([]Comparison, error) {
 	opts := &ort.Options{Threads: o.Threads}
-	a, err := ort.OpenFile(pathA, opts)
+	a, err := openRunner(pathA, opts)
 	if err != nil {
 		return nil, err
 	}
 	defer a.Close()
-	b, err := ort.OpenFile(pathB, opts)
+	b, err := openRunner(pathB, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -365,7 +386,13 @@ func CompareFiles(pathA, pathB string, o CompareOptions) ([]Comparison, error) {
 				return nil, err
 			}
 		}
-		if inputs, err = RandomInputs(a.Inputs(), o.Batch, o.Len, vocab, o.Seed); err != nil {
+		pad := int64(-1)
+		for _, r := range []runner{a, b} {
+			if m, ok := r.(*Incremental); ok {
+				pad = m.Config.PadID
+			}
+		}
+		if inputs, err = RandomInputs(a.Inputs(), o.Batch, o.Len, vocab, pad, o.Seed); err != nil {
 			return nil, fmt.Errorf("%s: %w", pathA, err)
 		}
 	}
@@ -417,9 +444,9 @@ func vocabOf(outs []graph.IOInfo) int {
 }
 
 // RandomInputs makes valid inputs from the declared shapes: token ids in
-// [4, vocab) for integer inputs, standard normals for float ones; dynamic
-// dimensions take batch (axis 0) or length (other axes).
-func RandomInputs(ins []graph.IOInfo, batch, length, vocab int, seed uint64) (map[string]*ort.Tensor, error) {
+// [4, vocab) other than pad for integer inputs, standard normals for float
+// ones; dynamic dimensions take batch (axis 0) or length (other axes).
+func RandomInputs(ins []graph.IOInfo, batch, length, vocab int, pad int64, seed uint64) (map[string]*ort.Tensor, error) {
 	rng := rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15))
 	out := map[string]*ort.Tensor{}
 	for _, in := range ins {
@@ -449,7 +476,9 @@ func RandomInputs(ins []graph.IOInfo, batch, length, vocab int, seed uint64) (ma
 			}
 			ids := make([]int64, n)
 			for i := range ids {
-				ids[i] = 4 + rng.Int64N(int64(vocab-4))
+				for ids[i] = pad; ids[i] == pad; {
+					ids[i] = 4 + rng.Int64N(int64(vocab-4))
+				}
 			}
 			if in.Elem == graph.Int64 {
 				out[in.Name] = ort.Int64(shape, ids)

@@ -1,7 +1,7 @@
 package export
 
 import (
-	"errors"
+	"encoding/json"
 	"fmt"
 	"math"
 	"os"
@@ -14,7 +14,6 @@ import (
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/incremental"
 	"github.com/qatc/qatc/passes/quantize"
-	"github.com/qatc/qatc/safeio"
 	"github.com/qatc/qatc/seq2seq"
 	"google.golang.org/protobuf/proto"
 )
@@ -93,16 +92,72 @@ func Incremental(m *graph.Model, format string, opts IncrementalOptions) (*incre
 	if err != nil {
 		return nil, nil, err
 	}
+	rep, err := convertDir(&set.Dir, format, opts.Source, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	tm := set.Model
+	if err := checkIncremental(m, checkRoles{tm.SrcInput, tm.TgtInput, tm.LogitsOutput}, &set.Dir, format, opts, rep); err != nil {
+		return nil, rep, err
+	}
+	return set, rep, nil
+}
+
+// Dir exports a seq2seq directory (m.Dir, composed as m.Graph) to
+// format: every file converted as Export converts a model (fp32 drops the
+// quantizers), in the directory's layout (the merged decoder rebuilt from
+// the two converted decoders), and checked as Incremental checks its
+// graphs: teacher-forced through the cache on the check batch against the
+// composition exported to the same format. Its config keeps the
+// directory's fields and records the format and the source.
+func Dir(m *seq2seq.Stored, format string, opts IncrementalOptions) (*seq2seq.Dir, *IncrementalReport, error) {
+	if !slices.Contains(IncrementalFormats, format) {
+		return nil, nil, fmt.Errorf("unknown format %q for a model directory: use %s", format, strings.Join(IncrementalFormats, ", "))
+	}
+	if m.Dir == nil {
+		return nil, nil, fmt.Errorf("%s is not a model directory", m.Path)
+	}
+	if opts.Src == nil || opts.Tgt == nil {
+		return nil, nil, fmt.Errorf("directory export: no check batch")
+	}
+	cfg := *m.Dir.Config
+	d := &seq2seq.Dir{Layout: m.Dir.Layout, Config: &cfg,
+		Encoder: m.Dir.Encoder, Decoder: m.Dir.Decoder, DecoderWithPast: m.Dir.DecoderWithPast}
+	if _, err := quantize.ReadRecord(m.Graph); err == nil {
+		d.Config.Qatc.Quantization = json.RawMessage(must(m.Graph.Metadata(quantize.MetadataKey)))
+	}
+	rep, err := convertDir(d, format, opts.Source, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := checkIncremental(m.Graph, checkRoles{seq2seq.SourceIDs, seq2seq.TargetIDs, seq2seq.Logits}, d, format, opts, rep); err != nil {
+		return nil, rep, err
+	}
+	return d, rep, nil
+}
+
+func must(s string, _ bool) string { return s }
+
+// convertDir converts d's graphs to format in place (fp32: the quantizers
+// dropped when strip) and reports on each file.
+func convertDir(d *seq2seq.Dir, format, source string, strip bool) (*IncrementalReport, error) {
 	rep := &IncrementalReport{Format: format}
-	graphs := []**graph.Model{&set.Encoder, &set.Decoder, &set.DecoderWithPast}
+	graphs := []**graph.Model{&d.Encoder, &d.Decoder, &d.DecoderWithPast}
 	for i, p := range graphs {
 		f := FileReport{File: seq2seq.Files[i]}
 		if format == "fp32" {
+			if strip {
+				out, err := quantize.Strip(*p)
+				if err != nil {
+					return nil, fmt.Errorf("%s: %w", f.File, err)
+				}
+				*p = out
+			}
 			f.Size = int64(proto.Size((*p).Proto))
 		} else {
-			out, r, err := Export(*p, format, &Options{Source: opts.Source})
+			out, r, err := Export(*p, format, &Options{Source: source})
 			if err != nil {
-				return nil, nil, fmt.Errorf("%s: %w", f.File, err)
+				return nil, fmt.Errorf("%s: %w", f.File, err)
 			}
 			*p = out
 			f.Size, f.IntWeights = r.Size, r.IntWeights
@@ -110,21 +165,21 @@ func Incremental(m *graph.Model, format string, opts IncrementalOptions) (*incre
 				rep.Notes = append(rep.Notes, f.File+": "+n)
 			}
 		}
-		if opts.Source != "" {
-			(*p).SetMetadata(SourceKey, opts.Source)
+		if source != "" {
+			(*p).SetMetadata(SourceKey, source)
 		}
 		rep.Files = append(rep.Files, f)
 	}
-	set.Config.Qatc.Format, set.Config.Qatc.Source = format, opts.Source
-	rep.Config = set.Config
-	if err := checkIncremental(m, set, format, opts, rep); err != nil {
-		return nil, rep, err
-	}
-	return set, rep, nil
+	d.Config.Qatc.Format, d.Config.Qatc.Source = format, source
+	rep.Config = *d.Config
+	return rep, nil
 }
 
+// checkRoles names the full-sequence reference's inputs and logits.
+type checkRoles struct{ src, tgt, logits string }
+
 // checkIncremental runs the check batch through the set (see Incremental).
-func checkIncremental(m *graph.Model, set *incremental.Set, format string, opts IncrementalOptions, rep *IncrementalReport) error {
+func checkIncremental(m *graph.Model, roles checkRoles, set *seq2seq.Dir, format string, opts IncrementalOptions, rep *IncrementalReport) error {
 	var ref *graph.Model
 	var err error
 	if format == "fp32" {
@@ -135,8 +190,7 @@ func checkIncremental(m *graph.Model, set *incremental.Set, format string, opts 
 	if err != nil {
 		return fmt.Errorf("the full-sequence %s model: %w", format, err)
 	}
-	tm := set.Model
-	res, err := run(ref, map[string]*ort.Tensor{tm.SrcInput: opts.Src, tm.TgtInput: opts.Tgt}, tm.LogitsOutput, nil)
+	res, err := run(ref, map[string]*ort.Tensor{roles.src: opts.Src, roles.tgt: opts.Tgt}, roles.logits, nil)
 	if err != nil {
 		return fmt.Errorf("run the full-sequence model: %w", err)
 	}
@@ -217,11 +271,11 @@ func checkIncremental(m *graph.Model, set *incremental.Set, format string, opts 
 		// side of a rounding boundary, and dynamic quantizes each step's
 		// activations over a grid of their own.
 		b := bounds[format]
-		if step, rule, err := projectionStep(m, tm.LogitsOutput); err == nil {
+		if step, rule, err := projectionStep(m, roles.logits); err == nil {
 			c.Step, c.StepRule = step, rule
 		} else {
 			c.Step = amax / 127
-			c.StepRule = fmt.Sprintf("max|%s|/127, one 8-bit step of the logits' range, because no quantized projection step applies: %v", tm.LogitsOutput, err)
+			c.StepRule = fmt.Sprintf("max|%s|/127, one 8-bit step of the logits' range, because no quantized projection step applies: %v", roles.logits, err)
 		}
 		c.Bound, c.MinTop1 = b.Steps*c.Step, b.Top1
 		ints := 0
@@ -238,84 +292,6 @@ func checkIncremental(m *graph.Model, set *incremental.Set, format string, opts 
 		return fmt.Errorf("incremental %s models, teacher-forced through the cache: max abs logit error %.4g against the full-sequence model exceeds %.4g", format, c.MaxAbsErr, c.Bound)
 	case c.Top1 < c.MinTop1:
 		return fmt.Errorf("incremental %s models, teacher-forced through the cache: top-1 agreement %.2f%% with the full-sequence model is below %.1f%%", format, 100*c.Top1, 100*c.MinTop1)
-	}
-	return nil
-}
-
-// WriteIncremental writes set to directory dir: the three models and
-// config.json. The files go to a new directory beside dir, which then
-// takes dir's place, so that dir never holds a partial export. An
-// existing dir is replaced only when it holds an earlier incremental
-// export and nothing else.
-func WriteIncremental(dir string, set *incremental.Set) error {
-	dir = filepath.Clean(dir)
-	if err := CheckIncrementalOutput(dir); err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return err
-	}
-	// The directory is written whole under a temporary name and replaces
-	// any older one in one rename (safeio: removed on failure or signal).
-	var b safeio.Batch
-	defer b.Abort()
-	tmp, err := b.CreateDir(dir)
-	if err != nil {
-		return err
-	}
-	for name, g := range set.Graphs() {
-		if err := g.Save(filepath.Join(tmp, name)); err != nil {
-			return err
-		}
-	}
-	cfg, err := set.Config.Marshal()
-	if err != nil {
-		return err
-	}
-	if err := safeio.WriteFile(filepath.Join(tmp, seq2seq.ConfigFile), cfg); err != nil {
-		return err
-	}
-	return b.Commit()
-}
-
-// CheckIncrementalOutput checks, before any work, that dir can take an
-// incremental export: it does not exist, or it is a directory holding
-// only an earlier incremental export's files.
-func CheckIncrementalOutput(dir string) error {
-	st, err := os.Stat(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if !st.IsDir() {
-		return fmt.Errorf("-o %s: a file of that name exists; an incremental export is a directory", dir)
-	}
-	return replaceable(dir)
-}
-
-// replaceable checks that existing directory dir holds only an
-// incremental export's files.
-func replaceable(dir string) error {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return err
-	}
-	if len(entries) == 0 {
-		return nil
-	}
-	ours := map[string]bool{seq2seq.ConfigFile: true}
-	for _, f := range seq2seq.Files {
-		ours[f] = true
-	}
-	for _, e := range entries {
-		if !ours[e.Name()] && !strings.HasSuffix(e.Name(), ".data") {
-			return fmt.Errorf("-o %s: the directory exists and holds %s, which is not part of an incremental export; choose another directory", dir, e.Name())
-		}
-	}
-	if _, err := seq2seq.ReadConfig(dir); err != nil {
-		return fmt.Errorf("-o %s: the directory exists and is not an incremental export (%v); choose another directory", dir, err)
 	}
 	return nil
 }

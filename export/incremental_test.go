@@ -2,7 +2,6 @@ package export
 
 import (
 	"github.com/qatc/qatc/seq2seq"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -10,7 +9,6 @@ import (
 	"github.com/qatc/qatc/eval"
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
-	"github.com/qatc/qatc/passes/incremental"
 	"github.com/qatc/qatc/passes/quantize"
 	"github.com/qatc/qatc/testmodels"
 )
@@ -75,7 +73,7 @@ func TestIncremental(t *testing.T) {
 			t.Errorf("%s: no integer kernel ran", name)
 		}
 		dir := filepath.Join(t.TempDir(), "inc")
-		if err := WriteIncremental(dir, set); err != nil {
+		if err := set.Write(dir); err != nil {
 			t.Fatal(err)
 		}
 		for _, f := range seq2seq.Files {
@@ -132,56 +130,4 @@ func notTransformer() *graph.Model {
 	m.Op("Gather", "", []string{"next", "tgt_ids"}, []string{"logits"}, graph.AttrInt("axis", 0))
 	m.AddOutput("logits", graph.Float, []int64{-1, -1, 8})
 	return m
-}
-
-// TestWriteIncremental checks where a directory may be written: a new
-// one, or the place of an earlier export, which it replaces whole; never
-// over a directory holding other files or over a file, and nothing is
-// left behind when it refuses.
-func TestWriteIncremental(t *testing.T) {
-	cfg := testmodels.Tiny()
-	m, err := testmodels.Build(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := incremental.Build(m, incremental.Options{BOS: 2, EOS: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	root := t.TempDir()
-	dir := filepath.Join(root, "inc")
-	if err := WriteIncremental(dir, set); err != nil {
-		t.Fatal(err)
-	}
-	// An earlier export (with a stray data file of its own) is replaced.
-	os.WriteFile(filepath.Join(dir, "decoder_model.onnx.data"), []byte("old"), 0o644)
-	if err := WriteIncremental(dir, set); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "decoder_model.onnx.data")); err == nil {
-		t.Error("the replaced export's files survive")
-	}
-	// A directory of other files, and a file, are refused.
-	other := filepath.Join(root, "other")
-	os.Mkdir(other, 0o755)
-	os.WriteFile(filepath.Join(other, "notes.txt"), []byte("mine"), 0o644)
-	file := filepath.Join(root, "file")
-	os.WriteFile(file, []byte("x"), 0o644)
-	for _, p := range []string{other, file} {
-		err := WriteIncremental(p, set)
-		if err == nil || strings.Contains(err.Error(), "\n") {
-			t.Errorf("%s: got %v, want a one-line refusal", p, err)
-		}
-	}
-	if b, _ := os.ReadFile(filepath.Join(other, "notes.txt")); string(b) != "mine" {
-		t.Error("the refused directory was changed")
-	}
-	entries, _ := os.ReadDir(root)
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	if strings.Join(names, " ") != "file inc other" {
-		t.Errorf("left in the parent: %v", names)
-	}
 }

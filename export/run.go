@@ -9,6 +9,7 @@ import (
 	"github.com/qatc/qatc/export/lightseq"
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
+	"github.com/qatc/qatc/passes/incremental"
 	"github.com/qatc/qatc/passes/quantize"
 	"github.com/qatc/qatc/passes/transformer"
 	"github.com/qatc/qatc/seq2seq"
@@ -45,6 +46,8 @@ type Result struct {
 	Verify      *VerifyReport
 	Incremental *IncrementalReport
 	LightSeq    *lightseq.FileReport
+	// merged: the directory written has a merged decoder.
+	merged bool
 }
 
 // MarshalJSON writes the result as qatc export --json prints it: the
@@ -62,16 +65,19 @@ func (r *Result) MarshalJSON() ([]byte, error) {
 	return json.Marshal(v)
 }
 
-// File exports the QAT model file at path as cfg says, checks the result
+// File exports the QAT model at path as cfg says, checks the result
 // against the QAT model on the check batch, and writes it to out: an ONNX
 // file (Export, Verify), a LightSeq weight file (lightseq.WriteFile), or
-// with cfg.Incremental an incremental directory (Incremental,
-// WriteIncremental).
+// with cfg.Incremental a directory in Optimum's layout (Incremental; for a
+// model directory, its own files in the format, Dir), written by
+// seq2seq.Dir.Write. A model directory is read as the composition of its
+// encoder and decoder (seq2seq.Load).
 func File(path, out string, cfg Config) (*Result, error) {
-	m, err := graph.LoadValid(path)
+	stored, err := seq2seq.Load(path, cfg.Batch.Special.Pad)
 	if err != nil {
 		return nil, err
 	}
+	m := stored.Graph
 	model, err := seq2seq.Describe(m, cfg.Roles)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -91,12 +97,21 @@ func File(path, out string, cfg Config) (*Result, error) {
 	switch {
 	case cfg.Incremental:
 		opts := IncrementalOptions{Source: path, Pad: sp.Pad, BOS: sp.BOS, EOS: sp.EOS, Map: roleMap, Src: batch[model.Src], Tgt: batch[model.Tgt]}
-		set, rep, err := Incremental(m, cfg.Format, opts)
+		var d *seq2seq.Dir
+		var rep *IncrementalReport
+		if stored.Dir != nil {
+			d, rep, err = Dir(stored, cfg.Format, opts)
+		} else {
+			var set *incremental.Set
+			if set, rep, err = Incremental(m, cfg.Format, opts); err == nil {
+				d = &set.Dir
+			}
+		}
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", path, err)
 		}
-		res.Incremental = rep
-		return res, WriteIncremental(out, set)
+		res.Incremental, res.merged = rep, d.Merged
+		return res, d.Write(out)
 	case cfg.Format == "lightseq":
 		opts := lightseq.Options{PadID: int(sp.Pad), BosID: int(sp.BOS), EosID: int(sp.EOS),
 			BeamSize: cfg.BeamSize, LengthPenalty: cfg.LengthPenalty, Calib: batch, Map: roleMap}
@@ -180,7 +195,7 @@ func CheckBatch(m *graph.Model, model seq2seq.Model, o BatchOptions) (map[string
 		{Name: model.Src, Elem: graph.Int64, Dims: []int64{-1, -1}},
 		{Name: model.Tgt, Elem: graph.Int64, Dims: []int64{-1, -1}},
 	}
-	b, err = eval.RandomInputs(ins, o.N, o.Len, model.Vocab, 7)
+	b, err = eval.RandomInputs(ins, o.N, o.Len, model.Vocab, o.Special.Pad, 7)
 	return b, fmt.Sprintf("%d random sentences (the model records none: give --src)", o.N), err
 }
 
@@ -191,8 +206,12 @@ func (r *Result) Write(w io.Writer, verbose bool) error {
 	case r.Incremental != nil:
 		rep := r.Incremental
 		cfg := rep.Config
-		fmt.Fprintf(w, "wrote %s (%s, Optimum's seq2seq layout): hidden %d, %d heads, %d+%d layers, vocabulary %d\n",
-			r.Output, rep.Format, cfg.Hidden, cfg.DecoderHeads, cfg.EncoderLayers, cfg.DecoderLayers, cfg.Vocab)
+		layout := "Optimum's seq2seq layout"
+		if r.merged {
+			layout += ", merged decoder"
+		}
+		fmt.Fprintf(w, "wrote %s (%s, %s): hidden %d, %d heads, %d+%d layers, vocabulary %d\n",
+			r.Output, rep.Format, layout, cfg.Hidden, cfg.DecoderHeads, cfg.EncoderLayers, cfg.DecoderLayers, cfg.Vocab)
 		for _, f := range rep.Files {
 			fmt.Fprintf(w, "  %-30s %9s  %3d integer weights, onnxruntime ran %d integer and %d float matrix kernels\n",
 				f.File, humanBytes(f.Size), f.IntWeights, f.IntKernels, f.FloatMatMuls)

@@ -29,6 +29,15 @@ type Row struct {
 	// is also null when quantization is exact (infinite).
 	Clipped *float64 `json:"clipped_share"`
 	SQNR    *float64 `json:"sqnr_db"`
+	// Files lists, for a model directory, the files that apply this
+	// quantizer (one clip across them); Tensors names its tensor in the
+	// files that call it otherwise than Tensor does.
+	Files   []string          `json:"files,omitempty"`
+	Tensors map[string]string `json:"tensors,omitempty"`
+
+	// key identifies the quantizer across a directory's files: its
+	// QuantizeLinear node, which qatc names alike in every file.
+	key string
 }
 
 // A Span summarises a scalar or a vector of clips or scales.
@@ -107,7 +116,7 @@ func Quantizers(m *graph.Model) (rows []Row, note string, err error) {
 	}
 	rows = make([]Row, len(qs))
 	for i, q := range qs {
-		r := Row{Tensor: q.Tensor, Kind: q.Kind, Bits: q.Bits, Granularity: granularity(q.Axis, q.BlockSize), Axis: q.Axis, BlockSize: q.BlockSize}
+		r := Row{Tensor: q.Tensor, Kind: q.Kind, Bits: q.Bits, Granularity: granularity(q.Axis, q.BlockSize), Axis: q.Axis, BlockSize: q.BlockSize, key: q.Quantize}
 		_, qmax := q.QRange()
 		switch {
 		case q.Kind == quantize.KindSoftmax:
@@ -157,7 +166,10 @@ func exportedRows(m *graph.Model) ([]Row, error) {
 	}
 	var rows []Row
 	for _, q := range rec.Quantizers {
-		r := Row{Tensor: q.Tensor, Kind: q.Kind, Bits: q.Bits, Granularity: granularity(q.Axis, q.BlockSize), Axis: q.Axis, BlockSize: q.BlockSize}
+		r := Row{Tensor: q.Tensor, Kind: q.Kind, Bits: q.Bits, Granularity: granularity(q.Axis, q.BlockSize), Axis: q.Axis, BlockSize: q.BlockSize, key: q.Quantize}
+		if r.key == "" {
+			r.key = q.Tensor
+		}
 		var scale []float32
 		if q.Kind == quantize.KindWeight || stored.ByName[q.Tensor] != nil {
 			if st := stored.ByName[q.Tensor]; st != nil {
@@ -185,6 +197,7 @@ func exportedRows(m *graph.Model) ([]Row, error) {
 // writeRows prints the quantizer table and its note.
 func writeRows(w io.Writer, rows []Row, note string) error {
 	fmt.Fprintf(w, "\n%d quantizers\n", len(rows))
+	files := len(rows) > 0 && len(rows[0].Files) > 0
 	table := make([][]string, len(rows))
 	for i, r := range rows {
 		clipped, sqnr := "-", "-"
@@ -196,9 +209,16 @@ func writeRows(w io.Writer, rows []Row, note string) error {
 			sqnr = fmt.Sprintf("%.2f", *r.SQNR)
 		}
 		table[i] = []string{r.Tensor, r.Kind, fmt.Sprint(r.Bits), r.Granularity, r.Clip.String(), r.Scale.String(), clipped, sqnr}
+		if files {
+			table[i] = append(table[i], strings.Join(r.Files, ", "))
+		}
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "tensor\tkind\tbits\tgranularity\tclip\tscale\tclipped\tsqnr_db")
+	head := "tensor\tkind\tbits\tgranularity\tclip\tscale\tclipped\tsqnr_db"
+	if files {
+		head += "\tfiles"
+	}
+	fmt.Fprintln(tw, head)
 	for _, r := range table {
 		fmt.Fprintln(tw, strings.Join(r, "\t"))
 	}

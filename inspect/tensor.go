@@ -14,6 +14,7 @@ import (
 	"github.com/qatc/qatc/passes/fold"
 	"github.com/qatc/qatc/passes/quantize"
 	"github.com/qatc/qatc/safeio"
+	"github.com/qatc/qatc/seq2seq"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
@@ -61,9 +62,22 @@ type IntStats struct {
 	Histogram []int64 `json:"histogram"`
 }
 
-// TensorFile reads the model file at path and finds the integers of its
-// quantized weight name (TensorOf).
+// TensorFile reads the model at path (a file, or a model directory's
+// encoder and decoder composed) and finds the integers of its quantized
+// weight name (TensorOf).
 func TensorFile(path, name string) (*Tensor, error) {
+	if seq2seq.IsDir(path) {
+		// The weights of a directory's encoder and decoder, composed.
+		d, err := seq2seq.ReadDir(path)
+		if err != nil {
+			return nil, err
+		}
+		m, err := d.Compose(d.Config.PadID)
+		if err != nil {
+			return nil, err
+		}
+		return TensorOf(m, path, name)
+	}
 	m, err := graph.LoadValid(path)
 	if err != nil {
 		return nil, err

@@ -97,17 +97,17 @@ func (c *Config) Has(field string) bool {
 }
 
 // Special returns the padding id, the id that starts a translation
-// (decoder_start_token_id, else bos_token_id) and the end-of-sentence id;
-// ok is false when the config does not name all three.
-func (c *Config) Special() (pad, start, eos int64, ok bool) {
-	start = c.DecoderStart
+// (decoder_start_token_id, else bos_token_id) as BOS and the
+// end-of-sentence id; ok is false when the config does not name all three.
+func (c *Config) Special() (sp Special, ok bool) {
+	start := c.DecoderStart
 	if !c.Has("decoder_start_token_id") {
 		if !c.Has("bos_token_id") {
-			return 0, 0, 0, false
+			return sp, false
 		}
 		start = c.BOSID
 	}
-	return c.PadID, start, c.EOSID, c.Has("pad_token_id") && c.Has("eos_token_id")
+	return Special{Pad: c.PadID, BOS: start, EOS: c.EOSID}, c.Has("pad_token_id") && c.Has("eos_token_id")
 }
 
 // synonyms are other configs' names of Config's fields (T5's), read when
@@ -200,4 +200,18 @@ func (c *Config) Marshal() ([]byte, error) {
 		return nil, err
 	}
 	return append(b, '\n'), nil
+}
+
+// DirSpecial returns the special ids the config.json of directory path
+// names (see Config.Special); ok is false for a file, a directory without
+// a readable config, or a config that does not name them.
+func DirSpecial(path string) (Special, bool) {
+	if st, err := os.Stat(path); err != nil || !st.IsDir() {
+		return Special{}, false
+	}
+	c, err := ReadConfig(path)
+	if err != nil {
+		return Special{}, false
+	}
+	return c.Special()
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 
-	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes"
 	"github.com/qatc/qatc/passes/quantize"
@@ -91,18 +90,21 @@ func (r *finetuneRun) pipeline() *passes.Pipeline {
 	}}
 }
 
-// FinetuneFile trains the model file at path on cfg's data and writes
-// the trained model to out, through the finetune (or, without cfg.QAT,
+// FinetuneFile trains the model at path (a file, or a model directory as
+// the composition of its encoder and decoder, see seq2seq.Load) on cfg's
+// data and writes the trained model to out (a directory in its layout,
+// every file of it trained), through the finetune (or, without cfg.QAT,
 // train) pipeline: finding the quantizers, reading the data, building the
 // training graph, the loop, writing the parameters back and recording a
 // sample of the sentences. When ctx is cancelled the loop writes a
 // checkpoint and FinetuneFile returns with Interrupted set, writing no
 // model. o dumps the model after passes (nil: none).
 func FinetuneFile(ctx context.Context, path, out string, cfg FinetuneConfig, o *passes.Options) (*FinetuneResult, error) {
-	m, err := graph.LoadValid(path)
+	stored, err := seq2seq.Load(path, cfg.Special.Pad)
 	if err != nil {
 		return nil, err
 	}
+	m := stored.Graph
 	r := &finetuneRun{path: path, cfg: cfg}
 	r.res.ValidBefore = math.NaN()
 	err = r.pipeline().Run(&passes.Unit{Model: m, Context: ctx}, o)
@@ -120,7 +122,7 @@ func FinetuneFile(ctx context.Context, path, out string, cfg FinetuneConfig, o *
 	case err != nil:
 		return nil, err
 	}
-	if err := m.Save(out); err != nil {
+	if err := stored.Save(out); err != nil {
 		return nil, err
 	}
 	r.res.Wrote = true

@@ -185,17 +185,18 @@ func weightInitText(p quantize.Params) string {
 }
 
 // PlanFile is insert's dry run: the record InsertFile would write for the
-// model file at path, without writing anything.
+// model at path (a file or a model directory, see seq2seq.Load), without
+// writing anything.
 func PlanFile(path string, cfg InsertConfig) (*quantize.Record, error) {
 	p, err := cfg.Quant.Params(cfg.CalibSrc != "")
 	if err != nil {
 		return nil, err
 	}
-	m, err := graph.LoadValid(path)
+	stored, err := seq2seq.Load(path, cfg.Special.Pad)
 	if err != nil {
 		return nil, err
 	}
-	rec, err := quantize.Plan(m, p)
+	rec, err := quantize.Plan(stored.Graph, p)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -268,20 +269,23 @@ func Insert(m *graph.Model, cfg InsertConfig, o *passes.Options) (*InsertResult,
 	return &r.res, nil
 }
 
-// InsertFile is Insert on the model file at path, written to out.
+// InsertFile is Insert on the model at path, written to out: a file, or a
+// model directory (seq2seq.Load), which is quantized as the composition
+// of its encoder and decoder, calibrated on both together, and written
+// back in its layout with one quantizer per tensor across its files.
 func InsertFile(path, out string, cfg InsertConfig, o *passes.Options) (*InsertResult, error) {
 	r, err := newInsertRun(path, cfg)
 	if err != nil {
 		return nil, err
 	}
-	m, err := graph.LoadValid(path)
+	stored, err := seq2seq.Load(path, cfg.Special.Pad)
 	if err != nil {
 		return nil, err
 	}
-	if err := r.pipeline().Run(&passes.Unit{Model: m}, o); err != nil {
+	if err := r.pipeline().Run(&passes.Unit{Model: stored.Graph}, o); err != nil {
 		return nil, err
 	}
-	return &r.res, m.Save(out)
+	return &r.res, stored.Save(out)
 }
 
 // newInsertRun resolves the options of one insert.

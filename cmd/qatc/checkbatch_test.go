@@ -19,19 +19,11 @@ import (
 // sentences; a damaged record is one error line.
 func TestExportRecordedSentences(t *testing.T) {
 	dir := t.TempDir()
-	must := func(args ...string) string {
-		t.Helper()
-		code, out, errOut := qatc(t, args...)
-		if code != 0 {
-			t.Fatalf("qatc %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errOut)
-		}
-		return out
-	}
 	src, tgt := fixture.Torch(t, "d256.src"), fixture.Torch(t, "d256.tgt")
 	qat := filepath.Join(dir, "d256.qat.onnx")
-	must("insert", fixture.Torch(t, fixture.D256), "-o", qat, "--calib-src", src, "--calib-tgt", tgt, "--calib-method", "minmax")
+	mustQatc(t, "insert", fixture.Torch(t, fixture.D256), "-o", qat, "--calib-src", src, "--calib-tgt", tgt, "--calib-method", "minmax")
 	x := filepath.Join(dir, "x.onnx")
-	out := must("export", qat, "-o", x, "--format", "qoperator")
+	out := mustQatc(t, "export", qat, "-o", x, "--format", "qoperator")
 	if !strings.Contains(out, "16 sentences of "+src+" recorded in the model") {
 		t.Errorf("export did not check on the recorded sentences:\n%s", out)
 	}
@@ -43,13 +35,13 @@ func TestExportRecordedSentences(t *testing.T) {
 	// Without calibration: random ids, said; finetune records its data.
 	psrc, ptgt := fixture.Torch(t, "postnorm.src"), fixture.Torch(t, "postnorm.tgt")
 	plain := filepath.Join(dir, "plain.onnx")
-	must("insert", fixture.Torch(t, fixture.PostNormNN), "-o", plain)
-	if out := must("export", plain, "-o", filepath.Join(dir, "p.onnx")); !strings.Contains(out, "random sentences (the model records none: give --src)") {
+	mustQatc(t, "insert", fixture.Torch(t, fixture.PostNormNN), "-o", plain)
+	if out := mustQatc(t, "export", plain, "-o", filepath.Join(dir, "p.onnx")); !strings.Contains(out, "random sentences (the model records none: give --src)") {
 		t.Errorf("export of a model without sentences:\n%s", out)
 	}
 	tuned := filepath.Join(dir, "tuned.onnx")
-	must("finetune", plain, "-o", tuned, "--src", psrc, "--tgt", ptgt, "--steps", "1", "--batch-tokens", "256", "--threads", "1")
-	if out := must("export", tuned, "-o", filepath.Join(dir, "t.onnx")); !strings.Contains(out, "recorded in the model") {
+	mustQatc(t, "finetune", plain, "-o", tuned, "--src", psrc, "--tgt", ptgt, "--steps", "1", "--batch-tokens", "256", "--threads", "1")
+	if out := mustQatc(t, "export", tuned, "-o", filepath.Join(dir, "t.onnx")); !strings.Contains(out, "recorded in the model") {
 		t.Errorf("export after finetune:\n%s", out)
 	}
 

@@ -8,7 +8,7 @@ import (
 func compareCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "compare",
-		Usage:     "run two models on the same inputs and compare their outputs (e.g. fp32 vs QAT or int8)",
+		Usage:     "run two models on the same inputs and compare their outputs (e.g. fp32 vs QAT or int8); a model directory runs teacher-forced through its cache on its composed inputs (input_ids, decoder_input_ids)",
 		ArgsUsage: "MODEL_A MODEL_B",
 		Flags: []cli.Flag{
 			&cli.StringSliceFlag{Name: "input", Usage: "NAME=FILE.npy (default: valid random inputs from the shapes)"},

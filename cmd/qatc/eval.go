@@ -91,7 +91,7 @@ func evalAction(c *cli.Context) error {
 	}
 	opts := eval.EvalOptions{
 		Decode: eval.DecodeOptions{
-			Special: seq2seq.Special{Pad: c.Int64("pad-id"), BOS: c.Int64("bos-id"), EOS: c.Int64("eos-id")},
+			Special: specialIDs(c),
 			Beam:    c.Int("beam"), LengthPenalty: c.Float64("length-penalty"),
 			MaxExtra: c.Int("max-extra"), BatchSize: c.Int("batch"),
 		},

@@ -5,6 +5,7 @@ import (
 
 	"github.com/qatc/qatc/export"
 	"github.com/qatc/qatc/safeio"
+	"github.com/qatc/qatc/seq2seq"
 	"github.com/urfave/cli/v2"
 )
 
@@ -44,8 +45,11 @@ func exportAction(c *cli.Context) error {
 		Inputs:  append([]safeio.Group{modelInput("QAT", path)}, fileInputs(c, "src", "tgt", "map", "spm")...),
 		Outputs: []safeio.Group{modelOutput("-o", out)},
 	}
+	// A model directory exports as a directory of its layout (but to a
+	// LightSeq file).
+	dir := c.Bool("incremental") || seq2seq.IsDir(path) && format != "lightseq"
 	switch {
-	case c.Bool("incremental"):
+	case dir:
 		plan.Outputs, plan.Dirs = nil, []safeio.Dir{{Flag: "-o", Path: out, Replace: true}}
 	case format == "lightseq":
 		if !strings.HasSuffix(out, ".pb") {
@@ -56,8 +60,8 @@ func exportAction(c *cli.Context) error {
 	if err := safeio.Check(plan); err != nil {
 		return err
 	}
-	if c.Bool("incremental") {
-		if err := export.CheckIncrementalOutput(out); err != nil {
+	if dir {
+		if err := seq2seq.CheckOutput(out); err != nil {
 			return err
 		}
 	}
@@ -66,7 +70,7 @@ func exportAction(c *cli.Context) error {
 		return err
 	}
 	res, err := export.File(path, out, export.Config{
-		Format: format, Incremental: c.Bool("incremental"), Roles: roleFlagValues(c), MapFile: c.String("map"),
+		Format: format, Incremental: dir, Roles: roleFlagValues(c), MapFile: c.String("map"),
 		Batch:    export.BatchOptions{Src: c.String("src"), Tgt: c.String("tgt"), N: c.Int("batch"), Len: c.Int("len"), Tokenizer: tok, Special: specialIDs(c)},
 		BeamSize: c.Int("beam"), LengthPenalty: float32(c.Float64("length-penalty")),
 	})

@@ -8,6 +8,7 @@ import (
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/passes"
 	"github.com/qatc/qatc/safeio"
+	"github.com/qatc/qatc/seq2seq"
 	"github.com/urfave/cli/v2"
 )
 
@@ -183,12 +184,37 @@ func checkFlags(c *cli.Context) error {
 	return nil
 }
 
-// modelInput is an input model with its external-data files. A model
-// whose files cannot be listed yet is still an input: the command's own
-// load reports why.
+// modelInput is an input model with its external-data files (for a model
+// directory, every file of its layout). A model whose files cannot be
+// listed yet is still an input: the command's own load reports why.
 func modelInput(flag, path string) safeio.Group {
+	if seq2seq.IsDir(path) {
+		return safeio.Group{Flag: flag, Path: path, Parts: seq2seq.InputFiles(path)}
+	}
 	files, _ := graph.DataFiles(path)
 	return safeio.Group{Flag: flag, Path: path, Parts: files}
+}
+
+// checkModelOutput checks plan with the output of a command that writes
+// a model of the input's kind to out: a file (with its data file), or for
+// a model directory a directory that replaces out whole, which must be
+// absent, empty or one qatc wrote. out "" (a dry run) writes nothing.
+func checkModelOutput(plan safeio.Plan, in, out string) error {
+	dir := seq2seq.IsDir(in)
+	switch {
+	case out == "":
+	case dir:
+		plan.Dirs = append(plan.Dirs, safeio.Dir{Flag: "-o", Path: out, Replace: true})
+	default:
+		plan.Outputs = append(plan.Outputs, modelOutput("-o", out))
+	}
+	if err := safeio.Check(plan); err != nil {
+		return err
+	}
+	if dir && out != "" {
+		return seq2seq.CheckOutput(out)
+	}
+	return nil
 }
 
 // fileInputs lists plain input files (data, vocabularies) by flag; empty

@@ -68,9 +68,9 @@ func roleFlags() []cli.Flag {
 // specialFlags are the special token ids.
 func specialFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.Int64Flag{Name: "pad-id", Value: 0, Usage: "padding id"},
-		&cli.Int64Flag{Name: "bos-id", Value: 2, Usage: "begin-of-sentence id"},
-		&cli.Int64Flag{Name: "eos-id", Value: 3, Usage: "end-of-sentence id"},
+		&cli.Int64Flag{Name: "pad-id", Value: 0, Usage: "padding id (default: a model directory's config.json, else 0)"},
+		&cli.Int64Flag{Name: "bos-id", Value: 2, Usage: "begin-of-sentence id: starts every translation (default: a model directory's decoder_start_token_id, else 2)"},
+		&cli.Int64Flag{Name: "eos-id", Value: 3, Usage: "end-of-sentence id (default: a model directory's config.json, else 3)"},
 	}
 }
 
@@ -113,9 +113,25 @@ func tokenizer(c *cli.Context) (seq2seq.Tokenizer, error) {
 	return seq2seq.LoadSentencePiece(path)
 }
 
-// specialIDs are the special ids the flags give.
+// specialIDs returns the special ids: each flag where it is given, else
+// what the config.json of the model directory (the command's first
+// argument) names, else the flag's default.
 func specialIDs(c *cli.Context) seq2seq.Special {
-	return seq2seq.Special{Pad: c.Int64("pad-id"), BOS: c.Int64("bos-id"), EOS: c.Int64("eos-id")}
+	sp := seq2seq.Special{Pad: c.Int64("pad-id"), BOS: c.Int64("bos-id"), EOS: c.Int64("eos-id")}
+	dir, ok := seq2seq.DirSpecial(c.Args().First())
+	if !ok {
+		return sp
+	}
+	if !c.IsSet("pad-id") {
+		sp.Pad = dir.Pad
+	}
+	if !c.IsSet("bos-id") {
+		sp.BOS = dir.BOS
+	}
+	if !c.IsSet("eos-id") {
+		sp.EOS = dir.EOS
+	}
+	return sp
 }
 
 // roleFlagValues are the roles the role flags name.
@@ -153,14 +169,15 @@ func insertAction(c *cli.Context) error {
 		InPlace: c.Bool("in-place"), InPlaceFlag: "--in-place",
 		Inputs: append([]safeio.Group{modelInput("MODEL", path)}, fileInputs(c, "recipe", "calib-src", "calib-tgt", "spm")...),
 	}
-	if !c.Bool("dry-run") {
-		plan.Outputs = []safeio.Group{modelOutput("-o", out)}
-	}
 	dump, err := dumpOptions(c, &plan, train.InsertPipeline(cfg))
 	if err != nil {
 		return err
 	}
-	if err := safeio.Check(plan); err != nil {
+	written := out
+	if c.Bool("dry-run") {
+		written = ""
+	}
+	if err := checkModelOutput(plan, path, written); err != nil {
 		return err
 	}
 	switch method := calibMethod(c); {

@@ -7,13 +7,14 @@ import (
 
 	"github.com/qatc/qatc/inspect"
 	"github.com/qatc/qatc/safeio"
+	"github.com/qatc/qatc/seq2seq"
 	"github.com/urfave/cli/v2"
 )
 
 func inspectCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "inspect",
-		Usage:     "describe a model: inputs, outputs, opsets, operators, parameters, quantizers, a weight's integers",
+		Usage:     "describe a model (a file, or a model directory: each file, and each quantizer once with the files that apply it): inputs, outputs, opsets, operators, parameters, quantizers, a weight's integers",
 		ArgsUsage: "MODEL",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON document"},
@@ -61,6 +62,16 @@ func inspectAction(c *cli.Context) error {
 			fmt.Fprintf(c.App.Writer, "wrote %s\n", v.Plot)
 		}
 		return nil
+	}
+	if seq2seq.IsDir(path) {
+		s, err := inspect.Directory(path, c.Int("top"))
+		if err != nil {
+			return err
+		}
+		if c.Bool("json") {
+			return writeJSON(c.App.Writer, s)
+		}
+		return s.Write(c.App.Writer)
 	}
 	s, err := inspect.File(path, c.Int("top"))
 	if err != nil {

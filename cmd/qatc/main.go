@@ -15,6 +15,7 @@ import (
 
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/safeio"
+	"github.com/qatc/qatc/seq2seq"
 	"github.com/qatc/qatc/train"
 	"github.com/urfave/cli/v2"
 )
@@ -242,4 +243,13 @@ func reorderArgs(app *cli.App, args []string) []string {
 		out = append(out, positional...)
 	}
 	return out
+}
+
+// loadModel reads a MODEL argument: an ONNX file, whose structure is
+// checked (a cycle, a dangling input or a value written twice is refused
+// naming the node; nodes merely out of order are put in order), or a
+// seq2seq directory, which commands work on as the composition of its
+// encoder and decoder (seq2seq.Load), masks from the padding id.
+func loadModel(c *cli.Context, path string) (*seq2seq.Stored, error) {
+	return seq2seq.Load(path, specialIDs(c).Pad)
 }

@@ -22,6 +22,17 @@ func qatc(t *testing.T, args ...string) (int, string, string) {
 	return code, out.String(), errOut.String()
 }
 
+// mustQatc runs the command line in-process and returns its stdout,
+// failing the test unless it exits 0.
+func mustQatc(t *testing.T, args ...string) string {
+	t.Helper()
+	code, out, errOut := qatc(t, args...)
+	if code != 0 {
+		t.Fatalf("qatc %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
+
 // wantError checks that a command failed with exit code want and one
 // stderr line mentioning mention.
 func wantError(t *testing.T, code int, errOut string, want int, mention string) {

@@ -55,16 +55,8 @@ func TestPipeline(t *testing.T) {
 	dir := t.TempDir()
 	model, src, tgt := tinySetup(t, dir)
 	fp32 := filepath.Join(dir, "fp32.onnx")
-	must := func(args ...string) string {
-		t.Helper()
-		code, out, errOut := qatc(t, args...)
-		if code != 0 {
-			t.Fatalf("qatc %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errOut)
-		}
-		return out
-	}
 	metrics := filepath.Join(dir, "metrics.jsonl")
-	out := must("train", model, "-o", fp32, "--src", src, "--tgt", tgt, "--valid-src", src, "--valid-tgt", tgt,
+	out := mustQatc(t, "train", model, "-o", fp32, "--src", src, "--tgt", tgt, "--valid-src", src, "--valid-tgt", tgt,
 		"--steps", "30", "--batch-tokens", "512", "--lr", "3e-3", "--threads", "1", "--json", "--metrics", metrics)
 	var res struct {
 		Steps           int64   `json:"steps"`
@@ -91,10 +83,10 @@ func TestPipeline(t *testing.T) {
 		t.Errorf("train: %+v (an untrained tiny model's loss is about ln 64 ≈ 4.2)", res)
 	}
 	qat := filepath.Join(dir, "qat.onnx")
-	must("insert", fp32, "-o", qat, "--calib-src", src, "--calib-tgt", tgt)
+	mustQatc(t, "insert", fp32, "-o", qat, "--calib-src", src, "--calib-tgt", tgt)
 	tuned := filepath.Join(dir, "tuned.onnx")
 	trainGraph := filepath.Join(dir, "training.onnx")
-	must("finetune", qat, "-o", tuned, "--src", src, "--tgt", tgt, "--steps", "10", "--batch-tokens", "512",
+	mustQatc(t, "finetune", qat, "-o", tuned, "--src", src, "--tgt", tgt, "--steps", "10", "--batch-tokens", "512",
 		"--lr", "1e-4", "--threads", "1", "--loss", "ce+kd", "--save-training-graph", trainGraph)
 	tg, err := graph.Load(trainGraph)
 	if err != nil {
@@ -111,16 +103,16 @@ func TestPipeline(t *testing.T) {
 		t.Fatalf("fine-tuned model lost its quantizers: %v", err)
 	}
 	for _, format := range []string{"qdq", "qoperator", "dynamic"} {
-		out := must("export", tuned, "-o", filepath.Join(dir, format+".onnx"), "--format", format, "--src", src)
+		out := mustQatc(t, "export", tuned, "-o", filepath.Join(dir, format+".onnx"), "--format", format, "--src", src)
 		if !strings.Contains(out, "top-1 agreement") {
 			t.Errorf("%s: %s", format, out)
 		}
 	}
-	out = must("export", tuned, "-o", filepath.Join(dir, "model.pb"), "--format", "lightseq", "--src", src)
+	out = mustQatc(t, "export", tuned, "-o", filepath.Join(dir, "model.pb"), "--format", "lightseq", "--src", src)
 	if !strings.Contains(out, "hidden 32, heads 4, FFN 64, vocabulary 64, 2+2 layers") || !strings.Contains(out, "(min 90%)") || !strings.Contains(out, "(max 15%)") {
 		t.Errorf("lightseq: %s", out)
 	}
-	out = must("eval", fp32, tuned, filepath.Join(dir, "qoperator.onnx"), filepath.Join(dir, "model.pb"), "--src", src, "--ref", tgt, "--json", "--threads", "1",
+	out = mustQatc(t, "eval", fp32, tuned, filepath.Join(dir, "qoperator.onnx"), filepath.Join(dir, "model.pb"), "--src", src, "--ref", tgt, "--json", "--threads", "1",
 		"--hyp-dir", filepath.Join(dir, "hyp"))
 	var rows []struct {
 		Model     string
@@ -140,7 +132,7 @@ func TestPipeline(t *testing.T) {
 	if hyp, err := readLines(filepath.Join(dir, "hyp", "qoperator.hyp")); err != nil || len(hyp) != 200 {
 		t.Errorf("hypotheses: %d lines, %v", len(hyp), err)
 	}
-	out = must("bench", fp32, filepath.Join(dir, "qoperator.onnx"), "--iters", "3", "--warmup", "1", "--batch", "2", "--src-len", "8", "--tgt-len", "8", "--threads", "1")
+	out = mustQatc(t, "bench", fp32, filepath.Join(dir, "qoperator.onnx"), "--iters", "3", "--warmup", "1", "--batch", "2", "--src-len", "8", "--tgt-len", "8", "--threads", "1")
 	if !strings.Contains(out, "speed-up") || !strings.Contains(out, "qoperator.onnx") {
 		t.Errorf("bench: %s", out)
 	}

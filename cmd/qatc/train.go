@@ -120,9 +120,8 @@ func trainAction(c *cli.Context, qat bool) error {
 	}
 	plan := safeio.Plan{
 		InPlace: c.Bool("in-place"), InPlaceFlag: "--in-place",
-		Inputs:  append([]safeio.Group{modelInput("MODEL", path)}, fileInputs(c, "src", "tgt", "valid-src", "valid-tgt", "spm")...),
-		Outputs: []safeio.Group{modelOutput("-o", out)},
-		Dirs:    []safeio.Dir{{Flag: "--checkpoint-dir", Path: ckptDir}},
+		Inputs: append([]safeio.Group{modelInput("MODEL", path)}, fileInputs(c, "src", "tgt", "valid-src", "valid-tgt", "spm")...),
+		Dirs:   []safeio.Dir{{Flag: "--checkpoint-dir", Path: ckptDir}},
 	}
 	if f := c.String("save-training-graph"); f != "" {
 		plan.Outputs = append(plan.Outputs, modelOutput("--save-training-graph", f))
@@ -131,7 +130,7 @@ func trainAction(c *cli.Context, qat bool) error {
 	if err != nil {
 		return err
 	}
-	if err := safeio.Check(plan); err != nil {
+	if err := checkModelOutput(plan, path, out); err != nil {
 		return err
 	}
 	switch c.String("loss") {

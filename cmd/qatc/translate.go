@@ -15,7 +15,7 @@ import (
 func translateCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "translate",
-		Usage:     "translate sentences with a model: an incremental directory, or a full-sequence ONNX file whose encoder and cached decoder are built in memory",
+		Usage:     "translate sentences with a model: a model directory (Optimum's layout: separate or merged decoders), or a full-sequence ONNX file whose encoder and cached decoder are built in memory",
 		ArgsUsage: "MODEL|DIR",
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "src", Usage: "source sentences, one per line (default: standard input)"},
@@ -103,7 +103,7 @@ func decodeOptions(c *cli.Context) (eval.DecodeOptions, error) {
 		return eval.DecodeOptions{}, usagef("--threads %d: use 0 (one per CPU) or more", n)
 	}
 	return eval.DecodeOptions{
-		Special: seq2seq.Special{Pad: c.Int64("pad-id"), BOS: c.Int64("bos-id"), EOS: c.Int64("eos-id")},
+		Special: specialIDs(c),
 		Beam:    c.Int("beam"), LengthPenalty: c.Float64("length-penalty"),
 		MaxExtra: c.Int("max-extra"), BatchSize: c.Int("batch"),
 	}, nil

@@ -35,56 +35,48 @@ func withStdin(t *testing.T, text string, f func()) {
 func TestTranslate(t *testing.T) {
 	dir := t.TempDir()
 	model, src, tgt := tinySetup(t, dir)
-	must := func(args ...string) string {
-		t.Helper()
-		code, out, errOut := qatc(t, args...)
-		if code != 0 {
-			t.Fatalf("qatc %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errOut)
-		}
-		return out
-	}
 	fp32Dir := filepath.Join(dir, "fp32.inc")
-	out := must("export", model, "--incremental", "-o", fp32Dir, "--format", "fp32", "--src", src)
+	out := mustQatc(t, "export", model, "--incremental", "-o", fp32Dir, "--format", "fp32", "--src", src)
 	if !strings.Contains(out, "decoder_with_past_model.onnx") || !strings.Contains(out, "top-1 agreement 100.00%") {
 		t.Errorf("export --incremental: %s", out)
 	}
 	qat := filepath.Join(dir, "qat.onnx")
-	must("insert", model, "-o", qat, "--calib-src", src, "--calib-tgt", tgt)
+	mustQatc(t, "insert", model, "-o", qat, "--calib-src", src, "--calib-tgt", tgt)
 	qopDir := filepath.Join(dir, "qop.inc")
-	must("export", qat, "--incremental", "-o", qopDir, "--format", "qoperator", "--src", src)
+	mustQatc(t, "export", qat, "--incremental", "-o", qopDir, "--format", "qoperator", "--src", src)
 
 	lines := strings.Split(strings.TrimSpace(mustRead(t, src)), "\n")[:20]
 	srcFile := writeFile(t, dir, "some.src", strings.Join(lines, "\n")+"\n")
-	fromDir := must("translate", fp32Dir, "--src", srcFile, "--threads", "2")
+	fromDir := mustQatc(t, "translate", fp32Dir, "--src", srcFile, "--threads", "2")
 	if n := strings.Count(fromDir, "\n"); n != 20 {
 		t.Fatalf("translate: %d lines for 20 sources:\n%s", n, fromDir)
 	}
-	if fromFile := must("translate", model, "--src", srcFile, "--batch", "3"); fromFile != fromDir {
+	if fromFile := mustQatc(t, "translate", model, "--src", srcFile, "--batch", "3"); fromFile != fromDir {
 		t.Errorf("the model file translates otherwise than its fp32 directory:\n%s\n%s", fromFile, fromDir)
 	}
-	if rerun := must("translate", model, "--src", srcFile, "--no-cache"); rerun != fromDir {
+	if rerun := mustQatc(t, "translate", model, "--src", srcFile, "--no-cache"); rerun != fromDir {
 		t.Errorf("re-running the model translates otherwise than its cache:\n%s\n%s", rerun, fromDir)
 	}
 	var stdin string
-	withStdin(t, strings.Join(lines, "\n")+"\n", func() { stdin = must("translate", fp32Dir) })
+	withStdin(t, strings.Join(lines, "\n")+"\n", func() { stdin = mustQatc(t, "translate", fp32Dir) })
 	if stdin != fromDir {
 		t.Errorf("standard input translates otherwise than the file")
 	}
 	hyp := filepath.Join(dir, "out.hyp")
-	must("translate", qopDir, "--src", srcFile, "-o", hyp, "--beam", "3")
+	mustQatc(t, "translate", qopDir, "--src", srcFile, "-o", hyp, "--beam", "3")
 	if n := strings.Count(mustRead(t, hyp), "\n"); n != 20 {
 		t.Errorf("-o holds %d lines", n)
 	}
 
-	out = must("eval", fp32Dir, model, "--src", srcFile, "--ref", srcFile, "--threads", "1")
+	out = mustQatc(t, "eval", fp32Dir, model, "--src", srcFile, "--ref", srcFile, "--threads", "1")
 	if !strings.Contains(out, "fp32.inc") || !strings.Contains(out, "100.00%") {
 		t.Errorf("eval: %s", out)
 	}
-	out = must("bench", qopDir, fp32Dir, "--batch", "3", "--src-len", "5", "--tgt-len", "4", "--iters", "2", "--warmup", "1", "--threads", "1")
+	out = mustQatc(t, "bench", qopDir, fp32Dir, "--batch", "3", "--src-len", "5", "--tgt-len", "4", "--iters", "2", "--warmup", "1", "--threads", "1")
 	if row(out, "qop.inc")[1] != "yes" || !strings.Contains(out, "step ms") {
 		t.Errorf("bench: %s", out)
 	}
-	out = must("bench", qopDir, model, "--src", srcFile, "--rounds", "1", "--threads", "2", "--no-cache")
+	out = mustQatc(t, "bench", qopDir, model, "--src", srcFile, "--rounds", "1", "--threads", "2", "--no-cache")
 	if row(out, "tiny.onnx")[1] != "no" || row(out, "qop.inc")[1] != "yes" || !strings.Contains(out, "sent/s") {
 		t.Errorf("bench --src: %s", out)
 	}
@@ -186,7 +178,7 @@ func TestTranslateBadInputs(t *testing.T) {
 		{"empty line", []string{"translate", good, "--src", empty, "-o", out}, 1, "empty.src:2: empty line"},
 		{"missing file", []string{"translate", broken, "--src", srcFile, "-o", out}, 1, "decoder_with_past_model.onnx is missing"},
 		{"mixed exports", []string{"translate", mixed, "--src", srcFile, "-o", out}, 1, "another export"},
-		{"no config", []string{"translate", notes, "--src", srcFile, "-o", out}, 1, "no config.json"},
+		{"no model files", []string{"translate", notes, "--src", srcFile, "-o", out}, 1, "holds none of encoder_model.onnx"},
 		{"unmappable model", []string{"export", bigram, "--incremental", "-o", newDir, "--format", "fp32", "--src", srcFile}, 1, "recognise transformer"},
 		{"directory of other files", []string{"export", model, "--incremental", "-o", notes, "--format", "fp32", "--src", src}, 1, "mine.txt"},
 		{"unknown format", []string{"export", model, "--incremental", "-o", newDir, "--format", "lightseq", "--src", src}, 1, "unknown incremental format"},

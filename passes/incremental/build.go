@@ -30,17 +30,12 @@ type Options struct {
 // CacheDoc describes the cache tensors for Qatc.Cache.
 const CacheDoc = "keys and values [batch, heads, len, head_size] as the attention products read them: after the model's scaling and quantizers"
 
-// Set is the three graphs of an incremental decoder and their config.
+// Set is the three graphs of an incremental decoder with their config,
+// and what the recogniser found in the source.
 type Set struct {
-	Encoder, Decoder, DecoderWithPast *graph.Model
-	Config                            seq2seq.Config
+	seq2seq.Dir
 	// Model is what the recogniser found in the source.
 	Model *transformer.Model
-}
-
-// Graphs returns the three graphs with their file names.
-func (s *Set) Graphs() map[string]*graph.Model {
-	return map[string]*graph.Model{seq2seq.EncoderFile: s.Encoder, seq2seq.DecoderFile: s.Decoder, seq2seq.DecoderWithPastFile: s.DecoderWithPast}
 }
 
 // ErrFormat is wrapped by Build's errors for models already exported to
@@ -84,7 +79,8 @@ func Build(m *graph.Model, opts Options) (*Set, error) {
 	if _, err := rand.Read(id); err != nil {
 		return nil, err
 	}
-	s := &Set{Model: tm, Config: src.config(opts)}
+	cfg := src.config(opts)
+	s := &Set{Model: tm, Dir: seq2seq.Dir{Config: &cfg}}
 	s.Config.Qatc.ID = hex.EncodeToString(id)
 	s.Config.Qatc.Format = "fp32"
 	if len(src.quant) > 0 && !opts.Float {

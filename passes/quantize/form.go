@@ -358,3 +358,34 @@ func countQuantizers(m *graph.Model) int {
 	}
 	return n
 }
+
+// Nodes returns u's nodes in m's order: the chain, its view, and the
+// nodes that compute its scale from the clip (Max, Div, a tied copy's
+// Transpose, a view's Reshape), everything between u's tensor, the
+// constants and u's output, so that a caller can copy the quantizer into
+// another graph that holds the same tensor.
+func (u *Unit) Nodes(m *graph.Model) []*onnx.NodeProto {
+	in := map[*onnx.NodeProto]bool{}
+	var visit func(v string)
+	visit = func(v string) {
+		if v == "" || v == u.Tensor || m.Initializer(v) != nil || m.Input(v) != nil {
+			return
+		}
+		p := m.Producer(v)
+		if p == nil || in[p] {
+			return
+		}
+		in[p] = true
+		for _, x := range p.Input {
+			visit(x)
+		}
+	}
+	visit(u.Output)
+	var out []*onnx.NodeProto
+	for _, n := range m.Graph().Node {
+		if in[n] {
+			out = append(out, n)
+		}
+	}
+	return out
+}
