@@ -116,9 +116,9 @@ type Options struct {
 	DumpAfter []string
 	DumpDir   string
 	// Done, when set, is called after each pass that ran, with the time
-	// it took; Dumped after each file a dump wrote.
+	// it took; Dumped after each file a dump wrote, with the pass's name.
 	Done   func(p *Pass, elapsed time.Duration)
-	Dumped func(p *Pass, file string)
+	Dumped func(pass, file string)
 }
 
 // dumps reports whether o asks for a dump after the pass named name.
@@ -126,13 +126,10 @@ func (o *Options) dumps(name string) bool {
 	return o != nil && o.DumpDir != "" && (slices.Contains(o.DumpAfter, "all") || slices.Contains(o.DumpAfter, name))
 }
 
-// CheckDump checks that every pass o names is a pass of p, before
-// anything runs.
-func (p *Pipeline) CheckDump(o *Options) error {
-	if o == nil {
-		return nil
-	}
-	for _, n := range o.DumpAfter {
+// CheckDump checks that every name in after (Options.DumpAfter) is a
+// pass of p, or all, before anything runs.
+func (p *Pipeline) CheckDump(after []string) error {
+	for _, n := range after {
 		if n == "all" || slices.ContainsFunc(p.Passes, func(ps *Pass) bool { return ps.Name == n }) {
 			continue
 		}
@@ -152,8 +149,10 @@ func (p *Pipeline) Run(u *Unit, o *Options) error {
 	if err := p.Check(); err != nil {
 		return err
 	}
-	if err := p.CheckDump(o); err != nil {
-		return err
+	if o != nil {
+		if err := p.CheckDump(o.DumpAfter); err != nil {
+			return err
+		}
 	}
 	if o != nil && o.DumpDir != "" && len(o.DumpAfter) > 0 {
 		if err := os.MkdirAll(o.DumpDir, 0o755); err != nil {
@@ -203,7 +202,7 @@ func dump(u *Unit, o *Options, i int, ps *Pass) error {
 			return err
 		}
 		if o.Dumped != nil {
-			o.Dumped(ps, file)
+			o.Dumped(ps.Name, file)
 		}
 	}
 	return nil

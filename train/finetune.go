@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 
 	"github.com/qatc/qatc/ort"
@@ -34,6 +35,8 @@ type FinetuneConfig struct {
 	// are ready, with the trainer's Summary and the validation loss before
 	// training (NaN without validation data or when resuming).
 	Started func(summary string, validBefore float64)
+	// Dump writes the model after the passes it names (--dump-after).
+	Dump passes.Options
 }
 
 // FinetuneResult is what FinetuneFile did.
@@ -98,8 +101,8 @@ func (r *finetuneRun) pipeline() *passes.Pipeline {
 // training graph, the loop, writing the parameters back and recording a
 // sample of the sentences. When ctx is cancelled the loop writes a
 // checkpoint and FinetuneFile returns with Interrupted set, writing no
-// model. o dumps the model after passes (nil: none).
-func FinetuneFile(ctx context.Context, path, out string, cfg FinetuneConfig, o *passes.Options) (*FinetuneResult, error) {
+// model. The model is dumped after the passes cfg.Dump names.
+func FinetuneFile(ctx context.Context, path, out string, cfg FinetuneConfig) (*FinetuneResult, error) {
 	stored, err := seq2seq.Load(path, cfg.Special.Pad)
 	if err != nil {
 		return nil, err
@@ -107,7 +110,7 @@ func FinetuneFile(ctx context.Context, path, out string, cfg FinetuneConfig, o *
 	m := stored.Graph
 	r := &finetuneRun{path: path, cfg: cfg}
 	r.res.ValidBefore = math.NaN()
-	err = r.pipeline().Run(&passes.Unit{Model: m, Context: ctx}, o)
+	err = r.pipeline().Run(&passes.Unit{Model: m, Context: ctx}, &cfg.Dump)
 	if r.trainer != nil {
 		defer r.trainer.Close()
 		r.res.Comms = r.trainer.Comms()
@@ -226,4 +229,89 @@ func (r *finetuneRun) sample(u *passes.Unit) error {
 	}
 	_, err := RecordSample(u.Model, d, r.model.Roles)
 	return err
+}
+
+// nullable is x, or nil when it is not finite: JSON's null.
+func nullable(x float64) *float64 {
+	if math.IsNaN(x) || math.IsInf(x, 0) {
+		return nil
+	}
+	return &x
+}
+
+// Report is train's and finetune's --json output.
+type Report struct {
+	Output          string   `json:"output"`
+	Steps           int64    `json:"steps"`
+	Epoch           int      `json:"epoch"`
+	Tokens          int64    `json:"tokens"`
+	Loss            *float64 `json:"loss"`
+	ValidLoss       *float64 `json:"valid_loss"`
+	ValidLossBefore *float64 `json:"valid_loss_before"`
+	Seconds         float64  `json:"seconds"`
+	Params          int      `json:"params"`
+	// Ranks is the number of data-parallel ranks; CommSeconds and
+	// CommBytes the time in the gradient all-reduces and the bytes each
+	// rank contributed to them; WaitSeconds the time in the step
+	// exchanges before them, mostly waiting for the slowest rank.
+	Ranks       int     `json:"ranks"`
+	CommSeconds float64 `json:"comm_seconds"`
+	WaitSeconds float64 `json:"wait_seconds"`
+	CommBytes   int64   `json:"comm_bytes"`
+}
+
+// Report describes the result for --json, out being the model written.
+func (r *FinetuneResult) Report(out string) Report {
+	return Report{
+		Output: out, Steps: r.Steps, Epoch: r.Epoch, Tokens: r.Tokens,
+		Loss: nullable(r.Loss), ValidLoss: nullable(r.ValidLoss), ValidLossBefore: nullable(r.ValidBefore),
+		Seconds: r.Elapsed.Seconds(), Params: len(r.Params),
+		Ranks: r.Ranks, CommSeconds: r.Comms.Time.Seconds(), WaitSeconds: r.Comms.Wait.Seconds(), CommBytes: r.Comms.Bytes,
+	}
+}
+
+// Write prints what the run did, as qatc train and finetune do: the
+// ranks' exchanges on log (when there are several), then the model
+// written on w; validated says whether validation data was given.
+func (r *FinetuneResult) Write(w, log io.Writer, out string, validated bool) error {
+	if r.Ranks > 1 {
+		secs, comms := r.Elapsed.Seconds(), r.Comms
+		fmt.Fprintf(log, "%d ranks: %d gradient all-reduces of %.1f MB, %.1f s (%.1f%% of the run); %.1f s (%.1f%%) waiting for the slowest rank\n",
+			r.Ranks, comms.Calls, float64(comms.Bytes)/float64(max(comms.Calls, 1))/1e6, comms.Time.Seconds(), 100*comms.Time.Seconds()/secs, comms.Wait.Seconds(), 100*comms.Wait.Seconds()/secs)
+	}
+	validation := ""
+	switch {
+	case !validated:
+	case math.IsNaN(r.ValidBefore):
+		validation = fmt.Sprintf(", validation loss %.4f", r.ValidLoss)
+	default:
+		validation = fmt.Sprintf(", validation loss %.4f (before: %.4f)", r.ValidLoss, r.ValidBefore)
+	}
+	_, err := fmt.Fprintf(w, "wrote %s: %d steps, %d target tokens, last loss %.4f%s, %s\n",
+		out, r.Steps, r.Tokens, r.Loss, validation, r.Elapsed.Round(1e9))
+	return err
+}
+
+// Metrics is one line of --metrics: the progress of one step.
+type Metrics struct {
+	Step         int64    `json:"step"`
+	Epoch        int      `json:"epoch"`
+	Loss         *float64 `json:"loss"`
+	GradNorm     *float64 `json:"grad_norm"`
+	LR           float64  `json:"lr"`
+	Tokens       int64    `json:"tokens"`
+	TokensPerSec float64  `json:"tokens_per_sec"`
+	Seconds      float64  `json:"seconds"`
+	CommSeconds  float64  `json:"comm_seconds"`
+	WaitSeconds  float64  `json:"wait_seconds"`
+	ValidLoss    *float64 `json:"valid_loss"`
+}
+
+// Metrics returns the step's --metrics line (epochs counted from 1).
+func (p Progress) Metrics() Metrics {
+	return Metrics{
+		Step: p.Step, Epoch: p.Epoch + 1, Loss: nullable(p.Loss), GradNorm: nullable(p.GradNorm), LR: p.LR,
+		Tokens: p.Tokens, TokensPerSec: p.TokensPerSec, Seconds: p.Elapsed.Seconds(),
+		CommSeconds: p.CommTime.Seconds(), WaitSeconds: p.WaitTime.Seconds(), ValidLoss: nullable(p.ValidLoss),
+	}
 }

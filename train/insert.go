@@ -127,6 +127,8 @@ type InsertConfig struct {
 	// Progress, when set, is called after each batch of a pass that runs
 	// the model, with the pass's name.
 	Progress func(pass string, done, total int)
+	// Dump writes the model after the passes it names (--dump-after).
+	Dump passes.Options
 }
 
 // InsertResult says what Insert did.
@@ -257,13 +259,13 @@ func (r *insertRun) pipeline() *passes.Pipeline {
 // insert pipeline: reading the calibration data, smoothing, collecting the
 // activation statistics on the fp32 model, inserting the Q/DQ pairs,
 // setting the activation clips from the statistics and recording a sample
-// of the sentences. o dumps the model after passes (nil: none).
-func Insert(m *graph.Model, cfg InsertConfig, o *passes.Options) (*InsertResult, error) {
+// of the sentences, dumping the model after the passes cfg.Dump names.
+func Insert(m *graph.Model, cfg InsertConfig) (*InsertResult, error) {
 	r, err := newInsertRun("", cfg)
 	if err != nil {
 		return nil, err
 	}
-	if err := r.pipeline().Run(&passes.Unit{Model: m}, o); err != nil {
+	if err := r.pipeline().Run(&passes.Unit{Model: m}, &cfg.Dump); err != nil {
 		return nil, err
 	}
 	return &r.res, nil
@@ -273,7 +275,7 @@ func Insert(m *graph.Model, cfg InsertConfig, o *passes.Options) (*InsertResult,
 // model directory (seq2seq.Load), which is quantized as the composition
 // of its encoder and decoder, calibrated on both together, and written
 // back in its layout with one quantizer per tensor across its files.
-func InsertFile(path, out string, cfg InsertConfig, o *passes.Options) (*InsertResult, error) {
+func InsertFile(path, out string, cfg InsertConfig) (*InsertResult, error) {
 	r, err := newInsertRun(path, cfg)
 	if err != nil {
 		return nil, err
@@ -282,7 +284,7 @@ func InsertFile(path, out string, cfg InsertConfig, o *passes.Options) (*InsertR
 	if err != nil {
 		return nil, err
 	}
-	if err := r.pipeline().Run(&passes.Unit{Model: stored.Graph}, o); err != nil {
+	if err := r.pipeline().Run(&passes.Unit{Model: stored.Graph}, &cfg.Dump); err != nil {
 		return nil, err
 	}
 	return &r.res, stored.Save(out)

@@ -1,15 +1,11 @@
 package main
 
 import (
-	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/qatc/qatc/eval"
 	"github.com/qatc/qatc/export/lightseq"
 	"github.com/qatc/qatc/safeio"
-	"github.com/qatc/qatc/seq2seq"
 	"github.com/urfave/cli/v2"
 )
 
@@ -35,27 +31,6 @@ func evalCommand() *cli.Command {
 	}
 }
 
-// readLines reads a text file's lines, decoded and checked as UTF-8
-// (safeio.ReadLines).
-func readLines(path string) ([]string, error) {
-	var lines []string
-	err := safeio.ReadLines(path, func(_ int, line string) error {
-		lines = append(lines, line)
-		return nil
-	})
-	return lines, err
-}
-
-// hypFile is the file --hyp-dir writes a model's translations to: the
-// model's name without .onnx or .pb (a directory keeps its whole name).
-func hypFile(dir, model string) string {
-	base := filepath.Base(model)
-	if ext := filepath.Ext(base); ext == ".onnx" || ext == ".pb" {
-		base = strings.TrimSuffix(base, ext)
-	}
-	return filepath.Join(dir, base+".hyp")
-}
-
 func evalAction(c *cli.Context) error {
 	if c.NArg() == 0 {
 		return usagef("eval takes one or more models")
@@ -69,7 +44,7 @@ func evalAction(c *cli.Context) error {
 		// refused before any decoding.
 		byFile := map[string]string{}
 		for _, p := range c.Args().Slice() {
-			file := hypFile(dir, p)
+			file := eval.HypFile(dir, p)
 			if other, ok := byFile[file]; ok {
 				return usagef("--hyp-dir: %s and %s would both write %s; give the models distinct file names", other, p, file)
 			}
@@ -81,75 +56,35 @@ func evalAction(c *cli.Context) error {
 	if err := safeio.Check(plan); err != nil {
 		return err
 	}
-	src, err := readLines(c.String("src"))
-	if err != nil {
-		return err
-	}
-	ref, err := readLines(c.String("ref"))
-	if err != nil {
-		return err
-	}
 	opts := eval.EvalOptions{
-		Decode: eval.DecodeOptions{
-			Special: specialIDs(c),
-			Beam:    c.Int("beam"), LengthPenalty: c.Float64("length-penalty"),
-			MaxExtra: c.Int("max-extra"), BatchSize: c.Int("batch"),
-		},
+		Decode: eval.DecodeOptions{Special: specialIDs(c), Beam: c.Int("beam"), LengthPenalty: c.Float64("length-penalty"),
+			MaxExtra: c.Int("max-extra"), BatchSize: c.Int("batch")},
 		Threads: c.Int("threads"),
-		SrcName: c.String("src"), RefName: c.String("ref"),
 	}
-	if path := c.String("spm"); path != "" {
-		tok, err := seq2seq.LoadSentencePiece(path)
-		if err != nil {
-			return err
-		}
-		opts.Src, opts.Tgt, opts.TgtTokName = tok, tok, path
+	if err := tokenizers(c, &opts.Src, &opts.Tgt, &opts.TgtTokName); err != nil {
+		return err
 	}
-	roles := roleFlagValues(c)
 	var specs []eval.ModelSpec
 	for _, p := range c.Args().Slice() {
-		spec := eval.ModelSpec{Path: p, Roles: roles, Rerun: c.Bool("no-cache")}
+		spec := eval.ModelSpec{Path: p, Roles: roleFlagValues(c), Rerun: c.Bool("no-cache")}
 		if strings.HasSuffix(p, ".pb") {
-			// A LightSeq file, translated by the Go reference decoder of
-			// LightSeq's int8 numerics.
-			qt, err := lightseq.Read(p)
-			if err != nil {
+			var err error
+			if spec, err = lightseq.Spec(p); err != nil {
 				return err
 			}
-			ref, err := lightseq.NewReference(qt)
-			if err != nil {
-				return fmt.Errorf("%s: %w", p, err)
-			}
-			spec.Model = eval.StartFunc(func(s [][]int64) (eval.State, error) { return ref.Start(s) })
-			spec.Vocab = ref.Vocab
 		}
 		specs = append(specs, spec)
 	}
 	prog := map[string]*progress{}
 	opts.Progress = func(model string, done, total int) {
-		p := prog[model]
-		if p == nil {
-			p = newProgress(c.App.ErrWriter, "decoding "+model)
-			prog[model] = p
+		if prog[model] == nil {
+			prog[model] = newProgress(c.App.ErrWriter, "decoding "+model)
 		}
-		p.update(done, total)
-		if done == total {
-			p.done()
-		}
+		prog[model].update(done, total)
 	}
-	rows, err := eval.Evaluate(specs, src, ref, opts)
+	rows, err := eval.EvaluateFiles(specs, c.String("src"), c.String("ref"), c.String("hyp-dir"), opts)
 	if err != nil {
 		return err
-	}
-	if dir := c.String("hyp-dir"); dir != "" {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return fmt.Errorf("--hyp-dir: %w", err)
-		}
-		for _, r := range rows {
-			if err := safeio.WriteFile(hypFile(dir, r.Path), []byte(strings.Join(r.Hypotheses, "\n")+"\n")); err != nil {
-				return fmt.Errorf("--hyp-dir: %w", err)
-			}
-		}
 	}
 	if c.Bool("json") {
 		for i := range rows {

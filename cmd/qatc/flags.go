@@ -6,7 +6,6 @@ import (
 	"strings"
 
 	"github.com/qatc/qatc/graph"
-	"github.com/qatc/qatc/passes"
 	"github.com/qatc/qatc/safeio"
 	"github.com/qatc/qatc/seq2seq"
 	"github.com/urfave/cli/v2"
@@ -249,23 +248,22 @@ func pipelineFlags() []cli.Flag {
 // reorderArgs passes the second one as the hidden flag named here.
 var twoValued = map[string]string{"dump-after": "dump-dir"}
 
-// dumpOptions reads --dump-after PASS|all DIR for pipeline p, adds DIR
-// to plan's directories, and says on standard error what each dump
-// wrote.
-func dumpOptions(c *cli.Context, plan *safeio.Plan, p *passes.Pipeline) (*passes.Options, error) {
-	o := &passes.Options{}
+// dumpFlags reads --dump-after PASS|all DIR into a pipeline's dump
+// options (after and dir; dumped says on standard error what each dump
+// wrote), checks the passes with check (the pipeline's CheckDump) and adds
+// DIR to plan's directories.
+func dumpFlags(c *cli.Context, plan *safeio.Plan, after *[]string, dir *string, dumped *func(pass, file string), check func([]string) error) error {
 	if !c.IsSet("dump-after") {
-		return o, nil
+		return nil
 	}
-	dir := c.String("dump-dir")
-	if c.String("dump-after") == "" || dir == "" {
-		return nil, usagef("--dump-after takes a pass (or all) and a directory: --dump-after PASS|all DIR")
+	if c.String("dump-after") == "" || c.String("dump-dir") == "" {
+		return usagef("--dump-after takes a pass (or all) and a directory: --dump-after PASS|all DIR")
 	}
-	o.DumpAfter, o.DumpDir = strings.Split(c.String("dump-after"), ","), dir
-	if err := p.CheckDump(o); err != nil {
-		return nil, usageError{err.Error()}
+	*after, *dir = strings.Split(c.String("dump-after"), ","), c.String("dump-dir")
+	if err := check(*after); err != nil {
+		return usageError{err.Error()}
 	}
-	plan.Dirs = append(plan.Dirs, safeio.Dir{Flag: "--dump-after", Path: dir})
-	o.Dumped = func(p *passes.Pass, file string) { fmt.Fprintf(c.App.ErrWriter, "dumped %s after %s\n", file, p.Name) }
-	return o, nil
+	plan.Dirs = append(plan.Dirs, safeio.Dir{Flag: "--dump-after", Path: *dir})
+	*dumped = func(pass, file string) { fmt.Fprintf(c.App.ErrWriter, "dumped %s after %s\n", file, pass) }
+	return nil
 }

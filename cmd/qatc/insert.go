@@ -2,10 +2,7 @@ package main
 
 import (
 	"fmt"
-	"time"
 
-	"github.com/qatc/qatc/graph"
-	"github.com/qatc/qatc/passes"
 	"github.com/qatc/qatc/safeio"
 	"github.com/qatc/qatc/seq2seq"
 	"github.com/qatc/qatc/train"
@@ -91,19 +88,6 @@ func insertConfig(c *cli.Context) train.InsertConfig {
 	}
 }
 
-// readData reads a parallel file pair with the command's data flags.
-func readData(c *cli.Context, src, tgt string, roles seq2seq.Model, maxLen int) (*train.Dataset, error) {
-	tok, err := tokenizer(c)
-	if err != nil {
-		return nil, err
-	}
-	return train.ReadParallel(src, tgt, train.DataOptions{
-		Tokenizer: tok, Vocab: roles.Vocab,
-		SrcPositions: roles.SrcPositions, TgtPositions: roles.TgtPositions,
-		MaxLen: maxLen, Special: specialIDs(c),
-	})
-}
-
 // tokenizer loads --spm (nil without it: the files hold ids).
 func tokenizer(c *cli.Context) (seq2seq.Tokenizer, error) {
 	path := c.String("spm")
@@ -139,11 +123,6 @@ func roleFlagValues(c *cli.Context) seq2seq.Roles {
 	return seq2seq.Roles{Src: c.String("src-input"), Tgt: c.String("tgt-input"), Logits: c.String("logits-output")}
 }
 
-// modelRoles finds the seq2seq roles, honouring the role flags.
-func modelRoles(c *cli.Context, m *graph.Model) (seq2seq.Model, error) {
-	return seq2seq.Describe(m, roleFlagValues(c))
-}
-
 // calibMethod is the calibration the flags ask for: --calib-method, or
 // minmax when --calib-src comes alone; "" for none. Weight clips then
 // start at max |w| unless --weight-init says otherwise, whichever way the
@@ -169,8 +148,8 @@ func insertAction(c *cli.Context) error {
 		InPlace: c.Bool("in-place"), InPlaceFlag: "--in-place",
 		Inputs: append([]safeio.Group{modelInput("MODEL", path)}, fileInputs(c, "recipe", "calib-src", "calib-tgt", "spm")...),
 	}
-	dump, err := dumpOptions(c, &plan, train.InsertPipeline(cfg))
-	if err != nil {
+	d := &cfg.Dump
+	if err := dumpFlags(c, &plan, &d.DumpAfter, &d.DumpDir, &d.Dumped, train.InsertPipeline(cfg).CheckDump); err != nil {
 		return err
 	}
 	written := out
@@ -211,12 +190,7 @@ func insertAction(c *cli.Context) error {
 		}
 		bars[pass].update(done, total)
 	}
-	dump.Done = func(p *passes.Pass, _ time.Duration) {
-		if b := bars[p.Name]; b != nil {
-			b.done()
-		}
-	}
-	res, err := train.InsertFile(path, out, cfg, dump)
+	res, err := train.InsertFile(path, out, cfg)
 	if err != nil {
 		return err
 	}

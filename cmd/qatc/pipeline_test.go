@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qatc/qatc/eval"
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/passes/quantize"
 	"github.com/qatc/qatc/testmodels"
@@ -129,7 +130,7 @@ func TestPipeline(t *testing.T) {
 			t.Errorf("%s agrees with %s on %.1f%% of tokens", r.Model, rows[0].Model, 100*r.Agreement)
 		}
 	}
-	if hyp, err := readLines(filepath.Join(dir, "hyp", "qoperator.hyp")); err != nil || len(hyp) != 200 {
+	if hyp, err := eval.ReadLines(filepath.Join(dir, "hyp", "qoperator.hyp")); err != nil || len(hyp) != 200 {
 		t.Errorf("hypotheses: %d lines, %v", len(hyp), err)
 	}
 	out = mustQatc(t, "bench", fp32, filepath.Join(dir, "qoperator.onnx"), "--iters", "3", "--warmup", "1", "--batch", "2", "--src-len", "8", "--tgt-len", "8", "--threads", "1")

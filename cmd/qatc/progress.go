@@ -10,7 +10,7 @@ import (
 )
 
 // progress shows a bar on a terminal and a line every few seconds
-// elsewhere (logs, CI).
+// elsewhere (logs, CI); it finishes when done reaches total.
 type progress struct {
 	w     io.Writer
 	what  string
@@ -40,16 +40,13 @@ func (p *progress) update(done, total int) {
 				progressbar.OptionShowCount(), progressbar.OptionSetPredictTime(true), progressbar.OptionClearOnFinish())
 		}
 		p.bar.Set(done)
+		if done == total {
+			p.bar.Finish()
+		}
 		return
 	}
 	if time.Since(p.last) >= 5*time.Second || done == total {
 		p.last = time.Now()
 		fmt.Fprintf(p.w, "%s: %d/%d (%s)\n", p.what, done, total, time.Since(p.start).Round(time.Second))
-	}
-}
-
-func (p *progress) done() {
-	if p.bar != nil {
-		p.bar.Finish()
 	}
 }

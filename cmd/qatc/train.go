@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/qatc/qatc/eval"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/safeio"
 	"github.com/qatc/qatc/train"
@@ -126,8 +125,8 @@ func trainAction(c *cli.Context, qat bool) error {
 	if f := c.String("save-training-graph"); f != "" {
 		plan.Outputs = append(plan.Outputs, modelOutput("--save-training-graph", f))
 	}
-	dump, err := dumpOptions(c, &plan, train.FinetunePipeline(cfg))
-	if err != nil {
+	d := &cfg.Dump
+	if err := dumpFlags(c, &plan, &d.DumpAfter, &d.DumpDir, &d.Dumped, train.FinetunePipeline(cfg).CheckDump); err != nil {
 		return err
 	}
 	if err := checkModelOutput(plan, path, out); err != nil {
@@ -199,11 +198,7 @@ func trainAction(c *cli.Context, qat bool) error {
 		enc, show := json.NewEncoder(f), cfg.Progress
 		cfg.Progress = func(p train.Progress) {
 			show(p)
-			enc.Encode(stepMetrics{
-				Step: p.Step, Epoch: p.Epoch + 1, Loss: eval.Num(p.Loss), GradNorm: eval.Num(p.GradNorm), LR: p.LR,
-				Tokens: p.Tokens, TokensPerSec: p.TokensPerSec, Seconds: p.Elapsed.Seconds(),
-				CommSeconds: p.CommTime.Seconds(), WaitSeconds: p.WaitTime.Seconds(), ValidLoss: eval.Num(p.ValidLoss),
-			})
+			enc.Encode(p.Metrics())
 		}
 	}
 	cfg.Started = func(summary string, before float64) {
@@ -220,7 +215,7 @@ func trainAction(c *cli.Context, qat bool) error {
 	defer stop()
 	ctx, stopMore := notifyStop(ctx)
 	defer stopMore()
-	res, err := train.FinetuneFile(ctx, path, out, cfg, dump)
+	res, err := train.FinetuneFile(ctx, path, out, cfg)
 	stop()
 	if display != nil {
 		display.Finish()
@@ -240,63 +235,7 @@ func trainAction(c *cli.Context, qat bool) error {
 		return nil
 	}
 	if c.Bool("json") {
-		return writeJSON(c.App.Writer, trainReport{
-			Output: out, Steps: res.Steps, Epoch: res.Epoch, Tokens: res.Tokens,
-			Loss: eval.Num(res.Loss), ValidLoss: eval.Num(res.ValidLoss), ValidLossBefore: eval.Num(res.ValidBefore),
-			Seconds: res.Elapsed.Seconds(), Params: len(res.Params),
-			Ranks: res.Ranks, CommSeconds: res.Comms.Time.Seconds(), WaitSeconds: res.Comms.Wait.Seconds(), CommBytes: res.Comms.Bytes,
-		})
+		return writeJSON(c.App.Writer, res.Report(out))
 	}
-	if res.Ranks > 1 {
-		secs, comms := res.Elapsed.Seconds(), res.Comms
-		fmt.Fprintf(c.App.ErrWriter, "%d ranks: %d gradient all-reduces of %.1f MB, %.1f s (%.1f%% of the run); %.1f s (%.1f%%) waiting for the slowest rank\n",
-			res.Ranks, comms.Calls, float64(comms.Bytes)/float64(max(comms.Calls, 1))/1e6, comms.Time.Seconds(), 100*comms.Time.Seconds()/secs, comms.Wait.Seconds(), 100*comms.Wait.Seconds()/secs)
-	}
-	validation := ""
-	switch {
-	case c.String("valid-src") == "":
-	case math.IsNaN(res.ValidBefore):
-		validation = fmt.Sprintf(", validation loss %.4f", res.ValidLoss)
-	default:
-		validation = fmt.Sprintf(", validation loss %.4f (before: %.4f)", res.ValidLoss, res.ValidBefore)
-	}
-	fmt.Fprintf(c.App.Writer, "wrote %s: %d steps, %d target tokens, last loss %.4f%s, %s\n",
-		out, res.Steps, res.Tokens, res.Loss, validation, res.Elapsed.Round(1e9))
-	return nil
-}
-
-// trainReport is train's and finetune's --json output.
-type trainReport struct {
-	Output          string   `json:"output"`
-	Steps           int64    `json:"steps"`
-	Epoch           int      `json:"epoch"`
-	Tokens          int64    `json:"tokens"`
-	Loss            eval.Num `json:"loss"`
-	ValidLoss       eval.Num `json:"valid_loss"`
-	ValidLossBefore eval.Num `json:"valid_loss_before"`
-	Seconds         float64  `json:"seconds"`
-	Params          int      `json:"params"`
-	// Ranks is the number of data-parallel ranks; CommSeconds and
-	// CommBytes the time in the gradient all-reduces and the bytes each
-	// rank contributed to them; WaitSeconds the time in the step
-	// exchanges before them, mostly waiting for the slowest rank.
-	Ranks       int     `json:"ranks"`
-	CommSeconds float64 `json:"comm_seconds"`
-	WaitSeconds float64 `json:"wait_seconds"`
-	CommBytes   int64   `json:"comm_bytes"`
-}
-
-// stepMetrics is one line of --metrics.
-type stepMetrics struct {
-	Step         int64    `json:"step"`
-	Epoch        int      `json:"epoch"`
-	Loss         eval.Num `json:"loss"`
-	GradNorm     eval.Num `json:"grad_norm"`
-	LR           float64  `json:"lr"`
-	Tokens       int64    `json:"tokens"`
-	TokensPerSec float64  `json:"tokens_per_sec"`
-	Seconds      float64  `json:"seconds"`
-	CommSeconds  float64  `json:"comm_seconds"`
-	WaitSeconds  float64  `json:"wait_seconds"`
-	ValidLoss    eval.Num `json:"valid_loss"`
+	return res.Write(c.App.Writer, c.App.ErrWriter, out, c.String("valid-src") != "")
 }

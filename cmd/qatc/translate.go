@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
-	"io"
 	"os"
 
 	"github.com/qatc/qatc/eval"
@@ -55,38 +53,15 @@ func translateAction(c *cli.Context) error {
 	if err := safeio.Check(plan); err != nil {
 		return err
 	}
-	var in io.Reader = os.Stdin
-	if src := c.String("src"); src != "" {
-		f, err := os.Open(src)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		in, topts.SrcName = f, src
-	}
 	if isTerminal(c.App.ErrWriter) {
-		p := newProgress(c.App.ErrWriter, "translating")
-		topts.Progress = func(done, total int) {
-			p.update(done, total)
-			if done == total {
-				p.done()
-			}
-		}
+		topts.Progress = newProgress(c.App.ErrWriter, "translating").update
 	}
-	var buf bytes.Buffer
-	w := c.App.Writer
-	if out != "" {
-		w = &buf
-	}
-	rep, err := eval.Translate(path, in, w, topts)
+	rep, err := eval.TranslateFile(path, c.String("src"), out, os.Stdin, c.App.Writer, topts)
 	if err != nil {
 		return err
 	}
 	if rep.Note != "" {
 		fmt.Fprintf(c.App.ErrWriter, "note: %s: %s\n", path, rep.Note)
-	}
-	if out != "" {
-		return safeio.WriteFile(out, buf.Bytes())
 	}
 	return nil
 }
@@ -103,8 +78,7 @@ func decodeOptions(c *cli.Context) (eval.DecodeOptions, error) {
 		return eval.DecodeOptions{}, usagef("--threads %d: use 0 (one per CPU) or more", n)
 	}
 	return eval.DecodeOptions{
-		Special: specialIDs(c),
-		Beam:    c.Int("beam"), LengthPenalty: c.Float64("length-penalty"),
+		Special: specialIDs(c), Beam: c.Int("beam"), LengthPenalty: c.Float64("length-penalty"),
 		MaxExtra: c.Int("max-extra"), BatchSize: c.Int("batch"),
 	}, nil
 }

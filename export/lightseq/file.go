@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/qatc/qatc/eval"
 	"github.com/qatc/qatc/export/lightseq/lspb"
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
@@ -251,4 +252,19 @@ func WriteFile(qat *graph.Model, path, out string, opts Options, batch map[strin
 		return nil, err
 	}
 	return &FileReport{Bytes: st.Size(), Sizes: sizes, Report: rep, Verify: chk}, nil
+}
+
+// Spec returns the LightSeq file at path as a model eval decodes: with
+// the Go reference decoder of LightSeq's int8 numerics (Reference).
+func Spec(path string) (eval.ModelSpec, error) {
+	qt, err := Read(path)
+	if err != nil {
+		return eval.ModelSpec{}, err
+	}
+	ref, err := NewReference(qt)
+	if err != nil {
+		return eval.ModelSpec{}, fmt.Errorf("%s: %w", path, err)
+	}
+	start := func(s [][]int64) (eval.State, error) { return ref.Start(s) }
+	return eval.ModelSpec{Path: path, Model: eval.StartFunc(start), Vocab: ref.Vocab}, nil
 }
