@@ -19,7 +19,7 @@ func cloneModel(m *graph.Model) *graph.Model {
 // session over it reads the training loop's parameter buffers; the copies
 // tied to a parameter are computed from it, as in the training graph.
 func withParamsAsInputs(m *graph.Model, names []string, tied map[string][]tiedCopy) (*graph.Model, error) {
-	c := cloneModel(m)
+	c := m.CloneShared()
 	for param, copies := range tied {
 		for _, tc := range copies {
 			if c.Initializer(tc.Name) == nil {

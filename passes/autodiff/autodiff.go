@@ -7,7 +7,6 @@ import (
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/onnx"
-	"google.golang.org/protobuf/proto"
 )
 
 // Loss configures the loss the training graph computes.
@@ -144,8 +143,7 @@ func Build(m *graph.Model, opts Options) (*graph.Model, *Info, error) {
 	default:
 		return nil, nil, fmt.Errorf("loss %q: want ce, kd, ce+kd or scalar", opts.Loss.Kind)
 	}
-	t := proto.Clone(m.Proto).(*onnx.ModelProto)
-	tm := graph.FromProto(t, m.Dir)
+	tm := m.CloneShared()
 	if err := tm.TopoSort(); err != nil {
 		return nil, nil, err
 	}

@@ -4,11 +4,10 @@ import (
 	"fmt"
 
 	"github.com/qatc/qatc/graph"
-	"github.com/qatc/qatc/onnx"
-	"google.golang.org/protobuf/proto"
 )
 
-// Strip returns a copy of m with every QuantizeLinear →
+// Strip returns a copy of m (its tensors' bytes shared with m's, see
+// graph.Model.CloneShared) with every QuantizeLinear →
 // DequantizeLinear pair removed: the pair's consumers read the quantizer's
 // input again, and the nodes and initializers only the quantizers used
 // (scale computations, clip ranges, zero points) are deleted. Applied to a
@@ -23,7 +22,7 @@ func Strip(m *graph.Model) (*graph.Model, error) { return strip(m, true) }
 func StripActivations(m *graph.Model) (*graph.Model, error) { return strip(m, false) }
 
 func strip(m *graph.Model, weights bool) (*graph.Model, error) {
-	c := graph.FromProto(proto.Clone(m.Proto).(*onnx.ModelProto), m.Dir)
+	c := m.CloneShared()
 	var units []*Unit
 	for _, n := range c.Graph().Node {
 		// The structure is enough to strip a quantizer, whatever its
