@@ -17,16 +17,23 @@ import (
 // itself. On a big-endian machine the values are a copy, written back by
 // WriteBack.
 func paramView(t *onnx.TensorProto) ([]float32, bool, error) {
-	vals, err := graph.Floats(t) // checks the type and size
-	if err != nil || len(t.RawData) == 0 {
+	raw := t.RawData
+	if graph.TensorType(t) != graph.Float || graph.HasExternalData(t) || len(raw) == 0 || int64(len(raw)) != 4*graph.NumElements(t.Dims) {
+		// float_data (returned as it is), or graph.Floats's error.
+		vals, err := graph.Floats(t)
 		return vals, err == nil && len(t.FloatData) > 0, err
 	}
 	if binary.NativeEndian.Uint16([]byte{1, 0}) != 1 {
-		return vals, false, nil
+		vals, err := graph.Floats(t)
+		return vals, false, err
 	}
-	if uintptr(unsafe.Pointer(&t.RawData[0]))%unsafe.Alignof(float32(0)) != 0 {
-		t.RawData = unsafe.Slice((*byte)(unsafe.Pointer(&vals[0])), 4*len(vals))
+	if uintptr(unsafe.Pointer(&raw[0]))%unsafe.Alignof(float32(0)) != 0 {
+		vals, err := graph.Floats(t)
+		if err != nil {
+			return nil, false, err
+		}
+		t.RawData = unsafe.Slice((*byte)(unsafe.Pointer(&vals[0])), len(raw))
 		return vals, true, nil
 	}
-	return unsafe.Slice((*float32)(unsafe.Pointer(&t.RawData[0])), len(t.RawData)/4), true, nil
+	return unsafe.Slice((*float32)(unsafe.Pointer(&raw[0])), len(raw)/4), true, nil
 }
