@@ -192,24 +192,16 @@ func foldOne(m *graph.Model, q *quantizer) (Folded, error) {
 	if err != nil {
 		return f, fmt.Errorf("weight quantizer %s: %w", graph.NodeName(q.Q), err)
 	}
-	iv, err := quantizeValues(x, dims, q.scale, q.axis, q.blockSize, q.Lo, q.Hi)
+	ints, err := quantizeBytes(x, dims, q.scale, q.axis, q.blockSize, q.Lo, q.Hi)
 	if err != nil {
 		return f, fmt.Errorf("weight quantizer %s on %q: %w", graph.NodeName(q.Q), q.Tensor, err)
 	}
 	f.Int = m.UniqueName(q.Tensor + "_quantized")
+	dt := graph.Uint8
 	if q.Signed() {
-		b := make([]int8, len(iv))
-		for i, v := range iv {
-			b[i] = int8(v)
-		}
-		m.AddInitializer(graph.Int8Tensor(f.Int, dims, b))
-	} else {
-		b := make([]uint8, len(iv))
-		for i, v := range iv {
-			b[i] = uint8(v)
-		}
-		m.AddInitializer(graph.Uint8Tensor(f.Int, dims, b))
+		dt = graph.Int8
 	}
+	m.AddInitializer(&onnx.TensorProto{Name: f.Int, Dims: append([]int64(nil), dims...), DataType: int32(dt), RawData: ints})
 	if f.Axis < 0 {
 		f.Axis += int64(len(dims))
 	}
