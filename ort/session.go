@@ -65,6 +65,12 @@ type Options struct {
 	// CUDA build of onnxruntime (QATC_ORT_LIB); ops the provider lacks
 	// fall back to the CPU.
 	Provider string
+	// NoPrepack keeps onnxruntime from repacking constant weights into
+	// its kernels' layouts at session creation
+	// (session.disable_prepacking). A packed copy is a second copy of
+	// every matrix weight, worth it for a session that runs many times,
+	// not for one that runs once (export's check).
+	NoPrepack bool
 }
 
 // Providers lists the values of Options.Provider.
@@ -402,6 +408,11 @@ func setOptions(so *onnxrt.SessionOptions, opts *Options) error {
 			return err
 		}
 	}
+	if opts.NoPrepack {
+		if err := so.AddSessionConfigEntry("session.disable_prepacking", "1"); err != nil {
+			return err
+		}
+	}
 	if opts.NoSpinning {
 		if err := so.AddSessionConfigEntry("session.intra_op.allow_spinning", "0"); err != nil {
 			return err
@@ -591,7 +602,9 @@ func (s *Session) Close() error {
 	if s.sess == nil {
 		return nil
 	}
-	return s.sess.Destroy()
+	err := s.sess.Destroy()
+	releaseFreed()
+	return err
 }
 
 // EndProfiling closes the session and returns the path of the profile
