@@ -5,7 +5,6 @@ import (
 	"strings"
 
 	"github.com/qatc/qatc/graph"
-	"github.com/qatc/qatc/onnx"
 	"github.com/qatc/qatc/passes/fold"
 	"google.golang.org/protobuf/proto"
 )
@@ -59,8 +58,10 @@ type Report struct {
 }
 
 // Export converts a QAT model into the named deployment format and returns
-// the exported model as read back from its serialized bytes (the exact
-// file a caller then saves), leaving m unchanged:
+// the exported model, leaving m unchanged. The exported model shares the
+// bytes of the tensors it keeps as they are (biases, LayerNorm parameters)
+// with m; the weights it converts are converted one at a time, into
+// integer tensors of their own:
 //
 //   - qdq: int8 weights + DequantizeLinear, activation Q/DQ pairs with
 //     constant scales (fold.Fold);
@@ -80,20 +81,31 @@ type Report struct {
 // The metadata records the format (fold.FormatKey) and keeps the source's
 // quantization record.
 func Export(m *graph.Model, format string, opts *Options) (*graph.Model, *Report, error) {
+	out, r, _, err := export(m, format, opts)
+	return out, r, err
+}
+
+// export is Export that also returns, for each float output of m, the
+// check's logit step (foldedStep), read from the folded model before the
+// format's rewrite.
+func export(m *graph.Model, format string, opts *Options) (*graph.Model, *Report, map[string]stepInfo, error) {
 	if opts == nil {
 		opts = &Options{}
 	}
-	if !known(format) {
-		return nil, nil, fmt.Errorf("unknown export format %q: use %s (the LightSeq file is written by export/lightseq)", format, strings.Join(Formats, ", "))
+	if err := checkFormat(format); err != nil {
+		return nil, nil, nil, err
 	}
-	src, err := m.Marshal()
-	if err != nil {
-		return nil, nil, fmt.Errorf("encode the QAT model: %w", err)
-	}
-	out := graph.FromProto(proto.Clone(m.Proto).(*onnx.ModelProto), m.Dir)
+	out := m.CloneShared()
 	res, err := fold.Fold(out)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
+	}
+	steps := map[string]stepInfo{}
+	for _, o := range out.Graph().Output {
+		if elemType(o) == graph.Float {
+			s, rule, err := foldedStep(out, o.Name)
+			steps[o.Name] = stepInfo{s, rule, err}
+		}
 	}
 	r := &Report{Format: format, Quantizers: res.Quantizers}
 	switch format {
@@ -120,7 +132,7 @@ func Export(m *graph.Model, format string, opts *Options) (*graph.Model, *Report
 		}
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	r.FloatProducts = res.Float
 	for _, p := range res.Float {
@@ -128,7 +140,7 @@ func Export(m *graph.Model, format string, opts *Options) (*graph.Model, *Report
 	}
 	guarded, err := fold.GuardBlocked(out)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if len(guarded) > 0 {
 		r.Notes = append(r.Notes, fmt.Sprintf("%d blocked int8 weights are dequantized in a [blocks, block] view, so that onnxruntime does not fuse them into MatMulIntegerToFloat (which rejects per-block scales)", len(guarded)))
@@ -137,18 +149,10 @@ func Export(m *graph.Model, format string, opts *Options) (*graph.Model, *Report
 		out.SetMetadata(SourceKey, opts.Source)
 	}
 	if err := checkFolded(out, res); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	data, err := out.Marshal()
-	if err != nil {
-		return nil, nil, fmt.Errorf("encode the %s model: %w", format, err)
-	}
-	back, err := graph.Parse(data, "")
-	if err != nil {
-		return nil, nil, fmt.Errorf("read back the %s model: %w", format, err)
-	}
-	r.Size, r.SourceSize = int64(len(data)), int64(len(src))
-	for _, t := range back.Graph().Initializer {
+	r.Size, r.SourceSize = int64(proto.Size(out.Proto)), int64(proto.Size(m.Proto))
+	for _, t := range out.Graph().Initializer {
 		switch graph.TensorType(t) {
 		case graph.Int8, graph.Uint8, graph.Int4, graph.Uint4:
 			if graph.NumElements(t.Dims) > 1 {
@@ -159,7 +163,7 @@ func Export(m *graph.Model, format string, opts *Options) (*graph.Model, *Report
 			r.FloatBytes += int64(len(t.RawData)) + 4*int64(len(t.FloatData))
 		}
 	}
-	return back, r, nil
+	return out, r, steps, nil
 }
 
 // int4 stores the remaining weights of 4 bits or fewer as INT4 where the
@@ -173,6 +177,14 @@ func int4(m *graph.Model, res *fold.Result, r *Report) error {
 	r.Int4Weights = len(ir.Converted)
 	if ir.Unraised != nil {
 		r.Notes = append(r.Notes, fmt.Sprintf("4-bit weights stored as int8 in [-8, 7], not INT4 (which needs opset %d): %v", fold.OpsetInt4, ir.Unraised))
+	}
+	return nil
+}
+
+// checkFormat refuses a format Export does not write.
+func checkFormat(format string) error {
+	if !known(format) {
+		return fmt.Errorf("unknown export format %q: use %s (the LightSeq file is written by export/lightseq)", format, strings.Join(Formats, ", "))
 	}
 	return nil
 }

@@ -71,11 +71,25 @@ func (r *Result) MarshalJSON() ([]byte, error) {
 // with cfg.Incremental a directory in Optimum's layout (Incremental; for a
 // model directory, its own files in the format, Dir), written by
 // seq2seq.Dir.Write. A model directory is read as the composition of its
-// encoder and decoder (seq2seq.Load).
+// encoder and decoder (seq2seq.Load). An ONNX format from a model file is
+// written in the order that holds least in memory at once (writeONNX).
 func File(path, out string, cfg Config) (*Result, error) {
-	stored, err := seq2seq.Load(path, cfg.Batch.Special.Pad)
-	if err != nil {
-		return nil, err
+	// An ONNX format from a model file: the structure is enough for the
+	// roles and the check batch, and writeONNX reads the weights when it
+	// needs them.
+	onnxFile := !cfg.Incremental && cfg.Format != "lightseq" && !seq2seq.IsDir(path)
+	var stored *seq2seq.Stored
+	if onnxFile {
+		s, err := graph.LoadStructure(path)
+		if err != nil {
+			return nil, err
+		}
+		stored = &seq2seq.Stored{Path: path, Graph: s}
+	} else {
+		var err error
+		if stored, err = seq2seq.Load(path, cfg.Batch.Special.Pad); err != nil {
+			return nil, err
+		}
 	}
 	m := stored.Graph
 	model, err := seq2seq.Describe(m, cfg.Roles)
@@ -118,6 +132,15 @@ func File(path, out string, cfg Config) (*Result, error) {
 		res.LightSeq, err = lightseq.WriteFile(m, path, out, opts, batch)
 		return res, err
 	}
+	if onnxFile {
+		rep, ver, err := writeONNX(path, out, cfg.Format, batch, &Options{Source: path})
+		if err != nil {
+			return nil, err
+		}
+		res.Report, res.Verify = rep, &ver
+		return res, nil
+	}
+	// A directory's composition, as one file.
 	exported, rep, err := Export(m, cfg.Format, &Options{Source: path})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)

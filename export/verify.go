@@ -14,7 +14,6 @@ import (
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/fold"
 	"github.com/qatc/qatc/passes/quantize"
-	"google.golang.org/protobuf/proto"
 )
 
 // Agreement bounds, per format, in steps. A step is one activation
@@ -124,33 +123,81 @@ type VerifyReport struct {
 // least one per integer matrix node the file holds (an integer node that
 // onnxruntime decomposes or drops runs in float). It returns the report
 // together with the failure.
+//
+// Each model runs in a session of its own, closed before the next opens,
+// without prepacked weights (a second copy of every weight, which a
+// single run does not repay).
 func Verify(qat, exported *graph.Model, inputs map[string]*ort.Tensor) (VerifyReport, error) {
 	format, _ := exported.Metadata(fold.FormatKey)
-	r := VerifyReport{Format: format}
-	b, ok := bounds[format]
-	if !ok {
-		return r, fmt.Errorf("exported model has no known %s metadata (%q); verify models written by export.Export", fold.FormatKey, format)
+	output, err := commonOutput(exported, func(name string) bool { return qat.Output(name) != nil })
+	if err != nil {
+		return VerifyReport{Format: format}, err
 	}
-	for _, o := range exported.Graph().Output {
-		if qat.Output(o.Name) != nil && elemType(o) == graph.Float {
-			r.Output = o.Name
-			break
+	ref, err := run(qat, inputs, output, &ort.Options{Optimization: refOptimization, NoPrepack: true})
+	if err != nil {
+		return VerifyReport{Format: format}, fmt.Errorf("run the QAT model: %w", err)
+	}
+	var plain *ort.Tensor
+	if bounds[format].Regrid {
+		if plain, err = plainOutput(qat, inputs, output); err != nil {
+			return VerifyReport{Format: format}, err
 		}
 	}
-	if r.Output == "" {
-		return r, fmt.Errorf("the exported and the QAT model share no float output to compare")
-	}
+	step, rule, err := projectionStep(qat, output)
+	return check(exported, inputs, output, ref.out, plain, stepInfo{step, rule, err})
+}
 
-	ref, err := run(qat, inputs, r.Output, &ort.Options{Optimization: refOptimization})
-	if err != nil {
-		return r, fmt.Errorf("run the QAT model: %w", err)
+// commonOutput returns the exported model's first float output that the
+// QAT model has too (has says which it has): the one the check compares.
+func commonOutput(exported *graph.Model, has func(string) bool) (string, error) {
+	format, _ := exported.Metadata(fold.FormatKey)
+	if _, ok := bounds[format]; !ok {
+		return "", fmt.Errorf("exported model has no known %s metadata (%q); verify models written by export.Export", fold.FormatKey, format)
 	}
+	for _, o := range exported.Graph().Output {
+		if has(o.Name) && elemType(o) == graph.Float {
+			return o.Name, nil
+		}
+	}
+	return "", fmt.Errorf("the exported and the QAT model share no float output to compare")
+}
+
+// plainOutput runs the QAT model without its activation quantizers: the
+// formats that quantize activations on grids of their own are bounded by
+// its difference from the QAT model.
+func plainOutput(qat *graph.Model, inputs map[string]*ort.Tensor, output string) (*ort.Tensor, error) {
+	weightsOnly, err := quantize.StripActivations(qat)
+	if err != nil {
+		return nil, err
+	}
+	plain, err := run(weightsOnly, inputs, output, &ort.Options{Optimization: refOptimization, NoPrepack: true})
+	if err != nil {
+		return nil, fmt.Errorf("run the QAT model without its activation quantizers: %w", err)
+	}
+	return plain.out, nil
+}
+
+// stepInfo is projectionStep's answer for one output.
+type stepInfo struct {
+	step float64
+	rule string
+	err  error
+}
+
+// check runs the exported model on the inputs with onnxruntime's profiler
+// and compares its output with ref, the QAT model's (plain: the QAT
+// model's without activation quantizers, for the formats that need it),
+// as Verify says.
+func check(exported *graph.Model, inputs map[string]*ort.Tensor, output string, ref, plain *ort.Tensor, step stepInfo) (VerifyReport, error) {
+	format, _ := exported.Metadata(fold.FormatKey)
+	r := VerifyReport{Format: format, Output: output}
+	b := bounds[format]
 	dir, err := os.MkdirTemp("", "qatc-profile")
 	if err != nil {
 		return r, err
 	}
 	defer os.RemoveAll(dir)
-	got, err := run(exported, inputs, r.Output, &ort.Options{ProfilePrefix: filepath.Join(dir, "export")})
+	got, err := run(exported, inputs, r.Output, &ort.Options{ProfilePrefix: filepath.Join(dir, "export"), NoPrepack: true})
 	if err != nil {
 		return r, fmt.Errorf("run the %s model: %w", format, err)
 	}
@@ -166,9 +213,9 @@ func Verify(qat, exported *graph.Model, inputs map[string]*ort.Tensor) (VerifyRe
 		}
 	}
 
-	a, e := ref.out.Float32s(), got.out.Float32s()
-	if len(a) != len(e) || len(ref.out.Shape) == 0 {
-		return r, fmt.Errorf("output %q: the QAT model gives %v, the %s model %v", r.Output, ref.out.Shape, format, got.out.Shape)
+	a, e := ref.Float32s(), got.out.Float32s()
+	if len(a) != len(e) || len(ref.Shape) == 0 {
+		return r, fmt.Errorf("output %q: the QAT model gives %v, the %s model %v", r.Output, ref.Shape, format, got.out.Shape)
 	}
 	var amax float64
 	for i := range a {
@@ -178,24 +225,16 @@ func Verify(qat, exported *graph.Model, inputs map[string]*ort.Tensor) (VerifyRe
 			r.MaxAbsErr = math.Inf(1)
 		}
 	}
-	if step, rule, err := projectionStep(qat, r.Output); err == nil {
-		r.Step, r.StepRule = step, rule
+	if step.err == nil {
+		r.Step, r.StepRule = step.step, step.rule
 	} else {
 		r.Step = amax / 127
-		r.StepRule = fmt.Sprintf("max|%s|/127, one 8-bit step of the output's range, because no quantized projection step applies: %v", r.Output, err)
+		r.StepRule = fmt.Sprintf("max|%s|/127, one 8-bit step of the output's range, because no quantized projection step applies: %v", r.Output, step.err)
 	}
 	r.Bound = b.Steps * r.Step
 	r.Rule = fmt.Sprintf("%g logit steps of %.4g", b.Steps, r.Step)
 	if b.Regrid {
-		weightsOnly, err := quantize.StripActivations(qat)
-		if err != nil {
-			return r, err
-		}
-		plain, err := run(weightsOnly, inputs, r.Output, &ort.Options{Optimization: refOptimization})
-		if err != nil {
-			return r, fmt.Errorf("run the QAT model without its activation quantizers: %w", err)
-		}
-		for i, v := range plain.out.Float32s() {
+		for i, v := range plain.Float32s() {
 			r.QuantErr = math.Max(r.QuantErr, math.Abs(float64(v)-float64(a[i])))
 		}
 		if 2*r.QuantErr > r.Bound {
@@ -204,7 +243,7 @@ func Verify(qat, exported *graph.Model, inputs map[string]*ort.Tensor) (VerifyRe
 		}
 	}
 	r.MinTop1 = b.Top1
-	n := int(ref.out.Shape[len(ref.out.Shape)-1])
+	n := int(ref.Shape[len(ref.Shape)-1])
 	agree, decisiveAgree := 0, 0
 	for p := 0; p+n <= len(a); p += n {
 		same := argmax(a[p:p+n]) == argmax(e[p:p+n])
@@ -368,10 +407,15 @@ func elemType(v *onnx.ValueInfoProto) graph.DataType {
 // (+ bias) that produces it, read from the folded QAT model, with the rule
 // in words; or why no such projection computes the output.
 func projectionStep(qat *graph.Model, output string) (float64, string, error) {
-	m := graph.FromProto(proto.Clone(qat.Proto).(*onnx.ModelProto), qat.Dir)
+	m := qat.CloneShared()
 	if _, err := fold.Fold(m); err != nil {
 		return 0, "", fmt.Errorf("the QAT model does not fold: %v", err)
 	}
+	return foldedStep(m, output)
+}
+
+// foldedStep is projectionStep on the QAT model already folded (m).
+func foldedStep(m *graph.Model, output string) (float64, string, error) {
 	v := output
 	var mm *onnx.NodeProto
 	for mm == nil {
@@ -407,7 +451,7 @@ func projectionStep(qat *graph.Model, output string) (float64, string, error) {
 		return 0, "", fmt.Errorf("the weight of %s %s is not a quantized matrix", mm.OpType, graph.NodeName(mm))
 	}
 	w, tr := wd.Stored, wd.Transposed
-	q, err := graph.Int64s(w)
+	q, err := intsAt(w)
 	if err != nil {
 		return 0, "", fmt.Errorf("the weight of %s %s: %v", mm.OpType, graph.NodeName(mm), err)
 	}
@@ -437,9 +481,9 @@ func projectionStep(qat *graph.Model, output string) (float64, string, error) {
 			if flip {
 				a, b = j, i
 			}
-			e := q[a*cols+b]
+			e := q(a*cols + b)
 			if tr {
-				e = q[b*cols+a]
+				e = q(b*cols + a)
 			}
 			sum += math.Abs(float64(e)) * float64(scale(a, b))
 		}
@@ -449,6 +493,25 @@ func projectionStep(qat *graph.Model, output string) (float64, string, error) {
 		return 0, "", fmt.Errorf("the weight of %s %s is all zeros", mm.OpType, graph.NodeName(mm))
 	}
 	return float64(sa[0]) * best, fmt.Sprintf("one input step s of %s %s carried to its outputs (s·max_j Σ_i |W_ij|)", mm.OpType, graph.NodeName(mm)), nil
+}
+
+// intsAt returns an integer tensor's element i: read from its 8-bit raw
+// data in place (a quantized embedding table has tens of millions), or
+// from graph.Int64s.
+func intsAt(t *onnx.TensorProto) (func(i int) int64, error) {
+	if raw := t.RawData; int64(len(raw)) == graph.NumElements(t.Dims) && !graph.HasExternalData(t) {
+		switch graph.TensorType(t) {
+		case graph.Int8:
+			return func(i int) int64 { return int64(int8(raw[i])) }, nil
+		case graph.Uint8:
+			return func(i int) int64 { return int64(raw[i]) }, nil
+		}
+	}
+	v, err := graph.Int64s(t)
+	if err != nil {
+		return nil, err
+	}
+	return func(i int) int64 { return v[i] }, nil
 }
 
 // SampleBatch returns the sentences recorded in m (quantize.SampleKey, by
