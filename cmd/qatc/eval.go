@@ -5,6 +5,7 @@ import (
 
 	"github.com/qatc/qatc/eval"
 	"github.com/qatc/qatc/export/lightseq"
+	"github.com/qatc/qatc/internal/cmdline"
 	"github.com/qatc/qatc/safeio"
 	"github.com/urfave/cli/v2"
 )
@@ -75,12 +76,12 @@ func evalAction(c *cli.Context) error {
 		}
 		specs = append(specs, spec)
 	}
-	prog := map[string]*progress{}
+	prog := map[string]*cmdline.Progress{}
 	opts.Progress = func(model string, done, total int) {
 		if prog[model] == nil {
-			prog[model] = newProgress(c.App.ErrWriter, "decoding "+model)
+			prog[model] = cmdline.NewProgress(c.App.ErrWriter, "decoding "+model)
 		}
-		prog[model].update(done, total)
+		prog[model].Update(done, total)
 	}
 	rows, err := eval.EvaluateFiles(specs, c.String("src"), c.String("ref"), c.String("hyp-dir"), opts)
 	if err != nil {

@@ -6,181 +6,52 @@ import (
 	"strings"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/internal/cmdline"
 	"github.com/qatc/qatc/safeio"
 	"github.com/qatc/qatc/seq2seq"
 	"github.com/urfave/cli/v2"
 )
 
-// Every command's flags are checked in one place, before the command does
-// any work: required flags are present (named as such, not mistaken for
-// a command by the help fallback), and every numeric flag lies in its
-// range. A flag's range is a property of its name, the same in every
-// command; a numeric flag without a range is a programming error that
+// Every numeric flag is checked against its range before the command
+// runs (cmdline.Checker, installed by newApp). A flag's range is a
+// property of its name, the same in every command; a numeric flag
+// without a range is a programming error that
 // TestEveryNumericFlagHasARange catches.
 
-// bound is a numeric flag's range: lo..hi, each end included unless open;
-// zero also allows 0 where 0 means "the default".
-type bound struct {
-	lo, hi         float64
-	loOpen, hiOpen bool
-	zero           bool
-}
-
-var inf = math.Inf(1)
-
-// Common ranges.
+// The ranges flagRanges uses besides cmdline's common ones.
 var (
-	positive    = bound{lo: 1, hi: inf}
-	nonNegative = bound{lo: 0, hi: inf}
-	above0      = bound{lo: 0, loOpen: true, hi: inf}
-	bits        = bound{lo: 2, hi: 8}
-	anyValue    = bound{lo: -inf, hi: inf}
+	inf         = math.Inf(1)
+	positive    = cmdline.Positive
+	nonNegative = cmdline.NonNegative
+	above0      = cmdline.Above0
+	bits        = cmdline.Range{Lo: 2, Hi: 8}
 )
 
 // flagRanges are the numeric flags' ranges, by flag name.
-var flagRanges = map[string]bound{
+var flagRanges = map[string]cmdline.Range{
 	// sizes and counts
 	"batch": positive, "len": positive, "src-len": positive, "tgt-len": positive,
 	"batch-tokens": positive, "calib-batches": positive, "epochs": positive, "accumulate": positive,
 	"iters": positive, "beam": positive, "rounds": positive,
-	"vocab":      {lo: 5, hi: inf, zero: true},
-	"block-size": {lo: 2, hi: inf, zero: true},
+	"vocab":      {Lo: 5, Hi: inf, Zero: true},
+	"block-size": {Lo: 2, Hi: inf, Zero: true},
 	"threads":    nonNegative, "top": nonNegative, "max-len": nonNegative, "max-extra": nonNegative,
 	"steps": nonNegative, "warmup": nonNegative, "initial-step": nonNegative,
 	"valid-every": nonNegative, "checkpoint-every": nonNegative, "keep-checkpoints": nonNegative,
 	"pad-id": nonNegative, "bos-id": nonNegative, "eos-id": nonNegative,
-	"seed": anyValue,
+	"seed": cmdline.AnyValue,
 	// quantization
 	"bits": bits, "weight-bits": bits, "act-bits": bits,
 	"weight-clip-max": above0, "act-clip-max": above0,
-	"calib-percentile": {lo: 0, loOpen: true, hi: 100},
-	"smooth":           {lo: 0, loOpen: true, hi: 1, zero: true},
+	"calib-percentile": {Lo: 0, LoOpen: true, Hi: 100},
+	"smooth":           {Lo: 0, LoOpen: true, Hi: 1, Zero: true},
 	// training
 	"lr": above0, "clip-lr": nonNegative, "weight-decay": nonNegative, "grad-clip": nonNegative,
-	"label-smoothing": {lo: 0, hi: 1, hiOpen: true},
+	"label-smoothing": {Lo: 0, Hi: 1, HiOpen: true},
 	"kd-weight":       nonNegative, "temperature": above0, "kd-hidden": nonNegative,
 	"weight-clip-l2": nonNegative, "act-clip-l2": nonNegative, "adam-eps": above0,
 	// checks and decoding
 	"atol": nonNegative, "rtol": nonNegative, "length-penalty": nonNegative,
-}
-
-// holds reports whether v lies in the range; NaN and infinities never do.
-func (b bound) holds(v float64) bool {
-	if math.IsNaN(v) || math.IsInf(v, 0) {
-		return false
-	}
-	if b.zero && v == 0 {
-		return true
-	}
-	return !(v < b.lo || b.loOpen && v == b.lo || v > b.hi || b.hiOpen && v == b.hi)
-}
-
-// describe says what a flag of this range takes.
-func (b bound) describe(integer bool) string {
-	noun := "a finite number"
-	if integer {
-		noun = "an integer"
-	}
-	var s string
-	switch {
-	case math.IsInf(b.hi, 1) && b.loOpen:
-		s = fmt.Sprintf("%s greater than %g", noun, b.lo)
-	case math.IsInf(b.hi, 1):
-		s = fmt.Sprintf("%s of at least %g", noun, b.lo)
-	default:
-		lo, hi := "[", "]"
-		if b.loOpen {
-			lo = "("
-		}
-		if b.hiOpen {
-			hi = ")"
-		}
-		if integer && !b.loOpen && !b.hiOpen {
-			s = fmt.Sprintf("%s from %g to %g", noun, b.lo, b.hi)
-		} else {
-			s = fmt.Sprintf("%s in %s%g, %g%s", noun, lo, b.lo, b.hi, hi)
-		}
-	}
-	if b.zero {
-		s = "0 or " + s
-	}
-	return s
-}
-
-// flagName is how errors name a flag: its long form.
-func flagName(name string) string {
-	if len(name) == 1 {
-		return "-" + name
-	}
-	return "--" + name
-}
-
-// requiredFlags are the flags each command must be given; newApp moves
-// them here from urfave/cli, whose own check falls back to help and
-// reports the first argument as an unknown command.
-var requiredFlags = map[string][]cli.Flag{}
-
-// takeRequired records cmd's required flags and clears the flags' own
-// Required, so that checkFlags reports them.
-func takeRequired(cmd *cli.Command) {
-	for _, f := range cmd.Flags {
-		switch f := f.(type) {
-		case *cli.StringFlag:
-			if f.Required {
-				f.Required = false
-				requiredFlags[cmd.Name] = append(requiredFlags[cmd.Name], f)
-			}
-		case *cli.IntFlag:
-			if f.Required {
-				f.Required = false
-				requiredFlags[cmd.Name] = append(requiredFlags[cmd.Name], f)
-			}
-		}
-	}
-}
-
-// checkFlags is every command's Before: required flags, then ranges.
-func checkFlags(c *cli.Context) error {
-	for _, f := range requiredFlags[c.Command.Name] {
-		names := f.Names()
-		if c.IsSet(names[0]) {
-			continue
-		}
-		spelled := flagName(names[0])
-		for _, a := range names[1:] {
-			spelled = flagName(a) + "/" + spelled
-		}
-		usage := ""
-		if d, ok := f.(cli.DocGenerationFlag); ok && d.GetUsage() != "" {
-			usage = " (" + d.GetUsage() + ")"
-		}
-		return usagef("%s needs %s%s; see qatc %s --help", c.Command.Name, spelled, usage, c.Command.Name)
-	}
-	for _, f := range c.Command.Flags {
-		name := f.Names()[0]
-		b, ok := flagRanges[name]
-		if !ok || !c.IsSet(name) {
-			continue // defaults are in range (TestFlagDefaultsInRange)
-		}
-		var v float64
-		integer := true
-		switch x := c.Value(name).(type) {
-		case int:
-			v = float64(x)
-		case int64:
-			v = float64(x)
-		case uint64:
-			v = float64(x)
-		case float64:
-			v, integer = x, false
-		default:
-			continue
-		}
-		if !b.holds(v) {
-			return usagef("%s %v: must be %s", flagName(name), c.Value(name), b.describe(integer))
-		}
-	}
-	return nil
 }
 
 // modelInput is an input model with its external-data files (for a model
@@ -222,7 +93,7 @@ func fileInputs(c *cli.Context, flags ...string) []safeio.Group {
 	var out []safeio.Group
 	for _, f := range flags {
 		if p := c.String(f); p != "" {
-			out = append(out, safeio.Group{Flag: flagName(f), Path: p})
+			out = append(out, safeio.Group{Flag: cmdline.FlagName(f), Path: p})
 		}
 	}
 	return out
@@ -245,7 +116,7 @@ func pipelineFlags() []cli.Flag {
 }
 
 // twoValued are flags that take two values (--dump-after PASS DIR):
-// reorderArgs passes the second one as the hidden flag named here.
+// cmdline.ReorderArgs passes the second one as the hidden flag named here.
 var twoValued = map[string]string{"dump-after": "dump-dir"}
 
 // dumpFlags reads --dump-after PASS|all DIR into a pipeline's dump
@@ -261,7 +132,7 @@ func dumpFlags(c *cli.Context, plan *safeio.Plan, after *[]string, dir *string, 
 	}
 	*after, *dir = strings.Split(c.String("dump-after"), ","), c.String("dump-dir")
 	if err := check(*after); err != nil {
-		return usageError{err.Error()}
+		return cmdline.UsageError{Msg: err.Error()}
 	}
 	plan.Dirs = append(plan.Dirs, safeio.Dir{Flag: "--dump-after", Path: *dir})
 	*dumped = func(pass, file string) { fmt.Fprintf(c.App.ErrWriter, "dumped %s after %s\n", file, pass) }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 
+	"github.com/qatc/qatc/internal/cmdline"
 	"github.com/qatc/qatc/safeio"
 	"github.com/qatc/qatc/seq2seq"
 	"github.com/qatc/qatc/train"
@@ -182,13 +183,13 @@ func insertAction(c *cli.Context) error {
 		rec.WritePlan(c.App.Writer)
 		return rec.WriteUnquantized(c.App.Writer)
 	}
-	bars := map[string]*progress{}
+	bars := map[string]*cmdline.Progress{}
 	labels := map[string]string{"smooth": "smoothing", "collect": "calibrating"}
 	cfg.Progress = func(pass string, done, total int) {
 		if bars[pass] == nil {
-			bars[pass] = newProgress(c.App.ErrWriter, labels[pass])
+			bars[pass] = cmdline.NewProgress(c.App.ErrWriter, labels[pass])
 		}
-		bars[pass].update(done, total)
+		bars[pass].Update(done, total)
 	}
 	res, err := train.InsertFile(path, out, cfg)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/qatc/qatc/internal/cmdline"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/safeio"
 	"github.com/qatc/qatc/seq2seq"
@@ -31,12 +32,8 @@ const (
 // (urfave/cli reports that through a callback, not an error).
 const unknownCommand = "unknown-command"
 
-// usageError marks an error in how the command was called (exit 2).
-type usageError struct{ msg string }
-
-func (e usageError) Error() string { return e.msg }
-
-func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+// usagef formats an error in how the command was called (exit 2).
+func usagef(format string, args ...any) error { return cmdline.Usagef(format, args...) }
 
 func main() {
 	os.Exit(run(os.Args, os.Stdout, os.Stderr))
@@ -58,7 +55,7 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 	if startComm != nil {
 		c, err := startComm()
 		if err != nil {
-			fmt.Fprintf(stderr, "%s: %s\n", progName, oneLine(err.Error()))
+			fmt.Fprintf(stderr, "%s: %s\n", progName, cmdline.OneLine(err.Error()))
 			return exitFailure
 		}
 		comm = &ranks{rankComm: c}
@@ -86,7 +83,7 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 		err = refuseCommand(app, args)
 	}
 	if err == nil {
-		err = app.Run(reorderArgs(app, args))
+		err = app.Run(cmdline.ReorderArgs(app, args, twoValued))
 	}
 	err = settleRanks(comm, err, rankErr)
 	if app.Metadata[unknownCommand] == true {
@@ -96,10 +93,10 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 		return exitOK
 	}
 	if isUsage(err) {
-		fmt.Fprintf(stderr, "%s: %s\n", progName, oneLine(err.Error()))
+		fmt.Fprintf(stderr, "%s: %s\n", progName, cmdline.OneLine(err.Error()))
 		return exitUsage
 	}
-	fmt.Fprintf(stderr, "%s: %s\n", progName, oneLine(err.Error()))
+	fmt.Fprintf(stderr, "%s: %s\n", progName, cmdline.OneLine(err.Error()))
 	return exitFailure
 }
 
@@ -107,27 +104,12 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 // usage error, urfave/cli's own flag errors, an output path that is an
 // input, a flag asking for more memory than the machine has.
 func isUsage(err error) bool {
-	var ue usageError
+	var ue cmdline.UsageError
 	var ce *safeio.CheckError
 	var se *ort.SizeError
 	var oe *train.OptionError
-	return errors.As(err, &ue) || isFlagError(err) || errors.As(err, &oe) ||
+	return errors.As(err, &ue) || cmdline.IsFlagError(err) || errors.As(err, &oe) ||
 		errors.As(err, &ce) && ce.Usage || errors.As(err, &se) && len(se.Flags) > 0
-}
-
-// isFlagError recognises urfave/cli's own usage errors.
-func isFlagError(err error) bool {
-	s := err.Error()
-	return strings.HasPrefix(s, "flag provided but not defined") ||
-		strings.HasPrefix(s, "invalid value") ||
-		strings.HasPrefix(s, "Required flag") ||
-		strings.HasPrefix(s, "flag needs an argument") ||
-		strings.HasPrefix(s, "No help topic")
-}
-
-// oneLine folds a multi-line message so that every error is one line.
-func oneLine(s string) string {
-	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", "; ")), " ")
 }
 
 func newApp(stdout, stderr io.Writer) *cli.App {
@@ -153,23 +135,13 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		// Errors are printed once, by run.
 		ExitErrHandler: func(*cli.Context, error) {},
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
-			return usageError{err.Error()}
+			return cmdline.UsageError{Msg: err.Error()}
 		},
 	}
 	for _, c := range app.Commands {
 		c.OnUsageError = app.OnUsageError
-		takeRequired(c)
-		if own := c.Before; own != nil {
-			c.Before = func(ctx *cli.Context) error {
-				if err := checkFlags(ctx); err != nil {
-					return err
-				}
-				return own(ctx)
-			}
-		} else {
-			c.Before = checkFlags
-		}
 	}
+	(&cmdline.Checker{Ranges: flagRanges}).Install(app)
 	return app
 }
 
@@ -187,62 +159,6 @@ func commands() []*cli.Command {
 		translateCommand(),
 		benchCommand(),
 	}
-}
-
-// reorderArgs moves a command's flags before its positional arguments, so
-// that "qatc inspect MODEL --json" works as the design writes it (the flag
-// package stops at the first positional argument).
-func reorderArgs(app *cli.App, args []string) []string {
-	out := []string{args[0]}
-	i := 1
-	for i < len(args) && strings.HasPrefix(args[i], "-") { // global flags
-		out = append(out, args[i])
-		i++
-	}
-	if i >= len(args) {
-		return out
-	}
-	cmd := app.Command(args[i])
-	out = append(out, args[i])
-	i++
-	if cmd == nil {
-		return append(out, args[i:]...)
-	}
-	takesValue := map[string]bool{}
-	for _, f := range cmd.Flags {
-		_, isBool := f.(*cli.BoolFlag)
-		for _, n := range f.Names() {
-			takesValue[n] = !isBool
-		}
-	}
-	var flags, positional []string
-	for ; i < len(args); i++ {
-		a := args[i]
-		if a == "--" {
-			positional = append(positional, args[i+1:]...)
-			break
-		}
-		if !strings.HasPrefix(a, "-") || a == "-" {
-			positional = append(positional, a)
-			continue
-		}
-		flags = append(flags, a)
-		name := strings.TrimLeft(a, "-")
-		if !strings.Contains(name, "=") && takesValue[name] && i+1 < len(args) {
-			flags = append(flags, args[i+1])
-			i++
-		}
-		if second, ok := twoValued[strings.SplitN(name, "=", 2)[0]]; ok && i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") {
-			flags = append(flags, "--"+second, args[i+1])
-			i++
-		}
-	}
-	out = append(out, flags...)
-	if len(positional) > 0 {
-		out = append(out, "--")
-		out = append(out, positional...)
-	}
-	return out
 }
 
 // loadModel reads a MODEL argument: an ONNX file, whose structure is

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/qatc/qatc/internal/cmdline"
 	"github.com/qatc/qatc/train"
 	"github.com/urfave/cli/v2"
 )
@@ -104,7 +105,7 @@ func settleRanks(r *ranks, err error, stderr io.Writer) error {
 	}
 	var ce *train.CollectiveError
 	if err != nil && !errors.As(err, &ce) {
-		fmt.Fprintf(stderr, "%s: rank %d: %s\n", progName, r.Rank(), oneLine(err.Error()))
+		fmt.Fprintf(stderr, "%s: rank %d: %s\n", progName, r.Rank(), cmdline.OneLine(err.Error()))
 		r.Abort(exitFailure)
 	}
 	return err

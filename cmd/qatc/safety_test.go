@@ -790,7 +790,7 @@ func TestFlagDefaultsInRange(t *testing.T) {
 			case *cli.Float64Flag:
 				v = f.Value
 			}
-			if v != 0 && !b.holds(v) {
+			if v != 0 && !b.Holds(v) {
 				t.Errorf("qatc %s --%s defaults to %v, outside its range", cmd.Name, f.Names()[0], v)
 			}
 		}

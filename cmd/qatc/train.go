@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/qatc/qatc/internal/cmdline"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/safeio"
 	"github.com/qatc/qatc/train"
@@ -185,7 +186,7 @@ func trainAction(c *cli.Context, qat bool) error {
 	var display *train.Display
 	cfg.Progress = func(p train.Progress) {
 		if display == nil {
-			display = train.NewDisplay(c.App.ErrWriter, p.Steps, isTerminal(c.App.ErrWriter), 0)
+			display = train.NewDisplay(c.App.ErrWriter, p.Steps, cmdline.IsTerminal(c.App.ErrWriter), 0)
 		}
 		display.Update(p)
 	}

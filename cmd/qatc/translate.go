@@ -5,6 +5,7 @@ import (
 	"os"
 
 	"github.com/qatc/qatc/eval"
+	"github.com/qatc/qatc/internal/cmdline"
 	"github.com/qatc/qatc/safeio"
 	"github.com/qatc/qatc/seq2seq"
 	"github.com/urfave/cli/v2"
@@ -53,8 +54,8 @@ func translateAction(c *cli.Context) error {
 	if err := safeio.Check(plan); err != nil {
 		return err
 	}
-	if isTerminal(c.App.ErrWriter) {
-		topts.Progress = newProgress(c.App.ErrWriter, "translating").update
+	if cmdline.IsTerminal(c.App.ErrWriter) {
+		topts.Progress = cmdline.NewProgress(c.App.ErrWriter, "translating").Update
 	}
 	rep, err := eval.TranslateFile(path, c.String("src"), out, os.Stdin, c.App.Writer, topts)
 	if err != nil {

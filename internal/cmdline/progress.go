@@ -1,4 +1,4 @@
-package main
+package cmdline
 
 import (
 	"fmt"
@@ -9,9 +9,9 @@ import (
 	"github.com/schollz/progressbar/v3"
 )
 
-// progress shows a bar on a terminal and a line every few seconds
+// Progress shows a bar on a terminal and a line every few seconds
 // elsewhere (logs, CI); it finishes when done reaches total.
-type progress struct {
+type Progress struct {
 	w     io.Writer
 	what  string
 	bar   *progressbar.ProgressBar
@@ -19,12 +19,13 @@ type progress struct {
 	start time.Time
 }
 
-func newProgress(w io.Writer, what string) *progress {
-	return &progress{w: w, what: what, start: time.Now()}
+// NewProgress returns a display of what's progress on w.
+func NewProgress(w io.Writer, what string) *Progress {
+	return &Progress{w: w, what: what, start: time.Now()}
 }
 
-// isTerminal reports whether w is a character device.
-func isTerminal(w io.Writer) bool {
+// IsTerminal reports whether w is a character device.
+func IsTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	if !ok {
 		return false
@@ -33,8 +34,9 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
-func (p *progress) update(done, total int) {
-	if isTerminal(p.w) {
+// Update shows that done of total are done.
+func (p *Progress) Update(done, total int) {
+	if IsTerminal(p.w) {
 		if p.bar == nil {
 			p.bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(p.w), progressbar.OptionSetDescription(p.what),
 				progressbar.OptionShowCount(), progressbar.OptionSetPredictTime(true), progressbar.OptionClearOnFinish())
