@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
+	"strings"
 
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes"
@@ -37,6 +39,32 @@ type FinetuneConfig struct {
 	Started func(summary string, validBefore float64)
 	// Dump writes the model after the passes it names (--dump-after).
 	Dump passes.Options
+}
+
+// Check checks the options that need no file, before anything is read:
+// the loss, the clip gradient, the execution provider, validation data
+// given whole, and a distillation loss only where there is a teacher.
+func (cfg FinetuneConfig) Check() error {
+	switch cfg.Loss.Kind {
+	case "ce", "kd", "ce+kd":
+	default:
+		return optionErrorf("--loss %q: want ce, kd or ce+kd", cfg.Loss.Kind)
+	}
+	switch cfg.ClipGrad {
+	case "", "neurst", "lsq":
+	default:
+		return optionErrorf("--clip-grad %q: want neurst or lsq", cfg.ClipGrad)
+	}
+	if cfg.Provider != "" && !slices.Contains(ort.Providers, cfg.Provider) {
+		return optionErrorf("--ep %q: want %s", cfg.Provider, strings.Join(ort.Providers, " or "))
+	}
+	if (cfg.ValidSrc == "") != (cfg.ValidTgt == "") {
+		return optionErrorf("--valid-src and --valid-tgt go together")
+	}
+	if !cfg.QAT && cfg.Loss.Kind != "ce" {
+		return optionErrorf("--loss %s needs a QAT model (the teacher is its fp32 form); qatc train uses ce", cfg.Loss.Kind)
+	}
+	return nil
 }
 
 // FinetuneResult is what FinetuneFile did.

@@ -43,14 +43,25 @@ type QuantOptions struct {
 	RecipeFile       string
 }
 
-// An OptionError is an option that cannot be read as given: the command
-// line's fault, not the model's.
+// An OptionError is an option that cannot be read as given, or options
+// that do not go together: the command line's fault, not the model's.
+// Option names the option where Err's message does not.
 type OptionError struct {
 	Option string
 	Err    error
 }
 
-func (e *OptionError) Error() string { return e.Option + ": " + e.Err.Error() }
+func (e *OptionError) Error() string {
+	if e.Option == "" {
+		return e.Err.Error()
+	}
+	return e.Option + ": " + e.Err.Error()
+}
+
+// optionErrorf formats an OptionError whose message names its options.
+func optionErrorf(format string, args ...any) error {
+	return &OptionError{Err: fmt.Errorf(format, args...)}
+}
 func (e *OptionError) Unwrap() error { return e.Err }
 
 // Params resolves the options into quantize.Params; calibrating says
@@ -129,6 +140,24 @@ type InsertConfig struct {
 	Progress func(pass string, done, total int)
 	// Dump writes the model after the passes it names (--dump-after).
 	Dump passes.Options
+}
+
+// Check checks the options that need no file, before anything is read:
+// the calibration method, and what needs calibration data.
+func (cfg InsertConfig) Check() error {
+	method := cfg.Method
+	if method == "" && cfg.CalibSrc != "" {
+		method = calibrate.MinMax
+	}
+	switch {
+	case method != "" && cfg.CalibSrc == "":
+		return optionErrorf("--calib-method needs --calib-src (and optionally --calib-tgt) to calibrate on")
+	case method != "" && method != calibrate.MinMax && method != calibrate.Percentile && method != calibrate.MSE:
+		return optionErrorf("--calib-method %q: want minmax, percentile or mse", method)
+	case cfg.Smooth > 0 && cfg.CalibSrc == "":
+		return optionErrorf("--smooth measures the activations: give --calib-src (and optionally --calib-tgt)")
+	}
+	return nil
 }
 
 // InsertResult says what Insert did.

@@ -124,17 +124,6 @@ func roleFlagValues(c *cli.Context) seq2seq.Roles {
 	return seq2seq.Roles{Src: c.String("src-input"), Tgt: c.String("tgt-input"), Logits: c.String("logits-output")}
 }
 
-// calibMethod is the calibration the flags ask for: --calib-method, or
-// minmax when --calib-src comes alone; "" for none. Weight clips then
-// start at max |w| unless --weight-init says otherwise, whichever way the
-// method was chosen.
-func calibMethod(c *cli.Context) string {
-	if m := c.String("calib-method"); m != "" || c.String("calib-src") == "" {
-		return m
-	}
-	return "minmax"
-}
-
 func insertAction(c *cli.Context) error {
 	path, err := oneArg(c, "MODEL")
 	if err != nil {
@@ -160,14 +149,8 @@ func insertAction(c *cli.Context) error {
 	if err := checkModelOutput(plan, path, written); err != nil {
 		return err
 	}
-	switch method := calibMethod(c); {
-	case method != "" && c.String("calib-src") == "":
-		return usagef("--calib-method needs --calib-src (and optionally --calib-tgt) to calibrate on")
-	case method != "" && method != "minmax" && method != "percentile" && method != "mse":
-		return usagef("--calib-method %q: want minmax, percentile or mse", method)
-	}
-	if c.Float64("smooth") > 0 && c.String("calib-src") == "" {
-		return usagef("--smooth measures the activations: give --calib-src (and optionally --calib-tgt)")
+	if err := cfg.Check(); err != nil {
+		return err
 	}
 	if cfg.Tokenizer, err = tokenizer(c); err != nil {
 		return err

@@ -6,11 +6,8 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"slices"
-	"strings"
 
 	"github.com/qatc/qatc/internal/cmdline"
-	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/safeio"
 	"github.com/qatc/qatc/train"
 	"github.com/urfave/cli/v2"
@@ -133,23 +130,18 @@ func trainAction(c *cli.Context, qat bool) error {
 	if err := checkModelOutput(plan, path, out); err != nil {
 		return err
 	}
-	switch c.String("loss") {
-	case "ce", "kd", "ce+kd":
-	default:
-		return usagef("--loss %q: want ce, kd or ce+kd", c.String("loss"))
-	}
+	cfg.Optimizer.AdamW = c.Bool("adamw")
+	cfg.Optimizer.Eps = c.Float64("adam-eps")
+	cfg.Optimizer.ClipNorm = c.Float64("grad-clip")
 	if qat {
-		switch c.String("clip-grad") {
-		case "neurst", "lsq":
-		default:
-			return usagef("--clip-grad %q: want neurst or lsq", c.String("clip-grad"))
-		}
+		cfg.FreezeWeights = c.Bool("freeze-weights")
+		cfg.ClipGrad = c.String("clip-grad")
+		cfg.Loss.WeightClipL2 = c.Float64("weight-clip-l2")
+		cfg.Loss.ActClipL2 = c.Float64("act-clip-l2")
+		cfg.Loss.Hidden = c.Float64("kd-hidden")
 	}
-	if !slices.Contains(ort.Providers, c.String("ep")) {
-		return usagef("--ep %q: want %s", c.String("ep"), strings.Join(ort.Providers, " or "))
-	}
-	if (c.String("valid-src") == "") != (c.String("valid-tgt") == "") {
-		return usagef("--valid-src and --valid-tgt go together")
+	if err := cfg.Check(); err != nil {
+		return err
 	}
 	if cfg.Schedule, err = train.ParseSchedule(c.String("schedule"), c.Int64("warmup"), c.Int64("initial-step"), c.Int64("steps")); err != nil {
 		return usagef("--schedule: %v", err)
@@ -166,19 +158,6 @@ func trainAction(c *cli.Context, qat bool) error {
 			}
 			comm.SetTimeout(d)
 		}
-	}
-	cfg.Optimizer.AdamW = c.Bool("adamw")
-	cfg.Optimizer.Eps = c.Float64("adam-eps")
-	cfg.Optimizer.ClipNorm = c.Float64("grad-clip")
-	if qat {
-		cfg.FreezeWeights = c.Bool("freeze-weights")
-		cfg.ClipGrad = c.String("clip-grad")
-		cfg.Loss.WeightClipL2 = c.Float64("weight-clip-l2")
-		cfg.Loss.ActClipL2 = c.Float64("act-clip-l2")
-		cfg.Loss.Hidden = c.Float64("kd-hidden")
-	}
-	if !qat && cfg.Loss.Kind != "ce" {
-		return usagef("--loss %s needs a QAT model (the teacher is its fp32 form); qatc train uses ce", cfg.Loss.Kind)
 	}
 	if cfg.Tokenizer, err = tokenizer(c); err != nil {
 		return err
