@@ -9,7 +9,9 @@
 // GOSSAFUNC habit).
 //
 // The commands' pipelines are built where their passes meet onnxruntime:
-// insert and finetune in package train, export in package export. The
+// insert, finetune and train in package train (InsertPipeline,
+// FinetunePipeline). export is not a pipeline yet: export.File runs fold,
+// the format's rewrite and the check in a fixed order. The
 // transformations themselves live in the subpackages: quantize (the QAT
 // graph form: insert, find, strip), calibrate, smooth, autodiff, fold,
 // transformer (the recogniser) and incremental.

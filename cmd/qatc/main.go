@@ -2,8 +2,10 @@
 // their ONNX graphs: insert quantizers, fine-tune them with onnxruntime,
 // export int8 models, inspect and evaluate them.
 //
-// Every command is a thin layer over the project's packages (graph, passes,
-// runtime, train, export, eval); see DESIGN.md for the data flow.
+// Every command is its flags, one call into a library package (train,
+// export, eval, inspect) and the printing of its result; the plumbing
+// shared by the commands is internal/cmdline. See the README's layout
+// section for which package owns what.
 package main
 
 import (
