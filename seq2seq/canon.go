@@ -7,6 +7,7 @@ import (
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/onnx"
+	"github.com/qatc/qatc/passes/quantize"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -28,7 +29,7 @@ func (d *Dir) canonicalize() error {
 		nameNodes(m)
 	}
 	first, next := d.DecoderFiles()
-	if !hasQuantizers(d.Decoder) && !hasQuantizers(d.DecoderWithPast) {
+	if !quantize.Quantized(d.Decoder) && !quantize.Quantized(d.DecoderWithPast) {
 		c, err := matchDecoders(d.Decoder, d.DecoderWithPast, d.Path(first), d.Path(next))
 		if err != nil {
 			return err
@@ -53,16 +54,6 @@ func (d *Dir) canonicalize() error {
 		return err
 	}
 	return d.separateNames()
-}
-
-// hasQuantizers reports whether m holds a DequantizeLinear.
-func hasQuantizers(m *graph.Model) bool {
-	for _, n := range m.Graph().Node {
-		if n.OpType == "DequantizeLinear" {
-			return true
-		}
-	}
-	return false
 }
 
 // nameNodes gives every unnamed node a name unique in m.

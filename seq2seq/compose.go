@@ -191,7 +191,7 @@ func (d *Dir) Project(f *graph.Model) error {
 		}
 	}
 	wp.Reindex()
-	if hasQuantizers(dec) && !hasQuantizers(wp) {
+	if quantize.Quantized(dec) && !quantize.Quantized(wp) {
 		if d.withPast == nil {
 			return fmt.Errorf("%s: the decoder with past has no quantizers and no correspondence with the decoder to place them by", d.Path(next))
 		}

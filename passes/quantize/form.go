@@ -1,6 +1,8 @@
 package quantize
 
 import (
+	"slices"
+
 	"fmt"
 	"math"
 
@@ -338,6 +340,12 @@ func bitsOfRange(lo, hi int64) int {
 		b++
 	}
 	return b
+}
+
+// Quantized reports whether m holds a DequantizeLinear: fake quantizers,
+// or an exported model's integer tensors.
+func Quantized(m *graph.Model) bool {
+	return slices.ContainsFunc(m.Graph().Node, func(n *onnx.NodeProto) bool { return isOp(n, "DequantizeLinear") })
 }
 
 // countQuantizers counts m's DequantizeLinear nodes (fake quantizers, or
