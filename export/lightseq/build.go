@@ -265,6 +265,53 @@ func (e *exporter) denseOut(field string, p transformer.Projection) float32 {
 }
 
 // build assembles the message.
+// A projection is one of a layer's quantized matrices as LightSeq stores
+// it: the int8 kernel with its clip (field names the clip), and the bias,
+// from the graph's parts.
+type projection struct {
+	field  string
+	kernel *[]byte
+	clip   *float32
+	bias   *[]float32
+	parts  []part
+}
+
+// A block is a layer's LayerNorm and the projections that read it.
+type block struct {
+	scale, bias *[]float32
+	norm        *transformer.LayerNorm
+	projs       []projection
+}
+
+// blocks fills the fields of layer f's blocks, in order.
+func (e *exporter) blocks(f string, bs ...block) error {
+	for _, b := range bs {
+		var err error
+		if *b.scale, *b.bias, err = e.norm(b.norm); err != nil {
+			return fmt.Errorf("%s: %v", f, err)
+		}
+		for _, p := range b.projs {
+			if *p.kernel, *p.clip, err = e.kernelBytes(f+p.field, p.parts...); err != nil {
+				return err
+			}
+			if *p.bias, err = e.biases(p.parts...); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// An inputClip is a clip LightSeq applies where the graph's quantizer
+// reads v (field names it), k the scaling between LightSeq's value and
+// the graph's.
+type inputClip struct {
+	dst   *float32
+	field string
+	v     string
+	k     float64
+}
+
 func (e *exporter) build() (*lspb.QuantTransformer, error) {
 	tm := e.tm
 	qt := &lspb.QuantTransformer{
@@ -288,42 +335,19 @@ func (e *exporter) build() (*lspb.QuantTransformer, error) {
 		a := l.SelfAttn
 		q, k, v, out := e.attnParts(fmt.Sprintf("encoder layer %d self-attention", i), a)
 		d1, d2 := e.ffnParts(fmt.Sprintf("encoder layer %d feed-forward block", i), l.FFN)
-		if el.MultiheadNormScale, el.MultiheadNormBias, err = e.norm(a.Norm); err != nil {
-			return nil, fmt.Errorf("%s: %v", f, err)
-		}
-		if el.MultiheadProjectKernelQkv, el.MultiheadProjectKernelQkvClipMax, err = e.kernelBytes(f+"multihead_project_kernel_qkv_clip_max", q, k, v); err != nil {
+		if err := e.blocks(f,
+			block{&el.MultiheadNormScale, &el.MultiheadNormBias, a.Norm, []projection{
+				{"multihead_project_kernel_qkv_clip_max", &el.MultiheadProjectKernelQkv, &el.MultiheadProjectKernelQkvClipMax, &el.MultiheadProjectBiasQkv, []part{q, k, v}},
+				{"multihead_project_kernel_output_clip_max", &el.MultiheadProjectKernelOutput, &el.MultiheadProjectKernelOutputClipMax, &el.MultiheadProjectBiasOutput, []part{out}},
+			}},
+			block{&el.FfnNormScale, &el.FfnNormBias, l.FFN.Norm, []projection{
+				{"ffn_first_kernel_clip_max", &el.FfnFirstKernel, &el.FfnFirstKernelClipMax, &el.FfnFirstBias, []part{d1}},
+				{"ffn_second_kernel_clip_max", &el.FfnSecondKernel, &el.FfnSecondKernelClipMax, &el.FfnSecondBias, []part{d2}},
+			}},
+		); err != nil {
 			return nil, err
 		}
-		if el.MultiheadProjectBiasQkv, err = e.biases(q, k, v); err != nil {
-			return nil, err
-		}
-		if el.MultiheadProjectKernelOutput, el.MultiheadProjectKernelOutputClipMax, err = e.kernelBytes(f+"multihead_project_kernel_output_clip_max", out); err != nil {
-			return nil, err
-		}
-		if el.MultiheadProjectBiasOutput, err = e.biases(out); err != nil {
-			return nil, err
-		}
-		if el.FfnNormScale, el.FfnNormBias, err = e.norm(l.FFN.Norm); err != nil {
-			return nil, fmt.Errorf("%s: %v", f, err)
-		}
-		if el.FfnFirstKernel, el.FfnFirstKernelClipMax, err = e.kernelBytes(f+"ffn_first_kernel_clip_max", d1); err != nil {
-			return nil, err
-		}
-		if el.FfnFirstBias, err = e.biases(d1); err != nil {
-			return nil, err
-		}
-		if el.FfnSecondKernel, el.FfnSecondKernelClipMax, err = e.kernelBytes(f+"ffn_second_kernel_clip_max", d2); err != nil {
-			return nil, err
-		}
-		if el.FfnSecondBias, err = e.biases(d2); err != nil {
-			return nil, err
-		}
-		for _, c := range []struct {
-			dst   *float32
-			field string
-			v     string
-			k     float64 // the scaling between LightSeq's value and the graph's
-		}{
+		for _, c := range []inputClip{
 			{&el.MultiheadLnClipMax, "multihead_ln_clip_max", a.Q.Input, 1},
 			{&el.MultiheadProjectOutputClipMax, "multihead_project_output_clip_max", a.Context, a.ContextScale},
 			{&el.FfnLnClipMax, "ffn_ln_clip_max", l.FFN.Dense1.Input, 1},
@@ -347,57 +371,23 @@ func (e *exporter) build() (*lspb.QuantTransformer, error) {
 		q, k, v, out := e.attnParts(fmt.Sprintf("decoder layer %d self-attention", i), a)
 		xq, xk, xv, xout := e.attnParts(fmt.Sprintf("decoder layer %d cross-attention", i), x)
 		d1, d2 := e.ffnParts(fmt.Sprintf("decoder layer %d feed-forward block", i), l.FFN)
-		if dl.SelfNormScale, dl.SelfNormBias, err = e.norm(a.Norm); err != nil {
-			return nil, fmt.Errorf("%s: %v", f, err)
-		}
-		if dl.SelfProjectKernelQkv, dl.SelfProjectKernelQkvClipMax, err = e.kernelBytes(f+"self_project_kernel_qkv_clip_max", q, k, v); err != nil {
+		if err := e.blocks(f,
+			block{&dl.SelfNormScale, &dl.SelfNormBias, a.Norm, []projection{
+				{"self_project_kernel_qkv_clip_max", &dl.SelfProjectKernelQkv, &dl.SelfProjectKernelQkvClipMax, &dl.SelfProjectBiasQkv, []part{q, k, v}},
+				{"self_project_kernel_output_clip_max", &dl.SelfProjectKernelOutput, &dl.SelfProjectKernelOutputClipMax, &dl.SelfProjectBiasOutput, []part{out}},
+			}},
+			block{&dl.EncdecNormScale, &dl.EncdecNormBias, x.Norm, []projection{
+				{"encdec_project_kernel_q_clip_max", &dl.EncdecProjectKernelQ, &dl.EncdecProjectKernelQClipMax, &dl.EncdecProjectBiasQ, []part{xq}},
+				{"encdec_project_kernel_output_clip_max", &dl.EncdecProjectKernelOutput, &dl.EncdecProjectKernelOutputClipMax, &dl.EncdecProjectBiasOutput, []part{xout}},
+			}},
+			block{&dl.FfnNormScale, &dl.FfnNormBias, l.FFN.Norm, []projection{
+				{"ffn_first_kernel_clip_max", &dl.FfnFirstKernel, &dl.FfnFirstKernelClipMax, &dl.FfnFirstBias, []part{d1}},
+				{"ffn_second_kernel_clip_max", &dl.FfnSecondKernel, &dl.FfnSecondKernelClipMax, &dl.FfnSecondBias, []part{d2}},
+			}},
+		); err != nil {
 			return nil, err
 		}
-		if dl.SelfProjectBiasQkv, err = e.biases(q, k, v); err != nil {
-			return nil, err
-		}
-		if dl.SelfProjectKernelOutput, dl.SelfProjectKernelOutputClipMax, err = e.kernelBytes(f+"self_project_kernel_output_clip_max", out); err != nil {
-			return nil, err
-		}
-		if dl.SelfProjectBiasOutput, err = e.biases(out); err != nil {
-			return nil, err
-		}
-		if dl.EncdecNormScale, dl.EncdecNormBias, err = e.norm(x.Norm); err != nil {
-			return nil, fmt.Errorf("%s: %v", f, err)
-		}
-		if dl.EncdecProjectKernelQ, dl.EncdecProjectKernelQClipMax, err = e.kernelBytes(f+"encdec_project_kernel_q_clip_max", xq); err != nil {
-			return nil, err
-		}
-		if dl.EncdecProjectBiasQ, err = e.biases(xq); err != nil {
-			return nil, err
-		}
-		if dl.EncdecProjectKernelOutput, dl.EncdecProjectKernelOutputClipMax, err = e.kernelBytes(f+"encdec_project_kernel_output_clip_max", xout); err != nil {
-			return nil, err
-		}
-		if dl.EncdecProjectBiasOutput, err = e.biases(xout); err != nil {
-			return nil, err
-		}
-		if dl.FfnNormScale, dl.FfnNormBias, err = e.norm(l.FFN.Norm); err != nil {
-			return nil, fmt.Errorf("%s: %v", f, err)
-		}
-		if dl.FfnFirstKernel, dl.FfnFirstKernelClipMax, err = e.kernelBytes(f+"ffn_first_kernel_clip_max", d1); err != nil {
-			return nil, err
-		}
-		if dl.FfnFirstBias, err = e.biases(d1); err != nil {
-			return nil, err
-		}
-		if dl.FfnSecondKernel, dl.FfnSecondKernelClipMax, err = e.kernelBytes(f+"ffn_second_kernel_clip_max", d2); err != nil {
-			return nil, err
-		}
-		if dl.FfnSecondBias, err = e.biases(d2); err != nil {
-			return nil, err
-		}
-		for _, c := range []struct {
-			dst   *float32
-			field string
-			v     string
-			k     float64 // the scaling between LightSeq's value and the graph's
-		}{
+		for _, c := range []inputClip{
 			{&dl.SelfLnClipMax, "self_ln_clip_max", a.Q.Input, 1},
 			{&dl.SelfProjectOutputClipMax, "self_project_output_clip_max", a.Context, a.ContextScale},
 			{&dl.EncdecLnClipMax, "encdec_ln_clip_max", x.Q.Input, 1},
