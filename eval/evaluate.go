@@ -80,13 +80,7 @@ func Evaluate(models []ModelSpec, src, ref []string, opts EvalOptions) ([]Row, e
 	if err != nil {
 		return nil, err
 	}
-	stok, ttok := opts.Src, opts.Tgt
-	if stok == nil {
-		stok = seq2seq.IDs{}
-	}
-	if ttok == nil {
-		ttok = seq2seq.IDs{}
-	}
+	stok, ttok := seq2seq.OrIDs(opts.Src), seq2seq.OrIDs(opts.Tgt)
 	srcIDs, err := EncodeSources(src, stok, srcName, dopts.Special, opts.NoSrcEOS)
 	if err != nil {
 		return nil, err

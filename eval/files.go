@@ -150,11 +150,7 @@ func BenchFiles(paths []string, cfg BenchConfig) (*BenchReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	tok := cfg.Tokenizer
-	if tok == nil {
-		tok = seq2seq.IDs{}
-	}
-	srcs, err := EncodeSources(lines, tok, cfg.Src, cfg.Decode.Special, false)
+	srcs, err := EncodeSources(lines, seq2seq.OrIDs(cfg.Tokenizer), cfg.Src, cfg.Decode.Special, false)
 	if err != nil {
 		return nil, err
 	}

@@ -60,13 +60,7 @@ func Translate(path string, r io.Reader, w io.Writer, opts TranslateOptions) (*T
 			return nil, err
 		}
 	}
-	stok, ttok := opts.Src, opts.Tgt
-	if stok == nil {
-		stok = seq2seq.IDs{}
-	}
-	if ttok == nil {
-		ttok = seq2seq.IDs{}
-	}
+	stok, ttok := seq2seq.OrIDs(opts.Src), seq2seq.OrIDs(opts.Tgt)
 	var lines []string
 	err = safeio.ScanLines(r, name, func(n int, line string) error {
 		if strings.TrimSpace(line) == "" {

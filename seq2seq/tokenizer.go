@@ -23,6 +23,14 @@ type Tokenizer interface {
 // IDs is the Tokenizer of lines that already are space-separated token ids.
 type IDs struct{}
 
+// OrIDs is tok, or IDs when tok is nil (files of ids need no tokenizer).
+func OrIDs(tok Tokenizer) Tokenizer {
+	if tok == nil {
+		return IDs{}
+	}
+	return tok
+}
+
 // Encode parses the space-separated ids of line.
 func (IDs) Encode(line string) ([]int64, error) {
 	f := strings.Fields(line)
