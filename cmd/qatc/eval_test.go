@@ -6,7 +6,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/internal/fixture"
 )
 
@@ -17,14 +16,7 @@ func TestEvalBadInputs(t *testing.T) {
 	if err := os.WriteFile(short, []byte("5 6\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	notSeq := filepath.Join(dir, "classifier.onnx")
-	b := graph.New("classifier", 17)
-	b.AddInput("x", graph.Float, []int64{-1, 4}, "batch")
-	b.Op("Relu", "relu", []string{"x"}, []string{"y"})
-	b.AddOutput("y", graph.Float, []int64{-1, 4}, "batch")
-	if err := b.Save(notSeq); err != nil {
-		t.Fatal(err)
-	}
+	notSeq := writeClassifier(t, dir)
 	text := filepath.Join(dir, "text.src")
 	if err := os.WriteFile(text, []byte(strings.Repeat("the big dog .\n", 200)), 0o644); err != nil {
 		t.Fatal(err)

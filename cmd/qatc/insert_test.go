@@ -133,15 +133,8 @@ func TestInsertBadInputs(t *testing.T) {
 	if code, _, errOut := qatc(t, "insert", fp32, "-o", qat); code != 0 {
 		t.Fatal(errOut)
 	}
-	write := func(name, text string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	badKind := write("bad-kind.yaml", "rules:\n  - match: 'linear1'\n    kind: gaussian\n")
-	beyond := write("beyond.src", "5 447 4470\n")
+	badKind := writeFile(t, dir, "bad-kind.yaml", "rules:\n  - match: 'linear1'\n    kind: gaussian\n")
+	beyond := writeFile(t, dir, "beyond.src", "5 447 4470\n")
 	out := filepath.Join(dir, "out.onnx")
 	tests := []struct {
 		name string

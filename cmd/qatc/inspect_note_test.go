@@ -18,17 +18,7 @@ func TestInspectUnfoldable(t *testing.T) {
 	dir := t.TempDir()
 	model, _, _ := tinySetup(t, dir)
 	qat := filepath.Join(dir, "qat.onnx")
-	if code, _, errOut := qatc(t, "insert", model, "-o", qat); code != 0 {
-		t.Fatal(errOut)
-	}
-	m, err := graph.Load(qat)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec, err := quantize.ReadRecord(m)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, rec := insertRecord(t, model, qat)
 	clip := ""
 	for _, q := range rec.Quantizers {
 		if q.Kind == quantize.KindWeight {

@@ -3,14 +3,16 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"github.com/qatc/qatc/inspect"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/inspect"
 	"github.com/qatc/qatc/internal/fixture"
 	"github.com/qatc/qatc/ort"
+	"github.com/qatc/qatc/passes/quantize"
 )
 
 // qatc runs the command line in-process and returns exit code, stdout and
@@ -196,4 +198,45 @@ func TestBadInputs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// writeClassifier writes dir/classifier.onnx, a model that is not
+// seq2seq (one rank-2 output), and returns its path.
+func writeClassifier(t *testing.T, dir string) string {
+	t.Helper()
+	p := filepath.Join(dir, "classifier.onnx")
+	b := graph.New("classifier", 17)
+	b.AddInput("x", graph.Float, []int64{-1, 4}, "batch")
+	b.Op("Relu", "relu", []string{"x"}, []string{"y"})
+	b.AddOutput("y", graph.Float, []int64{-1, 4}, "batch")
+	if err := b.Save(p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// writeFile writes text to dir/name and returns its path.
+func writeFile(t *testing.T, dir, name, text string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// insertRecord inserts quantizers into model (qatc insert, no flags),
+// writing qat, and returns the QAT model with its record.
+func insertRecord(t *testing.T, model, qat string) (*graph.Model, *quantize.Record) {
+	t.Helper()
+	mustQatc(t, "insert", model, "-o", qat)
+	m, err := graph.Load(qat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := quantize.ReadRecord(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, rec
 }

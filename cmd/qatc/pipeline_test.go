@@ -143,43 +143,19 @@ func TestPipeline(t *testing.T) {
 func TestTrainBadInputs(t *testing.T) {
 	dir := t.TempDir()
 	model, src, tgt := tinySetup(t, dir)
-	write := func(name, text string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	beyond := write("beyond.src", "5 6 700\n")
-	one := write("one.tgt", "5 6\n")
-	empty := write("empty.src", "")
+	beyond := writeFile(t, dir, "beyond.src", "5 6 700\n")
+	one := writeFile(t, dir, "one.tgt", "5 6\n")
+	empty := writeFile(t, dir, "empty.src", "")
 	qat := filepath.Join(dir, "qat.onnx")
-	if code, _, errOut := qatc(t, "insert", model, "-o", qat); code != 0 {
-		t.Fatal(errOut)
-	}
 	// A QAT model whose clip initializer has been removed.
-	m, err := graph.Load(qat)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec, err := quantize.ReadRecord(m)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, rec := insertRecord(t, model, qat)
 	m.RemoveInitializer(rec.Quantizers[0].Clip)
 	noClip := filepath.Join(dir, "noclip.onnx")
 	if err := m.Save(noClip); err != nil {
 		t.Fatal(err)
 	}
 	// A model that is not seq2seq: logits renamed to a rank-2 output.
-	notSeq := filepath.Join(dir, "classifier.onnx")
-	b := graph.New("classifier", 17)
-	b.AddInput("x", graph.Float, []int64{-1, 4}, "batch")
-	b.Op("Relu", "relu", []string{"x"}, []string{"y"})
-	b.AddOutput("y", graph.Float, []int64{-1, 4}, "batch")
-	if err := b.Save(notSeq); err != nil {
-		t.Fatal(err)
-	}
+	notSeq := writeClassifier(t, dir)
 	out := filepath.Join(dir, "out.onnx")
 	tests := []struct {
 		name string

@@ -637,16 +637,6 @@ func TestEveryNumericFlagHasARange(t *testing.T) {
 	}
 }
 
-// writeText writes text to dir/name.
-func writeText(t *testing.T, dir, name, text string) string {
-	t.Helper()
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 // Item 11: data the model cannot read is named by file and line for
 // every command that reads data, not left to onnxruntime.
 func TestDataAgainstModel(t *testing.T) {
@@ -658,9 +648,9 @@ func TestDataAgainstModel(t *testing.T) {
 	}
 	// The tiny model has 64 positions and 64 ids.
 	long := strings.TrimSpace(strings.Repeat("5 ", 70))
-	longSrc := writeText(t, dir, "long.src", "5 6\n7 8\n"+long+"\n")
-	short := writeText(t, dir, "short.tgt", "5 6\n7 8\n9 10\n")
-	beyond := writeText(t, dir, "beyond.src", "5 6\n7 600\n9 10\n")
+	longSrc := writeFile(t, dir, "long.src", "5 6\n7 8\n"+long+"\n")
+	short := writeFile(t, dir, "short.tgt", "5 6\n7 8\n9 10\n")
+	beyond := writeFile(t, dir, "beyond.src", "5 6\n7 600\n9 10\n")
 	out := filepath.Join(dir, "out.onnx")
 	for _, tc := range []struct {
 		name    string
@@ -730,21 +720,21 @@ func writeNpy(t *testing.T, path string) {
 func TestTextData(t *testing.T) {
 	dir := t.TempDir()
 	model, _, src, tgt := tinyFiles(t, dir)
-	latin := writeText(t, dir, "latin1.src", "5 6\ncaf\xe9 7\n")
-	nul := writeText(t, dir, "nul.src", "5 6\n7\x008\n")
+	latin := writeFile(t, dir, "latin1.src", "5 6\ncaf\xe9 7\n")
+	nul := writeFile(t, dir, "nul.src", "5 6\n7\x008\n")
 	out := filepath.Join(dir, "out.onnx")
-	two := writeText(t, dir, "two.tgt", "5 6\n7 8\n")
+	two := writeFile(t, dir, "two.tgt", "5 6\n7 8\n")
 	refused(t, dir, 1, latin+":2: byte 0xE9 at column 4 is not UTF-8", "train", model, "-o", out, "--src", latin, "--tgt", two)
 	refused(t, dir, 1, nul+":2: a NUL byte at column 2", "train", model, "-o", out, "--src", nul, "--tgt", two)
 	refused(t, dir, 1, latin+":2: byte 0xE9", "eval", model, "--src", latin, "--ref", two)
 	// A 10 MB line is not a sentence: refused as read, before tokenizing.
-	big := writeText(t, dir, "big.src", "5 6\n"+strings.Repeat("5 ", 5<<20)+"\n")
+	big := writeFile(t, dir, "big.src", "5 6\n"+strings.Repeat("5 ", 5<<20)+"\n")
 	refused(t, dir, 1, big+":2: the line is longer than 1048576 bytes", "eval", model, "--src", big, "--ref", two)
 	refused(t, dir, 1, big+":2: the line is longer than 1048576 bytes", "train", model, "-o", out, "--src", big, "--tgt", two)
 	// A BOM changes nothing: the same run with and without it ends with
 	// the same weights.
 	data, _ := os.ReadFile(src)
-	bom := writeText(t, dir, "bom.src", "\xef\xbb\xbf"+string(data))
+	bom := writeFile(t, dir, "bom.src", "\xef\xbb\xbf"+string(data))
 	var results []string
 	for i, s := range []string{src, bom} {
 		o := filepath.Join(dir, fmt.Sprint("run", i, ".onnx"))
