@@ -332,12 +332,8 @@ func (m *Model) SaveWith(path string, opts *SaveOptions) error {
 
 // writeBatch adds the model file to b and commits it.
 func writeBatch(b *safeio.Batch, path string, data []byte) error {
-	f, err := b.Create(path)
-	if err != nil {
+	if err := b.Write(path, data); err != nil {
 		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return b.Commit()
 }

@@ -210,14 +210,23 @@ func discard(t *temp) {
 func WriteFile(path string, data []byte) error {
 	var b Batch
 	defer b.Abort()
-	f, err := b.Create(path)
+	if err := b.Write(path, data); err != nil {
+		return err
+	}
+	return b.Commit()
+}
+
+// Write adds a file holding data to the batch, written to its temporary
+// file now and renamed to final by Commit.
+func (b *Batch) Write(final string, data []byte) error {
+	f, err := b.Create(final)
 	if err != nil {
 		return err
 	}
 	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
+		return fmt.Errorf("write %s: %w", final, err)
 	}
-	return b.Commit()
+	return nil
 }
 
 // CleanStale removes the temporaries that dead qatc processes left in dir
