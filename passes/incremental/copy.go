@@ -72,37 +72,36 @@ func (b *builder) msOp(opType, base string, inputs []string, attrs ...*onnx.Attr
 	return out
 }
 
-// ints returns an int64 constant initializer.
-func (b *builder) ints(v ...int64) string {
-	key := fmt.Sprint("i", v)
+// constant returns the initializer that key stands for, adding the one
+// mk makes (named from base) the first time.
+func (b *builder) constant(key, base string, mk func(name string) *onnx.TensorProto) string {
 	if n, ok := b.consts[key]; ok {
 		return n
 	}
-	n := b.m.AddInitializer(graph.Int64Tensor(b.name("const_ints"), []int64{int64(len(v))}, v))
+	n := b.m.AddInitializer(mk(b.name(base)))
 	b.consts[key] = n
 	return n
+}
+
+// ints returns an int64 constant initializer.
+func (b *builder) ints(v ...int64) string {
+	return b.constant(fmt.Sprint("i", v), "const_ints", func(name string) *onnx.TensorProto {
+		return graph.Int64Tensor(name, []int64{int64(len(v))}, v)
+	})
 }
 
 // scalarInt returns an int64 scalar constant.
 func (b *builder) scalarInt(v int64) string {
-	key := fmt.Sprint("s", v)
-	if n, ok := b.consts[key]; ok {
-		return n
-	}
-	n := b.m.AddInitializer(graph.Int64Tensor(b.name("const_int"), nil, []int64{v}))
-	b.consts[key] = n
-	return n
+	return b.constant(fmt.Sprint("s", v), "const_int", func(name string) *onnx.TensorProto {
+		return graph.Int64Tensor(name, nil, []int64{v})
+	})
 }
 
 // float returns a float32 scalar constant.
 func (b *builder) float(v float32) string {
-	key := fmt.Sprint("f", v)
-	if n, ok := b.consts[key]; ok {
-		return n
-	}
-	n := b.m.AddInitializer(graph.FloatTensor(b.name("const_float"), nil, []float32{v}))
-	b.consts[key] = n
-	return n
+	return b.constant(fmt.Sprint("f", v), "const_float", func(name string) *onnx.TensorProto {
+		return graph.FloatTensor(name, nil, []float32{v})
+	})
 }
 
 // rename gives the fresh value v (made by a node of m, read by none yet)
