@@ -11,6 +11,21 @@ import (
 	"github.com/qatc/qatc/onnx"
 )
 
+// writeUnchecked writes m to dir/model.onnx as it is (Marshal, no
+// validation) and returns the path.
+func writeUnchecked(t *testing.T, dir string, m *Model) string {
+	t.Helper()
+	data, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "model.onnx")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // hostileModel writes a model whose one initializer is t (with an Identity
 // reading it) to dir/model.onnx.
 func hostileModel(t *testing.T, dir string, tensors ...*onnx.TensorProto) string {
@@ -21,15 +36,7 @@ func hostileModel(t *testing.T, dir string, tensors ...*onnx.TensorProto) string
 	}
 	m.Op("Identity", "id", []string{tensors[0].Name}, []string{"y"})
 	m.AddOutput("y", DataType(tensors[0].DataType), nil)
-	data, err := m.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "model.onnx")
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return writeUnchecked(t, dir, m)
 }
 
 // ext returns a tensor of type dt and dims whose data is external, in loc

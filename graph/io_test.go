@@ -262,15 +262,7 @@ func externalModel(t *testing.T, dir, location string, offset, length int64) str
 	m.AddInitializer(w)
 	m.Op("Identity", "id", []string{"w"}, []string{"y"})
 	m.AddOutput("y", Float, []int64{4, 4})
-	data, err := m.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "model.onnx")
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return writeUnchecked(t, dir, m)
 }
 
 func itoa(v int64) string {

@@ -24,14 +24,7 @@ func TestInsertDumpAfter(t *testing.T) {
 	if code != 0 || !strings.Contains(stdout, "68 quantizers") {
 		t.Fatalf("insert --dump-after all: exit %d\n%s%s", code, stdout, errOut)
 	}
-	entries, err := os.ReadDir(dump)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var files []string
-	for _, e := range entries {
-		files = append(files, e.Name())
-	}
+	files := dirNames(t, dump)
 	if want := "01-read.onnx 03-collect.onnx 04-insert.onnx 05-calibrate.onnx 06-sample.onnx"; strings.Join(files, " ") != want {
 		t.Errorf("dumped %v, want %s (smooth is off)", files, want)
 	}
@@ -99,14 +92,7 @@ func TestFinetuneDumpAfter(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("finetune: exit %d: %s", code, errOut)
 	}
-	entries, err := os.ReadDir(dump)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var files []string
-	for _, e := range entries {
-		files = append(files, e.Name())
-	}
+	files := dirNames(t, dump)
 	if want := "03-autodiff.onnx 03-autodiff.training.onnx 05-write-back.onnx"; strings.Join(files, " ") != want {
 		t.Errorf("dumped %v, want %s", files, want)
 	}
@@ -121,4 +107,18 @@ func TestFinetuneDumpAfter(t *testing.T) {
 	if code != 0 || !strings.Contains(stdout, "train pipeline") || !strings.Contains(stdout, "quantizers  -               fp32") {
 		t.Errorf("train --passes: exit %d\n%s", code, stdout)
 	}
+}
+
+// dirNames lists the names in dir, sorted.
+func dirNames(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
 }
