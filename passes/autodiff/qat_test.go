@@ -131,13 +131,10 @@ func TestQATMatchesSTE(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer s.Close()
-		feeds := paramFeeds(t, src, info)
+		feeds := batchFeeds(t, src, info)
 		for name, v := range override {
 			feeds[name].Data = v
 		}
-		feeds["src_ids"] = readNpy(t, fixture.TransformerSrc)
-		feeds["tgt_ids"] = readNpy(t, fixture.TransformerTgt)
-		feeds["labels"] = readNpy(t, fixture.TransformerLabels)
 		out, err := s.Run(feeds)
 		if err != nil {
 			t.Fatal(err)

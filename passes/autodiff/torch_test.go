@@ -55,6 +55,17 @@ func readNpy(t *testing.T, name string) *ort.Tensor {
 	return x
 }
 
+// batchFeeds returns paramFeeds and the fixture's batch: source and
+// target ids and labels.
+func batchFeeds(t *testing.T, src *graph.Model, info *autodiff.Info) map[string]*ort.Tensor {
+	t.Helper()
+	feeds := paramFeeds(t, src, info)
+	feeds["src_ids"] = readNpy(t, fixture.TransformerSrc)
+	feeds["tgt_ids"] = readNpy(t, fixture.TransformerTgt)
+	feeds["labels"] = readNpy(t, fixture.TransformerLabels)
+	return feeds
+}
+
 // paramFeeds returns the initial values of the training graph's
 // parameters (the source model's initializers).
 func paramFeeds(t *testing.T, src *graph.Model, info *autodiff.Info) map[string]*ort.Tensor {
@@ -81,10 +92,7 @@ func runTraining(t *testing.T, src *graph.Model, opts autodiff.Options) (map[str
 		t.Fatal(err)
 	}
 	defer s.Close()
-	feeds := paramFeeds(t, src, info)
-	feeds["src_ids"] = readNpy(t, fixture.TransformerSrc)
-	feeds["tgt_ids"] = readNpy(t, fixture.TransformerTgt)
-	feeds["labels"] = readNpy(t, fixture.TransformerLabels)
+	feeds := batchFeeds(t, src, info)
 	out, err := s.Run(feeds)
 	if err != nil {
 		t.Fatal(err)
@@ -215,10 +223,7 @@ func TestAccumulate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	feeds := paramFeeds(t, src, info)
-	feeds["src_ids"] = readNpy(t, fixture.TransformerSrc)
-	feeds["tgt_ids"] = readNpy(t, fixture.TransformerTgt)
-	feeds["labels"] = readNpy(t, fixture.TransformerLabels)
+	feeds := batchFeeds(t, src, info)
 	const scale = 0.375
 	feeds[info.GradScale] = ort.Float32(nil, []float32{scale})
 	acc := map[string][]float32{}
