@@ -206,19 +206,27 @@ func checkTestmodel(t *testing.T, cfg testmodels.Config, tm *transformer.Model, 
 	}
 }
 
+// loadTorch loads the PyTorch fixture f, with quantizers inserted when
+// qat is set.
+func loadTorch(t *testing.T, f string, qat bool) *graph.Model {
+	t.Helper()
+	m, err := graph.Load(fixture.Torch(t, f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if qat {
+		if _, err := quantize.Insert(m, quantize.DefaultParams()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return m
+}
+
 func TestTorch(t *testing.T) {
 	for _, f := range []string{fixture.Transformer14, fixture.Transformer17} {
 		for _, qat := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/qat=%v", f, qat), func(t *testing.T) {
-				m, err := graph.Load(fixture.Torch(t, f))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if qat {
-					if _, err := quantize.Insert(m, quantize.DefaultParams()); err != nil {
-						t.Fatal(err)
-					}
-				}
+				m := loadTorch(t, f, qat)
 				tm, err := transformer.Recognize(m, transformer.Options{})
 				if err != nil {
 					t.Fatal(err)
@@ -513,15 +521,7 @@ func TestTorchExportPaths(t *testing.T) {
 		var models []*graph.Model
 		var tms []*transformer.Model
 		for _, f := range []string{fixture.PostNormNN, fixture.PostNormFn} {
-			m, err := graph.Load(fixture.Torch(t, f))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if qat {
-				if _, err := quantize.Insert(m, quantize.DefaultParams()); err != nil {
-					t.Fatal(err)
-				}
-			}
+			m := loadTorch(t, f, qat)
 			tm, err := transformer.Recognize(m, transformer.Options{})
 			if err != nil {
 				t.Fatalf("%s (qat %v): %v", f, qat, err)
