@@ -55,6 +55,14 @@ func qat(t testing.TB, m *graph.Model, batch map[string]*ort.Tensor, p quantize.
 	if err != nil {
 		t.Fatal(err)
 	}
+	setMaxClips(t, m, rec, out)
+	return m
+}
+
+// setMaxClips sets each activation quantizer's clip to the largest |x| of
+// its tensor in out.
+func setMaxClips(t testing.TB, m *graph.Model, rec *quantize.Record, out map[string]*ort.Tensor) {
+	t.Helper()
 	for _, q := range rec.Quantizers {
 		if v, ok := out[q.Tensor]; ok {
 			var mx float32
@@ -66,7 +74,6 @@ func qat(t testing.TB, m *graph.Model, batch map[string]*ort.Tensor, p quantize.
 			}
 		}
 	}
-	return m
 }
 
 func maxParams() quantize.Params {

@@ -103,17 +103,7 @@ func calibratedQAT(t *testing.T, m *graph.Model, batch map[string]*ort.Tensor, p
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, q := range rec.Quantizers {
-		if v, ok := out[q.Tensor]; ok {
-			var mx float32
-			for _, x := range v.Float32s() {
-				mx = max(mx, float32(math.Abs(float64(x))))
-			}
-			if err := graph.SetFloats(m.Initializer(q.Clip), []float32{mx}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	setMaxClips(t, m, rec, out)
 	return m
 }
 
