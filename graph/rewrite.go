@@ -194,7 +194,7 @@ func (m *Model) topoOrder() ([]*onnx.NodeProto, error) {
 	pending := make(map[*onnx.NodeProto]int, len(g.Node))
 	users := make(map[*onnx.NodeProto][]*onnx.NodeProto, len(g.Node))
 	for _, n := range g.Node {
-		for _, in := range nodeInputs(n) {
+		for _, in := range NodeReads(n) {
 			if p := producer[in]; p != nil && p != n {
 				pending[n]++
 				users[p] = append(users[p], n)
@@ -233,9 +233,10 @@ func (m *Model) topoOrder() ([]*onnx.NodeProto, error) {
 	return order, nil
 }
 
-// nodeInputs returns n's inputs plus the outer-scope values its subgraphs
-// read, so that control-flow nodes are ordered after what they capture.
-func nodeInputs(n *onnx.NodeProto) []string {
+// NodeReads returns the values n reads: its inputs plus the outer-scope
+// values its subgraphs read, so that control-flow nodes are ordered after
+// what they capture. The slice may be n.Input itself: do not modify it.
+func NodeReads(n *onnx.NodeProto) []string {
 	ins := n.Input
 	for _, a := range n.Attribute {
 		gs := a.Graphs
@@ -260,7 +261,7 @@ func outerReads(g *onnx.GraphProto) []string {
 	}
 	var reads []string
 	for _, n := range g.Node {
-		for _, in := range nodeInputs(n) {
+		for _, in := range NodeReads(n) {
 			if in != "" && !defined[in] {
 				reads = append(reads, in)
 			}

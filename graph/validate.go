@@ -96,7 +96,7 @@ func (m *Model) Problems() []error {
 	}
 	outOfOrder := cyc != nil
 	for i, n := range g.Node {
-		for _, in := range nodeInputs(n) {
+		for _, in := range NodeReads(n) {
 			if in == "" {
 				continue
 			}
@@ -129,7 +129,7 @@ func cycleNode(nodes []*onnx.NodeProto, producer map[string]*onnx.NodeProto) *on
 	pending := make(map[*onnx.NodeProto]int, len(nodes))
 	users := make(map[*onnx.NodeProto][]*onnx.NodeProto, len(nodes))
 	for _, n := range nodes {
-		for _, in := range nodeInputs(n) {
+		for _, in := range NodeReads(n) {
 			if p := producer[in]; p != nil {
 				pending[n]++
 				users[p] = append(users[p], n)
@@ -167,7 +167,7 @@ func cycleNode(nodes []*onnx.NodeProto, producer map[string]*onnx.NodeProto) *on
 	n := start
 	for !seen[n] {
 		seen[n] = true
-		for _, in := range nodeInputs(n) {
+		for _, in := range NodeReads(n) {
 			if p := producer[in]; p != nil && pending[p] > 0 {
 				n = p
 				break

@@ -243,7 +243,7 @@ func extract(f, file *graph.Model, ren map[string]string) (*graph.Model, error) 
 			return nil
 		}
 		keep[p] = true
-		for _, in := range nodeReads(p) {
+		for _, in := range graph.NodeReads(p) {
 			if err := visit(in); err != nil {
 				return err
 			}
@@ -275,7 +275,7 @@ func extract(f, file *graph.Model, ren map[string]string) (*graph.Model, error) 
 		for i, in := range c.Input {
 			c.Input[i] = r(in)
 		}
-		for _, in := range nodeReads(n) {
+		for _, in := range graph.NodeReads(n) {
 			reads[in] = true
 		}
 		p.Graph.Node = append(p.Graph.Node, c)

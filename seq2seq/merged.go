@@ -87,7 +87,7 @@ func branchModel(m *graph.Model, g *onnx.GraphProto, path, which string) (*graph
 	}
 	reads := map[string]bool{}
 	for _, n := range g.Node {
-		for _, in := range nodeReads(n) {
+		for _, in := range graph.NodeReads(n) {
 			reads[in] = true
 		}
 	}
@@ -106,38 +106,6 @@ func branchModel(m *graph.Model, g *onnx.GraphProto, path, which string) (*graph
 		return nil, fmt.Errorf("%s: the %s: %w", path, which, err)
 	}
 	return b, nil
-}
-
-// nodeReads lists the values a node reads, its subgraphs' outer reads
-// included.
-func nodeReads(n *onnx.NodeProto) []string {
-	ins := slices.Clone(n.Input)
-	for _, a := range n.Attribute {
-		gs := a.Graphs
-		if a.G != nil {
-			gs = append(gs, a.G)
-		}
-		for _, g := range gs {
-			defined := map[string]bool{}
-			for _, t := range g.Initializer {
-				defined[t.Name] = true
-			}
-			for _, v := range g.Input {
-				defined[v.Name] = true
-			}
-			for _, sn := range g.Node {
-				for _, in := range nodeReads(sn) {
-					if !defined[in] {
-						ins = append(ins, in)
-					}
-				}
-				for _, o := range sn.Output {
-					defined[o] = true
-				}
-			}
-		}
-	}
-	return ins
 }
 
 // dropStandIns removes the outputs of the with-past decoder that only

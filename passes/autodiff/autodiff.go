@@ -509,7 +509,7 @@ func prune(m *graph.Model) {
 			}
 			if keep[i] {
 				changed = true
-				for _, x := range nodeReads(n) {
+				for _, x := range graph.NodeReads(n) {
 					live[x] = true
 				}
 			}
@@ -530,23 +530,6 @@ func prune(m *graph.Model) {
 	}
 	g.Initializer = inits
 	m.Reindex()
-}
-
-// nodeReads returns n's inputs and the outer values its subgraphs read.
-func nodeReads(n *onnx.NodeProto) []string {
-	reads := append([]string(nil), n.Input...)
-	for _, a := range n.Attribute {
-		gs := a.Graphs
-		if a.G != nil {
-			gs = append(gs, a.G)
-		}
-		for _, sg := range gs {
-			for _, sn := range sg.Node {
-				reads = append(reads, nodeReads(sn)...)
-			}
-		}
-	}
-	return reads
 }
 
 // sortedKeys returns m's keys in order.
