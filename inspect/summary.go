@@ -3,6 +3,8 @@ package inspect
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -199,12 +201,7 @@ func (s *Summary) Write(w io.Writer) error {
 	}
 	if len(s.Metadata) > 0 {
 		fmt.Fprintln(tw, "\nmetadata\tvalue")
-		keys := make([]string, 0, len(s.Metadata))
-		for k := range s.Metadata {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
+		for _, k := range slices.Sorted(maps.Keys(s.Metadata)) {
 			fmt.Fprintf(tw, "%s\t%s\n", k, s.Metadata[k])
 		}
 	}

@@ -2,7 +2,6 @@ package autodiff
 
 import (
 	"fmt"
-	"sort"
 	"strings"
 
 	"github.com/qatc/qatc/graph"
@@ -530,14 +529,4 @@ func prune(m *graph.Model) {
 	}
 	g.Initializer = inits
 	m.Reindex()
-}
-
-// sortedKeys returns m's keys in order.
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

@@ -2,6 +2,8 @@ package autodiff
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 
 	"github.com/qatc/qatc/graph"
 )
@@ -192,7 +194,7 @@ func hiddenKD(b *builder, logits string, info *Info) ([]string, error) {
 func clipL2(b *builder, logits string) ([]string, error) {
 	L := b.opts.Loss
 	var terms []string
-	for _, name := range sortedKeys(L.ClipL2) {
+	for _, name := range slices.Sorted(maps.Keys(L.ClipL2)) {
 		coef := float64(L.ClipL2[name])
 		if !b.needs(name) {
 			return nil, fmt.Errorf("clip L2: %q is not a trainable parameter of the training graph", name)

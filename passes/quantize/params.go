@@ -2,9 +2,10 @@ package quantize
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"regexp"
-	"sort"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -81,12 +82,7 @@ func ParseNeurST(s string) (Params, error) {
 	if err := yaml.Unmarshal([]byte(s), &kv); err != nil {
 		return p, fmt.Errorf("quant params %q: not a YAML mapping: %v", s, oneLine(err))
 	}
-	keys := make([]string, 0, len(kv))
-	for k := range kv {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(kv)) {
 		v := kv[k]
 		switch k {
 		case "quant_strategy":

@@ -2,6 +2,8 @@ package transformer
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 
@@ -82,12 +84,7 @@ func (tm *Model) Roles() []string {
 // stored [in, out] unless its shape says [out, in].
 func (tm *Model) apply(m *graph.Model, mp map[string]string) error {
 	rs := tm.roles()
-	keys := make([]string, 0, len(mp))
-	for k := range mp {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(mp)) {
 		v := mp[k]
 		r, ok := rs[k]
 		if !ok {
