@@ -104,20 +104,27 @@ func (m *Model) indexNode(n *onnx.NodeProto) {
 // markSubgraphNames records names used inside control-flow bodies so that
 // new names never shadow them.
 func markSubgraphNames(n *onnx.NodeProto, names map[string]bool) {
+	for _, g := range Subgraphs(n) {
+		for _, sn := range g.Node {
+			for _, o := range sn.Output {
+				names[o] = true
+			}
+			markSubgraphNames(sn, names)
+		}
+	}
+}
+
+// Subgraphs returns the graphs n's attributes hold (If's branches, Loop's
+// and Scan's bodies), in attribute order.
+func Subgraphs(n *onnx.NodeProto) []*onnx.GraphProto {
+	var gs []*onnx.GraphProto
 	for _, a := range n.Attribute {
-		gs := a.Graphs
+		gs = append(gs, a.Graphs...)
 		if a.G != nil {
 			gs = append(gs, a.G)
 		}
-		for _, g := range gs {
-			for _, sn := range g.Node {
-				for _, o := range sn.Output {
-					names[o] = true
-				}
-				markSubgraphNames(sn, names)
-			}
-		}
 	}
+	return gs
 }
 
 // Producer returns the node that writes value name, or nil for graph inputs,

@@ -238,14 +238,8 @@ func (m *Model) topoOrder() ([]*onnx.NodeProto, error) {
 // what they capture. The slice may be n.Input itself: do not modify it.
 func NodeReads(n *onnx.NodeProto) []string {
 	ins := n.Input
-	for _, a := range n.Attribute {
-		gs := a.Graphs
-		if a.G != nil {
-			gs = append(gs, a.G)
-		}
-		for _, g := range gs {
-			ins = append(append([]string(nil), ins...), outerReads(g)...)
-		}
+	for _, g := range Subgraphs(n) {
+		ins = append(append([]string(nil), ins...), outerReads(g)...)
 	}
 	return ins
 }

@@ -338,13 +338,8 @@ func renameGraph(g *onnx.GraphProto, r func(string) string) {
 		for i, o := range n.Output {
 			n.Output[i] = r(o)
 		}
-		for _, a := range n.Attribute {
-			if a.G != nil {
-				renameGraph(a.G, r)
-			}
-			for _, sg := range a.Graphs {
-				renameGraph(sg, r)
-			}
+		for _, sg := range graph.Subgraphs(n) {
+			renameGraph(sg, r)
 		}
 	}
 }

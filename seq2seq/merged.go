@@ -307,13 +307,8 @@ func renameReads(g *onnx.GraphProto, rename map[string]string) {
 				n.Input[i] = r
 			}
 		}
-		for _, a := range n.Attribute {
-			if a.G != nil {
-				renameReads(a.G, rename)
-			}
-			for _, sg := range a.Graphs {
-				renameReads(sg, rename)
-			}
+		for _, sg := range graph.Subgraphs(n) {
+			renameReads(sg, rename)
 		}
 	}
 }

@@ -450,13 +450,8 @@ func renameAll(m *graph.Model, names map[string]string) {
 					}
 				}
 			}
-			for _, a := range n.Attribute {
-				if a.G != nil {
-					walk(a.G.Node)
-				}
-				for _, sg := range a.Graphs {
-					walk(sg.Node)
-				}
+			for _, sg := range graph.Subgraphs(n) {
+				walk(sg.Node)
 			}
 		}
 	}
