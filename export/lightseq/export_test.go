@@ -40,8 +40,16 @@ func qat(t testing.TB, m *graph.Model, batch map[string]*ort.Tensor, p quantize.
 	if err != nil {
 		t.Fatal(err)
 	}
+	setMaxClips(t, m, rec, runActs(t, m, rec.Quantizers, batch))
+	return m
+}
+
+// runActs runs m on batch and returns the tensors of qs's activation
+// quantizers (act and relu kinds).
+func runActs(t testing.TB, m *graph.Model, qs []quantize.Quantizer, batch map[string]*ort.Tensor) map[string]*ort.Tensor {
+	t.Helper()
 	var acts []string
-	for _, q := range rec.Quantizers {
+	for _, q := range qs {
 		if q.Kind == quantize.KindAct || q.Kind == quantize.KindReLU {
 			acts = append(acts, q.Tensor)
 		}
@@ -55,8 +63,7 @@ func qat(t testing.TB, m *graph.Model, batch map[string]*ort.Tensor, p quantize.
 	if err != nil {
 		t.Fatal(err)
 	}
-	setMaxClips(t, m, rec, out)
-	return m
+	return out
 }
 
 // setMaxClips sets each activation quantizer's clip to the largest |x| of

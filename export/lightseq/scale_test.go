@@ -84,21 +84,7 @@ func calibratedQAT(t *testing.T, m *graph.Model, batch map[string]*ort.Tensor, p
 	if err != nil {
 		t.Fatal(err)
 	}
-	var acts []string
-	for _, q := range plan.Quantizers {
-		if q.Kind == quantize.KindAct || q.Kind == quantize.KindReLU {
-			acts = append(acts, q.Tensor)
-		}
-	}
-	s, err := ort.Open(m, &ort.Options{Outputs: acts})
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := s.Run(batch, acts...)
-	s.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := runActs(t, m, plan.Quantizers, batch)
 	rec, err := quantize.Insert(m, p)
 	if err != nil {
 		t.Fatal(err)
