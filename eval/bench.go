@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -245,7 +246,11 @@ type DecodeBench struct {
 	Beam            int     `json:"beam"`
 	Seconds         float64 `json:"seconds"`
 	SentencesPerSec float64 `json:"sentences_per_sec"`
-	PeakRSSBytes    int64   `json:"peak_rss_bytes"`
+	// CPUSeconds is the median of the process's CPU time (user + system,
+	// every thread) per decode: on a machine shared with other work it
+	// varies far less than the wall time, which waits for the cores.
+	CPUSeconds   float64 `json:"cpu_seconds"`
+	PeakRSSBytes int64   `json:"peak_rss_bytes"`
 }
 
 // BenchDecode decodes srcs with every model rounds times, interleaved (one
@@ -259,7 +264,7 @@ func BenchDecode(ms []BenchModel, srcs [][]int64, opts DecodeOptions, rounds int
 	if err != nil {
 		return nil, err
 	}
-	secs := make([][]float64, len(ms))
+	secs, cpus := make([][]float64, len(ms)), make([][]float64, len(ms))
 	for _, m := range ms {
 		if _, err := Decode(m.Model, srcs[:min(2, len(srcs))], o); err != nil {
 			return nil, fmt.Errorf("bench %s: %w", m.Name, err)
@@ -267,11 +272,12 @@ func BenchDecode(ms []BenchModel, srcs [][]int64, opts DecodeOptions, rounds int
 	}
 	for range rounds {
 		for i, m := range ms {
-			t := time.Now()
+			t, c := time.Now(), cpuTime()
 			if _, err := Decode(m.Model, srcs, o); err != nil {
 				return nil, fmt.Errorf("bench %s: %w", m.Name, err)
 			}
 			secs[i] = append(secs[i], time.Since(t).Seconds())
+			cpus[i] = append(cpus[i], (cpuTime() - c).Seconds())
 		}
 	}
 	hwm, err := PeakRSS()
@@ -281,10 +287,20 @@ func BenchDecode(ms []BenchModel, srcs [][]int64, opts DecodeOptions, rounds int
 	out := make([]DecodeBench, len(ms))
 	for i, m := range ms {
 		med, _, _ := latencyStats(secs[i])
+		cpu, _, _ := latencyStats(cpus[i])
 		out[i] = DecodeBench{Model: m.Name, Cached: m.Cached, Sentences: len(srcs), Rounds: rounds, Threads: o.Workers,
-			Beam: max(o.Beam, 1), Seconds: med, SentencesPerSec: float64(len(srcs)) / med, PeakRSSBytes: hwm}
+			Beam: max(o.Beam, 1), Seconds: med, SentencesPerSec: float64(len(srcs)) / med, CPUSeconds: cpu, PeakRSSBytes: hwm}
 	}
 	return out, nil
+}
+
+// cpuTime returns the CPU time the process has used (user + system).
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // latencyStats returns the median (the mean of the middle two for an even

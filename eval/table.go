@@ -145,7 +145,7 @@ func BenchTable(rs []BenchResult) ([]string, [][]string) {
 // DecodeBenchTable returns the header and cells of the decoding
 // benchmark's table, with each model's speed relative to the first.
 func DecodeBenchTable(rs []DecodeBench) ([]string, [][]string) {
-	header := []string{"model", "cache", "sentences", "threads", "beam", "rounds", "decode s", "sent/s", "speed-up"}
+	header := []string{"model", "cache", "sentences", "threads", "beam", "rounds", "decode s", "sent/s", "speed-up", "cpu s", "cpu speed-up"}
 	cells := make([][]string, len(rs))
 	for i, r := range rs {
 		cache := "no"
@@ -153,9 +153,18 @@ func DecodeBenchTable(rs []DecodeBench) ([]string, [][]string) {
 			cache = "yes"
 		}
 		cells[i] = []string{r.Model, cache, strconv.Itoa(r.Sentences), strconv.Itoa(r.Threads), strconv.Itoa(r.Beam), strconv.Itoa(r.Rounds),
-			fmt.Sprintf("%.3f", r.Seconds), fmt.Sprintf("%.1f", r.SentencesPerSec), fmt.Sprintf("%.2fx", rs[0].Seconds/r.Seconds)}
+			fmt.Sprintf("%.3f", r.Seconds), fmt.Sprintf("%.1f", r.SentencesPerSec), fmt.Sprintf("%.2fx", rs[0].Seconds/r.Seconds),
+			fmt.Sprintf("%.3f", r.CPUSeconds), ratio(rs[0].CPUSeconds, r.CPUSeconds)}
 	}
 	return header, cells
+}
+
+// ratio formats a/b as a speed-up, "-" when b is 0.
+func ratio(a, b float64) string {
+	if b <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fx", a/b)
 }
 
 // WriteBenchTable writes benchmark results as an aligned table.
