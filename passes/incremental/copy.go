@@ -29,8 +29,6 @@ type builder struct {
 	// oneStep is set for the decoder with past, whose queries are one
 	// position long.
 	oneStep bool
-	// residuals are the residual Adds a LayerNorm has not read yet.
-	residuals map[string]*onnx.NodeProto
 }
 
 func (s *source) newBuilder(file string, opts Options) *builder {
@@ -39,8 +37,7 @@ func (s *source) newBuilder(file string, opts Options) *builder {
 	m.Proto.IrVersion = max(int64(8), s.m.Proto.IrVersion)
 	m.Proto.ProducerName = "qatc"
 	return &builder{source: s, file: file, opts: opts, m: m,
-		copied: map[string]string{}, quantized: map[string]string{}, consts: map[string]string{},
-		residuals: map[string]*onnx.NodeProto{}}
+		copied: map[string]string{}, quantized: map[string]string{}, consts: map[string]string{}}
 }
 
 // name returns a new value or node name based on base, used by neither
