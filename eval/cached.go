@@ -41,6 +41,9 @@ type Incremental struct {
 	layers, heads    int
 	headSize, vocab  int
 	hidden           int
+	// cacheType is the element type of each cache tensor, by its
+	// present.* name: float, or the integers of an integer cache.
+	cacheType map[string]graph.DataType
 	// pool keeps the cache's buffers between batches.
 	pool bufPool
 }
@@ -91,13 +94,74 @@ func (p *bufPool) get(n, c int) []float32 {
 	return b[:n]
 }
 
+// tensor returns a tensor of element type dt (float32, int8 or uint8)
+// and the given shape over a buffer from the pool with room for c
+// elements (at least the shape's).
+func (p *bufPool) tensor(dt graph.DataType, shape []int64, c int) *ort.Tensor {
+	n := int(graph.NumElements(shape))
+	size := elemSize(dt)
+	b := p.get((n*size+3)/4, (max(n, c)*size+3)/4)
+	switch dt {
+	case graph.Int8:
+		return ort.Int8(shape, unsafe.Slice((*int8)(unsafe.Pointer(unsafe.SliceData(b))), cap(b)*4)[:n])
+	case graph.Uint8:
+		return ort.Uint8(shape, unsafe.Slice((*uint8)(unsafe.Pointer(unsafe.SliceData(b))), cap(b)*4)[:n])
+	}
+	return ort.Float32(shape, b)
+}
+
+// elemSize is the bytes of one cache element of type dt.
+func elemSize(dt graph.DataType) int {
+	if dt == graph.Int8 || dt == graph.Uint8 {
+		return 1
+	}
+	return 4
+}
+
+// floats returns the float buffer under a cache tensor's elements (its
+// whole capacity), nil when it has none: integer caches live in the
+// pool's float buffers.
+func floats(t *ort.Tensor) []float32 {
+	var p unsafe.Pointer
+	var bytes int
+	switch d := t.Data.(type) {
+	case []float32:
+		return d
+	case []int8:
+		p, bytes = unsafe.Pointer(unsafe.SliceData(d)), cap(d)
+	case []uint8:
+		p, bytes = unsafe.Pointer(unsafe.SliceData(d)), cap(d)
+	}
+	if bytes < 4 || bytes%4 != 0 || uintptr(p)%4 != 0 {
+		return nil
+	}
+	return unsafe.Slice((*float32)(p), bytes/4)[:0]
+}
+
+// cacheBytes returns the bytes of a cache tensor's elements.
+func cacheBytes(t *ort.Tensor) []byte {
+	n := t.Len() * elemSize(t.DType())
+	if n == 0 {
+		return nil
+	}
+	switch d := t.Data.(type) {
+	case []float32:
+		return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(d))), n)
+	case []int8:
+		return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(d))), n)
+	case []uint8:
+		return d[:n]
+	}
+	return nil
+}
+
 // put returns t's buffer to the pool.
 func (p *bufPool) put(t *ort.Tensor) {
 	if t == nil {
 		return
 	}
-	b, ok := t.Data.([]float32)
-	if !ok || cap(b) == 0 {
+	b := floats(t)
+	if cap(b) == 0 {
 		return
 	}
 	p.mu.Lock()
@@ -357,6 +421,7 @@ func (m *Incremental) check() error {
 		}
 	}
 	_, m.nextReadsEncoder = find(m.next.Inputs(), seq2seq.EncoderHiddenStates)
+	m.cacheType = map[string]graph.DataType{}
 	m.hidden, m.vocab, m.heads, m.layers = cfg.Hidden, cfg.Vocab, cfg.DecoderHeads, cfg.DecoderLayers
 	m.headSize = cfg.HeadSize()
 	enc, first, next := m.enc, m.first, m.next
@@ -391,12 +456,22 @@ func (m *Incremental) check() error {
 		for layer := range m.layers {
 			for _, st := range []string{"decoder", "encoder"} {
 				for _, kv := range []string{"key", "value"} {
-					var io graph.IOInfo
+					// The cache holds floats, or integers (an
+					// integer cache) of one type in both files.
+					present := seq2seq.Present(layer, st, kv)
+					list, kind, name := s.Inputs(), "input", seq2seq.Past(layer, st, kv)
 					if i == 1 {
-						io, err = need(i, s.Outputs(), "output", seq2seq.Present(layer, st, kv), graph.Float, 4)
-					} else {
-						io, err = need(i, s.Inputs(), "input", seq2seq.Past(layer, st, kv), graph.Float, 4)
+						list, kind, name = s.Outputs(), "output", present
 					}
+					elem := graph.Float
+					if io, ok := find(list, name); ok && (io.Elem == graph.Int8 || io.Elem == graph.Uint8) {
+						elem = io.Elem
+					}
+					if t, ok := m.cacheType[present]; ok {
+						elem = t
+					}
+					m.cacheType[present] = elem
+					io, err := need(i, list, kind, name, elem, 4)
 					if err != nil {
 						return err
 					}
@@ -514,10 +589,11 @@ func (s *incState) Step(tokens []int64) ([]float32, int, error) {
 		for l := range m.layers {
 			for _, kv := range []string{"key", "value"} {
 				self := []int64{int64(s.rows), int64(m.heads), 1, int64(m.headSize)}
-				into[seq2seq.Present(l, "decoder", kv)] = s.buffer(nil, self)
+				name := seq2seq.Present(l, "decoder", kv)
+				into[name] = s.buffer(nil, m.cacheType[name], self)
 				cross := []int64{int64(s.rows), int64(m.heads), int64(s.srcLen), int64(m.headSize)}
-				n := int(graph.NumElements(cross))
-				into[seq2seq.Present(l, "encoder", kv)] = ort.Float32(cross, m.pool.get(n, n))
+				name = seq2seq.Present(l, "encoder", kv)
+				into[name] = m.pool.tensor(m.cacheType[name], cross, 0)
 			}
 		}
 		in := map[string]*ort.Tensor{
@@ -526,11 +602,14 @@ func (s *incState) Step(tokens []int64) ([]float32, int, error) {
 		if m.merged {
 			// The branch without past reads no cache: empty ones.
 			in[seq2seq.UseCacheBranch] = ort.Bool([]int64{1}, []bool{false})
-			empty := ort.Float32([]int64{int64(s.rows), int64(m.heads), 0, int64(m.headSize)}, []float32{})
+			shape := []int64{int64(s.rows), int64(m.heads), 0, int64(m.headSize)}
+			empty := map[graph.DataType]*ort.Tensor{
+				graph.Float: ort.Float32(shape, []float32{}), graph.Int8: ort.Int8(shape, []int8{}), graph.Uint8: ort.Uint8(shape, []uint8{}),
+			}
 			for l := range m.layers {
 				for _, st := range []string{"decoder", "encoder"} {
 					for _, kv := range []string{"key", "value"} {
-						in[seq2seq.Past(l, st, kv)] = empty
+						in[seq2seq.Past(l, st, kv)] = empty[m.cacheType[seq2seq.Present(l, st, kv)]]
 					}
 				}
 			}
@@ -568,7 +647,7 @@ func (s *incState) Step(tokens []int64) ([]float32, int, error) {
 				i := 2*l + j
 				in[seq2seq.Past(l, "decoder", kv)] = s.self[i]
 				in[seq2seq.Past(l, "encoder", kv)] = s.cross[i]
-				s.spare[i] = s.buffer(s.spare[i], []int64{int64(s.rows), int64(m.heads), t + 1, int64(m.headSize)})
+				s.spare[i] = s.buffer(s.spare[i], s.self[i].DType(), []int64{int64(s.rows), int64(m.heads), t + 1, int64(m.headSize)})
 				into[seq2seq.Present(l, "decoder", kv)] = s.spare[i]
 			}
 		}
@@ -583,15 +662,26 @@ func (s *incState) Step(tokens []int64) ([]float32, int, error) {
 	return s.logits[:s.rows*v], v, nil
 }
 
-// buffer returns a float tensor of the given cache shape [rows, heads,
-// positions, head] over t's memory when it is large enough, else over a
-// pooled buffer with room for the reserved positions (t's goes to the
-// pool).
-func (s *incState) buffer(t *ort.Tensor, shape []int64) *ort.Tensor {
+// buffer returns a cache tensor of element type dt and shape [rows,
+// heads, positions, head] over t's memory when it is large enough, else
+// over a pooled buffer with room for the reserved positions (t's goes to
+// the pool).
+func (s *incState) buffer(t *ort.Tensor, dt graph.DataType, shape []int64) *ort.Tensor {
 	n := int(graph.NumElements(shape))
 	if t != nil {
-		if data := t.Float32s(); cap(data) >= n {
-			return ort.Float32(shape, data[:n])
+		switch data := t.Data.(type) {
+		case []float32:
+			if dt == graph.Float && cap(data) >= n {
+				return ort.Float32(shape, data[:n])
+			}
+		case []int8:
+			if dt == graph.Int8 && cap(data) >= n {
+				return ort.Int8(shape, data[:n])
+			}
+		case []uint8:
+			if dt == graph.Uint8 && cap(data) >= n {
+				return ort.Uint8(shape, data[:n])
+			}
 		}
 		s.m.pool.put(t)
 	}
@@ -599,7 +689,7 @@ func (s *incState) buffer(t *ort.Tensor, shape []int64) *ort.Tensor {
 	if s.reserve > int(shape[2]) {
 		c = n / int(shape[2]) * s.reserve
 	}
-	return ort.Float32(shape, s.m.pool.get(n, c))
+	return s.m.pool.tensor(dt, shape, c)
 }
 
 // Reserve says the batch decodes at most steps positions, so that the
@@ -629,8 +719,8 @@ func (s *incState) Reorder(rows []int) error {
 	}
 	for i, t := range s.self {
 		shape := append([]int64{int64(len(rows))}, t.Shape[1:]...)
-		s.spare[i] = s.buffer(s.spare[i], shape)
-		gatherRows(s.spare[i].Float32s(), t.Float32s(), rows)
+		s.spare[i] = s.buffer(s.spare[i], t.DType(), shape)
+		gatherRows(cacheBytes(s.spare[i]), cacheBytes(t), rows)
 	}
 	s.self, s.spare = s.spare, s.self
 	mask := make([]int64, len(rows)*s.srcLen)
@@ -673,9 +763,8 @@ func (s *incState) gatherCross() error {
 	}
 	gather := func(t *ort.Tensor) *ort.Tensor {
 		shape := append([]int64{int64(len(rows))}, t.Shape[1:]...)
-		n := int(graph.NumElements(shape))
-		g := ort.Float32(shape, s.m.pool.get(n, n))
-		gatherRows(g.Float32s(), t.Float32s(), rows)
+		g := s.m.pool.tensor(t.DType(), shape, 0)
+		gatherRows(cacheBytes(g), cacheBytes(t), rows)
 		s.m.pool.put(t)
 		return g
 	}
@@ -692,7 +781,7 @@ func (s *incState) gatherCross() error {
 
 // gatherRows copies rows of src (equal-sized, len(src)/n... each) into dst
 // in the order rows gives.
-func gatherRows(dst, src []float32, rows []int) {
+func gatherRows[T any](dst, src []T, rows []int) {
 	if len(rows) == 0 {
 		return
 	}

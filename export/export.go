@@ -29,6 +29,9 @@ type Options struct {
 	// Source names the QAT model (its path) in the exported model's
 	// metadata; empty leaves it out.
 	Source string
+	// afterFold, when set, rewrites the folded model before the format's
+	// conversion (the incremental graphs' integer cache).
+	afterFold func(*graph.Model) error
 }
 
 // Report says what Export wrote.
@@ -105,6 +108,11 @@ func export(m *graph.Model, format string, opts *Options) (*graph.Model, *Report
 		if elemType(o) == graph.Float {
 			s, rule, err := foldedStep(out, o.Name)
 			steps[o.Name] = stepInfo{s, rule, err}
+		}
+	}
+	if opts.afterFold != nil {
+		if err := opts.afterFold(out); err != nil {
+			return nil, nil, nil, err
 		}
 	}
 	r := &Report{Format: format, Quantizers: res.Quantizers}

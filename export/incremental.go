@@ -92,7 +92,7 @@ func Incremental(m *graph.Model, format string, opts IncrementalOptions) (*incre
 	if err != nil {
 		return nil, nil, err
 	}
-	rep, err := convertDir(&set.Dir, format, opts.Source, false)
+	rep, err := convertDir(&set.Dir, format, opts.Source, false, intCacheFormats[format])
 	if err != nil {
 		return nil, nil, err
 	}
@@ -126,7 +126,7 @@ func Dir(m *seq2seq.Stored, format string, opts IncrementalOptions) (*seq2seq.Di
 	if _, err := quantize.ReadRecord(m.Graph); err == nil {
 		d.Config.Qatc.Quantization = json.RawMessage(must(m.Graph.Metadata(quantize.MetadataKey)))
 	}
-	rep, err := convertDir(d, format, opts.Source, true)
+	rep, err := convertDir(d, format, opts.Source, true, false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -138,10 +138,21 @@ func Dir(m *seq2seq.Stored, format string, opts IncrementalOptions) (*seq2seq.Di
 
 func must(s string, _ bool) string { return s }
 
+// intCacheFormats are the formats whose incremental graphs keep the
+// key/value cache as integers (incremental.IntCache): those that keep the
+// attention operands' quantizers with constant scales. dynamic and
+// matmulnbits drop activation quantizers, so their caches hold floats.
+var intCacheFormats = map[string]bool{"qdq": true, "qoperator": true}
+
 // convertDir converts d's graphs to format in place (fp32: the quantizers
-// dropped when strip) and reports on each file.
-func convertDir(d *seq2seq.Dir, format, source string, strip bool) (*IncrementalReport, error) {
+// dropped when strip; intCache: the cache made integer where the graphs
+// allow, see incremental.IntCache) and reports on each file.
+func convertDir(d *seq2seq.Dir, format, source string, strip, intCache bool) (*IncrementalReport, error) {
 	rep := &IncrementalReport{Format: format}
+	var cache *incremental.IntCache
+	if intCache {
+		cache = &incremental.IntCache{}
+	}
 	graphs := []**graph.Model{&d.Encoder, &d.Decoder, &d.DecoderWithPast}
 	for i, p := range graphs {
 		f := FileReport{File: seq2seq.Files[i]}
@@ -155,7 +166,11 @@ func convertDir(d *seq2seq.Dir, format, source string, strip bool) (*Incremental
 			}
 			f.Size = int64(proto.Size((*p).Proto))
 		} else {
-			out, r, err := Export(*p, format, &Options{Source: source})
+			o := &Options{Source: source}
+			if cache != nil {
+				o.afterFold = cache.Rewrite
+			}
+			out, r, err := Export(*p, format, o)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", f.File, err)
 			}
@@ -171,6 +186,13 @@ func convertDir(d *seq2seq.Dir, format, source string, strip bool) (*Incremental
 		rep.Files = append(rep.Files, f)
 	}
 	d.Config.Qatc.Format, d.Config.Qatc.Source = format, source
+	if cache != nil {
+		if ok, why := cache.Integer(); ok {
+			d.Config.Qatc.Cache, d.Config.Qatc.CacheType = incremental.IntCacheDoc, cache.Type()
+		} else {
+			rep.Notes = append(rep.Notes, "the key/value cache holds floats: "+why)
+		}
+	}
 	rep.Config = *d.Config
 	return rep, nil
 }

@@ -1,10 +1,14 @@
 package export
 
 import (
-	"github.com/qatc/qatc/seq2seq"
+	"math"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/qatc/qatc/passes/incremental"
+	"github.com/qatc/qatc/seq2seq"
 
 	"github.com/qatc/qatc/eval"
 	"github.com/qatc/qatc/graph"
@@ -130,4 +134,122 @@ func notTransformer() *graph.Model {
 	m.Op("Gather", "", []string{"next", "tgt_ids"}, []string{"logits"}, graph.AttrInt("axis", 0))
 	m.AddOutput("logits", graph.Float, []int64{-1, -1, 8})
 	return m
+}
+
+// TestIncrementalIntegerCache checks the integer cache of the formats that
+// keep the attention operands' quantizers (qdq, qoperator): every cache
+// tensor of the files is int8, the config says so, onnxruntime runs
+// every product of qoperator's decoder step in integers, and greedy and
+// beam decoding (whose beams reorder the cache's rows) give the
+// translations of the same export with a float cache; the other formats
+// keep float caches.
+func TestIncrementalIntegerCache(t *testing.T) {
+	cfg := testmodels.Tiny()
+	src, tgt := checkBatchOf(cfg)
+	w8 := quantize.DefaultParams()
+	w4 := w8
+	w4.WeightBits, w4.WeightInit, w4.Granularity, w4.BlockSize = 4, quantize.InitMax, quantize.Block, 16
+	noV := w8
+	noV.Exclude = []string{"v_transposed"}
+	var srcs [][]int64
+	for i, n := range []int{3, 9, 5, 12, 7, 4, 10, 6} {
+		s, _ := testmodels.RandomBatch(cfg, 1, n, 1, int64(40+i))
+		srcs = append(srcs, append(s[:n-1], testmodels.EOS))
+	}
+	for _, tc := range []struct {
+		name, format string
+		params       quantize.Params
+		cache        graph.DataType
+	}{
+		{"qoperator", "qoperator", w8, graph.Int8},
+		{"qdq", "qdq", w8, graph.Int8},
+		{"qdq/W4", "qdq", w4, graph.Int8},
+		{"dynamic", "dynamic", w8, graph.Float},
+		{"matmulnbits", "matmulnbits", w4, graph.Float},
+		{"fp32", "fp32", w8, graph.Float},
+		// Values without a quantizer: nothing to keep as integers.
+		{"qoperator/V float", "qoperator", noV, graph.Float},
+	} {
+		m, err := testmodels.Build(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := quantize.Insert(m, tc.params); err != nil {
+			t.Fatal(err)
+		}
+		set, rep, err := Incremental(m, tc.format, IncrementalOptions{BOS: 2, EOS: 3, Src: src, Tgt: tgt})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		want := ""
+		if tc.cache != graph.Float {
+			want = tc.cache.String()
+		}
+		if set.Config.Qatc.CacheType != want {
+			t.Errorf("%s: config cache_type %q, want %q", tc.name, set.Config.Qatc.CacheType, want)
+		}
+		if note := slices.ContainsFunc(rep.Notes, func(n string) bool { return strings.Contains(n, "cache holds floats") }); note != (want == "" && intCacheFormats[tc.format]) {
+			t.Errorf("%s: notes %q", tc.name, rep.Notes)
+		}
+		for _, g := range []*graph.Model{set.Decoder, set.DecoderWithPast} {
+			for _, io := range append(g.Inputs(), g.Outputs()...) {
+				if (strings.HasPrefix(io.Name, seq2seq.PastPrefix) || strings.HasPrefix(io.Name, seq2seq.PresentPrefix)) && io.Elem != tc.cache {
+					t.Errorf("%s: %s is %s, want %s", tc.name, io.Name, io.Elem, tc.cache)
+				}
+			}
+		}
+		if tc.format == "qoperator" && tc.cache != graph.Float {
+			if f := rep.Files[2]; f.FloatMatMuls > 0 || f.IntKernels == 0 {
+				t.Errorf("%s: %s ran %d integer and %d float products, want all integer", tc.name, f.File, f.IntKernels, f.FloatMatMuls)
+			}
+		}
+		if tc.cache == graph.Float {
+			continue
+		}
+		// The same export with a float cache.
+		ref, err := incremental.Build(m, incremental.Options{BOS: 2, EOS: 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		refRep, err := convertDir(&ref.Dir, tc.format, "", false, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ref.Config.Qatc.CacheType != "" {
+			t.Fatalf("%s: the reference has an integer cache", tc.name)
+		}
+		// Against the full-sequence model of the format, teacher-forced:
+		// qoperator's full model multiplies attention's integers, as
+		// the integer cache's step does.
+		tm := ref.Model
+		if err := checkIncremental(m, checkRoles{tm.SrcInput, tm.TgtInput, tm.LogitsOutput}, &ref.Dir, tc.format, IncrementalOptions{BOS: 2, EOS: 3, Src: src, Tgt: tgt}, refRep); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: max abs logit error against the full-sequence model %.3g with the integer cache, %.3g with a float cache", tc.name, rep.Check.MaxAbsErr, refRep.Check.MaxAbsErr)
+		if rep.Check.MaxAbsErr > refRep.Check.MaxAbsErr {
+			t.Errorf("%s: the integer cache is further from the full-sequence model (%.3g) than a float cache (%.3g)", tc.name, rep.Check.MaxAbsErr, refRep.Check.MaxAbsErr)
+		}
+		for _, beam := range []int{1, 4} {
+			opts := eval.DecodeOptions{Beam: beam, MaxExtra: 6, BatchSize: 3, Special: seq2seq.DefaultSpecial()}
+			var hyps [2][]eval.Hypothesis
+			for i, d := range []*seq2seq.Dir{&set.Dir, &ref.Dir} {
+				inc, err := eval.NewIncremental(tc.name, d, nil)
+				if err != nil {
+					t.Fatalf("%s: %v", tc.name, err)
+				}
+				if hyps[i], err = eval.Decode(inc, srcs, opts); err != nil {
+					t.Fatalf("%s beam %d: %v", tc.name, beam, err)
+				}
+				inc.Close()
+			}
+			for j := range srcs {
+				a, b := hyps[0][j], hyps[1][j]
+				// The same tokens; the scores differ where a product's
+				// rounding moved a probability across its 8-bit grid.
+				if !slices.Equal(a.IDs, b.IDs) || math.Abs(a.Score-b.Score) > 0.02*float64(len(a.IDs)+1) {
+					t.Errorf("%s beam %d sentence %d: integer cache %v (%.4f), float cache %v (%.4f)", tc.name, beam, j, a.IDs, a.Score, b.IDs, b.Score)
+				}
+			}
+		}
+	}
 }

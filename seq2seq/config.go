@@ -65,6 +65,9 @@ type Qatc struct {
 	Source string `json:"source,omitempty"`
 	// Cache says what the present/past tensors hold (qatc's own graphs).
 	Cache string `json:"cache,omitempty"`
+	// CacheType is the cache tensors' element type when it is not float
+	// (int8 or uint8: the integers of the attention operands' quantizers).
+	CacheType string `json:"cache_type,omitempty"`
 	// Quantization is the source model's qatc.quantization record.
 	Quantization json.RawMessage `json:"quantization,omitempty"`
 }

@@ -103,6 +103,25 @@ func (d *Dir) check() error {
 		files[d.Decoder] = d.Path(MergedFile) + " (its branch without past)"
 		files[d.DecoderWithPast] = d.Path(MergedFile) + " (its branch with past)"
 	}
+	// cache is the element type of a cache tensor: float, or 8-bit
+	// integers (an integer cache, qatc's integer formats), the same in
+	// every file.
+	cache := map[string]graph.DataType{}
+	cacheType := func(m *graph.Model, output bool, name, present string) graph.DataType {
+		if t, ok := cache[present]; ok {
+			return t
+		}
+		v := m.Input(name)
+		if output {
+			v = m.Output(name)
+		}
+		t := graph.Float
+		if tt := v.GetType().GetTensorType(); tt != nil && (graph.DataType(tt.ElemType) == graph.Int8 || graph.DataType(tt.ElemType) == graph.Uint8) {
+			t = graph.DataType(tt.ElemType)
+		}
+		cache[present] = t
+		return t
+	}
 	need := func(m *graph.Model, output bool, name string, elem graph.DataType, rank int) error {
 		var v *onnx.ValueInfoProto
 		kind := "input"
@@ -146,14 +165,16 @@ func (d *Dir) check() error {
 	for l := range d.Config.DecoderLayers {
 		for _, kv := range []string{"key", "value"} {
 			for _, st := range []string{"decoder", "encoder"} {
-				if err := need(d.Decoder, true, Present(l, st, kv), graph.Float, 4); err != nil {
+				p := Present(l, st, kv)
+				if err := need(d.Decoder, true, p, cacheType(d.Decoder, true, p, p), 4); err != nil {
 					return err
 				}
-				if err := need(d.DecoderWithPast, false, Past(l, st, kv), graph.Float, 4); err != nil {
+				if err := need(d.DecoderWithPast, false, Past(l, st, kv), cache[p], 4); err != nil {
 					return err
 				}
 			}
-			if err := need(d.DecoderWithPast, true, Present(l, "decoder", kv), graph.Float, 4); err != nil {
+			p := Present(l, "decoder", kv)
+			if err := need(d.DecoderWithPast, true, p, cache[p], 4); err != nil {
 				return err
 			}
 		}

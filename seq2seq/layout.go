@@ -38,6 +38,13 @@ const (
 	DimEncoderOut = "encoder_sequence_length_out"
 )
 
+// PastPrefix and PresentPrefix begin the names of the cache inputs and
+// outputs (Past, Present).
+const (
+	PastPrefix    = "past_key_values."
+	PresentPrefix = "present."
+)
+
 // Past returns the name of decoder_with_past's cache input for layer i:
 // stack is "decoder" (self-attention, one position longer each step) or
 // "encoder" (cross-attention, computed once), kv is "key" or "value".

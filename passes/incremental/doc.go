@@ -20,9 +20,10 @@
 // Choices that make a step cheap on onnxruntime's CPU kernels:
 //   - the cache holds keys and values as the attention products read
 //     them (after scaling and quantization), so a step quantizes only its
-//     new position;
-//   - a residual Add read by the next LayerNorm becomes one
-//     com.microsoft.SkipLayerNormalization that also passes the sum on;
+//     new position; IntCache makes an integer format's cache hold the
+//     quantizers' integers themselves;
+//   - a residual Add and the LayerNorm after it stay two nodes: onnxruntime
+//     1.30's CPU SkipLayerNormalization is slower than both;
 //   - in the decoder with past, the one-position queries change layout by
 //     Reshape instead of Transpose;
 //   - projections that slice one fused kernel run as one MatMul and a
