@@ -37,7 +37,7 @@ func BenchmarkFormats(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			v, err := Verify(qat, out, batch)
+			v, err := Verify(qat, out, batch, Padding{})
 			b.Logf("%s: %d bytes (%.1f%% of the QAT file), max abs error %.4g (bound %.4g), top-1 %.4f, kernels %s; verify: %v",
 				name, rep.Size, 100*float64(rep.Size)/float64(rep.SourceSize), v.MaxAbsErr, v.Bound, v.Top1, kernelList(v.Kernels), err)
 			m = out

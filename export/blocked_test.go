@@ -44,7 +44,7 @@ func TestBlockedExports(t *testing.T) {
 				if err != nil {
 					t.Fatalf("%s: %v", format, err)
 				}
-				v, err := Verify(qat, out, batch)
+				v, err := Verify(qat, out, batch, Padding{})
 				t.Logf("%s: max abs error %.4g (bound %.4g), %d integer kernels, notes %q", format, v.MaxAbsErr, v.Bound, v.IntKernels, rep.Notes)
 				if err != nil {
 					t.Errorf("%s: %v", format, err)

@@ -67,7 +67,7 @@ func TestFormats(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			v, err := Verify(qat, out, batch)
+			v, err := Verify(qat, out, batch, Padding{})
 			t.Logf("%s: %d bytes, max abs error %.4g (bound %.4g), top-1 %.4f over %d, kernels %s",
 				tc.format, rep.Size, v.MaxAbsErr, v.Bound, v.Top1, v.Positions, kernelList(v.Kernels))
 			if err != nil {
@@ -114,12 +114,12 @@ func TestVerifyFails(t *testing.T) {
 	if err := graph.SetFloats(st, []float32{s[0] * 1.05}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Verify(qat, out, batch); err == nil || !strings.Contains(err.Error(), "max abs error") {
+	if _, err := Verify(qat, out, batch, Padding{}); err == nil || !strings.Contains(err.Error(), "max abs error") {
 		t.Errorf("off by 5%%: got %v", err)
 	}
 	f := clone(t, fp32)
 	f.SetMetadata(fold.FormatKey, "qoperator")
-	if _, err := Verify(qat, f, batch); err == nil || !strings.Contains(err.Error(), "ran no integer kernel") {
+	if _, err := Verify(qat, f, batch, Padding{}); err == nil || !strings.Contains(err.Error(), "ran no integer kernel") {
 		t.Errorf("fp32 model: got %v", err)
 	}
 }
@@ -264,7 +264,7 @@ func TestPerChannel(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", format, err)
 		}
-		v, err := Verify(qat, out, batch)
+		v, err := Verify(qat, out, batch, Padding{})
 		t.Logf("%s per channel: max abs error %.4g (bound %.4g), top-1 %.4f, %d int kernels", format, v.MaxAbsErr, v.Bound, v.Top1, v.IntKernels)
 		if err != nil {
 			t.Fatal(err)
@@ -329,7 +329,7 @@ func TestBadInput(t *testing.T) {
 			t.Errorf("4-bit weight %q stored in [%d, %d], want within [-8, 7] and reaching 7", f.Tensor, lo, hi)
 		}
 	}
-	if _, err := Verify(four, out, batch); err != nil {
+	if _, err := Verify(four, out, batch, Padding{}); err != nil {
 		t.Errorf("4-bit qdq: %v", err)
 	}
 }
@@ -360,7 +360,7 @@ func TestTestmodel(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", format, err)
 		}
-		v, err := Verify(qat, out, batch)
+		v, err := Verify(qat, out, batch, Padding{})
 		ratio := float64(rep.Size) / float64(len(fsize))
 		t.Logf("%s: %.1f%% of fp32, max abs error %.4g (bound %.4g), top-1 %.4f, kernels %s", format, 100*ratio, v.MaxAbsErr, v.Bound, v.Top1, kernelList(v.Kernels))
 		if err != nil {

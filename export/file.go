@@ -9,8 +9,8 @@ import (
 )
 
 // writeONNX exports the QAT model file at path into format (one of
-// Formats), checks the result against the QAT model on inputs as Verify
-// does, and writes it to out: Export, Verify and Save in the order that
+// Formats), checks the result against the QAT model on inputs (at the
+// positions pad keeps) as Verify does, and writes it to out: Export, Verify and Save in the order that
 // holds least in memory at once, for models of hundreds of megabytes.
 // onnxruntime runs the QAT model straight from its file, and that session
 // is closed before Go reads the model; the weights are converted one at a
@@ -18,7 +18,7 @@ import (
 // released before the exported one runs; no session prepacks its
 // weights. For transformer-big (841 MB), qoperator: 1.3× the model's size
 // in peak RSS, where Export then Verify took 6.7×. Its errors name path.
-func writeONNX(path, out, format string, inputs map[string]*ort.Tensor, opts *Options) (*Report, VerifyReport, error) {
+func writeONNX(path, out, format string, inputs map[string]*ort.Tensor, pad Padding, opts *Options) (*Report, VerifyReport, error) {
 	if err := checkFormat(format); err != nil {
 		return nil, VerifyReport{}, fmt.Errorf("%s: %w", path, err)
 	}
@@ -48,7 +48,7 @@ func writeONNX(path, out, format string, inputs map[string]*ort.Tensor, opts *Op
 	// session allocates its own.
 	m = nil
 	debug.FreeOSMemory()
-	ver, err := check(exported, inputs, output, refs[output], plain, steps[output])
+	ver, err := check(exported, inputs, pad, output, refs[output], plain, steps[output])
 	if err != nil {
 		return rep, ver, fmt.Errorf("%s: %s export does not match the QAT model: %w", path, format, err)
 	}

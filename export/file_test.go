@@ -36,7 +36,7 @@ func TestFile(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ver, err := Verify(qat, out, batch)
+			ver, err := Verify(qat, out, batch, Padding{Target: "tgt_ids"}) // File's padding: the target input, id 0
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -58,7 +58,7 @@ func TestFile(t *testing.T) {
 			if frep.Size != rep.Size || frep.SourceSize != rep.SourceSize || frep.IntWeights != rep.IntWeights || frep.IntBytes != rep.IntBytes {
 				t.Errorf("File's report %+v, Export's %+v", *frep, *rep)
 			}
-			if fver.MaxAbsErr != ver.MaxAbsErr || fver.Step != ver.Step || fver.StepRule != ver.StepRule || fver.Top1 != ver.Top1 || fver.IntKernels != ver.IntKernels || fver.Output != ver.Output {
+			if fver.MaxAbsErr != ver.MaxAbsErr || fver.Step != ver.Step || fver.StepRule != ver.StepRule || fver.Top1 != ver.Top1 || fver.IntKernels != ver.IntKernels || fver.Output != ver.Output || fver.Positions != ver.Positions || fver.Padded != ver.Padded {
 				t.Errorf("File's check %+v, Verify's %+v", fver, ver)
 			}
 		})

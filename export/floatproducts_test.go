@@ -36,7 +36,7 @@ func TestFloatProducts(t *testing.T) {
 		if !named {
 			t.Errorf("%s: notes %q do not name the float product", format, rep.Notes)
 		}
-		v, err := Verify(qat, out, batch)
+		v, err := Verify(qat, out, batch, Padding{})
 		if err != nil {
 			t.Errorf("%s: %v", format, err)
 		}

@@ -46,7 +46,7 @@ func TestInsertedModels(t *testing.T) {
 				if err != nil {
 					t.Fatalf("%s: %v", format, err)
 				}
-				v, err := Verify(qat, out, batch)
+				v, err := Verify(qat, out, batch, Padding{})
 				t.Logf("%s: %d quantizers, max abs error %.4g (bound %.4g), top-1 %.4f, %d int / %d float matmul kernels",
 					format, len(rep.Quantizers), v.MaxAbsErr, v.Bound, v.Top1, v.IntKernels, v.FloatMatMuls)
 				if err != nil {

@@ -78,7 +78,7 @@ func TestFourBit(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				v, err := Verify(qat, out, batch)
+				v, err := Verify(qat, out, batch, Padding{})
 				ratio := float64(rep.Size) / float64(len(fsize))
 				t.Logf("%.1f%% of fp32, %d INT4 and %d MatMulNBits weights, notes %q, max abs error %.4g (bound %.4g), top-1 %.4f, kernels %s",
 					100*ratio, rep.Int4Weights, rep.NBitsWeights, rep.Notes, v.MaxAbsErr, v.Bound, v.Top1, kernelList(v.Kernels))
@@ -143,7 +143,7 @@ func TestFourBitOldOpset(t *testing.T) {
 			t.Errorf("%s stored as %s, want int8", f.Tensor, graph.TensorType(out.Initializer(f.Int)))
 		}
 	}
-	if _, err := Verify(qat, out, batch); err != nil {
+	if _, err := Verify(qat, out, batch, Padding{}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -242,7 +242,7 @@ func nbitsBenchModels(b *testing.B) *benchModels {
 				b.Fatal(err)
 			}
 			nb.models = append(nb.models, out)
-			r, err := Verify(v.qat, out, nb.batches[16])
+			r, err := Verify(v.qat, out, nb.batches[16], Padding{})
 			b.Logf("%s: %d bytes; batch 16: max abs error %.4g (bound %.4g), top-1 %.4f; verify: %v", v.name, rep.Size, r.MaxAbsErr, r.Bound, r.Top1, err)
 		}
 	})

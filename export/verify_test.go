@@ -50,7 +50,7 @@ func TestStepRule(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			v, err := Verify(qat, out, batch)
+			v, err := Verify(qat, out, batch, Padding{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -112,4 +112,104 @@ func projectionStepOf(t *testing.T, m *graph.Model, rec *quantize.Record, x, w s
 		best = math.Max(best, sum)
 	}
 	return sx * best
+}
+
+// TestVerifyPadding checks that Verify compares only the positions whose
+// target id is not padding when told the target input and the padding id:
+// the counts, the max abs error and the activation quantization error
+// (dynamic, whose bound uses it) equal those computed here over those
+// positions; the zero Padding compares every position; a target input
+// missing, of another shape than the logits' positions, or all padding is
+// one error.
+func TestVerifyPadding(t *testing.T) {
+	cfg := testmodels.Tiny()
+	qat, err := testmodels.Build(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := quantize.Insert(qat, quantize.DefaultParams()); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := Export(qat, "dynamic", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const rows, srcLen, tgtLen = 6, 9, 11
+	src, tgt := testmodels.RandomBatch(cfg, rows, srcLen, tgtLen, 5)
+	batch := map[string]*ort.Tensor{
+		testmodels.SrcInput: ort.Int64([]int64{rows, srcLen}, src),
+		testmodels.TgtInput: ort.Int64([]int64{rows, tgtLen}, tgt),
+	}
+	pads := 0
+	for _, id := range tgt {
+		if id == cfg.PadID {
+			pads++
+		}
+	}
+	if pads == 0 {
+		t.Fatal("the batch has no padded target position")
+	}
+	// The errors over the positions not padded, computed here.
+	a, err := run(qat, batch, testmodels.LogitsOutput, &ort.Options{Optimization: refOptimization})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := run(out, batch, testmodels.LogitsOutput, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	weightsOnly, err := quantize.StripActivations(qat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := run(weightsOnly, batch, testmodels.LogitsOutput, &ort.Options{Optimization: refOptimization})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var maxErr, quantErr float64
+	v := cfg.Vocab
+	for i, x := range a.out.Float32s() {
+		if tgt[i/v] != cfg.PadID {
+			maxErr = math.Max(maxErr, math.Abs(float64(x-e.out.Float32s()[i])))
+			quantErr = math.Max(quantErr, math.Abs(float64(x-p.out.Float32s()[i])))
+		}
+	}
+
+	all, err := Verify(qat, out, batch, Padding{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if all.Positions != rows*tgtLen || all.Padded != 0 || all.MaxAbsErr < maxErr || all.QuantErr < quantErr {
+		t.Errorf("every position: %d positions, %d padded, max error %g, quantization error %g", all.Positions, all.Padded, all.MaxAbsErr, all.QuantErr)
+	}
+	r, err := Verify(qat, out, batch, Padding{Target: testmodels.TgtInput, Pad: cfg.PadID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Positions != rows*tgtLen-pads || r.Padded != pads {
+		t.Errorf("%d positions compared and %d left out, want %d and %d", r.Positions, r.Padded, rows*tgtLen-pads, pads)
+	}
+	if math.Abs(r.MaxAbsErr-maxErr) > 1e-6 || math.Abs(r.QuantErr-quantErr) > 1e-6 {
+		t.Errorf("max error %g, quantization error %g; want %g and %g over the positions not padded", r.MaxAbsErr, r.QuantErr, maxErr, quantErr)
+	}
+	t.Logf("every position: max error %.4g, quantization error %.4g; %d not padded: %.4g, %.4g", all.MaxAbsErr, all.QuantErr, r.Positions, r.MaxAbsErr, r.QuantErr)
+
+	allPad := map[string]*ort.Tensor{
+		testmodels.SrcInput: batch[testmodels.SrcInput],
+		testmodels.TgtInput: ort.Int64([]int64{rows, tgtLen}, make([]int64, rows*tgtLen)),
+	}
+	for _, tc := range []struct {
+		name  string
+		batch map[string]*ort.Tensor
+		pad   Padding
+		want  string
+	}{
+		{"no such input", batch, Padding{Target: "labels"}, "no target input labels"},
+		{"not the logits' positions", batch, Padding{Target: testmodels.SrcInput}, "does not give the positions of the output"},
+		{"all padding", allPad, Padding{Target: testmodels.TgtInput, Pad: cfg.PadID}, "no target position that is not padding"},
+	} {
+		if _, err := Verify(qat, out, tc.batch, tc.pad); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error saying %q", tc.name, err, tc.want)
+		}
+	}
 }
