@@ -58,7 +58,7 @@ func (r *Result) MarshalJSON() ([]byte, error) {
 	case r.Incremental != nil:
 		v["incremental"] = r.Incremental
 	case r.LightSeq != nil:
-		v["bytes"], v["sizes"], v["report"], v["verify"] = r.LightSeq.Bytes, r.LightSeq.Sizes, r.LightSeq.Report, r.LightSeq.Verify
+		v["bytes"], v["sizes"], v["report"], v["verify"], v["check_batch"] = r.LightSeq.Bytes, r.LightSeq.Sizes, r.LightSeq.Report, r.LightSeq.Verify, r.CheckBatch
 	default:
 		v["export"], v["verify"], v["check_batch"] = r.Report, r.Verify, r.CheckBatch
 	}
@@ -248,7 +248,7 @@ func (r *Result) Write(w io.Writer, verbose bool) error {
 		ls, sz := r.LightSeq, r.LightSeq.Sizes
 		fmt.Fprintf(w, "wrote %s (lightseq QuantTransformer): %s, hidden %d, heads %d, FFN %d, vocabulary %d, %d+%d layers\n",
 			r.Output, humanBytes(ls.Bytes), sz.Hidden, sz.Heads, sz.FFN, sz.Vocab, sz.EncoderLayers, sz.DecoderLayers)
-		fmt.Fprintln(w, ls.Verify)
+		fmt.Fprintf(w, "%s; on %s\n", ls.Verify, r.CheckBatch)
 		if n := ls.Report.Fallbacks(); n > 0 {
 			fmt.Fprintf(w, "%d clip fields had no matching qatc quantizer and took a fallback value (--verbose lists each field's source)\n", n)
 		}

@@ -514,8 +514,9 @@ func TestScaledResidual(t *testing.T) {
 // path (separate q/k/v, q and k each scaled by Pow(head_dim, −0.25)
 // computed from the runtime shape, k after its transpose) is recognised
 // the same both ways, fp32 and QAT: the same sizes, softmax temperature
-// 1/√16, and every projection, bias, LayerNorm and table holding the same
-// values.
+// 1/√16, a source table apart from the target table, the output
+// projection tied to the target table (its transposed copy), and every
+// projection, bias, LayerNorm and table holding the same values.
 func TestTorchExportPaths(t *testing.T) {
 	for _, qat := range []bool{false, true} {
 		var models []*graph.Model
@@ -528,6 +529,9 @@ func TestTorchExportPaths(t *testing.T) {
 			}
 			if tm.Hidden != 64 || tm.Heads != 4 || tm.FFN != 128 || tm.Vocab != 512 || len(tm.Encoder) != 2 || len(tm.Decoder) != 2 || tm.PreNorm || tm.Activation != "gelu" {
 				t.Fatalf("%s: H=%d heads=%d FFN=%d V=%d %d+%d pre=%v %s", f, tm.Hidden, tm.Heads, tm.FFN, tm.Vocab, len(tm.Encoder), len(tm.Decoder), tm.PreNorm, tm.Activation)
+			}
+			if !tm.Tied || tm.Src.Table == tm.Tgt.Table || tm.Logits.Weight == tm.Tgt.Table {
+				t.Errorf("%s: tables %s and %s, output projection %s (tied %v); want two tables, the target one projecting through its transposed copy", f, tm.Src.Table, tm.Tgt.Table, tm.Logits.Weight, tm.Tied)
 			}
 			models, tms = append(models, m), append(tms, tm)
 		}
