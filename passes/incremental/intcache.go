@@ -124,6 +124,7 @@ func (c *IntCache) Rewrite(m *graph.Model) error {
 		if err := integerOutput(m, p, c.quant[p]); err != nil {
 			return err
 		}
+		hoistQuantize(m, p)
 	}
 	transposedProducts(m)
 	m.RemoveDead()
@@ -178,7 +179,15 @@ func dequantizeInput(m *graph.Model, p string, q cacheQuant) {
 	zero := m.AddInitializer(zeroTensor(m.UniqueName(p+"/zero_point"), q))
 	f := m.UniqueName(p + "/dequantized")
 	d := m.Op("DequantizeLinear", m.UniqueName(p+"/DequantizeLinear"), []string{p, scale, zero}, []string{f})
-	m.ReplaceUses(p, f, d)
+	// Shape reads only the dims (the builder's past length): it keeps
+	// reading the integers, not a dequantized copy of the whole cache.
+	keep := []*onnx.NodeProto{d}
+	for _, c := range m.Consumers(p) {
+		if c.OpType == "Shape" || c.OpType == "Size" {
+			keep = append(keep, c)
+		}
+	}
+	m.ReplaceUses(p, f, keep...)
 }
 
 func zeroTensor(name string, q cacheQuant) *onnx.TensorProto {
@@ -261,6 +270,36 @@ func integerOutput(m *graph.Model, p string, q cacheQuant) error {
 	renameValue(m, ints, p)
 	m.Output(p).Type.GetTensorType().ElemType = int32(q.typ)
 	return nil
+}
+
+// hoistQuantize moves the QuantizeLinear that makes the integers of
+// cache output p (directly, or as a Concat's last input) before the
+// Reshapes and Identities that lead to it: a per-tensor quantizer
+// commutes with them, and onnxruntime's QDQ propagation otherwise adds a
+// QuantizeLinear/DequantizeLinear pair before each such Reshape.
+func hoistQuantize(m *graph.Model, p string) {
+	v := p
+	if c := m.Producer(v); c != nil && c.OpType == "Concat" {
+		v = c.Input[len(c.Input)-1]
+	}
+	q := m.Producer(v)
+	if q == nil || q.OpType != "QuantizeLinear" {
+		return
+	}
+	for {
+		r := m.Producer(q.Input[0])
+		if r == nil || (r.OpType != "Reshape" && r.OpType != "Identity") || len(m.Consumers(r.Output[0])) != 1 || m.IsGraphOutput(r.Output[0]) {
+			return
+		}
+		// x → r → q → out becomes x → q → r → out.
+		x, out := r.Input[0], q.Output[0]
+		ints := m.UniqueName(x + "/quantized")
+		m.RemoveNodes(q, r)
+		nq := m.Op("QuantizeLinear", m.UniqueName(graph.NodeName(q)), append([]string{x}, q.Input[1:]...), []string{ints}, q.Attribute...)
+		nr := m.Op(r.OpType, m.UniqueName(graph.NodeName(r)), append([]string{ints}, r.Input[1:]...), []string{out}, r.Attribute...)
+		nq.Domain, nr.Domain = q.Domain, r.Domain
+		q = nq
+	}
 }
 
 // renameValue gives value from the name to in its producer and readers.
