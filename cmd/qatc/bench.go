@@ -37,10 +37,7 @@ func benchAction(c *cli.Context) error {
 	if c.NArg() == 0 {
 		return usagef("bench takes one or more models")
 	}
-	opts, err := decodeOptions(c)
-	if err != nil {
-		return err
-	}
+	opts := decodeOptions(c)
 	cfg := eval.BenchConfig{Roles: roleFlagValues(c), Rerun: c.Bool("no-cache"), Decode: opts, Src: c.String("src"), Rounds: c.Int("rounds"),
 		Bench: eval.BenchOptions{Batch: c.Int("batch"), SrcLen: c.Int("src-len"), TgtLen: c.Int("tgt-len"),
 			Threads: c.Int("threads"), Warmup: c.Int("warmup"), Iters: c.Int("iters"), Special: opts.Special},

@@ -58,8 +58,7 @@ func evalAction(c *cli.Context) error {
 		return err
 	}
 	opts := eval.EvalOptions{
-		Decode: eval.DecodeOptions{Special: specialIDs(c), Beam: c.Int("beam"), LengthPenalty: c.Float64("length-penalty"),
-			MaxExtra: c.Int("max-extra"), BatchSize: c.Int("batch")},
+		Decode:  decodeOptions(c),
 		Threads: c.Int("threads"),
 	}
 	if err := tokenizers(c, &opts.Src, &opts.Tgt, &opts.TgtTokName); err != nil {

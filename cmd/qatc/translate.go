@@ -37,10 +37,7 @@ func translateAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	opts, err := decodeOptions(c)
-	if err != nil {
-		return err
-	}
+	opts := decodeOptions(c)
 	topts := eval.TranslateOptions{Decode: opts, Threads: c.Int("threads"), SrcName: "standard input",
 		Rerun: c.Bool("no-cache"), Roles: roleFlagValues(c), MapFile: c.String("map")}
 	if err := tokenizers(c, &topts.Src, &topts.Tgt, &topts.TgtTokName); err != nil {
@@ -67,21 +64,12 @@ func translateAction(c *cli.Context) error {
 	return nil
 }
 
-// decodeOptions reads the decoding flags.
-func decodeOptions(c *cli.Context) (eval.DecodeOptions, error) {
-	if b := c.Int("beam"); b < 1 {
-		return eval.DecodeOptions{}, usagef("--beam %d: use 1 (greedy) or more", b)
-	}
-	if b := c.Int("batch"); b < 1 {
-		return eval.DecodeOptions{}, usagef("--batch %d: use 1 or more", b)
-	}
-	if n := c.Int("threads"); n < 0 {
-		return eval.DecodeOptions{}, usagef("--threads %d: use 0 (one per CPU) or more", n)
-	}
+// decodeOptions reads the decoding flags (their ranges are flagRanges').
+func decodeOptions(c *cli.Context) eval.DecodeOptions {
 	return eval.DecodeOptions{
 		Special: specialIDs(c), Beam: c.Int("beam"), LengthPenalty: c.Float64("length-penalty"),
 		MaxExtra: c.Int("max-extra"), BatchSize: c.Int("batch"),
-	}, nil
+	}
 }
 
 // tokenizers sets the source and target tokenizers from --spm (nil: ids).
