@@ -21,21 +21,11 @@ func TestEvalBadInputs(t *testing.T) {
 	if err := os.WriteFile(text, []byte(strings.Repeat("the big dog .\n", 200)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	tests := []struct {
-		name string
-		args []string
-		code int
-		want string
-	}{
+	tests := []refusal{
 		{"line counts differ", []string{model, "--src", src, "--ref", short}, 1, "short.ref"},
 		{"spm vocabulary mismatch", []string{model, "--src", text, "--ref", text, "--spm", fixture.Path(t, "testmodels/demo/data/spm.model")}, 1, "512"},
 		{"not seq2seq", []string{notSeq, "--src", src, "--ref", src}, 1, "not a seq2seq model"},
 		{"no model", []string{"--src", src, "--ref", src}, 2, "one or more models"},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			code, _, errOut := qatc(t, append([]string{"eval"}, tc.args...)...)
-			wantError(t, code, errOut, tc.code, tc.want)
-		})
-	}
+	wantRefused(t, tests, []string{"eval"}, nil)
 }

@@ -136,12 +136,7 @@ func TestInsertBadInputs(t *testing.T) {
 	badKind := writeFile(t, dir, "bad-kind.yaml", "rules:\n  - match: 'linear1'\n    kind: gaussian\n")
 	beyond := writeFile(t, dir, "beyond.src", "5 447 4470\n")
 	out := filepath.Join(dir, "out.onnx")
-	tests := []struct {
-		name string
-		args []string
-		code int
-		want string
-	}{
+	tests := []refusal{
 		{"unknown recipe kind", []string{"--recipe", badKind}, 1, "gaussian"},
 		{"regex matches nothing", []string{"--include", "lienar1"}, 1, "close candidates"},
 		{"clip not positive", []string{"--weight-clip-max", "0"}, 2, "greater than 0"},
@@ -156,15 +151,7 @@ func TestInsertBadInputs(t *testing.T) {
 		{"smoothing without data", []string{"--smooth", "0.5"}, 2, "--calib-src"},
 	}
 	before := sha256.Sum256(data)
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			code, _, errOut := qatc(t, append([]string{"insert", fp32, "-o", out}, tc.args...)...)
-			wantError(t, code, errOut, tc.code, tc.want)
-			if _, err := os.Stat(out); err == nil {
-				t.Errorf("output written despite the error")
-			}
-		})
-	}
+	wantRefused(t, tests, []string{"insert", fp32, "-o", out}, nil, out)
 	t.Run("already quantized", func(t *testing.T) {
 		code, _, errOut := qatc(t, "insert", qat, "-o", out)
 		if code != 1 || !strings.Contains(errOut, "already has 68 quantizers") {

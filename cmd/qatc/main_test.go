@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -239,4 +240,30 @@ func insertRecord(t *testing.T, model, qat string) (*graph.Model, *quantize.Reco
 		t.Fatal(err)
 	}
 	return m, rec
+}
+
+// A refusal is a command line qatc must refuse: its exit code and what
+// its one error line mentions.
+type refusal struct {
+	name string
+	args []string
+	code int
+	want string
+}
+
+// wantRefused runs each case's args between pre and post, wants its
+// error, and none of outs written.
+func wantRefused(t *testing.T, tests []refusal, pre, post []string, outs ...string) {
+	t.Helper()
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, errOut := qatc(t, slices.Concat(pre, tc.args, post)...)
+			wantError(t, code, errOut, tc.code, tc.want)
+			for _, f := range outs {
+				if _, err := os.Stat(f); err == nil {
+					t.Errorf("%s written despite the error", f)
+				}
+			}
+		})
+	}
 }

@@ -157,12 +157,7 @@ func TestTrainBadInputs(t *testing.T) {
 	// A model that is not seq2seq: logits renamed to a rank-2 output.
 	notSeq := writeClassifier(t, dir)
 	out := filepath.Join(dir, "out.onnx")
-	tests := []struct {
-		name string
-		args []string
-		code int
-		want string
-	}{
+	tests := []refusal{
 		{"ids beyond the vocabulary", []string{"train", model, "--src", beyond, "--tgt", one}, 1, "700"},
 		{"mismatched line counts", []string{"train", model, "--src", src, "--tgt", one}, 1, "lines"},
 		{"empty source", []string{"train", model, "--src", empty, "--tgt", one}, 1, "empty"},
@@ -178,15 +173,7 @@ func TestTrainBadInputs(t *testing.T) {
 		// The install script's onnxruntime has no CUDA provider library.
 		{"no CUDA in onnxruntime", []string{"train", model, "--src", src, "--tgt", tgt, "--ep", "cuda"}, 1, "execution provider cuda: onnxruntime 1."},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			code, _, errOut := qatc(t, append(tc.args, "-o", out)...)
-			wantError(t, code, errOut, tc.code, tc.want)
-			if _, err := os.Stat(out); err == nil {
-				t.Errorf("output written despite the error")
-			}
-		})
-	}
+	wantRefused(t, tests, nil, []string{"-o", out}, out)
 }
 
 // Ctrl-C writes a checkpoint and exits 0; --resume then ends with the
