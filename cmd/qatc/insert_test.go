@@ -130,9 +130,7 @@ func TestInsertBadInputs(t *testing.T) {
 		t.Fatal(err)
 	}
 	qat := filepath.Join(dir, "qat.onnx")
-	if code, _, errOut := qatc(t, "insert", fp32, "-o", qat); code != 0 {
-		t.Fatal(errOut)
-	}
+	mustQatc(t, "insert", fp32, "-o", qat)
 	badKind := writeFile(t, dir, "bad-kind.yaml", "rules:\n  - match: 'linear1'\n    kind: gaussian\n")
 	beyond := writeFile(t, dir, "beyond.src", "5 447 4470\n")
 	out := filepath.Join(dir, "out.onnx")

@@ -164,9 +164,7 @@ func TestOutputIsAnInput(t *testing.T) {
 	dir := t.TempDir()
 	model, ext, src, tgt := tinyFiles(t, dir)
 	qat := filepath.Join(dir, "qat.onnx")
-	if code, _, errOut := qatc(t, "insert", model, "-o", qat); code != 0 {
-		t.Fatal(errOut)
-	}
+	mustQatc(t, "insert", model, "-o", qat)
 	link := filepath.Join(t.TempDir(), "linkdir")
 	if err := os.Symlink(dir, link); err != nil {
 		t.Fatal(err)
@@ -406,9 +404,7 @@ func TestSizeLimits(t *testing.T) {
 	dir := t.TempDir()
 	model, _, _, _ := tinyFiles(t, dir)
 	qat := filepath.Join(dir, "qat.onnx")
-	if code, _, errOut := qatc(t, "insert", model, "-o", qat); code != 0 {
-		t.Fatal(errOut)
-	}
+	mustQatc(t, "insert", model, "-o", qat)
 	fixed := graph.New("fixed", 17)
 	fixed.AddInput("x", graph.Float, []int64{1e9, 4})
 	fixed.Op("Relu", "relu", []string{"x"}, []string{"y"})
@@ -479,9 +475,7 @@ func TestSignalDuringWrite(t *testing.T) {
 				}
 				// The next write into the directory removes them.
 				other := filepath.Join(dir, "other.onnx")
-				if code, _, errOut := qatc(t, "insert", ext, "-o", other); code != 0 {
-					t.Fatal(errOut)
-				}
+				mustQatc(t, "insert", ext, "-o", other)
 				os.Remove(other)
 				os.Remove(graph.DataPath(other))
 			}
@@ -551,12 +545,8 @@ func TestConcurrentWriters(t *testing.T) {
 	}
 	// One run's model beside another run's data file.
 	other := filepath.Join(dir, "other.onnx")
-	if code, _, errOut := qatc(t, "insert", ext2, "-o", other); code != 0 {
-		t.Fatal(errOut)
-	}
-	if code, _, errOut := qatc(t, "insert", ext, "-o", out); code != 0 {
-		t.Fatal(errOut)
-	}
+	mustQatc(t, "insert", ext2, "-o", other)
+	mustQatc(t, "insert", ext, "-o", out)
 	data, err := os.ReadFile(graph.DataPath(other))
 	if err != nil {
 		t.Fatal(err)
@@ -643,9 +633,7 @@ func TestDataAgainstModel(t *testing.T) {
 	dir := t.TempDir()
 	model, _, _, _ := tinyFiles(t, dir)
 	qat := filepath.Join(dir, "qat.onnx")
-	if code, _, errOut := qatc(t, "insert", model, "-o", qat); code != 0 {
-		t.Fatal(errOut)
-	}
+	mustQatc(t, "insert", model, "-o", qat)
 	// The tiny model has 64 positions and 64 ids.
 	long := strings.TrimSpace(strings.Repeat("5 ", 70))
 	longSrc := writeFile(t, dir, "long.src", "5 6\n7 8\n"+long+"\n")

@@ -134,13 +134,9 @@ func TestTranslateBadInputs(t *testing.T) {
 	dir := t.TempDir()
 	model, src, _ := tinySetup(t, dir)
 	good := filepath.Join(dir, "good.inc")
-	if code, _, errOut := qatc(t, "export", model, "--incremental", "-o", good, "--format", "fp32", "--src", src); code != 0 {
-		t.Fatal(errOut)
-	}
+	mustQatc(t, "export", model, "--incremental", "-o", good, "--format", "fp32", "--src", src)
 	other := filepath.Join(dir, "other.inc")
-	if code, _, errOut := qatc(t, "export", model, "--incremental", "-o", other, "--format", "fp32", "--src", src); code != 0 {
-		t.Fatal(errOut)
-	}
+	mustQatc(t, "export", model, "--incremental", "-o", other, "--format", "fp32", "--src", src)
 	// A directory missing its decoder with past, and one mixing exports.
 	broken := filepath.Join(dir, "broken.inc")
 	mixed := filepath.Join(dir, "mixed.inc")
