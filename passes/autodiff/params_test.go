@@ -156,14 +156,7 @@ func TestScalarLossNamedLoss(t *testing.T) {
 	m.Op("Mul", "", []string{"w", "w"}, []string{"sq"})
 	m.Op("ReduceSum", "", []string{"sq"}, []string{"loss"}, graph.AttrInt("keepdims", 0))
 	m.AddOutput("loss", graph.Float, []int64{})
-	tm, _, err := autodiff.Build(m, autodiff.Options{Logits: "loss", Loss: autodiff.Loss{Kind: "scalar"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ort.Open(tm, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, _ := trainingSession(t, m, autodiff.Options{Logits: "loss", Loss: autodiff.Loss{Kind: "scalar"}}, nil)
 	defer s.Close()
 	out, err := s.Run(map[string]*ort.Tensor{"w": ort.Float32([]int64{3}, []float32{1, -2, 3})})
 	if err != nil {
@@ -187,14 +180,7 @@ func TestGatherRepeatedIndices(t *testing.T) {
 	m.Op("Mul", "", []string{"rows", "c"}, []string{"prod"})
 	m.Op("ReduceSum", "", []string{"prod"}, []string{"loss"}, graph.AttrInt("keepdims", 0))
 	m.AddOutput("loss", graph.Float, []int64{})
-	tm, _, err := autodiff.Build(m, autodiff.Options{Logits: "loss", Loss: autodiff.Loss{Kind: "scalar"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ort.Open(tm, &ort.Options{Threads: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, _ := trainingSession(t, m, autodiff.Options{Logits: "loss", Loss: autodiff.Loss{Kind: "scalar"}}, &ort.Options{Threads: 2})
 	defer s.Close()
 	idx := make([]int64, N)
 	c := make([]float32, N*D)

@@ -81,16 +81,24 @@ func paramFeeds(t *testing.T, src *graph.Model, info *autodiff.Info) map[string]
 	return feeds
 }
 
+// trainingSession builds m's training graph with opts and opens it in
+// onnxruntime with o; the caller closes the session.
+func trainingSession(t *testing.T, m *graph.Model, opts autodiff.Options, o *ort.Options) (*ort.Session, *autodiff.Info) {
+	t.Helper()
+	tm, info, err := autodiff.Build(m, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ort.Open(tm, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, info
+}
+
 func runTraining(t *testing.T, src *graph.Model, opts autodiff.Options) (map[string]*ort.Tensor, *autodiff.Info) {
 	t.Helper()
-	tm, info, err := autodiff.Build(src, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ort.Open(tm, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, info := trainingSession(t, src, opts, nil)
 	defer s.Close()
 	feeds := batchFeeds(t, src, info)
 	out, err := s.Run(feeds)
