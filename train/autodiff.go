@@ -31,6 +31,10 @@ type trainingGraph struct {
 	Labels, Loss string
 	// Tied lists, per parameter, the initializers that are copies of it.
 	Tied map[string][]tiedCopy
+	// Aliases are inputs that take a parameter's buffer once more (the
+	// backward pass recomputes from them what depends on parameters
+	// alone, autodiff.Options.Recompute).
+	Aliases []autodiff.Alias
 	// Hidden are the distilled forward values, TeacherHidden the inputs
 	// that take the teacher's values of them.
 	Hidden        []string
@@ -101,6 +105,7 @@ func buildTrainingGraph(m *graph.Model, roles seq2seq.Model, cfg Config) (*train
 		Untie:      cfg.Untie,
 		ClipGrad:   cfg.ClipGrad,
 		Accumulate: cfg.Accumulate > 1,
+		Recompute:  true,
 		Loss: autodiff.Loss{
 			Kind:           cfg.Loss.Kind,
 			LabelSmoothing: float32(cfg.Loss.LabelSmoothing),
@@ -149,6 +154,7 @@ func buildTrainingGraph(m *graph.Model, roles seq2seq.Model, cfg Config) (*train
 		Tied:      map[string][]tiedCopy{},
 		GradIns:   map[string]string{},
 		GradScale: info.GradScale,
+		Aliases:   info.Aliases,
 	}
 	if tg.Labels == "" {
 		return nil, fmt.Errorf("training graph: it takes no labels")

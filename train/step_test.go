@@ -25,6 +25,7 @@ func TestStepUsesSessionGradients(t *testing.T) {
 		before[p.Name] = append([]float32(nil), p.Data...)
 		in[p.Name] = ort.Float32(p.Dims, before[p.Name])
 	}
+	tr.bindAliases(in)
 	b := tr.cfg.Train.MakeBatch(tr.batcher.Epoch(0)[0])
 	tr.batchInputs(in, b)
 	in[tr.tg.Labels] = ort.Int64([]int64{int64(b.Size), int64(b.TgtLen)}, b.Labels)

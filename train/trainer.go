@@ -467,6 +467,14 @@ func (t *Trainer) paramInputs() map[string]*ort.Tensor {
 	return in
 }
 
+// bindAliases gives the training graph's parameter aliases their
+// parameters' tensors in in.
+func (t *Trainer) bindAliases(in map[string]*ort.Tensor) {
+	for _, a := range t.tg.Aliases {
+		in[a.Input] = in[a.Param]
+	}
+}
+
 // Resume loads the newest checkpoint in the checkpoint directory, if any,
 // and reports whether it found one.
 func (t *Trainer) Resume() (bool, error) {
@@ -704,6 +712,7 @@ func (t *Trainer) Comms() CommStats { return t.comms }
 // added. It returns b's loss.
 func (t *Trainer) backward(step int64, b *Batch, weight float64) (float64, error) {
 	in := t.paramInputs()
+	t.bindAliases(in)
 	t.batchInputs(in, b)
 	in[t.tg.Labels] = ort.Int64([]int64{int64(b.Size), int64(b.TgtLen)}, b.Labels)
 	if t.teacher != nil {

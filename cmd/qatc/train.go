@@ -47,7 +47,7 @@ func trainFlags() []cli.Flag {
 		&cli.IntFlag{Name: "keep-checkpoints", Value: 3, Usage: "checkpoints to keep (0: all)"},
 		&cli.BoolFlag{Name: "resume", Usage: "continue from the newest checkpoint in --checkpoint-dir"},
 		&cli.BoolFlag{Name: "untie", Usage: "train tied copies of a tensor separately"},
-		&cli.StringFlag{Name: "save-training-graph", Usage: "also write the training graph (inputs: batch, labels, parameters; outputs: loss and <name>_grad)"},
+		&cli.StringFlag{Name: "save-training-graph", Usage: "also write the training graph (inputs: batch, labels, parameters and their <name>/recompute aliases, bound to the same values; outputs: loss and <name>_grad)"},
 		&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
 		&cli.StringFlag{Name: "metrics", Usage: "also write every step's loss, gradient norm, learning rate, tokens and timings to this file (JSON lines)"},
 		&cli.StringFlag{Name: "ep", Value: "cpu", Usage: "onnxruntime execution provider: cpu or cuda (a CUDA build of onnxruntime, see QATC_ORT_LIB)"},

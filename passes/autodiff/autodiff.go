@@ -67,6 +67,12 @@ type Options struct {
 	// in place (each output element is computed from the same input
 	// element alone).
 	Accumulate bool
+	// Recompute computes the values that depend on parameters alone (a
+	// QAT model's fake-quantized weights) again for the backward pass,
+	// from alias inputs of the parameters (Info.Aliases), so that their
+	// forward copies do not live through the whole step. The gradients
+	// are the same.
+	Recompute bool
 }
 
 // Param is one trainable input of the training graph.
@@ -100,6 +106,15 @@ type Info struct {
 	// GradScale is the float scalar input that weighs this run's
 	// gradients in an accumulating graph (Options.Accumulate; "" otherwise).
 	GradScale string
+	// Aliases are the inputs that take a parameter's values once more
+	// (Options.Recompute): bind the parameter's buffer to each.
+	Aliases []Alias
+}
+
+// An Alias is an input of the training graph that takes the same values
+// as a parameter.
+type Alias struct {
+	Input, Param string
 }
 
 // The names of the training graph's fixed inputs and outputs.
@@ -246,6 +261,9 @@ func Build(m *graph.Model, opts Options) (*graph.Model, *Info, error) {
 	}
 	if err := backward(b, forward); err != nil {
 		return nil, nil, err
+	}
+	if opts.Recompute {
+		recompute(b, forward, info)
 	}
 
 	g := tm.Graph()
