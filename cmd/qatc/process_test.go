@@ -53,7 +53,7 @@ func writePeak(path string) {
 // (The wait status's Maxrss will not do: an exec records the memory of
 // the mapping it replaces, and Go starts a child on its parent's mapping,
 // so a child's Maxrss is at least the test binary's own peak.)
-func processPeak(t *testing.T, path string) int64 {
+func processPeak(t testing.TB, path string) int64 {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
