@@ -37,4 +37,11 @@
 // when their logits differ beyond the format's bound (see bounds) or when
 // onnxruntime runs no integer kernel for the export; Kernels lists what
 // onnxruntime runs, from its profiler.
+//
+// Export is a pass pipeline (Pipeline; package passes): fold, int-cache
+// (only for the incremental graphs), the format's rewrite, guard-blocked
+// and check-folded, each a named pass that qatc export --passes lists and
+// --dump-after writes the graph after. File is qatc export's one library
+// call: the check batch, the formats, an incremental directory or a
+// LightSeq file, and the check.
 package export

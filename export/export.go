@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/passes"
 	"github.com/qatc/qatc/passes/fold"
 	"google.golang.org/protobuf/proto"
 )
@@ -29,6 +30,8 @@ type Options struct {
 	// Source names the QAT model (its path) in the exported model's
 	// metadata; empty leaves it out.
 	Source string
+	// Dump writes the model after the passes it names (--dump-after).
+	Dump passes.Options
 	// afterFold, when set, rewrites the folded model before the format's
 	// conversion (the incremental graphs' integer cache).
 	afterFold func(*graph.Model) error
@@ -98,27 +101,101 @@ func export(m *graph.Model, format string, opts *Options) (*graph.Model, *Report
 	if err := checkFormat(format); err != nil {
 		return nil, nil, nil, err
 	}
-	out := m.CloneShared()
-	res, err := fold.Fold(out)
-	if err != nil {
+	r := &exportRun{format: format, opts: opts, src: m}
+	u := &passes.Unit{Model: m}
+	if err := r.pipeline().Run(u, &opts.Dump); err != nil {
 		return nil, nil, nil, err
 	}
-	steps := map[string]stepInfo{}
+	out, rep := u.Model, r.rep
+	rep.Size, rep.SourceSize = int64(proto.Size(out.Proto)), int64(proto.Size(m.Proto))
+	for _, t := range out.Graph().Initializer {
+		switch graph.TensorType(t) {
+		case graph.Int8, graph.Uint8, graph.Int4, graph.Uint4:
+			if graph.NumElements(t.Dims) > 1 {
+				rep.IntWeights++
+			}
+			rep.IntBytes += int64(len(t.RawData))
+		case graph.Float:
+			rep.FloatBytes += int64(len(t.RawData)) + 4*int64(len(t.FloatData))
+		}
+	}
+	return out, rep, r.steps, nil
+}
+
+// Pipeline is the export pipeline of format (one of Formats): what
+// qatc export --passes lists and --dump-after names.
+func Pipeline(format string) *passes.Pipeline {
+	return (&exportRun{format: format, opts: &Options{}}).pipeline()
+}
+
+// exportRun is one export: its passes share it.
+type exportRun struct {
+	format string
+	opts   *Options
+	src    *graph.Model // the QAT model, left unchanged
+	res    *fold.Result
+	rep    *Report
+	steps  map[string]stepInfo
+}
+
+// formatDocs say what each format's pass does.
+var formatDocs = map[string]string{
+	"qdq":         "store the weights of 4 bits or fewer as INT4 initializers, raising the opset to 21 where nothing changes meaning (fold.Int4)",
+	"qoperator":   "rewrite the matrix products with quantized operands into MatMulIntegerToFloat with static activation scales (fold.QOperator)",
+	"dynamic":     "rewrite the weight products into DynamicQuantizeLinear + MatMulInteger, activations quantized per batch (fold.Dynamic)",
+	"matmulnbits": "rewrite the weight products into com.microsoft.MatMulNBits with packed weights and per-block scales (fold.MatMulNBits)",
+}
+
+func (r *exportRun) pipeline() *passes.Pipeline {
+	intCache := "only for the incremental graphs' integer cache"
+	if r.opts.afterFold != nil {
+		intCache = ""
+	}
+	return &passes.Pipeline{Name: "export", Given: []string{propQAT}, Passes: []*passes.Pass{
+		{Name: "fold", Doc: "fold the clips' arithmetic into constant scales and the weights into integers (the qdq form), on a copy sharing the QAT model's bytes (passes/fold)",
+			Requires: []string{propQAT}, Produces: []string{propFolded}, Removes: []string{propQAT}, Run: r.fold},
+		{Name: "int-cache", Doc: "keep the key/value cache in integers: dequantize each past input, concatenate integers (passes/incremental)",
+			Requires: []string{propFolded}, Off: intCache, Run: func(u *passes.Unit) error { return r.opts.afterFold(u.Model) }},
+		{Name: r.format, Doc: formatDocs[r.format], Requires: []string{propFolded}, Produces: []string{propFormat}, Run: r.convert},
+		{Name: "guard-blocked", Doc: "dequantize blocked int8 weights in a [blocks, block] view, so that onnxruntime does not fuse them into MatMulIntegerToFloat (fold.GuardBlocked)",
+			Requires: []string{propFormat}, Run: r.guard},
+		{Name: "check-folded", Doc: "record the source and check that no quantized weight is left in float",
+			Requires: []string{propFormat}, Produces: []string{propExported}, Run: r.checkFolded},
+	}}
+}
+
+// The export pipeline's properties of the model.
+const (
+	propQAT      = "qat"
+	propFolded   = "folded"
+	propFormat   = "format"
+	propExported = "exported"
+)
+
+func (r *exportRun) fold(u *passes.Unit) error {
+	out := r.src.CloneShared()
+	res, err := fold.Fold(out)
+	if err != nil {
+		return err
+	}
+	r.res, r.steps = res, map[string]stepInfo{}
 	for _, o := range out.Graph().Output {
 		if elemType(o) == graph.Float {
 			s, rule, err := foldedStep(out, o.Name)
-			steps[o.Name] = stepInfo{s, rule, err}
+			r.steps[o.Name] = stepInfo{s, rule, err}
 		}
 	}
-	if opts.afterFold != nil {
-		if err := opts.afterFold(out); err != nil {
-			return nil, nil, nil, err
-		}
-	}
-	r := &Report{Format: format, Quantizers: res.Quantizers}
-	switch format {
+	u.Model = out
+	r.rep = &Report{Format: r.format, Quantizers: res.Quantizers}
+	return nil
+}
+
+func (r *exportRun) convert(u *passes.Unit) error {
+	out, res, rep := u.Model, r.res, r.rep
+	var err error
+	switch r.format {
 	case "qdq":
-		err = int4(out, res, r)
+		err = int4(out, res, rep)
 	case "qoperator":
 		err = fold.QOperator(out, res)
 	case "dynamic":
@@ -126,52 +203,45 @@ func export(m *graph.Model, format string, opts *Options) (*graph.Model, *Report
 	case "matmulnbits":
 		var nr *fold.NBitsResult
 		if nr, err = fold.MatMulNBits(out, res, nbits); err == nil {
-			r.NBitsWeights = len(nr.Converted)
+			rep.NBitsWeights = len(nr.Converted)
 			for _, k := range nr.Kept {
-				r.Notes = append(r.Notes, "kept in qdq form: "+k)
+				rep.Notes = append(rep.Notes, "kept in qdq form: "+k)
 			}
-			if r.NBitsWeights == 0 {
+			if rep.NBitsWeights == 0 {
 				err = fmt.Errorf("no weight product can be expressed as MatMulNBits (%s): export with --format qdq", strings.Join(nr.Kept, "; "))
 			} else {
 				// A blocked embedding table, now read only by its
 				// DequantizeLinear, is stored INT4 as in qdq.
-				err = int4(out, res, r)
+				err = int4(out, res, rep)
 			}
 		}
 	}
 	if err != nil {
-		return nil, nil, nil, err
+		return err
 	}
-	r.FloatProducts = res.Float
+	rep.FloatProducts = res.Float
 	for _, p := range res.Float {
-		r.Notes = append(r.Notes, p.String())
+		rep.Notes = append(rep.Notes, p.String())
 	}
-	guarded, err := fold.GuardBlocked(out)
+	return nil
+}
+
+func (r *exportRun) guard(u *passes.Unit) error {
+	guarded, err := fold.GuardBlocked(u.Model)
 	if err != nil {
-		return nil, nil, nil, err
+		return err
 	}
 	if len(guarded) > 0 {
-		r.Notes = append(r.Notes, fmt.Sprintf("%d blocked int8 weights are dequantized in a [blocks, block] view, so that onnxruntime does not fuse them into MatMulIntegerToFloat (which rejects per-block scales)", len(guarded)))
+		r.rep.Notes = append(r.rep.Notes, fmt.Sprintf("%d blocked int8 weights are dequantized in a [blocks, block] view, so that onnxruntime does not fuse them into MatMulIntegerToFloat (which rejects per-block scales)", len(guarded)))
 	}
-	if opts.Source != "" {
-		out.SetMetadata(SourceKey, opts.Source)
+	return nil
+}
+
+func (r *exportRun) checkFolded(u *passes.Unit) error {
+	if r.opts.Source != "" {
+		u.Model.SetMetadata(SourceKey, r.opts.Source)
 	}
-	if err := checkFolded(out, res); err != nil {
-		return nil, nil, nil, err
-	}
-	r.Size, r.SourceSize = int64(proto.Size(out.Proto)), int64(proto.Size(m.Proto))
-	for _, t := range out.Graph().Initializer {
-		switch graph.TensorType(t) {
-		case graph.Int8, graph.Uint8, graph.Int4, graph.Uint4:
-			if graph.NumElements(t.Dims) > 1 {
-				r.IntWeights++
-			}
-			r.IntBytes += int64(len(t.RawData))
-		case graph.Float:
-			r.FloatBytes += int64(len(t.RawData)) + 4*int64(len(t.FloatData))
-		}
-	}
-	return out, r, steps, nil
+	return checkFolded(u.Model, r.res)
 }
 
 // int4 stores the remaining weights of 4 bits or fewer as INT4 where the

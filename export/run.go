@@ -9,6 +9,7 @@ import (
 	"github.com/qatc/qatc/export/lightseq"
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
+	"github.com/qatc/qatc/passes"
 	"github.com/qatc/qatc/passes/incremental"
 	"github.com/qatc/qatc/passes/quantize"
 	"github.com/qatc/qatc/passes/transformer"
@@ -34,6 +35,9 @@ type Config struct {
 	// BeamSize and LengthPenalty go to a LightSeq file's model_conf.
 	BeamSize      int
 	LengthPenalty float32
+	// Dump writes the model after the passes of the ONNX formats'
+	// pipeline (Pipeline) it names (--dump-after).
+	Dump passes.Options
 }
 
 // Result is what File wrote and how it checked it; one of Report,
@@ -134,7 +138,7 @@ func File(path, out string, cfg Config) (*Result, error) {
 	}
 	padding := Padding{Target: model.Tgt, Pad: sp.Pad}
 	if onnxFile {
-		rep, ver, err := writeONNX(path, out, cfg.Format, batch, padding, &Options{Source: path})
+		rep, ver, err := writeONNX(path, out, cfg.Format, batch, padding, &Options{Source: path, Dump: cfg.Dump})
 		if err != nil {
 			return nil, err
 		}
@@ -142,7 +146,7 @@ func File(path, out string, cfg Config) (*Result, error) {
 		return res, nil
 	}
 	// A directory's composition, as one file.
-	exported, rep, err := Export(m, cfg.Format, &Options{Source: path})
+	exported, rep, err := Export(m, cfg.Format, &Options{Source: path, Dump: cfg.Dump})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}

@@ -10,8 +10,10 @@
 //
 // The commands' pipelines are built where their passes meet onnxruntime:
 // insert, finetune and train in package train (InsertPipeline,
-// FinetunePipeline). export is not a pipeline yet: export.File runs fold,
-// the format's rewrite and the check in a fixed order. The
+// FinetunePipeline), the ONNX formats' export in package export
+// (export.Pipeline: fold, the format's rewrite, the checks of the folded
+// form; export.File runs the QAT model for the reference before it and
+// the exported model against it after). The
 // transformations themselves live in the subpackages: quantize (the QAT
 // graph form: insert, find, strip), calibrate, smooth, autodiff, fold,
 // transformer (the recogniser) and incremental.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"slices"
 	"strings"
 
 	"github.com/qatc/qatc/export"
@@ -28,7 +29,7 @@ func exportCommand() *cli.Command {
 			&cli.Float64Flag{Name: "length-penalty", Value: 0.6, Usage: "lightseq: length penalty written to model_conf"},
 			&cli.BoolFlag{Name: "verbose", Usage: "lightseq: list every clip field and where its value came from"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
-		}, dataFlags()...),
+		}, append(pipelineFlags(), dataFlags()...)...),
 		Action: exportAction,
 	}
 }
@@ -48,6 +49,23 @@ func exportAction(c *cli.Context) error {
 	// A model directory exports as a directory of its layout (but to a
 	// LightSeq file).
 	dir := c.Bool("incremental") || seq2seq.IsDir(path) && format != "lightseq"
+	cfg := export.Config{
+		Format: format, Incremental: dir, Roles: roleFlagValues(c), MapFile: c.String("map"),
+		Batch:    export.BatchOptions{Src: c.String("src"), Tgt: c.String("tgt"), N: c.Int("batch"), Len: c.Int("len"), Special: specialIDs(c)},
+		BeamSize: c.Int("beam"), LengthPenalty: float32(c.Float64("length-penalty")),
+	}
+	if c.Bool("passes") || c.IsSet("dump-after") {
+		if dir || !slices.Contains(export.Formats, format) {
+			return usagef("--passes and --dump-after are the pipeline of the ONNX formats (%s) from a model file, not of --incremental, a model directory or lightseq", strings.Join(export.Formats, ", "))
+		}
+		if c.Bool("passes") {
+			return export.Pipeline(format).List(c.App.Writer)
+		}
+		d := &cfg.Dump
+		if err := dumpFlags(c, &plan, &d.DumpAfter, &d.DumpDir, &d.Dumped, export.Pipeline(format).CheckDump); err != nil {
+			return err
+		}
+	}
 	switch {
 	case dir:
 		plan.Outputs, plan.Dirs = nil, []safeio.Dir{{Flag: "-o", Path: out, Replace: true}}
@@ -65,15 +83,10 @@ func exportAction(c *cli.Context) error {
 			return err
 		}
 	}
-	tok, err := tokenizer(c)
-	if err != nil {
+	if cfg.Batch.Tokenizer, err = tokenizer(c); err != nil {
 		return err
 	}
-	res, err := export.File(path, out, export.Config{
-		Format: format, Incremental: dir, Roles: roleFlagValues(c), MapFile: c.String("map"),
-		Batch:    export.BatchOptions{Src: c.String("src"), Tgt: c.String("tgt"), N: c.Int("batch"), Len: c.Int("len"), Tokenizer: tok, Special: specialIDs(c)},
-		BeamSize: c.Int("beam"), LengthPenalty: float32(c.Float64("length-penalty")),
-	})
+	res, err := export.File(path, out, cfg)
 	if err != nil {
 		return err
 	}

@@ -109,6 +109,63 @@ func TestFinetuneDumpAfter(t *testing.T) {
 	}
 }
 
+// TestExportDumpAfter exports the tiny model's QAT file to qoperator,
+// dumping after every pass: the folded qdq form after fold (every weight
+// an integer initializer, no MatMulIntegerToFloat yet), the format's
+// rewrite after qoperator, and after the last pass the very model -o
+// holds; the incremental graphs' integer-cache pass is off. --passes
+// lists the pipeline; the routes that run no pipeline refuse both flags.
+func TestExportDumpAfter(t *testing.T) {
+	dir := t.TempDir()
+	model, src, _ := tinySetup(t, dir)
+	qat, out, dump := filepath.Join(dir, "qat.onnx"), filepath.Join(dir, "q.onnx"), filepath.Join(dir, "dump")
+	mustQatc(t, "insert", model, "-o", qat)
+	code, stdout, errOut := qatc(t, "export", qat, "-o", out, "--format", "qoperator", "--src", src, "--dump-after", "all", dump)
+	if code != 0 || !strings.Contains(stdout, "top-1 agreement") {
+		t.Fatalf("export --dump-after all: exit %d\n%s%s", code, stdout, errOut)
+	}
+	files := dirNames(t, dump)
+	if want := "01-fold.onnx 03-qoperator.onnx 04-guard-blocked.onnx 05-check-folded.onnx"; strings.Join(files, " ") != want {
+		t.Errorf("dumped %v, want %s (int-cache is off)", files, want)
+	}
+	ops := func(f string) map[string]int {
+		m, err := graph.Load(filepath.Join(dump, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := map[string]int{}
+		for _, nd := range m.Graph().Node {
+			n[nd.OpType]++
+		}
+		return n
+	}
+	folded, converted := ops("01-fold.onnx"), ops("03-qoperator.onnx")
+	if folded["MatMulIntegerToFloat"] != 0 || folded["DequantizeLinear"] == 0 || converted["MatMulIntegerToFloat"] == 0 {
+		t.Errorf("fold dump: %d MatMulIntegerToFloat, %d DequantizeLinear; qoperator dump: %d MatMulIntegerToFloat",
+			folded["MatMulIntegerToFloat"], folded["DequantizeLinear"], converted["MatMulIntegerToFloat"])
+	}
+	last, err := os.ReadFile(filepath.Join(dump, "05-check-folded.onnx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if written, _ := os.ReadFile(out); string(written) != string(last) {
+		t.Errorf("the last dump differs from the model -o wrote")
+	}
+
+	code, stdout, errOut = qatc(t, "export", qat, "-o", filepath.Join(dir, "never.onnx"), "--format", "dynamic", "--passes")
+	if code != 0 || !strings.Contains(stdout, "export pipeline, given qat") || !strings.Contains(stdout, "dynamic") || !strings.Contains(stdout, "(off: only for the incremental graphs' integer cache)") {
+		t.Errorf("--passes: exit %d\n%s%s", code, stdout, errOut)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "never.onnx")); err == nil {
+		t.Error("--passes wrote the model")
+	}
+	wantRefused(t, []refusal{
+		{"no such pass", []string{"-o", filepath.Join(dir, "bad.onnx"), "--dump-after", "calibrate", dump}, 2, "--dump-after calibrate: export has no such pass (its passes: fold, int-cache, qdq, guard-blocked, check-folded, or all)"},
+		{"incremental", []string{"-o", filepath.Join(dir, "bad.inc"), "--incremental", "--passes"}, 2, "not of --incremental"},
+		{"lightseq", []string{"-o", filepath.Join(dir, "bad.pb"), "--format", "lightseq", "--dump-after", "all", dump}, 2, "ONNX formats"},
+	}, []string{"export", qat}, nil, filepath.Join(dir, "bad.onnx"), filepath.Join(dir, "bad.inc"), filepath.Join(dir, "bad.pb"))
+}
+
 // dirNames lists the names in dir, sorted.
 func dirNames(t *testing.T, dir string) []string {
 	t.Helper()
