@@ -7,6 +7,7 @@ import (
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/onnx"
+	"github.com/qatc/qatc/passes/fold"
 	"github.com/qatc/qatc/seq2seq"
 )
 
@@ -135,39 +136,38 @@ func (c *IntCache) Rewrite(m *graph.Model) error {
 // DequantizeLinear with one constant scale and zero point makes it
 // (through Identity nodes).
 func dequantizedOutput(m *graph.Model, v string) (cacheQuant, bool, error) {
-	d := m.Producer(v)
-	for d != nil && d.OpType == "Identity" {
-		d = m.Producer(d.Input[0])
+	for d := m.Producer(v); d != nil && d.OpType == "Identity"; d = m.Producer(v) {
+		v = d.Input[0]
 	}
-	if d == nil || d.OpType != "DequantizeLinear" || len(d.Input) < 2 {
-		return cacheQuant{}, false, nil
-	}
-	return scalarQuant(m, d)
+	q, _, ok, err := scalarQuant(m, v)
+	return q, ok, err
 }
 
-// scalarQuant reads the constant scalar scale and zero point of
-// DequantizeLinear d.
-func scalarQuant(m *graph.Model, d *onnx.NodeProto) (cacheQuant, bool, error) {
-	s, ok := m.ConstFloats(d.Input[1])
-	if !ok || len(s) != 1 {
-		return cacheQuant{}, false, nil
+// scalarQuant reads, with fold's reader of the folded form, the constant
+// scalar scale and zero point of the DequantizeLinear that makes v, and
+// returns that node (ok false when none does).
+func scalarQuant(m *graph.Model, v string) (cacheQuant, *onnx.NodeProto, bool, error) {
+	dq, err := fold.DequantizedAt(m, v)
+	if err != nil || dq == nil || len(dq.Scale) != 1 {
+		return cacheQuant{}, nil, false, nil
 	}
-	q := cacheQuant{scale: s[0], typ: graph.Uint8}
-	if len(d.Input) > 2 && d.Input[2] != "" {
-		zt := m.Const(d.Input[2])
+	d := dq.Node
+	q := cacheQuant{scale: dq.Scale[0], typ: graph.Uint8}
+	if dq.ZeroPoint != "" {
+		zt := m.Const(dq.ZeroPoint)
 		if zt == nil {
-			return cacheQuant{}, false, nil
+			return cacheQuant{}, nil, false, nil
 		}
-		z, ok := m.ConstInts(d.Input[2])
+		z, ok := m.ConstInts(dq.ZeroPoint)
 		if !ok || len(z) != 1 {
-			return cacheQuant{}, false, nil
+			return cacheQuant{}, nil, false, nil
 		}
 		q.zero, q.typ = z[0], graph.TensorType(zt)
 	}
 	if q.typ != graph.Int8 && q.typ != graph.Uint8 {
-		return cacheQuant{}, false, fmt.Errorf("DequantizeLinear %s reads %s integers; an integer cache holds 8-bit ones", graph.NodeName(d), q.typ)
+		return cacheQuant{}, nil, false, fmt.Errorf("DequantizeLinear %s reads %s integers; an integer cache holds 8-bit ones", graph.NodeName(d), q.typ)
 	}
-	return q, true, nil
+	return q, d, true, nil
 }
 
 // dequantizeInput makes graph input p hold q's integers and dequantizes
@@ -210,12 +210,7 @@ func sinkConcats(m *graph.Model) {
 		ints := make([]string, len(n.Input))
 		same := true
 		for i, in := range n.Input {
-			d := m.Producer(in)
-			if d == nil || d.OpType != "DequantizeLinear" {
-				same = false
-				break
-			}
-			di, ok, err := scalarQuant(m, d)
+			di, d, ok, err := scalarQuant(m, in)
 			if err != nil || !ok || (first != nil && di != q) {
 				same = false
 				break
@@ -332,11 +327,8 @@ func transposedProducts(m *graph.Model) {
 			graph.FloatAttr(n, "alpha", 1) != 1 || graph.IntAttr(n, "transBatchA", 0) != 0 || graph.IntAttr(n, "transBatchB", 0) != 0 {
 			continue
 		}
-		d := m.Producer(n.Input[1])
-		if d == nil || d.OpType != "DequantizeLinear" {
-			continue
-		}
-		if _, ok, err := scalarQuant(m, d); err != nil || !ok {
+		_, d, ok, err := scalarQuant(m, n.Input[1])
+		if err != nil || !ok {
 			continue
 		}
 		base := graph.NodeName(n)
