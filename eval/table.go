@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/qatc/qatc/safeio"
 )
 
 // WriteTable writes header and rows as aligned columns separated by two
@@ -72,23 +74,6 @@ func isNumber(s string) bool {
 	return err == nil
 }
 
-// FormatBytes formats a size in bytes with a binary unit, e.g. "9.54 MiB".
-func FormatBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	v, u := float64(n), ""
-	for _, s := range []string{"KiB", "MiB", "GiB", "TiB"} {
-		v /= unit
-		u = s
-		if v < unit {
-			break
-		}
-	}
-	return fmt.Sprintf("%.2f %s", v, u)
-}
-
 // EvalTable returns the header and cells of the evaluation table: model,
 // BLEU, ΔBLEU, chrF, size, decoding time, ms/sentence and sentences/s.
 func EvalTable(rows []Row) ([]string, [][]string) {
@@ -105,7 +90,7 @@ func EvalTable(rows []Row) ([]string, [][]string) {
 			chrf = fmt.Sprintf("%.2f", r.ChrF.Score)
 		}
 		cells[i] = []string{
-			r.Model, fmt.Sprintf("%.2f", r.BLEU.Score), delta, chrf, agree, FormatBytes(r.SizeBytes),
+			r.Model, fmt.Sprintf("%.2f", r.BLEU.Score), delta, chrf, agree, safeio.FormatSize(r.SizeBytes, 2),
 			fmt.Sprintf("%.2f", r.DecodeSeconds), fmt.Sprintf("%.1f", r.MsPerSentence), fmt.Sprintf("%.1f", r.SentencesPerSecond),
 		}
 	}
@@ -136,7 +121,7 @@ func BenchTable(rs []BenchResult) ([]string, [][]string) {
 			r.Model, cache, strconv.Itoa(r.Batch), strconv.Itoa(r.SrcLen), strconv.Itoa(r.TgtLen), strconv.Itoa(r.Threads),
 			fmt.Sprintf("%.2f", r.EncoderMs), fmt.Sprintf("%.2f", r.StepMs),
 			fmt.Sprintf("%.2f", r.MedianMs), fmt.Sprintf("%.2f", r.P90Ms),
-			fmt.Sprintf("%.1f", r.SentencesPerSec), fmt.Sprintf("%.0f", r.TokensPerSec), FormatBytes(r.PeakRSSBytes),
+			fmt.Sprintf("%.1f", r.SentencesPerSec), fmt.Sprintf("%.0f", r.TokensPerSec), safeio.FormatSize(r.PeakRSSBytes, 2),
 		}
 	}
 	return header, cells

@@ -13,6 +13,7 @@ import (
 	"github.com/qatc/qatc/passes/incremental"
 	"github.com/qatc/qatc/passes/quantize"
 	"github.com/qatc/qatc/passes/transformer"
+	"github.com/qatc/qatc/safeio"
 	"github.com/qatc/qatc/seq2seq"
 	"github.com/qatc/qatc/train"
 )
@@ -242,7 +243,7 @@ func (r *Result) Write(w io.Writer, verbose bool) error {
 			r.Output, rep.Format, layout, cfg.Hidden, cfg.DecoderHeads, cfg.EncoderLayers, cfg.DecoderLayers, cfg.Vocab)
 		for _, f := range rep.Files {
 			fmt.Fprintf(w, "  %-30s %9s  %3d integer weights, onnxruntime ran %d integer and %d float matrix kernels\n",
-				f.File, humanBytes(f.Size), f.IntWeights, f.IntKernels, f.FloatMatMuls)
+				f.File, safeio.FormatSize(f.Size, 1), f.IntWeights, f.IntKernels, f.FloatMatMuls)
 		}
 		k := rep.Check
 		fmt.Fprintf(w, "check against the full-sequence model, teacher-forced through the cache on %d positions: max abs error %.4g (bound %.4g), top-1 agreement %.2f%% (min %.1f%%)\n",
@@ -251,7 +252,7 @@ func (r *Result) Write(w io.Writer, verbose bool) error {
 	case r.LightSeq != nil:
 		ls, sz := r.LightSeq, r.LightSeq.Sizes
 		fmt.Fprintf(w, "wrote %s (lightseq QuantTransformer): %s, hidden %d, heads %d, FFN %d, vocabulary %d, %d+%d layers\n",
-			r.Output, humanBytes(ls.Bytes), sz.Hidden, sz.Heads, sz.FFN, sz.Vocab, sz.EncoderLayers, sz.DecoderLayers)
+			r.Output, safeio.FormatSize(ls.Bytes, 1), sz.Hidden, sz.Heads, sz.FFN, sz.Vocab, sz.EncoderLayers, sz.DecoderLayers)
 		fmt.Fprintf(w, "%s; on %s\n", ls.Verify, r.CheckBatch)
 		if n := ls.Report.Fallbacks(); n > 0 {
 			fmt.Fprintf(w, "%d clip fields had no matching qatc quantizer and took a fallback value (--verbose lists each field's source)\n", n)
@@ -264,7 +265,7 @@ func (r *Result) Write(w io.Writer, verbose bool) error {
 	}
 	rep, ver := r.Report, r.Verify
 	fmt.Fprintf(w, "wrote %s (%s): %d integer weights, %s (%.1f%% of the QAT model's %s)\n", r.Output, rep.Format,
-		rep.IntWeights, humanBytes(rep.Size), 100*float64(rep.Size)/float64(rep.SourceSize), humanBytes(rep.SourceSize))
+		rep.IntWeights, safeio.FormatSize(rep.Size, 1), 100*float64(rep.Size)/float64(rep.SourceSize), safeio.FormatSize(rep.SourceSize, 1))
 	fmt.Fprintf(w, "check against the QAT model on %d positions of %s (%d padded target positions left out): max abs error %.4g (bound %.4g), top-1 agreement %.2f%%, %.2f%% on the %d positions not tied within twice the bound (min %.1f%%)\n",
 		ver.Positions, r.CheckBatch, ver.Padded, ver.MaxAbsErr, ver.Bound, 100*ver.Top1, 100*ver.DecisiveTop1, ver.Decisive, 100*ver.MinTop1)
 	fmt.Fprintf(w, "bound = %s, step = %s\n", ver.Rule, ver.StepRule)
@@ -279,18 +280,4 @@ func writeNotes(w io.Writer, notes []string) error {
 		}
 	}
 	return nil
-}
-
-// humanBytes formats a byte count with a binary unit.
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for v := n / unit; v >= unit; v /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

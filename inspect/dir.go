@@ -6,6 +6,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/safeio"
 	"github.com/qatc/qatc/seq2seq"
 )
 
@@ -82,7 +83,7 @@ func (s *DirSummary) Write(w io.Writer) error {
 	fmt.Fprintf(tw, "directory\t%s (model_type %s)\n", s.Directory, s.ModelType)
 	for _, f := range s.Files {
 		fmt.Fprintf(tw, "  %s\t%d nodes\t%d parameters (%s)\t%d inputs\t%d outputs\n",
-			f.File, f.Nodes, f.Parameters, humanBytes(f.ParamBytes), len(f.Inputs), len(f.Outputs))
+			f.File, f.Nodes, f.Parameters, safeio.FormatSize(f.ParamBytes, 1), len(f.Inputs), len(f.Outputs))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/onnx"
+	"github.com/qatc/qatc/safeio"
 )
 
 // A Summary is what inspect prints about any model: inputs, outputs,
@@ -194,7 +195,7 @@ func (s *Summary) Write(w io.Writer) error {
 	for _, c := range counts {
 		fmt.Fprintf(tw, "  %s\t%d\n", c.op, c.n)
 	}
-	fmt.Fprintf(tw, "\nparameters\t%d (%s in %d initializers)\n", s.Parameters, humanBytes(s.ParamBytes), s.Initializers)
+	fmt.Fprintf(tw, "\nparameters\t%d (%s in %d initializers)\n", s.Parameters, safeio.FormatSize(s.ParamBytes, 1), s.Initializers)
 	fmt.Fprintln(tw, "\nlargest initializer\ttype\tshape\telements")
 	for _, t := range s.Largest {
 		fmt.Fprintf(tw, "%s\t%s\t%v\t%d\n", t.Name, t.Type, t.Shape, t.Elements)
@@ -212,18 +213,4 @@ func (s *Summary) Write(w io.Writer) error {
 		return writeRows(w, s.Quantizers, s.QuantNote)
 	}
 	return nil
-}
-
-// humanBytes formats a byte count with a binary unit, as in "1.5 MiB".
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for v := n / unit; v >= unit; v /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

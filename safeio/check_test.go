@@ -74,3 +74,25 @@ func TestCheck(t *testing.T) {
 		t.Error("Check created a directory")
 	}
 }
+
+func TestFormatSize(t *testing.T) {
+	for _, c := range []struct {
+		n        int64
+		decimals int
+		want     string
+	}{
+		{0, 2, "0 B"},
+		{1023, 2, "1023 B"},
+		{1536, 2, "1.50 KiB"},
+		{10 << 20, 2, "10.00 MiB"},
+		{3 << 30, 2, "3.00 GiB"},
+		{1536, 1, "1.5 KiB"},
+		{(3 << 20) / 2, 1, "1.5 MiB"},
+		{1<<20 - 1, 1, "1024.0 KiB"},
+		{5 << 50, 1, "5.0 PiB"},
+	} {
+		if got := FormatSize(c.n, c.decimals); got != c.want {
+			t.Errorf("FormatSize(%d, %d) = %q, want %q", c.n, c.decimals, got, c.want)
+		}
+	}
+}
