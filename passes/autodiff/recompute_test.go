@@ -17,17 +17,7 @@ import (
 // fake-quantized weight of the forward pass is read by the forward nodes
 // alone; and every alias input names a parameter.
 func TestRecompute(t *testing.T) {
-	if err := ort.Init(); err != nil {
-		t.Fatal(err)
-	}
-	cfg := testmodels.Tiny()
-	m, err := testmodels.Build(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := quantize.Insert(m, quantize.DefaultParams()); err != nil {
-		t.Fatal(err)
-	}
+	cfg, m := tinyQAT(t)
 	const rows, srcLen, tgtLen = 3, 9, 7
 	src, tgt := testmodels.RandomBatch(cfg, rows, srcLen, tgtLen, 5)
 	labels := append(append([]int64(nil), tgt[1:]...), cfg.PadID)

@@ -18,17 +18,7 @@ import (
 // must not change a value. The reference is the model's own logits
 // through the label-smoothed cross-entropy, in Go.
 func TestQATForwardKept(t *testing.T) {
-	if err := ort.Init(); err != nil {
-		t.Fatal(err)
-	}
-	cfg := testmodels.Tiny()
-	m, err := testmodels.Build(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := quantize.Insert(m, quantize.DefaultParams()); err != nil {
-		t.Fatal(err)
-	}
+	cfg, m := tinyQAT(t)
 	const eps = 0.1
 	tm, info, err := autodiff.Build(m, autodiff.Options{Loss: autodiff.Loss{LabelSmoothing: eps, PadID: cfg.PadID}})
 	if err != nil {
@@ -111,4 +101,22 @@ func TestQATForwardKept(t *testing.T) {
 		t.Errorf("training graph loss %.7g, the model's logits give %.7g", got, want)
 	}
 	t.Logf("%d activation quantizers moved; loss %.7g (model %.7g)", moved, got, want)
+}
+
+// tinyQAT initialises onnxruntime and returns the tiny testmodel with
+// NeurST's default quantizers inserted.
+func tinyQAT(t *testing.T) (testmodels.Config, *graph.Model) {
+	t.Helper()
+	if err := ort.Init(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testmodels.Tiny()
+	m, err := testmodels.Build(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := quantize.Insert(m, quantize.DefaultParams()); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, m
 }
