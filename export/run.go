@@ -15,7 +15,6 @@ import (
 	"github.com/qatc/qatc/passes/transformer"
 	"github.com/qatc/qatc/safeio"
 	"github.com/qatc/qatc/seq2seq"
-	"github.com/qatc/qatc/train"
 )
 
 // Config configures File: what qatc export's flags say.
@@ -179,7 +178,7 @@ func CheckBatch(m *graph.Model, model seq2seq.Model, o BatchOptions) (map[string
 		if tgt == "" {
 			tgt = o.Src
 		}
-		d, err := train.ReadParallel(o.Src, tgt, train.DataOptions{
+		d, err := seq2seq.ReadParallel(o.Src, tgt, seq2seq.DataOptions{
 			Tokenizer: o.Tokenizer, Vocab: model.Vocab, Special: o.Special,
 			SrcPositions: model.SrcPositions, TgtPositions: model.TgtPositions,
 		})

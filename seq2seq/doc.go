@@ -3,11 +3,15 @@
 // target-ids inputs and the logits output, found by shape, dimension
 // names and input names, or named), its vocabulary and positions
 // (Describe), the special token ids (Special), and the tokenizers that
-// turn lines into ids and back (Tokenizer: plain ids, or SentencePiece).
+// turn lines into ids and back (Tokenizer: plain ids, or SentencePiece),
+// and parallel text read into ids and checked against the model
+// (ReadParallel: one sentence per line, ids inside the vocabulary, no
+// padding, no sentence beyond the positions) and padded for teacher
+// forcing (Dataset.MakeBatch).
 //
 // train reads its data, eval and translate decode, export checks and
-// writes incremental models with these; nothing else finds roles or loads
-// a SentencePiece model.
+// writes incremental models with these; nothing else finds roles, loads
+// a SentencePiece model or reads parallel text.
 //
 // It also owns a model stored as several ONNX files: Hugging Face
 // Optimum's seq2seq layout (an encoder, a decoder for the first step and a

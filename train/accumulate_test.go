@@ -13,7 +13,7 @@ import (
 
 // demoTask returns the demo model with NeurST's quantizers and n pairs of
 // its task (demo.Generate), tokenized with its SentencePiece model.
-func demoTask(t *testing.T, n int, seed uint64) (*graph.Model, *Dataset) {
+func demoTask(t *testing.T, n int, seed uint64) (*graph.Model, *seq2seq.Dataset) {
 	t.Helper()
 	m, err := graph.Load("../testmodels/demo/data/model.onnx")
 	if err != nil {
@@ -31,12 +31,7 @@ func demoTask(t *testing.T, n int, seed uint64) (*graph.Model, *Dataset) {
 		src.WriteString(p.Src + "\n")
 		tgt.WriteString(p.Tgt + "\n")
 	}
-	s, g := writeFiles(t, src.String(), tgt.String())
-	ds, err := ReadParallel(s, g, DataOptions{Tokenizer: sp, Special: seq2seq.DefaultSpecial()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m, ds
+	return m, readPairs(t, src.String(), tgt.String(), seq2seq.DataOptions{Tokenizer: sp, Special: seq2seq.DefaultSpecial()})
 }
 
 // TestAccumulate checks gradient accumulation on the demo model: two

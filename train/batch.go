@@ -4,23 +4,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sort"
-)
 
-// Batch is a padded batch of examples for teacher forcing, in the layout
-// the model reads: row-major [Size, SrcLen] and [Size, TgtLen] int64.
-type Batch struct {
-	// Index holds the examples' positions in the dataset; Lines their
-	// line numbers in the data files.
-	Index, Lines []int
-	Size         int
-	SrcLen       int
-	TgtLen       int
-	// Src is the source ids, Dec the decoder input (BOS + target), Labels
-	// the target followed by EOS; padding is the pad id.
-	Src, Dec, Labels []int64
-	// SrcTokens and Tokens count the non-pad source and label tokens.
-	SrcTokens, Tokens int
-}
+	"github.com/qatc/qatc/seq2seq"
+)
 
 // Plan is the order of an epoch's batches: each entry lists example
 // positions in a dataset.
@@ -35,13 +21,13 @@ type Plan [][]int
 // from (Seed, epoch), so an epoch's plan is the same in every run and can
 // be rebuilt on resume from the epoch number alone.
 type Batcher struct {
-	Data      *Dataset
+	Data      *seq2seq.Dataset
 	MaxTokens int
 	Seed      uint64
 }
 
 // NewBatcher checks that every example fits in a batch.
-func NewBatcher(d *Dataset, maxTokens int, seed uint64) (*Batcher, error) {
+func NewBatcher(d *seq2seq.Dataset, maxTokens int, seed uint64) (*Batcher, error) {
 	if maxTokens <= 0 {
 		return nil, fmt.Errorf("batch size of %d tokens: it must be positive", maxTokens)
 	}
@@ -109,42 +95,6 @@ func (b *Batcher) chunk(order []int, rng *rand.Rand) Plan {
 		rng.Shuffle(len(plan), func(i, j int) { plan[i], plan[j] = plan[j], plan[i] })
 	}
 	return plan
-}
-
-// MakeBatch pads the examples at positions idx into a Batch.
-func (d *Dataset) MakeBatch(idx []int) *Batch {
-	b := &Batch{Index: append([]int(nil), idx...), Size: len(idx)}
-	for _, i := range idx {
-		e := d.Examples[i]
-		b.Lines = append(b.Lines, e.Line)
-		b.SrcLen = max(b.SrcLen, len(e.Src))
-		b.TgtLen = max(b.TgtLen, len(e.Tgt))
-	}
-	pad := d.Special.Pad
-	b.Src = filled(b.Size*b.SrcLen, pad)
-	b.Dec = filled(b.Size*b.TgtLen, pad)
-	b.Labels = filled(b.Size*b.TgtLen, pad)
-	for r, i := range idx {
-		e := d.Examples[i]
-		copy(b.Src[r*b.SrcLen:], e.Src)
-		dec := b.Dec[r*b.TgtLen:]
-		dec[0] = d.Special.BOS
-		copy(dec[1:len(e.Tgt)], e.Tgt[:len(e.Tgt)-1])
-		copy(b.Labels[r*b.TgtLen:], e.Tgt)
-		b.SrcTokens += len(e.Src)
-		b.Tokens += len(e.Tgt)
-	}
-	return b
-}
-
-func filled(n int, v int64) []int64 {
-	s := make([]int64, n)
-	if v != 0 {
-		for i := range s {
-			s[i] = v
-		}
-	}
-	return s
 }
 
 // lineList formats a batch's line numbers for an error message, eliding

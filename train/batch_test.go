@@ -10,10 +10,10 @@ import (
 
 // lengthsDataset returns a dataset whose example i has a source of
 // srcLen[i] tokens and a target one longer, all ids 5.
-func lengthsDataset(srcLen []int) *Dataset {
-	ds := &Dataset{SrcPath: "s", TgtPath: "t", Special: seq2seq.DefaultSpecial()}
+func lengthsDataset(srcLen []int) *seq2seq.Dataset {
+	ds := &seq2seq.Dataset{SrcPath: "s", TgtPath: "t", Special: seq2seq.DefaultSpecial()}
 	for i, n := range srcLen {
-		e := Example{Line: i + 1}
+		e := seq2seq.Example{Line: i + 1}
 		for range n - 1 {
 			e.Src = append(e.Src, 5)
 		}
@@ -109,24 +109,6 @@ func TestBatcherDeterminism(t *testing.T) {
 		if spans[i-1].hi > spans[i].lo {
 			t.Errorf("batches with source lengths %v and %v overlap", spans[i-1], spans[i])
 		}
-	}
-}
-
-func TestMakeBatch(t *testing.T) {
-	ds := &Dataset{Special: seq2seq.Special{Pad: 1, BOS: 2, EOS: 3}, Examples: []Example{
-		{Line: 4, Src: []int64{7, 8, 3}, Tgt: []int64{9, 3}},
-		{Line: 9, Src: []int64{5, 3}, Tgt: []int64{10, 11, 12, 3}},
-	}}
-	b := ds.MakeBatch([]int{1, 0})
-	want := &Batch{
-		Index: []int{1, 0}, Lines: []int{9, 4}, Size: 2, SrcLen: 3, TgtLen: 4,
-		Src:       []int64{5, 3, 1, 7, 8, 3},
-		Dec:       []int64{2, 10, 11, 12, 2, 9, 1, 1},
-		Labels:    []int64{10, 11, 12, 3, 9, 3, 1, 1},
-		SrcTokens: 5, Tokens: 6,
-	}
-	if !reflect.DeepEqual(b, want) {
-		t.Errorf("batch\n%+v\nwant\n%+v", b, want)
 	}
 }
 

@@ -35,7 +35,7 @@ func init() {
 // default; issue 4's figure is base) with NeurST's default quantizers,
 // a dataset of random sentences of benchLen tokens with EOS, and
 // QATC_BENCH_THREADS (2).
-func benchSetup(b *testing.B) (*graph.Model, testmodels.Config, *Dataset, int) {
+func benchSetup(b *testing.B) (*graph.Model, testmodels.Config, *seq2seq.Dataset, int) {
 	if err := ort.Init(); err != nil {
 		b.Fatal(err)
 	}
@@ -75,7 +75,7 @@ func benchSetup(b *testing.B) (*graph.Model, testmodels.Config, *Dataset, int) {
 	sp, tp := filepath.Join(dir, "s"), filepath.Join(dir, "t")
 	os.WriteFile(sp, []byte(src.String()), 0o644)
 	os.WriteFile(tp, []byte(tgt.String()), 0o644)
-	ds, err := ReadParallel(sp, tp, DataOptions{Vocab: mc.Vocab, Special: seq2seq.DefaultSpecial()})
+	ds, err := seq2seq.ReadParallel(sp, tp, seq2seq.DataOptions{Vocab: mc.Vocab, Special: seq2seq.DefaultSpecial()})
 	if err != nil {
 		b.Fatal(err)
 	}

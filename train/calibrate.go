@@ -30,7 +30,7 @@ type CalibrationOptions struct {
 // values of every tensor c tracks into c's histograms. Only one batch's
 // activations are alive at a time, so memory stays flat however many
 // batches run.
-func Calibrate(m *graph.Model, d *Dataset, c *calibrate.Collector, opts CalibrationOptions) error {
+func Calibrate(m *graph.Model, d *seq2seq.Dataset, c *calibrate.Collector, opts CalibrationOptions) error {
 	return eachBatch(m, d, c.Tensors(), opts, func(name string, _ []int64, v []float32) { c.Observe(name, v) })
 }
 
@@ -38,7 +38,7 @@ func Calibrate(m *graph.Model, d *Dataset, c *calibrate.Collector, opts Calibrat
 // Calibrate does) and returns, for each named tensor, the largest |x| of
 // each channel of its last axis: the activation statistics of
 // SmoothQuant (passes/smooth).
-func ChannelMax(m *graph.Model, d *Dataset, tensors []string, opts CalibrationOptions) (map[string][]float32, error) {
+func ChannelMax(m *graph.Model, d *seq2seq.Dataset, tensors []string, opts CalibrationOptions) (map[string][]float32, error) {
 	maxima := map[string][]float32{}
 	var bad error
 	err := eachBatch(m, d, tensors, opts, func(name string, shape []int64, v []float32) {
@@ -72,7 +72,7 @@ func ChannelMax(m *graph.Model, d *Dataset, tensors []string, opts CalibrationOp
 // spread over the length buckets) and hands each named tensor's values to
 // observe. Only one batch's activations are alive at a time, so memory
 // stays flat however many batches run.
-func eachBatch(m *graph.Model, d *Dataset, tensors []string, opts CalibrationOptions, observe func(name string, shape []int64, v []float32)) error {
+func eachBatch(m *graph.Model, d *seq2seq.Dataset, tensors []string, opts CalibrationOptions, observe func(name string, shape []int64, v []float32)) error {
 	if len(tensors) == 0 {
 		return nil
 	}
@@ -125,7 +125,7 @@ func eachBatch(m *graph.Model, d *Dataset, tensors []string, opts CalibrationOpt
 // strength alpha: it measures the per-channel maxima of every smoothable
 // LayerNorm's output over the dataset's batches, then moves them into the
 // weights that read it. m keeps its function.
-func Smooth(m *graph.Model, d *Dataset, alpha float64, opts CalibrationOptions) (smooth.Report, error) {
+func Smooth(m *graph.Model, d *seq2seq.Dataset, alpha float64, opts CalibrationOptions) (smooth.Report, error) {
 	groups, skipped, err := smooth.Groups(m)
 	if err != nil {
 		return smooth.Report{}, err
@@ -153,7 +153,7 @@ const SampleSize = 16
 // d spread over the file (every len/SampleSize-th pair) as m's sample
 // (quantize.SampleKey): the batch its inputs take, so that export checks
 // itself on real sentences. It reports whether it wrote one.
-func RecordSample(m *graph.Model, d *Dataset, roles seq2seq.Roles) (bool, error) {
+func RecordSample(m *graph.Model, d *seq2seq.Dataset, roles seq2seq.Roles) (bool, error) {
 	if s, err := quantize.ReadSample(m); err != nil || s != nil {
 		return false, err
 	}

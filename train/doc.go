@@ -2,10 +2,10 @@
 // in onnxruntime.
 //
 // The pieces, each usable on its own:
-//   - data: parallel files of token ids or SentencePiece text (ReadParallel,
-//     with a seq2seq.Tokenizer), validated before training, with EOS
-//     appended and teacher
-//     forcing (decoder input BOS + target, labels target + EOS);
+//   - data: the parallel files as seq2seq reads and validates them
+//     (seq2seq.ReadParallel: EOS appended, ids checked against the model)
+//     and pads them for teacher forcing (Dataset.MakeBatch: decoder input
+//     BOS + target, labels target + EOS);
 //   - batching: batches of at most N padded tokens over length-sorted
 //     examples, shuffled per epoch from a seed (Batcher); an epoch's plan is
 //     a function of (seed, epoch), so resuming needs no generator state;

@@ -189,8 +189,8 @@ func (r *finetuneRun) read(u *passes.Unit) error {
 			return err
 		}
 	}
-	read := func(src, tgt string, maxLen int) (*Dataset, error) {
-		return ReadParallel(src, tgt, DataOptions{
+	read := func(src, tgt string, maxLen int) (*seq2seq.Dataset, error) {
+		return seq2seq.ReadParallel(src, tgt, seq2seq.DataOptions{
 			Tokenizer: r.cfg.Tokenizer, Vocab: r.model.Vocab, Special: r.cfg.Special, MaxLen: maxLen,
 			SrcPositions: r.model.SrcPositions, TgtPositions: r.model.TgtPositions,
 		})

@@ -242,7 +242,7 @@ type insertRun struct {
 	params    quantize.Params
 	res       InsertResult
 	model     seq2seq.Model
-	data      *Dataset
+	data      *seq2seq.Dataset
 	collector *calibrate.Collector
 }
 
@@ -362,7 +362,7 @@ func (r *insertRun) read(u *passes.Unit) error {
 	if tgt == "" {
 		tgt = r.cfg.CalibSrc
 	}
-	r.data, err = ReadParallel(r.cfg.CalibSrc, tgt, DataOptions{
+	r.data, err = seq2seq.ReadParallel(r.cfg.CalibSrc, tgt, seq2seq.DataOptions{
 		Tokenizer: r.cfg.Tokenizer, Vocab: r.model.Vocab, Special: r.cfg.Special,
 		SrcPositions: r.model.SrcPositions, TgtPositions: r.model.TgtPositions,
 	})

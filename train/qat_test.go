@@ -150,11 +150,7 @@ func TestBadModels(t *testing.T) {
 	}
 
 	// Data beyond the model's vocabulary (64) is refused before training.
-	s, g := writeFiles(t, "5 70\n", "6\n")
-	big, err := ReadParallel(s, g, DataOptions{Vocab: 100, Special: seq2seq.DefaultSpecial()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	big := readPairs(t, "5 70\n", "6\n", seq2seq.DataOptions{Vocab: 100, Special: seq2seq.DefaultSpecial()})
 	cfg = baseConfig(big)
 	if _, err := NewTrainer(tinyModel(t), cfg); err == nil || !strings.Contains(err.Error(), "train.src:1: token id 70 is beyond the model's vocabulary of 64") {
 		t.Errorf("ids beyond the vocabulary: error %v", err)

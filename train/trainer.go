@@ -50,7 +50,7 @@ func (l Loss) usesTeacher() bool { return l.usesTeacherLogits() || l.Hidden > 0 
 type Config struct {
 	// Train is the training set; Valid, when set, is evaluated every
 	// ValidEvery steps and at the end.
-	Train, Valid *Dataset
+	Train, Valid *seq2seq.Dataset
 	// BatchTokens bounds a batch's padded tokens (rows × longest
 	// sentence).
 	BatchTokens int
@@ -274,7 +274,7 @@ func newTrainer(m *graph.Model, cfg Config) (*Trainer, error) {
 		return nil, err
 	}
 	if roles.Vocab > 0 {
-		for _, ds := range []*Dataset{cfg.Train, cfg.Valid} {
+		for _, ds := range []*seq2seq.Dataset{cfg.Train, cfg.Valid} {
 			if err := checkVocab(ds, roles.Vocab); err != nil {
 				return nil, err
 			}
@@ -314,7 +314,7 @@ func newTrainer(m *graph.Model, cfg Config) (*Trainer, error) {
 }
 
 // checkVocab refuses data with ids the model's vocabulary lacks.
-func checkVocab(ds *Dataset, vocab int) error {
+func checkVocab(ds *seq2seq.Dataset, vocab int) error {
 	if ds == nil {
 		return nil
 	}
@@ -335,7 +335,7 @@ func checkVocab(ds *Dataset, vocab int) error {
 
 // fingerprint identifies a dataset's examples, so that a resume on other
 // data is refused rather than silently continued.
-func fingerprint(ds *Dataset) string {
+func fingerprint(ds *seq2seq.Dataset) string {
 	h := fnv.New64a()
 	var buf [8]byte
 	put := func(v int64) {
@@ -529,7 +529,7 @@ func (t *Trainer) totalSteps() int64 {
 
 // nextBatch returns the batch at the current position, moving to the next
 // epoch's plan when the current one is used up.
-func (t *Trainer) nextBatch() (*Batch, int) {
+func (t *Trainer) nextBatch() (*seq2seq.Batch, int) {
 	if t.plan == nil {
 		t.plan = t.batcher.Epoch(t.state.Epoch)
 	}
@@ -543,7 +543,7 @@ func (t *Trainer) nextBatch() (*Batch, int) {
 
 // batchInputs returns the session inputs of batch b besides the
 // parameters.
-func (t *Trainer) batchInputs(in map[string]*ort.Tensor, b *Batch) {
+func (t *Trainer) batchInputs(in map[string]*ort.Tensor, b *seq2seq.Batch) {
 	in[t.roles.Src] = ort.Int64([]int64{int64(b.Size), int64(b.SrcLen)}, b.Src)
 	in[t.roles.Tgt] = ort.Int64([]int64{int64(b.Size), int64(b.TgtLen)}, b.Dec)
 }
@@ -605,7 +605,7 @@ func (t *Trainer) Step() (loss, gradNorm float64, err error) {
 // micro-batches, each adding its weighted gradient to the buffers in
 // place. A non-finite loss returns nanErr's error for the micro-batch's
 // data lines.
-func (t *Trainer) gradients(step int64, b *Batch, total int, nanErr func(string, []int) error) (float64, error) {
+func (t *Trainer) gradients(step int64, b *seq2seq.Batch, total int, nanErr func(string, []int) error) (float64, error) {
 	parts := t.microBatches(b)
 	if t.tg.GradScale != "" {
 		clear(t.gradBuf)
@@ -632,12 +632,12 @@ func (t *Trainer) gradients(step int64, b *Batch, total int, nanErr func(string,
 // microBatches splits b's rows into Config.Accumulate micro-batches as
 // even as the rows allow (b itself when it is not split), each padded to
 // its own longest sentence.
-func (t *Trainer) microBatches(b *Batch) []*Batch {
+func (t *Trainer) microBatches(b *seq2seq.Batch) []*seq2seq.Batch {
 	n := min(max(t.cfg.Accumulate, 1), len(b.Index))
 	if n <= 1 {
-		return []*Batch{b}
+		return []*seq2seq.Batch{b}
 	}
-	parts := make([]*Batch, n)
+	parts := make([]*seq2seq.Batch, n)
 	for i := range parts {
 		parts[i] = t.cfg.Train.MakeBatch(b.Index[i*len(b.Index)/n : (i+1)*len(b.Index)/n])
 	}
@@ -656,7 +656,7 @@ func shard(idx []int, r, size int) []int {
 // process computes it, and the shards' weighted losses add up to b's
 // loss. The ranks first exchange their losses, failures (a NaN included)
 // and interruptions, so that all of them take the same decision.
-func (t *Trainer) reduce(step int64, b *Batch, nanErr func(string, []int) error) (float64, error) {
+func (t *Trainer) reduce(step int64, b *seq2seq.Batch, nanErr func(string, []int) error) (float64, error) {
 	size, rank := t.comm.Size(), t.comm.Rank()
 	rep := stepReport{Stop: t.ctx != nil && t.ctx.Err() != nil}
 	if mine := shard(b.Index, rank, size); len(mine) == 0 {
@@ -710,7 +710,7 @@ func (t *Trainer) Comms() CommStats { return t.comms }
 // accumulating graph (Config.Accumulate) reads the buffers as its
 // accumulators and writes them back with weight times b's gradients
 // added. It returns b's loss.
-func (t *Trainer) backward(step int64, b *Batch, weight float64) (float64, error) {
+func (t *Trainer) backward(step int64, b *seq2seq.Batch, weight float64) (float64, error) {
 	in := t.paramInputs()
 	t.bindAliases(in)
 	t.batchInputs(in, b)

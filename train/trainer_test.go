@@ -19,7 +19,7 @@ import (
 
 // reverseTask writes n pairs of the reversal task over the ids [4, 4+k)
 // and returns the dataset.
-func reverseTask(t *testing.T, n, k int, seed uint64) *Dataset {
+func reverseTask(t *testing.T, n, k int, seed uint64) *seq2seq.Dataset {
 	t.Helper()
 	r := rand.New(rand.NewPCG(seed, 1))
 	var src, tgt strings.Builder
@@ -44,8 +44,21 @@ func reverseTask(t *testing.T, n, k int, seed uint64) *Dataset {
 		src.WriteByte('\n')
 		tgt.WriteByte('\n')
 	}
-	s, g := writeFiles(t, src.String(), tgt.String())
-	ds, err := ReadParallel(s, g, DataOptions{Vocab: 64, Special: seq2seq.DefaultSpecial()})
+	return readPairs(t, src.String(), tgt.String(), seq2seq.DataOptions{Vocab: 64, Special: seq2seq.DefaultSpecial()})
+}
+
+// readPairs writes the parallel text src and tgt as train.src and
+// train.tgt in a temporary directory and reads them with opts.
+func readPairs(t *testing.T, src, tgt string, opts seq2seq.DataOptions) *seq2seq.Dataset {
+	t.Helper()
+	dir := t.TempDir()
+	s, g := filepath.Join(dir, "train.src"), filepath.Join(dir, "train.tgt")
+	for path, text := range map[string]string{s: src, g: tgt} {
+		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ds, err := seq2seq.ReadParallel(s, g, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +74,7 @@ func tinyModel(t *testing.T) *graph.Model {
 	return m
 }
 
-func baseConfig(ds *Dataset) Config {
+func baseConfig(ds *seq2seq.Dataset) Config {
 	return Config{
 		Train: ds, BatchTokens: 128, Seed: 5, Steps: 40, Threads: 1,
 		LR: 3e-3, Loss: Loss{Kind: "ce", LabelSmoothing: 0.1},

@@ -1,7 +1,6 @@
-package train
+package seq2seq
 
 import (
-	"github.com/qatc/qatc/seq2seq"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -26,7 +25,7 @@ func writeFiles(t *testing.T, src, tgt string) (string, string) {
 
 func TestReadParallel(t *testing.T) {
 	s, g := writeFiles(t, "5 6 7\r\n8\n9 10 11 12 13\n", "7 6 5\n8 8\n4")
-	ds, err := ReadParallel(s, g, DataOptions{Vocab: 20, Special: seq2seq.DefaultSpecial(), MaxLen: 5})
+	ds, err := ReadParallel(s, g, DataOptions{Vocab: 20, Special: DefaultSpecial(), MaxLen: 5})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +63,7 @@ func TestReadParallelErrors(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, g := writeFiles(t, tc.src, tc.tgt)
-			_, err := ReadParallel(s, g, DataOptions{Vocab: 20, Special: seq2seq.DefaultSpecial(), MaxLen: tc.maxLen})
+			_, err := ReadParallel(s, g, DataOptions{Vocab: 20, Special: DefaultSpecial(), MaxLen: tc.maxLen})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want one containing %q", err, tc.want)
 			}
@@ -77,7 +76,7 @@ func TestReadParallelErrors(t *testing.T) {
 		t.Errorf("missing file: error %v does not name it", err)
 	}
 	s, g := writeFiles(t, "4\n", "4\n")
-	if _, err := ReadParallel(s, g, DataOptions{Vocab: 20, Special: seq2seq.Special{Pad: 0, BOS: 2, EOS: 30}}); err == nil || !strings.Contains(err.Error(), "special id 30") {
+	if _, err := ReadParallel(s, g, DataOptions{Vocab: 20, Special: Special{Pad: 0, BOS: 2, EOS: 30}}); err == nil || !strings.Contains(err.Error(), "special id 30") {
 		t.Errorf("eos outside the vocabulary: error %v", err)
 	}
 }
@@ -106,7 +105,7 @@ func (charTokenizer) VocabSize() int { return 30 }
 
 func TestReadParallelTokenizer(t *testing.T) {
 	s, g := writeFiles(t, "abc\nz\n", "cba\nzz\n")
-	ds, err := ReadParallel(s, g, DataOptions{Tokenizer: charTokenizer{}, Special: seq2seq.DefaultSpecial()})
+	ds, err := ReadParallel(s, g, DataOptions{Tokenizer: charTokenizer{}, Special: DefaultSpecial()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +114,7 @@ func TestReadParallelTokenizer(t *testing.T) {
 	}
 	// The model's vocabulary, when given, bounds the ids, not the
 	// tokenizer's.
-	_, err = ReadParallel(s, g, DataOptions{Tokenizer: charTokenizer{}, Vocab: 20, Special: seq2seq.DefaultSpecial()})
+	_, err = ReadParallel(s, g, DataOptions{Tokenizer: charTokenizer{}, Vocab: 20, Special: DefaultSpecial()})
 	if err == nil || !strings.Contains(err.Error(), "train.src:2: token id 29 is beyond the vocabulary of 20") {
 		t.Errorf("error %v", err)
 	}
@@ -124,8 +123,8 @@ func TestReadParallelTokenizer(t *testing.T) {
 // testdata/tiny_spm.model is a 200-piece BPE model (pad 0, unk 1, bos 2,
 // eos 3; identity normalization, no dummy prefix, whitespace kept)
 // trained by spm_train on the first 200 kB of Romeo and Juliet.
-func TestSentencePiece(t *testing.T) {
-	sp, err := seq2seq.LoadSentencePiece("testdata/tiny_spm.model")
+func TestReadParallelSentencePiece(t *testing.T) {
+	sp, err := LoadSentencePiece("testdata/tiny_spm.model")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,19 +137,19 @@ func TestSentencePiece(t *testing.T) {
 		t.Errorf("Decode(Encode(s)) = %q", got)
 	}
 	s, g := writeFiles(t, text+"\n", "thou\n")
-	ds, err := ReadParallel(s, g, DataOptions{Tokenizer: sp, Special: seq2seq.DefaultSpecial()})
+	ds, err := ReadParallel(s, g, DataOptions{Tokenizer: sp, Special: DefaultSpecial()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if e := ds.Examples[0]; len(e.Src) != len(ids)+1 || e.Src[len(e.Src)-1] != 3 {
 		t.Errorf("source %v, want %v + EOS", e.Src, ids)
 	}
-	if _, err := seq2seq.LoadSentencePiece(s); err == nil || !strings.Contains(err.Error(), "train.src") || strings.Contains(err.Error(), "\n") {
+	if _, err := LoadSentencePiece(s); err == nil || !strings.Contains(err.Error(), "train.src") || strings.Contains(err.Error(), "\n") {
 		t.Errorf("a text file as model: error %v", err)
 	}
 	// spm_train's defaults (dummy prefix, whitespace folding, nmt_nfkc)
 	// read too: the demo's model.
-	demo, err := seq2seq.LoadSentencePiece("../testmodels/demo/data/spm.model")
+	demo, err := LoadSentencePiece("../testmodels/demo/data/spm.model")
 	if err != nil {
 		t.Fatal(err)
 	}

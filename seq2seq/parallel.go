@@ -1,4 +1,4 @@
-package train
+package seq2seq
 
 import (
 	"errors"
@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"github.com/qatc/qatc/safeio"
-	"github.com/qatc/qatc/seq2seq"
 )
 
 // Example is one sentence pair, ready for teacher forcing.
@@ -28,18 +27,18 @@ type Dataset struct {
 	Examples         []Example
 	// Dropped counts the pairs MaxLen filtered out.
 	Dropped int
-	Special seq2seq.Special
+	Special Special
 }
 
 // DataOptions configure ReadParallel.
 type DataOptions struct {
 	// Tokenizer encodes each line; nil reads space-separated ids.
-	Tokenizer seq2seq.Tokenizer
+	Tokenizer Tokenizer
 	// Vocab is the model's vocabulary size: every id must be below it. 0
 	// takes the tokenizer's size.
 	Vocab int
 	// Special are the pad, bos and eos ids.
-	Special seq2seq.Special
+	Special Special
 	// MaxLen drops pairs whose source or target, EOS included, is longer
 	// (0: no limit).
 	MaxLen int
@@ -63,7 +62,7 @@ func ReadParallel(srcPath, tgtPath string, opts DataOptions) (*Dataset, error) {
 		if vocab <= 0 {
 			return nil, fmt.Errorf("reading %s: the vocabulary size is unknown; give the model's vocabulary size", srcPath)
 		}
-		tok = seq2seq.IDs{}
+		tok = IDs{}
 	}
 	if vocab <= 0 {
 		vocab = tok.VocabSize()
@@ -113,7 +112,7 @@ func ReadParallel(srcPath, tgtPath string, opts DataOptions) (*Dataset, error) {
 }
 
 // readLines encodes every line of path and checks it.
-func readLines(path string, tok seq2seq.Tokenizer, vocab int, sp seq2seq.Special) ([][]int64, error) {
+func readLines(path string, tok Tokenizer, vocab int, sp Special) ([][]int64, error) {
 	var out [][]int64
 	err := safeio.ReadLines(path, func(n int, line string) error {
 		if strings.TrimSpace(line) == "" {
