@@ -3,6 +3,7 @@ package eval
 import (
 	"bufio"
 	"fmt"
+	"github.com/qatc/qatc/decode"
 	"github.com/qatc/qatc/seq2seq"
 	"math"
 	"os"
@@ -61,7 +62,7 @@ type BenchResult struct {
 // BenchModel is a model to benchmark.
 type BenchModel struct {
 	Name   string
-	Model  Model
+	Model  decode.Model
 	Vocab  int
 	Cached bool
 }
@@ -69,7 +70,7 @@ type BenchModel struct {
 // BenchFile loads the model at path (a file or an incremental directory,
 // see Load) with sessions of one thread each and benchmarks it.
 func BenchFile(path string, roles seq2seq.Roles, opts BenchOptions) (*BenchResult, error) {
-	l, err := Load(ModelSpec{Path: path, Roles: roles}, opts.Special, 1)
+	l, err := decode.Load(decode.ModelSpec{Path: path, Roles: roles}, opts.Special, 1)
 	if err != nil {
 		return nil, err
 	}
@@ -96,7 +97,7 @@ func BenchAll(ms []BenchModel, opts BenchOptions) ([]*BenchResult, error) {
 	if sp == (seq2seq.Special{}) {
 		sp = seq2seq.DefaultSpecial()
 	}
-	workers := min(Threads(opts.Threads), opts.Batch)
+	workers := min(decode.Threads(opts.Threads), opts.Batch)
 	type timing struct{ total, enc, step []float64 }
 	times := make([]timing, len(ms))
 	batches := make([]benchBatch, len(ms))
@@ -185,11 +186,11 @@ func newBenchBatch(m BenchModel, sp seq2seq.Special, opts BenchOptions) (benchBa
 
 // decode runs the batch, split into parts decoded at once, and returns the
 // wall time of the whole and of the encoders (all parts started), in ms.
-func (b benchBatch) decode(m Model, workers int) (total, enc float64, err error) {
+func (b benchBatch) decode(m decode.Model, workers int) (total, enc float64, err error) {
 	n := len(b.srcs)
 	size := (n + workers - 1) / workers
 	type part struct {
-		st     State
+		st     decode.State
 		lo, hi int
 		err    error
 	}
@@ -256,24 +257,24 @@ type DecodeBench struct {
 // BenchDecode decodes srcs with every model rounds times, interleaved (one
 // decode per model per round, after a two-sentence warm-up), and returns
 // each model's median.
-func BenchDecode(ms []BenchModel, srcs [][]int64, opts DecodeOptions, rounds int) ([]DecodeBench, error) {
+func BenchDecode(ms []BenchModel, srcs [][]int64, opts decode.Options, rounds int) ([]DecodeBench, error) {
 	if rounds < 1 || len(srcs) == 0 {
 		return nil, fmt.Errorf("bench: %d rounds of %d sentences: need at least one of each", rounds, len(srcs))
 	}
-	o, err := opts.withDefaults()
+	o, err := opts.WithDefaults()
 	if err != nil {
 		return nil, err
 	}
 	secs, cpus := make([][]float64, len(ms)), make([][]float64, len(ms))
 	for _, m := range ms {
-		if _, err := Decode(m.Model, srcs[:min(2, len(srcs))], o); err != nil {
+		if _, err := decode.Decode(m.Model, srcs[:min(2, len(srcs))], o); err != nil {
 			return nil, fmt.Errorf("bench %s: %w", m.Name, err)
 		}
 	}
 	for range rounds {
 		for i, m := range ms {
 			t, c := time.Now(), cpuTime()
-			if _, err := Decode(m.Model, srcs, o); err != nil {
+			if _, err := decode.Decode(m.Model, srcs, o); err != nil {
 				return nil, fmt.Errorf("bench %s: %w", m.Name, err)
 			}
 			secs[i] = append(secs[i], time.Since(t).Seconds())

@@ -2,20 +2,18 @@ package eval
 
 import (
 	"fmt"
+	"github.com/qatc/qatc/decode"
 	"github.com/qatc/qatc/seq2seq"
-	"os"
 	"path/filepath"
 	"time"
 
-	"github.com/qatc/qatc/onnx"
 	"github.com/qatc/qatc/ort"
-	"google.golang.org/protobuf/proto"
 )
 
 // EvalOptions configure Evaluate.
 type EvalOptions struct {
 	// Decode configures decoding; Decode.Workers is set from Threads.
-	Decode DecodeOptions
+	Decode decode.Options
 	// Threads is the number of batches decoded at once (each session runs
 	// on one thread; 0: one per CPU), see Threads.
 	Threads int
@@ -65,7 +63,7 @@ type Row struct {
 // ref, and times the decoding. Sources are tokenized once and fed with EOS
 // appended (unless opts.NoSrcEOS); a one-sentence decode before timing
 // lets onnxruntime allocate its buffers.
-func Evaluate(models []ModelSpec, src, ref []string, opts EvalOptions) ([]Row, error) {
+func Evaluate(models []decode.ModelSpec, src, ref []string, opts EvalOptions) ([]Row, error) {
 	srcName, refName := nameOr(opts.SrcName, "the source"), nameOr(opts.RefName, "the reference")
 	if len(src) != len(ref) {
 		return nil, fmt.Errorf("%s has %d lines but %s has %d: give one reference line per source line", srcName, len(src), refName, len(ref))
@@ -76,12 +74,12 @@ func Evaluate(models []ModelSpec, src, ref []string, opts EvalOptions) ([]Row, e
 	if len(models) == 0 {
 		return nil, fmt.Errorf("no model to evaluate")
 	}
-	dopts, err := opts.Decode.withDefaults()
+	dopts, err := opts.Decode.WithDefaults()
 	if err != nil {
 		return nil, err
 	}
 	stok, ttok := seq2seq.OrIDs(opts.Src), seq2seq.OrIDs(opts.Tgt)
-	srcIDs, err := EncodeSources(src, stok, srcName, dopts.Special, opts.NoSrcEOS)
+	srcIDs, err := seq2seq.EncodeSources(src, stok, srcName, dopts.Special, opts.NoSrcEOS)
 	if err != nil {
 		return nil, err
 	}
@@ -109,18 +107,18 @@ func nameOr(s, def string) string {
 	return s
 }
 
-func evaluateOne(spec ModelSpec, srcIDs [][]int64, ref []string, ttok seq2seq.Tokenizer, opts EvalOptions, dopts DecodeOptions) (*Row, error) {
+func evaluateOne(spec decode.ModelSpec, srcIDs [][]int64, ref []string, ttok seq2seq.Tokenizer, opts EvalOptions, dopts decode.Options) (*Row, error) {
 	name := spec.Name
 	if name == "" {
 		name = filepath.Base(spec.Path)
 	}
-	l, err := Load(spec, dopts.Special, 1)
+	l, err := decode.Load(spec, dopts.Special, 1)
 	if err != nil {
 		return nil, err
 	}
 	defer l.Close()
 	m, roles, vocab, size := l.Model, l.Roles, l.Vocab, l.SizeBytes
-	dopts.Workers = Threads(opts.Threads)
+	dopts.Workers = decode.Threads(opts.Threads)
 	if err := seq2seq.CheckVocab(ttok, nameOr(opts.TgtTokName, "the SentencePiece model"), vocab, spec.Path); err != nil {
 		return nil, err
 	}
@@ -136,14 +134,14 @@ func evaluateOne(spec ModelSpec, srcIDs [][]int64, ref []string, ttok seq2seq.To
 
 	warm := dopts
 	warm.Progress = nil
-	if _, err := Decode(m, srcIDs[:1], warm); err != nil {
+	if _, err := decode.Decode(m, srcIDs[:1], warm); err != nil {
 		return nil, err
 	}
 	if opts.Progress != nil {
 		dopts.Progress = func(done, total int) { opts.Progress(name, done, total) }
 	}
 	start := time.Now()
-	hyps, err := Decode(m, srcIDs, dopts)
+	hyps, err := decode.Decode(m, srcIDs, dopts)
 	if err != nil {
 		return nil, err
 	}
@@ -177,8 +175,8 @@ func evaluateOne(spec ModelSpec, srcIDs [][]int64, ref []string, ttok seq2seq.To
 // source positions (named by file and line, not left to onnxruntime), and
 // the logits of a decoding batch within ort.MemoryLimit. Translations are
 // held to the target positions.
-func CheckSources(path string, roles seq2seq.Roles, srcIDs [][]int64, vocab int, srcName string, dopts *DecodeOptions) error {
-	srcPos, tgtPos := Positions(path, roles)
+func CheckSources(path string, roles seq2seq.Roles, srcIDs [][]int64, vocab int, srcName string, dopts *decode.Options) error {
+	srcPos, tgtPos := decode.Positions(path, roles)
 	longest := 0
 	for i, ids := range srcIDs {
 		for _, id := range ids {
@@ -222,36 +220,4 @@ func TokenAgreement(a, b [][]int64) float64 {
 		return 1
 	}
 	return float64(same) / float64(total)
-}
-
-// ModelSize returns the bytes an ONNX model takes on disk: the file and
-// the distinct external-data files its initializers name.
-func ModelSize(path string) (int64, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return 0, fmt.Errorf("model: %v", err)
-	}
-	var p onnx.ModelProto
-	if err := proto.Unmarshal(data, &p); err != nil || p.Graph == nil {
-		return 0, fmt.Errorf("%s is not an ONNX model", path)
-	}
-	size := int64(len(data))
-	seen := map[string]bool{}
-	for _, t := range p.Graph.Initializer {
-		if t.DataLocation != onnx.TensorProto_EXTERNAL {
-			continue
-		}
-		for _, e := range t.ExternalData {
-			if e.Key != "location" || seen[e.Value] {
-				continue
-			}
-			seen[e.Value] = true
-			fi, err := os.Stat(filepath.Join(filepath.Dir(path), filepath.Clean("/" + e.Value)[1:]))
-			if err != nil {
-				return 0, fmt.Errorf("%s: external data of %q: %v", path, t.Name, err)
-			}
-			size += fi.Size()
-		}
-	}
-	return size, nil
 }

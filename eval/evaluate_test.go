@@ -2,6 +2,7 @@ package eval
 
 import (
 	"bytes"
+	"github.com/qatc/qatc/decode"
 	"github.com/qatc/qatc/seq2seq"
 	"math"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/testmodels"
 )
 
 func saveModel(t *testing.T, m *graph.Model, name string) string {
@@ -23,15 +25,15 @@ func saveModel(t *testing.T, m *graph.Model, name string) string {
 }
 
 func TestEvaluate(t *testing.T) {
-	a := saveModel(t, bigramModel(t, false), "a.onnx")
-	b := saveModel(t, bigramModel(t, true), "b.onnx")
+	a := saveModel(t, testmodels.Bigram(false), "a.onnx")
+	b := saveModel(t, testmodels.Bigram(true), "b.onnx")
 	// Sources get EOS appended: [4 3] and [3] read A C (model b: A D); [8 5 3]
 	// (first token E) reads F up to the limit, 3 + 2 tokens.
 	src := []string{"4", "8 5", ""}
 	ref := []string{"4 6", "9 9 9 9 9", "4 6"}
 	var progress []string
-	rows, err := Evaluate([]ModelSpec{{Name: "fp32", Path: a}, {Path: b}}, src, ref, EvalOptions{
-		Decode:   DecodeOptions{MaxExtra: 2, Beam: 2},
+	rows, err := Evaluate([]decode.ModelSpec{{Name: "fp32", Path: a}, {Path: b}}, src, ref, EvalOptions{
+		Decode:   decode.Options{MaxExtra: 2, Beam: 2},
 		Threads:  1,
 		Progress: func(m string, done, total int) { progress = append(progress, m) },
 	})
@@ -52,7 +54,7 @@ func TestEvaluate(t *testing.T) {
 	}
 
 	// Greedy: model a reads A C, b reads A D.
-	rows, err = Evaluate([]ModelSpec{{Path: a}, {Path: b}}, src, ref, EvalOptions{Decode: DecodeOptions{MaxExtra: 2}})
+	rows, err = Evaluate([]decode.ModelSpec{{Path: a}, {Path: b}}, src, ref, EvalOptions{Decode: decode.Options{MaxExtra: 2}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +115,7 @@ func (pieces) Decode(ids []int64) string { return seq2seq.IDs{}.Decode(ids) }
 func (p pieces) VocabSize() int          { return p.n }
 
 func TestEvaluateErrors(t *testing.T) {
-	a := saveModel(t, bigramModel(t, false), "a.onnx")
+	a := saveModel(t, testmodels.Bigram(false), "a.onnx")
 	cls := graph.New("classifier", 17)
 	cls.AddInput("pixels", graph.Float, []int64{-1, 4}, "batch")
 	cls.AddOutput("probs", graph.Float, []int64{-1, 4}, "batch")
@@ -122,20 +124,20 @@ func TestEvaluateErrors(t *testing.T) {
 	var spm seq2seq.Tokenizer = pieces{11}
 	for _, tc := range []struct {
 		name     string
-		models   []ModelSpec
+		models   []decode.ModelSpec
 		src, ref []string
 		opts     EvalOptions
 		want     string
 	}{
-		{"line counts", []ModelSpec{{Path: a}}, []string{"4", "5"}, []string{"4"},
+		{"line counts", []decode.ModelSpec{{Path: a}}, []string{"4", "5"}, []string{"4"},
 			EvalOptions{SrcName: "test.src", RefName: "test.ref"}, "test.src has 2 lines but test.ref has 1"},
-		{"not seq2seq", []ModelSpec{{Path: c}}, []string{"4"}, []string{"4"}, EvalOptions{},
+		{"not seq2seq", []decode.ModelSpec{{Path: c}}, []string{"4"}, []string{"4"}, EvalOptions{},
 			"classifier.onnx is not a seq2seq model: it needs two int64 [batch, len] inputs and a float [batch, tgt_len, vocab] output, and has inputs pixels float32[batch,4] and outputs probs float32[batch,4]"},
-		{"vocabulary", []ModelSpec{{Path: a}}, []string{"ab"}, []string{"ab"},
+		{"vocabulary", []decode.ModelSpec{{Path: a}}, []string{"ab"}, []string{"ab"},
 			EvalOptions{Src: spm, Tgt: spm, TgtTokName: "demo.model"}, "demo.model has 11 pieces but " + a + " has a vocabulary of 10"},
-		{"bad id", []ModelSpec{{Path: a}}, []string{"4", "4 x"}, []string{"4", "4"},
+		{"bad id", []decode.ModelSpec{{Path: a}}, []string{"4", "4 x"}, []string{"4", "4"},
 			EvalOptions{SrcName: "test.src"}, `test.src:2: field 2 "x" is not a token id`},
-		{"missing model", []ModelSpec{{Path: filepath.Join(t.TempDir(), "nope.onnx")}}, []string{"4"}, []string{"4"}, EvalOptions{}, "nope.onnx"},
+		{"missing model", []decode.ModelSpec{{Path: filepath.Join(t.TempDir(), "nope.onnx")}}, []string{"4"}, []string{"4"}, EvalOptions{}, "nope.onnx"},
 	} {
 		_, err := Evaluate(tc.models, tc.src, tc.ref, tc.opts)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -145,7 +147,7 @@ func TestEvaluateErrors(t *testing.T) {
 }
 
 func TestBench(t *testing.T) {
-	path := saveModel(t, bigramModel(t, false), "a.onnx")
+	path := saveModel(t, testmodels.Bigram(false), "a.onnx")
 	r, err := BenchFile(path, seq2seq.Roles{}, BenchOptions{Batch: 3, SrcLen: 5, TgtLen: 4, Threads: 1, Warmup: 1, Iters: 7})
 	if err != nil {
 		t.Fatal(err)

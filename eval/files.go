@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/qatc/qatc/decode"
 	"io"
 	"os"
 	"path/filepath"
@@ -41,7 +42,7 @@ func HypFile(dir, model string) string {
 // EvaluateFiles is Evaluate on the sentences of the files src and ref;
 // with hypDir it also writes each model's translations to HypFile(hypDir,
 // model).
-func EvaluateFiles(models []ModelSpec, src, ref, hypDir string, opts EvalOptions) ([]Row, error) {
+func EvaluateFiles(models []decode.ModelSpec, src, ref, hypDir string, opts EvalOptions) ([]Row, error) {
 	srcLines, err := ReadLines(src)
 	if err != nil {
 		return nil, err
@@ -100,7 +101,7 @@ type BenchConfig struct {
 	// Tokenizer, nil: ids), Rounds times per model, with Decode.
 	Src       string
 	Tokenizer seq2seq.Tokenizer
-	Decode    DecodeOptions
+	Decode    decode.Options
 	Rounds    int
 	// Note, when set, is told why a model decodes without a cache.
 	Note func(path, note string)
@@ -127,7 +128,7 @@ func BenchFiles(paths []string, cfg BenchConfig) (*BenchReport, error) {
 	}
 	var models []BenchModel
 	for _, path := range paths {
-		l, err := Load(ModelSpec{Path: path, Roles: cfg.Roles, Rerun: cfg.Rerun}, cfg.Decode.Special, 1)
+		l, err := decode.Load(decode.ModelSpec{Path: path, Roles: cfg.Roles, Rerun: cfg.Rerun}, cfg.Decode.Special, 1)
 		if err != nil {
 			return nil, err
 		}
@@ -150,7 +151,7 @@ func BenchFiles(paths []string, cfg BenchConfig) (*BenchReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	srcs, err := EncodeSources(lines, seq2seq.OrIDs(cfg.Tokenizer), cfg.Src, cfg.Decode.Special, false)
+	srcs, err := seq2seq.EncodeSources(lines, seq2seq.OrIDs(cfg.Tokenizer), cfg.Src, cfg.Decode.Special, false)
 	if err != nil {
 		return nil, err
 	}
@@ -160,7 +161,7 @@ func BenchFiles(paths []string, cfg BenchConfig) (*BenchReport, error) {
 			return nil, err
 		}
 	}
-	opts.Workers = Threads(cfg.Bench.Threads)
+	opts.Workers = decode.Threads(cfg.Bench.Threads)
 	rep.Sentences = len(srcs)
 	rep.Decodes, err = BenchDecode(models, srcs, opts, cfg.Rounds)
 	return rep, err

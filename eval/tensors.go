@@ -3,9 +3,9 @@ package eval
 import (
 	"cmp"
 	"fmt"
+	"github.com/qatc/qatc/decode"
 	"io"
 	"math"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -314,8 +314,8 @@ type runner interface {
 
 // openRunner opens path, a model file or a model directory.
 func openRunner(path string, opts *ort.Options) (runner, error) {
-	if IsIncrementalDir(path) {
-		return OpenIncremental(path, opts)
+	if decode.IsIncrementalDir(path) {
+		return decode.OpenIncremental(path, opts)
 	}
 	return ort.OpenFile(path, opts)
 }
@@ -323,7 +323,7 @@ func openRunner(path string, opts *ort.Options) (runner, error) {
 // CompareOptions configure CompareFiles.
 type CompareOptions struct {
 	// Inputs maps input names to .npy files; without them valid random
-	// inputs are generated (RandomInputs) with Batch, Len, Vocab (0: the
+	// inputs are generated (ort.RandomInputs) with Batch, Len, Vocab (0: the
 	// logits' last dimension) and Seed.
 	Inputs            map[string]string
 	Batch, Len, Vocab int
@@ -388,11 +388,11 @@ func CompareFiles(pathA, pathB string, o CompareOptions) ([]Comparison, error) {
 		}
 		pad := int64(-1)
 		for _, r := range []runner{a, b} {
-			if m, ok := r.(*Incremental); ok {
+			if m, ok := r.(*decode.Incremental); ok {
 				pad = m.Config.PadID
 			}
 		}
-		if inputs, err = RandomInputs(a.Inputs(), o.Batch, o.Len, vocab, pad, o.Seed); err != nil {
+		if inputs, err = ort.RandomInputs(a.Inputs(), o.Batch, o.Len, vocab, pad, o.Seed); err != nil {
 			return nil, fmt.Errorf("%s: %w", pathA, err)
 		}
 	}
@@ -441,65 +441,6 @@ func vocabOf(outs []graph.IOInfo) int {
 		}
 	}
 	return 0
-}
-
-// RandomInputs makes valid inputs from the declared shapes: token ids in
-// [4, vocab) other than pad for integer inputs, standard normals for float
-// ones; dynamic dimensions take batch (axis 0) or length (other axes).
-func RandomInputs(ins []graph.IOInfo, batch, length, vocab int, pad int64, seed uint64) (map[string]*ort.Tensor, error) {
-	rng := rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15))
-	out := map[string]*ort.Tensor{}
-	for _, in := range ins {
-		shape := make([]int64, len(in.Dims))
-		factors := make([]ort.Factor, len(in.Dims))
-		for i, d := range in.Dims {
-			switch {
-			case d >= 0:
-				shape[i] = d
-				factors[i] = ort.Factor{Name: fmt.Sprintf("dim %d of %q (fixed by the model)", i, in.Name), Value: d}
-			case i == 0:
-				shape[i] = int64(batch)
-				factors[i] = ort.Factor{Name: "--batch", Value: shape[i]}
-			default:
-				shape[i] = int64(length)
-				factors[i] = ort.Factor{Name: "--len", Value: shape[i]}
-			}
-		}
-		if err := ort.CheckSize(fmt.Sprintf("input %q", in.Name), 8, factors...); err != nil {
-			return nil, err
-		}
-		n := int(graph.NumElements(shape))
-		switch in.Elem {
-		case graph.Int64, graph.Int32:
-			if vocab <= 4 {
-				return nil, fmt.Errorf("cannot generate token ids for input %q: vocabulary unknown; give --vocab or --input", in.Name)
-			}
-			ids := make([]int64, n)
-			for i := range ids {
-				for ids[i] = pad; ids[i] == pad; {
-					ids[i] = 4 + rng.Int64N(int64(vocab-4))
-				}
-			}
-			if in.Elem == graph.Int64 {
-				out[in.Name] = ort.Int64(shape, ids)
-			} else {
-				v := make([]int32, n)
-				for i, x := range ids {
-					v[i] = int32(x)
-				}
-				out[in.Name] = &ort.Tensor{Shape: shape, Data: v}
-			}
-		case graph.Float:
-			v := make([]float32, n)
-			for i := range v {
-				v[i] = float32(rng.NormFloat64())
-			}
-			out[in.Name] = ort.Float32(shape, v)
-		default:
-			return nil, fmt.Errorf("cannot generate values for input %q of type %s; give it with --input", in.Name, in.Elem)
-		}
-	}
-	return out, nil
 }
 
 // CompareTensors computes error figures of b against the reference a:

@@ -3,6 +3,7 @@ package eval
 import (
 	"bufio"
 	"fmt"
+	"github.com/qatc/qatc/decode"
 	"github.com/qatc/qatc/seq2seq"
 	"io"
 	"strings"
@@ -14,7 +15,7 @@ import (
 // TranslateOptions configure Translate.
 type TranslateOptions struct {
 	// Decode configures decoding; Decode.Workers is set from Threads.
-	Decode DecodeOptions
+	Decode decode.Options
 	// Threads is the number of batches decoded at once (see Threads).
 	Threads int
 	// Src and Tgt tokenize the source lines and detokenize the
@@ -49,11 +50,11 @@ type TranslateReport struct {
 // decoded, and nothing is written unless all of them are translated.
 func Translate(path string, r io.Reader, w io.Writer, opts TranslateOptions) (*TranslateReport, error) {
 	name := nameOr(opts.SrcName, "the source")
-	dopts, err := opts.Decode.withDefaults()
+	dopts, err := opts.Decode.WithDefaults()
 	if err != nil {
 		return nil, err
 	}
-	dopts.Workers = Threads(opts.Threads)
+	dopts.Workers = decode.Threads(opts.Threads)
 	dopts.Progress = opts.Progress
 	if opts.MapFile != "" {
 		if opts.Map, err = transformer.ReadMap(opts.MapFile); err != nil {
@@ -72,11 +73,11 @@ func Translate(path string, r io.Reader, w io.Writer, opts TranslateOptions) (*T
 	if err != nil {
 		return nil, err
 	}
-	srcs, err := EncodeSources(lines, stok, name, dopts.Special, opts.NoSrcEOS)
+	srcs, err := seq2seq.EncodeSources(lines, stok, name, dopts.Special, opts.NoSrcEOS)
 	if err != nil {
 		return nil, err
 	}
-	l, err := Load(ModelSpec{Path: path, Roles: opts.Roles, Rerun: opts.Rerun, Map: opts.Map}, dopts.Special, 1)
+	l, err := decode.Load(decode.ModelSpec{Path: path, Roles: opts.Roles, Rerun: opts.Rerun, Map: opts.Map}, dopts.Special, 1)
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +96,7 @@ func Translate(path string, r io.Reader, w io.Writer, opts TranslateOptions) (*T
 	if len(srcs) == 0 {
 		return rep, nil
 	}
-	hyps, err := Decode(l.Model, srcs, dopts)
+	hyps, err := decode.Decode(l.Model, srcs, dopts)
 	if err != nil {
 		return nil, err
 	}
@@ -105,21 +106,4 @@ func Translate(path string, r io.Reader, w io.Writer, opts TranslateOptions) (*T
 		bw.WriteByte('\n')
 	}
 	return rep, bw.Flush()
-}
-
-// EncodeSources tokenizes source lines (name names them in errors) and
-// appends EOS unless noEOS: the ids a model trained by qatc reads.
-func EncodeSources(lines []string, tok seq2seq.Tokenizer, name string, sp seq2seq.Special, noEOS bool) ([][]int64, error) {
-	srcs := make([][]int64, len(lines))
-	for i, line := range lines {
-		ids, err := tok.Encode(line)
-		if err != nil {
-			return nil, fmt.Errorf("%s:%d: %v", name, i+1, err)
-		}
-		if !noEOS {
-			ids = append(ids, sp.EOS)
-		}
-		srcs[i] = ids
-	}
-	return srcs, nil
 }

@@ -3,13 +3,13 @@ package export
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/qatc/qatc/decode"
 	"math"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 
-	"github.com/qatc/qatc/eval"
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/incremental"
@@ -232,7 +232,7 @@ func checkIncremental(m *graph.Model, roles checkRoles, set *seq2seq.Dir, format
 		return err
 	}
 	defer os.RemoveAll(dir)
-	inc, err := eval.NewIncremental("incremental "+format, set, &ort.Options{ProfilePrefix: filepath.Join(dir, "incremental")})
+	inc, err := decode.NewIncremental("incremental "+format, set, &ort.Options{ProfilePrefix: filepath.Join(dir, "incremental")})
 	if err != nil {
 		return err
 	}

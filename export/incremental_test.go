@@ -1,6 +1,7 @@
 package export
 
 import (
+	"github.com/qatc/qatc/decode"
 	"math"
 	"path/filepath"
 	"slices"
@@ -10,7 +11,6 @@ import (
 	"github.com/qatc/qatc/passes/incremental"
 	"github.com/qatc/qatc/seq2seq"
 
-	"github.com/qatc/qatc/eval"
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/quantize"
@@ -88,11 +88,11 @@ func TestIncremental(t *testing.T) {
 			}
 			s.Close()
 		}
-		l, err := eval.Load(eval.ModelSpec{Path: dir}, seq2seq.DefaultSpecial(), 1)
+		l, err := decode.Load(decode.ModelSpec{Path: dir}, seq2seq.DefaultSpecial(), 1)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		if _, err := eval.Decode(l.Model, [][]int64{{5, 6, 3}, {7, 3}}, eval.DecodeOptions{MaxExtra: 4}); err != nil {
+		if _, err := decode.Decode(l.Model, [][]int64{{5, 6, 3}, {7, 3}}, decode.Options{MaxExtra: 4}); err != nil {
 			t.Errorf("%s: decode: %v", name, err)
 		}
 		l.Close()
@@ -230,14 +230,14 @@ func TestIncrementalIntegerCache(t *testing.T) {
 			t.Errorf("%s: the integer cache is further from the full-sequence model (%.3g) than a float cache (%.3g)", tc.name, rep.Check.MaxAbsErr, refRep.Check.MaxAbsErr)
 		}
 		for _, beam := range []int{1, 4} {
-			opts := eval.DecodeOptions{Beam: beam, MaxExtra: 6, BatchSize: 3, Special: seq2seq.DefaultSpecial()}
-			var hyps [2][]eval.Hypothesis
+			opts := decode.Options{Beam: beam, MaxExtra: 6, BatchSize: 3, Special: seq2seq.DefaultSpecial()}
+			var hyps [2][]decode.Hypothesis
 			for i, d := range []*seq2seq.Dir{&set.Dir, &ref.Dir} {
-				inc, err := eval.NewIncremental(tc.name, d, nil)
+				inc, err := decode.NewIncremental(tc.name, d, nil)
 				if err != nil {
 					t.Fatalf("%s: %v", tc.name, err)
 				}
-				if hyps[i], err = eval.Decode(inc, srcs, opts); err != nil {
+				if hyps[i], err = decode.Decode(inc, srcs, opts); err != nil {
 					t.Fatalf("%s beam %d: %v", tc.name, beam, err)
 				}
 				inc.Close()

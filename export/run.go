@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/qatc/qatc/eval"
 	"github.com/qatc/qatc/export/lightseq"
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
@@ -223,7 +222,7 @@ func CheckBatch(m *graph.Model, model seq2seq.Model, o BatchOptions) (map[string
 		{Name: model.Src, Elem: graph.Int64, Dims: []int64{-1, -1}},
 		{Name: model.Tgt, Elem: graph.Int64, Dims: []int64{-1, -1}},
 	}
-	b, err = eval.RandomInputs(ins, o.N, o.Len, model.Vocab, o.Special.Pad, 7)
+	b, err = ort.RandomInputs(ins, o.N, o.Len, model.Vocab, o.Special.Pad, 7)
 	return b, fmt.Sprintf("%d random sentences (the model records none: give --src)", o.N), err
 }
 

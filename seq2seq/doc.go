@@ -9,7 +9,7 @@
 // padding, no sentence beyond the positions) and padded for teacher
 // forcing (Dataset.MakeBatch).
 //
-// train reads its data, eval and translate decode, export checks and
+// train reads its data, decode and eval translate, export checks and
 // writes incremental models with these; nothing else finds roles, loads
 // a SentencePiece model or reads parallel text.
 //
@@ -18,5 +18,5 @@
 // decoder with a key/value cache, or both decoders merged into one file)
 // with its config.json: the layout's names and the config.
 // passes/incremental builds qatc's own directories of this layout from a
-// full-sequence model; eval decodes directories with their cache.
+// full-sequence model; decode decodes directories with their cache.
 package seq2seq

@@ -97,3 +97,20 @@ func CheckVocab(tok Tokenizer, tokName string, modelVocab int, modelName string)
 	}
 	return fmt.Errorf("%s has %d pieces but %s has a vocabulary of %d (its logits' last dim): use the SentencePiece model the translation model was trained with", tokName, v, modelName, modelVocab)
 }
+
+// EncodeSources tokenizes source lines (name names them in errors) and
+// appends EOS unless noEOS: the ids a model trained by qatc reads.
+func EncodeSources(lines []string, tok Tokenizer, name string, sp Special, noEOS bool) ([][]int64, error) {
+	srcs := make([][]int64, len(lines))
+	for i, line := range lines {
+		ids, err := tok.Encode(line)
+		if err != nil {
+			return nil, fmt.Errorf("%s:%d: %v", name, i+1, err)
+		}
+		if !noEOS {
+			ids = append(ids, sp.EOS)
+		}
+		srcs[i] = ids
+	}
+	return srcs, nil
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/qatc/qatc/decode"
 	"strings"
 
 	"github.com/qatc/qatc/eval"
@@ -64,9 +65,9 @@ func evalAction(c *cli.Context) error {
 	if err := tokenizers(c, &opts.Src, &opts.Tgt, &opts.TgtTokName); err != nil {
 		return err
 	}
-	var specs []eval.ModelSpec
+	var specs []decode.ModelSpec
 	for _, p := range c.Args().Slice() {
-		spec := eval.ModelSpec{Path: p, Roles: roleFlagValues(c), Rerun: c.Bool("no-cache")}
+		spec := decode.ModelSpec{Path: p, Roles: roleFlagValues(c), Rerun: c.Bool("no-cache")}
 		if strings.HasSuffix(p, ".pb") {
 			var err error
 			if spec, err = lightseq.Spec(p); err != nil {

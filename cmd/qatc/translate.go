@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/qatc/qatc/decode"
 	"os"
 
 	"github.com/qatc/qatc/eval"
@@ -65,8 +66,8 @@ func translateAction(c *cli.Context) error {
 }
 
 // decodeOptions reads the decoding flags (their ranges are flagRanges').
-func decodeOptions(c *cli.Context) eval.DecodeOptions {
-	return eval.DecodeOptions{
+func decodeOptions(c *cli.Context) decode.Options {
+	return decode.Options{
 		Special: specialIDs(c), Beam: c.Int("beam"), LengthPenalty: c.Float64("length-penalty"),
 		MaxExtra: c.Int("max-extra"), BatchSize: c.Int("batch"),
 	}

@@ -2,10 +2,10 @@ package lightseq
 
 import (
 	"fmt"
+	"github.com/qatc/qatc/decode"
 	"os"
 	"strings"
 
-	"github.com/qatc/qatc/eval"
 	"github.com/qatc/qatc/export/lightseq/lspb"
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/ort"
@@ -254,17 +254,17 @@ func WriteFile(qat *graph.Model, path, out string, opts Options, batch map[strin
 	return &FileReport{Bytes: st.Size(), Sizes: sizes, Report: rep, Verify: chk}, nil
 }
 
-// Spec returns the LightSeq file at path as a model eval decodes: with
+// Spec returns the LightSeq file at path as a model decode decodes: with
 // the Go reference decoder of LightSeq's int8 numerics (Reference).
-func Spec(path string) (eval.ModelSpec, error) {
+func Spec(path string) (decode.ModelSpec, error) {
 	qt, err := Read(path)
 	if err != nil {
-		return eval.ModelSpec{}, err
+		return decode.ModelSpec{}, err
 	}
 	ref, err := NewReference(qt)
 	if err != nil {
-		return eval.ModelSpec{}, fmt.Errorf("%s: %w", path, err)
+		return decode.ModelSpec{}, fmt.Errorf("%s: %w", path, err)
 	}
-	start := func(s [][]int64) (eval.State, error) { return ref.Start(s) }
-	return eval.ModelSpec{Path: path, Model: eval.StartFunc(start), Vocab: ref.Vocab}, nil
+	start := func(s [][]int64) (decode.State, error) { return ref.Start(s) }
+	return decode.ModelSpec{Path: path, Model: decode.StartFunc(start), Vocab: ref.Vocab}, nil
 }

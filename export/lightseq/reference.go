@@ -307,8 +307,8 @@ func (r *Reference) crossKV(enc []float32, m int) []float32 {
 // cross-attention keys and values run once per sentence, and each Step
 // runs the decoder on one new token per row, attending to the keys and
 // values of the earlier ones. It computes exactly what the decoder
-// computes on the whole prefix at that position. It implements eval's
-// State.
+// computes on the whole prefix at that position. It implements
+// decode.State.
 type State struct {
 	r    *Reference
 	rows []*cacheRow

@@ -1,4 +1,4 @@
-package eval
+package decode
 
 import (
 	"fmt"
@@ -17,9 +17,9 @@ const DefaultLengthPenalty = 0.6
 // may grow by default.
 const DefaultMaxExtra = 50
 
-// DecodeOptions configure Decode. The zero value decodes greedily with the
+// Options configure Decode. The zero value decodes greedily with the
 // default special ids, up to source length + 50 tokens, 32 sentences a batch.
-type DecodeOptions struct {
+type Options struct {
 	// Special are the pad, bos and eos ids; the zero value means
 	// DefaultSpecial.
 	Special seq2seq.Special
@@ -145,8 +145,8 @@ type Hypothesis struct {
 // search, and returns the hypotheses in the sources' order. Sources are
 // sorted by length and decoded in batches of similar length, Workers
 // batches at a time.
-func Decode(m Model, srcs [][]int64, opts DecodeOptions) ([]Hypothesis, error) {
-	o, err := opts.withDefaults()
+func Decode(m Model, srcs [][]int64, opts Options) ([]Hypothesis, error) {
+	o, err := opts.WithDefaults()
 	if err != nil {
 		return nil, err
 	}
@@ -229,7 +229,10 @@ func Decode(m Model, srcs [][]int64, opts DecodeOptions) ([]Hypothesis, error) {
 	return out, nil
 }
 
-func (o DecodeOptions) withDefaults() (DecodeOptions, error) {
+// WithDefaults checks the options and returns them with the defaults
+// Decode uses filled in (special ids, maximum length, batch size, one
+// worker), so that callers can validate before they load a model.
+func (o Options) WithDefaults() (Options, error) {
 	if o.Special == (seq2seq.Special{}) {
 		o.Special = seq2seq.DefaultSpecial()
 	}
@@ -261,7 +264,7 @@ func (o DecodeOptions) withDefaults() (DecodeOptions, error) {
 
 // limit is the most tokens (EOS counted) a translation of a source of n
 // tokens may have.
-func (o DecodeOptions) limit(n int) int {
+func (o Options) limit(n int) int {
 	l := math.MaxInt
 	if o.MaxExtra > 0 {
 		l = n + o.MaxExtra
@@ -274,7 +277,7 @@ func (o DecodeOptions) limit(n int) int {
 
 // lengthNorm is the factor a log-probability of a hypothesis of n tokens is
 // multiplied by: LightSeq's length_norm, ((5+n)/6)^-α.
-func (o DecodeOptions) lengthNorm(n int) float64 {
+func (o Options) lengthNorm(n int) float64 {
 	if o.LengthPenalty == 0 {
 		return 1
 	}
@@ -327,7 +330,7 @@ func top(st State, tokens []int64, k int, sp seq2seq.Special) ([]int64, []float3
 
 // reserve tells a state that has a Reserve method the most steps the
 // batch of srcs can take, so that it sizes its buffers once.
-func reserve(st State, srcs [][]int64, o DecodeOptions) {
+func reserve(st State, srcs [][]int64, o Options) {
 	r, ok := st.(interface{ Reserve(steps int) })
 	if !ok {
 		return
@@ -350,7 +353,7 @@ func closeState(st State) {
 
 // greedy decodes a batch by taking the most likely token at each step;
 // sentences that finish leave the batch.
-func greedy(m Model, srcs [][]int64, o DecodeOptions) ([]Hypothesis, error) {
+func greedy(m Model, srcs [][]int64, o Options) ([]Hypothesis, error) {
 	st, err := m.Start(srcs)
 	if err != nil {
 		return nil, err
@@ -429,7 +432,7 @@ type beamState struct {
 // which only falls, scaled by the smallest length factor still possible
 // (at the length limit), is no better than the Beam-th finished score.
 // At the length limit the live beams finish without EOS.
-func beamSearch(m Model, srcs [][]int64, o DecodeOptions) ([]Hypothesis, error) {
+func beamSearch(m Model, srcs [][]int64, o Options) ([]Hypothesis, error) {
 	k := o.Beam
 	st, err := m.Start(srcs)
 	if err != nil {

@@ -1,4 +1,4 @@
-package eval
+package decode
 
 import (
 	"fmt"
@@ -71,7 +71,7 @@ func TestIncrementalDecode(t *testing.T) {
 	full, inc := openBoth(t, cfg)
 	srcs := tinySources(cfg, 17, 1)
 	for _, beam := range []int{1, 3} {
-		opts := DecodeOptions{Beam: beam, MaxExtra: 6, BatchSize: 5}
+		opts := Options{Beam: beam, MaxExtra: 6, BatchSize: 5}
 		want, err := Decode(full, srcs, opts)
 		if err != nil {
 			t.Fatal(err)
@@ -133,7 +133,7 @@ func TestOpenIncremental(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hyps, err := Decode(m, tinySources(tiny, 4, 2), DecodeOptions{MaxExtra: 3})
+	hyps, err := Decode(m, tinySources(tiny, 4, 2), Options{MaxExtra: 3})
 	m.Close()
 	if err != nil || len(hyps) != 4 {
 		t.Fatalf("decode: %v", err)
@@ -171,9 +171,9 @@ func TestOpenIncremental(t *testing.T) {
 // hypothesis is scored by running the full model over its whole prefix,
 // with Decode's rules (2·beam candidates per hypothesis, EOS ends a
 // hypothesis, LightSeq's length penalty, the stopping bound).
-func bruteBeam(t *testing.T, m *Seq2Seq, src []int64, o DecodeOptions) Hypothesis {
+func bruteBeam(t *testing.T, m *Seq2Seq, src []int64, o Options) Hypothesis {
 	t.Helper()
-	o, err := o.withDefaults()
+	o, err := o.WithDefaults()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,7 +268,7 @@ func TestBeamBruteForce(t *testing.T) {
 	for _, p := range demo.Generate(3, 50) { // the test split's seed
 		lines = append(lines, p.Src)
 	}
-	srcs, err := EncodeSources(lines, tok, "test", seq2seq.DefaultSpecial(), false)
+	srcs, err := seq2seq.EncodeSources(lines, tok, "test", seq2seq.DefaultSpecial(), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,7 +280,7 @@ func TestBeamBruteForce(t *testing.T) {
 	if !l.Cached {
 		t.Fatalf("the demo model decodes without a cache: %s", l.Note)
 	}
-	opts := DecodeOptions{Beam: 4, LengthPenalty: DefaultLengthPenalty, Workers: 2}
+	opts := Options{Beam: 4, LengthPenalty: DefaultLengthPenalty, Workers: 2}
 	got, err := Decode(l.Model, srcs, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -365,7 +365,7 @@ func decodeMemoryChild() {
 	for _, p := range demo.Generate(3, 500) {
 		lines = append(lines, p.Src)
 	}
-	srcs, err := EncodeSources(lines, tok, "test", seq2seq.DefaultSpecial(), false)
+	srcs, err := seq2seq.EncodeSources(lines, tok, "test", seq2seq.DefaultSpecial(), false)
 	if err != nil {
 		panic(err)
 	}
@@ -373,13 +373,13 @@ func decodeMemoryChild() {
 	if err != nil {
 		panic(err)
 	}
-	if _, err := Decode(l.Model, srcs[:1], DecodeOptions{}); err != nil {
+	if _, err := Decode(l.Model, srcs[:1], Options{}); err != nil {
 		panic(err)
 	}
 	runtime.GC()
 	loaded := status("VmRSS")
 	const workers, batch = 2, 32
-	hyps, err := Decode(l.Model, srcs, DecodeOptions{Workers: workers, BatchSize: batch})
+	hyps, err := Decode(l.Model, srcs, Options{Workers: workers, BatchSize: batch})
 	if err != nil {
 		panic(err)
 	}
@@ -402,7 +402,7 @@ func TestMaxPositions(t *testing.T) {
 	_, inc := openBoth(t, cfg)
 	src := []int64{5, 6, 7, 8, 9, 10, 3}
 	for _, beam := range []int{1, 2} {
-		hyps, err := Decode(inc, [][]int64{src}, DecodeOptions{Beam: beam})
+		hyps, err := Decode(inc, [][]int64{src}, Options{Beam: beam})
 		if err != nil {
 			t.Fatalf("beam %d: %v", beam, err)
 		}

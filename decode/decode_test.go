@@ -1,4 +1,4 @@
-package eval
+package decode
 
 import (
 	"fmt"
@@ -7,77 +7,20 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/internal/fixture"
 	"github.com/qatc/qatc/ort"
+	"github.com/qatc/qatc/testmodels"
 )
 
-// Token ids of the bigram test model.
+// Token ids of the bigram test model (testmodels.Bigram).
 const (
-	tA, tB, tC, tD, tE, tF = 4, 5, 6, 7, 8, 9
-	bigramVocab            = 10
+	tA, tB, tC, tD, tE, tF = testmodels.BigramA, testmodels.BigramB, testmodels.BigramC, testmodels.BigramD, testmodels.BigramE, testmodels.BigramF
+	bigramVocab            = testmodels.BigramVocab
 )
-
-// impossible is the logit of a token the bigram model never emits: its
-// probability, e^-10000 relative to the others, is 0 in float64.
-const impossible = -1e4
-
-// bigramModel builds a seq2seq graph whose logits at each target position
-// depend only on the previous token and the source's first token:
-//
-//	logits[b, t, :] = next[tgt[b, t], :] + bias[src[b, 0], :]
-//
-// next holds log-probabilities: after BOS, A 0.6 and B 0.4; after A, C 0.6
-// and D 0.4; after any other token EOS for sure. bias is zero except for a
-// source starting with E, which makes F win every step (so decoding runs
-// to the length limit). Greedy decoding of a source starting with A reads
-// A C (probability 0.36); the best sequence is B (0.4), which beam search
-// finds. With swap, C and D trade places after A (greedy reads A D).
-func bigramModel(t *testing.T, swap bool) *graph.Model {
-	t.Helper()
-	const v = bigramVocab
-	next := make([]float32, v*v)
-	bias := make([]float32, v*v)
-	for i := range next {
-		next[i] = impossible
-	}
-	for prev := 0; prev < v; prev++ {
-		next[prev*v+3] = 0 // EOS
-	}
-	set := func(prev int, probs map[int]float64) {
-		for k := 0; k < v; k++ {
-			next[prev*v+k] = impossible
-		}
-		for k, p := range probs {
-			next[prev*v+k] = float32(math.Log(p))
-		}
-	}
-	set(2, map[int]float64{tA: 0.6, tB: 0.4})
-	if swap {
-		set(tA, map[int]float64{tC: 0.4, tD: 0.6})
-	} else {
-		set(tA, map[int]float64{tC: 0.6, tD: 0.4})
-	}
-	bias[tE*v+tF] = 2e4
-
-	m := graph.New("bigram", 17)
-	m.AddInput("src_ids", graph.Int64, []int64{-1, -1}, "batch", "src_len")
-	m.AddInput("tgt_ids", graph.Int64, []int64{-1, -1}, "batch", "tgt_len")
-	m.AddInitializer(graph.FloatTensor("next", []int64{v, v}, next))
-	m.AddInitializer(graph.FloatTensor("bias", []int64{v, v}, bias))
-	m.AddInitializer(graph.Int64Tensor("zero", []int64{1}, []int64{0}))
-	m.AddInitializer(graph.Int64Tensor("one", []int64{1}, []int64{1}))
-	m.Op("Gather", "", []string{"next", "tgt_ids"}, []string{"bigram"}, graph.AttrInt("axis", 0))
-	m.Op("Slice", "", []string{"src_ids", "zero", "one", "one"}, []string{"first"})
-	m.Op("Gather", "", []string{"bias", "first"}, []string{"src_bias"}, graph.AttrInt("axis", 0))
-	m.Op("Add", "", []string{"bigram", "src_bias"}, []string{"logits"})
-	m.AddOutput("logits", graph.Float, []int64{-1, -1, v}, "batch", "tgt_len")
-	return m
-}
 
 func openBigram(t *testing.T) *Seq2Seq {
 	t.Helper()
-	s, err := ort.Open(bigramModel(t, false), &ort.Options{Threads: 1})
+	s, err := ort.Open(testmodels.Bigram(false), &ort.Options{Threads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,25 +44,25 @@ func TestDecodeBigram(t *testing.T) {
 	lp := func(p float64) float64 { return math.Log(p) }
 	for _, tc := range []struct {
 		name    string
-		opts    DecodeOptions
+		opts    Options
 		ids     []int64
 		logProb float64
 		score   float64
 	}{
 		// Greedy follows the locally best token: A (0.6), C (0.6), EOS.
-		{"greedy", DecodeOptions{}, []int64{tA, tC}, lp(0.36), lp(0.36)},
+		{"greedy", Options{}, []int64{tA, tC}, lp(0.36), lp(0.36)},
 		// A beam of 2 keeps B, whose EOS (total 0.4) beats A C EOS (0.36).
-		{"beam 2", DecodeOptions{Beam: 2}, []int64{tB}, lp(0.4), lp(0.4)},
-		{"beam 4", DecodeOptions{Beam: 4}, []int64{tB}, lp(0.4), lp(0.4)},
+		{"beam 2", Options{Beam: 2}, []int64{tB}, lp(0.4), lp(0.4)},
+		{"beam 4", Options{Beam: 4}, []int64{tB}, lp(0.4), lp(0.4)},
 		// With α = 1 the scores are logP·6/(5+L), L counting EOS:
 		// B EOS: ln 0.4·6/7 = -0.785; A C EOS: ln 0.36·6/8 = -0.766, so
 		// the longer hypothesis wins.
-		{"beam 2 α=1", DecodeOptions{Beam: 2, LengthPenalty: 1}, []int64{tA, tC}, lp(0.36), lp(0.36) * 6 / 8},
+		{"beam 2 α=1", Options{Beam: 2, LengthPenalty: 1}, []int64{tA, tC}, lp(0.36), lp(0.36) * 6 / 8},
 		// At α = 0.6 (LightSeq's default) B still wins:
 		// ln 0.4·(7/6)^-0.6 = -0.835 > ln 0.36·(8/6)^-0.6 = -0.861.
-		{"beam 2 α=0.6", DecodeOptions{Beam: 2, LengthPenalty: 0.6}, []int64{tB}, lp(0.4), lp(0.4) * math.Pow(7.0/6, -0.6)},
+		{"beam 2 α=0.6", Options{Beam: 2, LengthPenalty: 0.6}, []int64{tB}, lp(0.4), lp(0.4) * math.Pow(7.0/6, -0.6)},
 		// Greedy scores with the penalty too, but never changes its path.
-		{"greedy α=1", DecodeOptions{LengthPenalty: 1}, []int64{tA, tC}, lp(0.36), lp(0.36) * 6 / 8},
+		{"greedy α=1", Options{LengthPenalty: 1}, []int64{tA, tC}, lp(0.36), lp(0.36) * 6 / 8},
 	} {
 		hyps, err := Decode(m, src, tc.opts)
 		if err != nil {
@@ -139,15 +82,15 @@ func TestDecodeMaxLength(t *testing.T) {
 	m := openBigram(t)
 	src := [][]int64{{tE, tA, 3}} // 3 tokens
 	for _, tc := range []struct {
-		opts DecodeOptions
+		opts Options
 		n    int
 	}{
-		{DecodeOptions{}, 3 + DefaultMaxExtra},
-		{DecodeOptions{MaxExtra: 4}, 7},
-		{DecodeOptions{MaxLen: 5}, 5},
-		{DecodeOptions{MaxExtra: 4, MaxLen: 6}, 6},
-		{DecodeOptions{MaxExtra: 4, MaxLen: 60}, 7},
-		{DecodeOptions{Beam: 3, MaxExtra: 2}, 5},
+		{Options{}, 3 + DefaultMaxExtra},
+		{Options{MaxExtra: 4}, 7},
+		{Options{MaxLen: 5}, 5},
+		{Options{MaxExtra: 4, MaxLen: 6}, 6},
+		{Options{MaxExtra: 4, MaxLen: 60}, 7},
+		{Options{Beam: 3, MaxExtra: 2}, 5},
 	} {
 		hyps, err := Decode(m, src, tc.opts)
 		if err != nil {
@@ -173,7 +116,7 @@ func TestDecodeBatchOrder(t *testing.T) {
 	srcs := [][]int64{{tA, 3}, {tE, 3}, {tB, tC, tD, 3}, {tE, tE, tE, tE, tE, 3}, {3}, {}}
 	for _, beam := range []int{1, 3} {
 		var done []int
-		opts := DecodeOptions{Beam: beam, MaxExtra: 3, BatchSize: 4, Progress: func(d, n int) { done = append(done, d, n) }}
+		opts := Options{Beam: beam, MaxExtra: 3, BatchSize: 4, Progress: func(d, n int) { done = append(done, d, n) }}
 		got, err := Decode(m, srcs, opts)
 		if err != nil {
 			t.Fatal(err)
@@ -199,7 +142,7 @@ func TestDecodeBatchOrder(t *testing.T) {
 
 func TestDecodeOptionErrors(t *testing.T) {
 	m := openBigram(t)
-	for _, o := range []DecodeOptions{
+	for _, o := range []Options{
 		{Beam: -1}, {LengthPenalty: -0.5}, {MaxExtra: -1}, {BatchSize: -2},
 		{Special: seq2seq.Special{Pad: 0, BOS: 3, EOS: 3}},
 		{Special: seq2seq.Special{Pad: 0, BOS: 2, EOS: 99}},
@@ -269,7 +212,7 @@ func TestDecodeTorchTransformer(t *testing.T) {
 		srcs = append(srcs, row[:n])
 	}
 	for _, beam := range []int{1, 4} {
-		opts := DecodeOptions{Beam: beam, MaxExtra: 6, LengthPenalty: 0.6}
+		opts := Options{Beam: beam, MaxExtra: 6, LengthPenalty: 0.6}
 		got, err := Decode(m, srcs, opts)
 		if err != nil {
 			t.Fatal(err)
@@ -330,7 +273,7 @@ func BenchmarkDecodeTorch(b *testing.B) {
 	for _, beam := range []int{1, 4} {
 		b.Run(fmt.Sprintf("beam%d", beam), func(b *testing.B) {
 			for range b.N {
-				if _, err := Decode(m, srcs, DecodeOptions{Beam: beam, MaxExtra: 6}); err != nil {
+				if _, err := Decode(m, srcs, Options{Beam: beam, MaxExtra: 6}); err != nil {
 					b.Fatal(err)
 				}
 			}

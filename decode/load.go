@@ -1,4 +1,4 @@
-package eval
+package decode
 
 import (
 	"errors"
@@ -10,8 +10,10 @@ import (
 	"slices"
 
 	"github.com/qatc/qatc/graph"
+	"github.com/qatc/qatc/onnx"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/passes/incremental"
+	"google.golang.org/protobuf/proto"
 )
 
 // ModelSpec names a model to decode.
@@ -144,4 +146,36 @@ func Load(spec ModelSpec, sp seq2seq.Special, threads int) (*Loaded, error) {
 		return nil, err
 	}
 	return &Loaded{Model: s2s, Vocab: vocab, Roles: s2s.Roles, SizeBytes: size, Note: note, closers: []func() error{sess.Close}}, nil
+}
+
+// ModelSize returns the bytes an ONNX model takes on disk: the file and
+// the distinct external-data files its initializers name.
+func ModelSize(path string) (int64, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("model: %v", err)
+	}
+	var p onnx.ModelProto
+	if err := proto.Unmarshal(data, &p); err != nil || p.Graph == nil {
+		return 0, fmt.Errorf("%s is not an ONNX model", path)
+	}
+	size := int64(len(data))
+	seen := map[string]bool{}
+	for _, t := range p.Graph.Initializer {
+		if t.DataLocation != onnx.TensorProto_EXTERNAL {
+			continue
+		}
+		for _, e := range t.ExternalData {
+			if e.Key != "location" || seen[e.Value] {
+				continue
+			}
+			seen[e.Value] = true
+			fi, err := os.Stat(filepath.Join(filepath.Dir(path), filepath.Clean("/" + e.Value)[1:]))
+			if err != nil {
+				return 0, fmt.Errorf("%s: external data of %q: %v", path, t.Name, err)
+			}
+			size += fi.Size()
+		}
+	}
+	return size, nil
 }
