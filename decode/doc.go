@@ -18,7 +18,7 @@
 // logP·((5+L)/6)^-α, α being LightSeq's (and NeurST's) length_penalty
 // (the GNMT normalisation of LightSeq's length_norm and NeurST's
 // _calculate_length_penalty, both with L counting EOS). Scores are kept in
-// float64.
+// float64. Argmax is the one greedy choice the agreement checks compare.
 //
 // The package sits below export and eval, beside passes/incremental and
 // ort: export checks the cached models it writes and LightSeq files by

@@ -1,7 +1,6 @@
 package eval
 
 import (
-	"cmp"
 	"fmt"
 	"github.com/qatc/qatc/decode"
 	"io"
@@ -474,24 +473,13 @@ func CompareTensors(a, b *ort.Tensor) (Comparison, error) {
 		k := int(a.Shape[len(a.Shape)-1])
 		agree, rows := 0, len(va)/k
 		for i := 0; i < rows; i++ {
-			if argmaxOf(va[i*k:(i+1)*k]) == argmaxOf(vb[i*k:(i+1)*k]) {
+			if decode.Argmax(va[i*k:(i+1)*k]) == decode.Argmax(vb[i*k:(i+1)*k]) {
 				agree++
 			}
 		}
 		r.Top1 = Num(float64(agree) / float64(rows))
 	}
 	return r, nil
-}
-
-// argmaxOf returns the index of v's largest element (the first on ties).
-func argmaxOf[T cmp.Ordered](v []T) int {
-	best := 0
-	for i, x := range v {
-		if x > v[best] {
-			best = i
-		}
-	}
-	return best
 }
 
 // WriteComparisons prints comparisons as an aligned table.

@@ -275,7 +275,7 @@ func checkIncremental(m *graph.Model, roles checkRoles, set *seq2seq.Dir, format
 				}
 				c.MaxAbsErr = math.Max(c.MaxAbsErr, d)
 			}
-			if argmax(a) == argmax(e) {
+			if decode.Argmax(a) == decode.Argmax(e) {
 				agree++
 			}
 			c.Positions++

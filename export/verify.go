@@ -3,6 +3,7 @@ package export
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/qatc/qatc/decode"
 	"math"
 	"os"
 	"path/filepath"
@@ -278,7 +279,7 @@ func check(exported *graph.Model, inputs map[string]*ort.Tensor, pad Padding, ou
 			continue
 		}
 		r.Positions++
-		same := argmax(a[p:p+n]) == argmax(e[p:p+n])
+		same := decode.Argmax(a[p:p+n]) == decode.Argmax(e[p:p+n])
 		if same {
 			agree++
 		}
@@ -435,16 +436,6 @@ func kernelList(k map[string]int) string {
 	}
 	sort.Strings(parts)
 	return strings.Join(parts, ", ")
-}
-
-func argmax(v []float32) int {
-	best := 0
-	for i, x := range v {
-		if x > v[best] {
-			best = i
-		}
-	}
-	return best
 }
 
 // elemType returns a value's tensor element type (Undefined if unknown).

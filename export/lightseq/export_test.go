@@ -596,16 +596,6 @@ func TestVerifyNoPositions(t *testing.T) {
 	}
 }
 
-func argmax(v []float32) int {
-	best := 0
-	for j, x := range v {
-		if x > v[best] {
-			best = j
-		}
-	}
-	return best
-}
-
 // TestComputedPositions makes the positions a computed value (twice the
 // table, summed in the graph): the exporter evaluates it with onnxruntime.
 func TestComputedPositions(t *testing.T) {

@@ -2,6 +2,7 @@ package lightseq
 
 import (
 	"fmt"
+	"github.com/qatc/qatc/decode"
 	"math"
 
 	"github.com/qatc/qatc/export/lightseq/lspb"
@@ -125,7 +126,7 @@ func Verify(qat *graph.Model, tm *transformer.Model, qt *lspb.QuantTransformer, 
 		}
 		for p, g := range got {
 			want := logits[(i*tl+p)*v : (i*tl+p+1)*v]
-			if argmax(g) == argmax(want) {
+			if decode.Argmax(g) == decode.Argmax(want) {
 				top1++
 			}
 			var mw, md float64
@@ -168,14 +169,4 @@ func trimPad(row []int64, pad int64) []int64 {
 		n--
 	}
 	return row[:n]
-}
-
-func argmax(v []float32) int {
-	best := 0
-	for i, x := range v {
-		if x > v[best] {
-			best = i
-		}
-	}
-	return best
 }
