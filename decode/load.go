@@ -79,7 +79,7 @@ func Threads(n int) int {
 // Load opens spec for decoding with sessions of the given intra-op thread
 // count (0: onnxruntime's default): a directory with its cache, a
 // full-sequence fp32 or QAT file with the incremental graphs built from it
-// in memory, and any other seq2seq file, or one with spec.Rerun, by
+// in memory (a file qatc exported too, see RegisterExported), and any other seq2seq file, or one with spec.Rerun, by
 // re-running it at every step (Note says why).
 func Load(spec ModelSpec, sp seq2seq.Special, threads int) (*Loaded, error) {
 	if sp == (seq2seq.Special{}) {
@@ -119,9 +119,18 @@ func Load(spec ModelSpec, sp seq2seq.Special, threads int) (*Loaded, error) {
 		if err != nil {
 			return nil, err
 		}
-		set, err := incremental.Build(g, incremental.Options{Map: spec.Map, Pad: sp.Pad, BOS: sp.BOS, EOS: sp.EOS})
+		iopts := incremental.Options{Map: spec.Map, Pad: sp.Pad, BOS: sp.BOS, EOS: sp.EOS}
+		var dir *seq2seq.Dir
+		set, err := incremental.Build(g, iopts)
 		if err == nil {
-			m, err := NewIncremental(spec.Path, &set.Dir, opts)
+			dir = &set.Dir
+		} else if errors.Is(err, incremental.ErrFormat) && exported != nil {
+			// A file qatc exported: read back into the QAT form, its
+			// graphs are built and converted as its format's.
+			dir, err = exported(g, iopts)
+		}
+		if err == nil {
+			m, err := NewIncremental(spec.Path, dir, opts)
 			if err != nil {
 				return nil, err
 			}
@@ -146,6 +155,21 @@ func Load(spec ModelSpec, sp seq2seq.Special, threads int) (*Loaded, error) {
 		return nil, err
 	}
 	return &Loaded{Model: s2s, Vocab: vocab, Roles: s2s.Roles, SizeBytes: size, Note: note, closers: []func() error{sess.Close}}, nil
+}
+
+// exported builds the incremental graphs of a full-sequence model that
+// qatc exported, in its format (RegisterExported).
+var exported func(*graph.Model, incremental.Options) (*seq2seq.Dir, error)
+
+// RegisterExported sets how Load builds the incremental graphs of a
+// full-sequence model that qatc exported (an integer format, which
+// incremental.Build refuses with ErrFormat): export registers
+// export.Unfolded, which reads the file back into the QAT form and
+// converts the graphs it builds to the file's format, so that any
+// program linking export decodes exported files through a cache. Without
+// it, or when build fails, such a file decodes by re-running.
+func RegisterExported(build func(*graph.Model, incremental.Options) (*seq2seq.Dir, error)) {
+	exported = build
 }
 
 // ModelSize returns the bytes an ONNX model takes on disk: the file and
