@@ -163,11 +163,12 @@ var exported func(*graph.Model, incremental.Options) (*seq2seq.Dir, error)
 
 // RegisterExported sets how Load builds the incremental graphs of a
 // full-sequence model that qatc exported (an integer format, which
-// incremental.Build refuses with ErrFormat): export registers
-// export.Unfolded, which reads the file back into the QAT form and
-// converts the graphs it builds to the file's format, so that any
-// program linking export decodes exported files through a cache. Without
-// it, or when build fails, such a file decodes by re-running.
+// incremental.Build refuses with ErrFormat). The builder is export's
+// (export.Unfolded: read the file back into the QAT form, convert the
+// graphs built from it to the file's format), and export sits above
+// decode, so the program wires it in, as a database/sql driver is: qatc's
+// main does. Without it, or when build fails, such a file decodes by
+// re-running.
 func RegisterExported(build func(*graph.Model, incremental.Options) (*seq2seq.Dir, error)) {
 	exported = build
 }

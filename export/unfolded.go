@@ -3,22 +3,20 @@ package export
 import (
 	"fmt"
 
-	"github.com/qatc/qatc/decode"
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/passes/fold"
 	"github.com/qatc/qatc/passes/incremental"
 	"github.com/qatc/qatc/seq2seq"
 )
 
-func init() { decode.RegisterExported(Unfolded) }
-
 // Unfolded builds the incremental graphs of a full-sequence model that
 // Export wrote, in its format: fold.Unfold reads it back into the QAT
 // form, which Export must fold into the file's very integers, scales and
 // kernels again (Refolds), and the graphs incremental.Build makes from
 // it are converted as Incremental converts them (the key/value cache in
-// integers where the format allows). decode.Load calls it through
-// decode.RegisterExported.
+// integers where the format allows). export imports decode (its checks
+// decode), so decode cannot call this itself: a program hands it to
+// decode.RegisterExported (cmd/qatc does, in main.go).
 func Unfolded(m *graph.Model, opts incremental.Options) (*seq2seq.Dir, error) {
 	qat, format, err := fold.Unfold(m)
 	if err != nil {

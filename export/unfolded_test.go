@@ -26,6 +26,7 @@ import (
 // sources. dynamic and matmulnbits are not read back: they decode by
 // re-running, with a note naming why.
 func TestUnfolded(t *testing.T) {
+	decode.RegisterExported(Unfolded) // as cmd/qatc's main does
 	cfg := testmodels.Tiny()
 	rng := rand.New(rand.NewSource(12))
 	var srcs [][]int64
@@ -127,6 +128,7 @@ func TestUnfolded(t *testing.T) {
 // TestUnfoldedDamaged loads qdq exports that cannot be read back: each
 // still decodes, by re-running, with a note saying why.
 func TestUnfoldedDamaged(t *testing.T) {
+	decode.RegisterExported(Unfolded)
 	qat, err := testmodels.Build(testmodels.Tiny())
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,8 @@ import (
 	"os"
 	"strings"
 
+	"github.com/qatc/qatc/decode"
+	"github.com/qatc/qatc/export"
 	"github.com/qatc/qatc/internal/cmdline"
 	"github.com/qatc/qatc/ort"
 	"github.com/qatc/qatc/safeio"
@@ -36,6 +38,10 @@ const unknownCommand = "unknown-command"
 
 // usagef formats an error in how the command was called (exit 2).
 func usagef(format string, args ...any) error { return cmdline.Usagef(format, args...) }
+
+// Exported full-sequence files (qdq, qoperator) decode through a cache
+// built by export, which decode cannot import: the program wires it in.
+func init() { decode.RegisterExported(export.Unfolded) }
 
 func main() {
 	os.Exit(run(os.Args, os.Stdout, os.Stderr))

@@ -67,6 +67,14 @@ func TestTranslate(t *testing.T) {
 	if n := strings.Count(mustRead(t, hyp), "\n"); n != 20 {
 		t.Errorf("-o holds %d lines", n)
 	}
+	// An exported full-sequence file decodes through the cache built from
+	// it (main hands export.Unfolded to decode), as its directory does.
+	qopFile := filepath.Join(dir, "qop.onnx")
+	mustQatc(t, "export", qat, "-o", qopFile, "--format", "qoperator", "--src", src)
+	code, fromFile, errOut := qatc(t, "translate", qopFile, "--src", srcFile)
+	if want := mustQatc(t, "translate", qopDir, "--src", srcFile); code != 0 || strings.Contains(errOut, "without a cache") || fromFile != want {
+		t.Errorf("the exported qoperator file (exit %d, %s) translates otherwise than its directory:\n%s\n%s", code, errOut, fromFile, want)
+	}
 
 	out = mustQatc(t, "eval", fp32Dir, model, "--src", srcFile, "--ref", srcFile, "--threads", "1")
 	if !strings.Contains(out, "fp32.inc") || !strings.Contains(out, "100.00%") {
