@@ -2,6 +2,7 @@ package export
 
 import (
 	"errors"
+	"fmt"
 	"math/rand"
 	"path/filepath"
 	"slices"
@@ -17,8 +18,10 @@ import (
 	"github.com/qatc/qatc/testmodels"
 )
 
-// TestUnfolded exports a QAT model of the tiny testmodel in each integer
-// format and loads the file as qatc translate does. qdq and qoperator are
+// TestUnfolded exports QAT models of the tiny testmodel (8-bit; 4-bit
+// weights per block of 32, stored INT4; W4A4; 8-bit weights per block,
+// in GuardBlocked's view) in each integer format and loads the file as
+// qatc translate does. qdq and qoperator are
 // read back (fold.Unfold): folded again they are the file, integers,
 // scales (from the reconstructed clips, bit for bit) and operators
 // (Refolds), they decode through a cache, and the greedy ids through the
@@ -37,29 +40,67 @@ func TestUnfolded(t *testing.T) {
 		}
 		srcs = append(srcs, append(s, 3))
 	}
-	qat, err := testmodels.Build(cfg)
-	if err != nil {
-		t.Fatal(err)
+	qats := map[string]*graph.Model{}
+	qatOf := func(p quantize.Params) *graph.Model {
+		key := fmt.Sprintf("%+v", p)
+		if qats[key] == nil {
+			qat, err := testmodels.Build(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := quantize.Insert(qat, p); err != nil {
+				t.Fatal(err)
+			}
+			qats[key] = qat
+		}
+		return qats[key]
 	}
-	if _, err := quantize.Insert(qat, quantize.DefaultParams()); err != nil {
-		t.Fatal(err)
+	params := func(wbits, abits int, gran string) quantize.Params {
+		p := quantize.DefaultParams()
+		p.WeightBits, p.ActBits, p.Granularity = wbits, abits, gran
+		if gran == quantize.Block {
+			p.BlockSize = 32
+		}
+		return p
 	}
+	w8 := params(8, 8, quantize.Tensor)
 	dir := t.TempDir()
 	for _, tc := range []struct {
-		format string
-		cached bool
-		note   string
+		name, format string
+		params       quantize.Params
+		// stored is how the file stores the first FFN weight (its
+		// integers' shape as stored, and the type) and read the node
+		// that reads them.
+		stored, read string
+		cached       bool
+		note         string
 	}{
-		{"qdq", true, ""},
-		{"qoperator", true, ""},
-		{"dynamic", false, "the dynamic format's rewrites are not read back"},
-		{"matmulnbits", false, "the matmulnbits format's rewrites are not read back"},
+		{"qdq", "qdq", w8, "int8 [32 64]", "DequantizeLinear", true, ""},
+		{"qoperator", "qoperator", w8, "int8 [32 64]", "MatMulIntegerToFloat", true, ""},
+		{"qdq W4 block 32", "qdq", params(4, 8, quantize.Block), "int4 [32 64]", "DequantizeLinear blocks of 32", true, ""},
+		{"qdq W4A4", "qdq", params(4, 4, quantize.Tensor), "int4 [32 64]", "DequantizeLinear", true, ""},
+		// int8 blocked weights, in GuardBlocked's view [blocks, block, C].
+		{"qdq W8 block 32", "qdq", params(8, 8, quantize.Block), "int8 [1 32 64]", "DequantizeLinear blocks of 32", true, ""},
+		{"dynamic", "dynamic", w8, "int8 [32 64]", "MatMulInteger", false, "the dynamic format's rewrites are not read back"},
+		{"matmulnbits", "matmulnbits", w8, "uint8 MatMulNBits blocks [64 1 32] of 8-bit values, shown as the K×N weight of the product [32 64]", "MatMulNBits", false, "the matmulnbits format's rewrites are not read back"},
 	} {
+		qat := qatOf(tc.params)
 		out, _, err := Export(qat, tc.format, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		path := filepath.Join(dir, tc.format+".onnx")
+		if w := fold.Stored(out).ForTensor("encoder/layer_0/ffn/dense1/kernel"); w == nil {
+			t.Errorf("%s: no stored encoder/layer_0/ffn/dense1/kernel", tc.name)
+		} else {
+			read := w.Node.OpType
+			if b := graph.IntAttr(w.Node, "block_size", 0); b > 0 && w.Node.OpType == "DequantizeLinear" {
+				read += fmt.Sprintf(" blocks of %d", b)
+			}
+			if got := fmt.Sprintf("%s %v", w.Storage, w.Dims); got != tc.stored || read != tc.read {
+				t.Errorf("%s: the first FFN weight is stored as %s, read by %s; want %s, %s", tc.name, got, read, tc.stored, tc.read)
+			}
+		}
+		path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "_")+".onnx")
 		if err := out.Save(path); err != nil {
 			t.Fatal(err)
 		}
@@ -71,13 +112,13 @@ func TestUnfolded(t *testing.T) {
 		switch {
 		case !tc.cached:
 			if !errors.Is(err, fold.ErrUnfold) || !strings.Contains(err.Error(), tc.note) {
-				t.Errorf("%s: Unfold: %v, want %q", tc.format, err, tc.note)
+				t.Errorf("%s: Unfold: %v, want %q", tc.name, err, tc.note)
 			}
 		case err != nil || format != tc.format:
-			t.Fatalf("%s: Unfold: %v (format %q)", tc.format, err, format)
+			t.Fatalf("%s: Unfold: %v (format %q)", tc.name, err, format)
 		default:
 			if err := Refolds(file, back, format); err != nil {
-				t.Errorf("%s: %v", tc.format, err)
+				t.Errorf("%s: %v", tc.name, err)
 			}
 			// Every clip gives the file's scale bit for bit.
 			qs, err := quantize.Find(back)
@@ -85,29 +126,29 @@ func TestUnfolded(t *testing.T) {
 				t.Fatal(err)
 			}
 			if len(qs) == 0 {
-				t.Errorf("%s: read back without quantizers", tc.format)
+				t.Errorf("%s: read back without quantizers", tc.name)
 			}
 		}
 
 		cached, err := decode.Load(decode.ModelSpec{Path: path}, seq2seq.DefaultSpecial(), 1)
 		if err != nil {
-			t.Fatalf("%s: %v", tc.format, err)
+			t.Fatalf("%s: %v", tc.name, err)
 		}
 		rerun, err := decode.Load(decode.ModelSpec{Path: path, Rerun: true}, seq2seq.DefaultSpecial(), 1)
 		if err != nil {
-			t.Fatalf("%s: %v", tc.format, err)
+			t.Fatalf("%s: %v", tc.name, err)
 		}
 		if cached.Cached != tc.cached || !strings.Contains(cached.Note, tc.note) || tc.cached && cached.Note != "" {
-			t.Errorf("%s: cached %v, note %q; want %v, %q", tc.format, cached.Cached, cached.Note, tc.cached, tc.note)
+			t.Errorf("%s: cached %v, note %q; want %v, %q", tc.name, cached.Cached, cached.Note, tc.cached, tc.note)
 		}
 		opts := decode.Options{MaxExtra: 8}
 		a, err := decode.Decode(cached.Model, srcs, opts)
 		if err != nil {
-			t.Fatalf("%s: %v", tc.format, err)
+			t.Fatalf("%s: %v", tc.name, err)
 		}
 		b, err := decode.Decode(rerun.Model, srcs, opts)
 		if err != nil {
-			t.Fatalf("%s: %v", tc.format, err)
+			t.Fatalf("%s: %v", tc.name, err)
 		}
 		same, tokens := 0, 0
 		for i := range a {
@@ -116,9 +157,9 @@ func TestUnfolded(t *testing.T) {
 				same++
 			}
 		}
-		t.Logf("%s: cached %v, %d of %d translations (%d tokens) identical to the re-run", tc.format, cached.Cached, same, len(a), tokens)
+		t.Logf("%s: cached %v, %d of %d translations (%d tokens) identical to the re-run", tc.name, cached.Cached, same, len(a), tokens)
 		if same != len(a) || tokens < 2*len(a) {
-			t.Errorf("%s: %d of %d translations identical to the re-run's (%d tokens)", tc.format, same, len(a), tokens)
+			t.Errorf("%s: %d of %d translations identical to the re-run's (%d tokens)", tc.name, same, len(a), tokens)
 		}
 		cached.Close()
 		rerun.Close()
@@ -136,16 +177,26 @@ func TestUnfoldedDamaged(t *testing.T) {
 	if _, err := quantize.Insert(qat, quantize.DefaultParams()); err != nil {
 		t.Fatal(err)
 	}
+	blocked, err := testmodels.Build(testmodels.Tiny())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := quantize.DefaultParams()
+	p.WeightBits, p.Granularity, p.BlockSize = 4, quantize.Block, 32
+	if _, err := quantize.Insert(blocked, p); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
-		name   string
-		damage func(m *graph.Model)
-		note   string
+		name    string
+		blocked bool
+		damage  func(m *graph.Model)
+		note    string
 	}{
-		{"no record", func(m *graph.Model) {
+		{"no record", false, func(m *graph.Model) {
 			m.Proto.MetadataProps = slices.DeleteFunc(m.Proto.MetadataProps, func(p *onnx.StringStringEntryProto) bool { return p.Key == quantize.MetadataKey })
 		}, "has no qatc.quantization record"},
-		{"unknown format", func(m *graph.Model) { m.SetMetadata(fold.FormatKey, "int3") }, "the int3 format's rewrites are not read back"},
-		{"renamed weight", func(m *graph.Model) {
+		{"unknown format", false, func(m *graph.Model) { m.SetMetadata(fold.FormatKey, "int3") }, "the int3 format's rewrites are not read back"},
+		{"renamed weight", false, func(m *graph.Model) {
 			for _, t := range m.Graph().Initializer {
 				if strings.HasSuffix(t.Name, "_quantized") {
 					old := t.Name
@@ -163,8 +214,26 @@ func TestUnfoldedDamaged(t *testing.T) {
 				}
 			}
 		}, "no stored integers"},
+		{"record of other blocks", true, func(m *graph.Model) {
+			rec, err := quantize.ReadRecord(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range rec.Quantizers {
+				if rec.Quantizers[i].BlockSize > 0 {
+					rec.Quantizers[i].BlockSize = 16
+				}
+			}
+			if err := quantize.WriteRecord(m, rec); err != nil {
+				t.Fatal(err)
+			}
+		}, "blocks of 32 along axis 1, not the quantizer's"},
 	} {
-		out, _, err := Export(qat, "qdq", nil)
+		src := qat
+		if tc.blocked {
+			src = blocked
+		}
+		out, _, err := Export(src, "qdq", nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -87,3 +87,48 @@ func reshaped(m *graph.Model, name string, dims []int64) string {
 	t.Dims = slices.Clone(dims)
 	return t.Name
 }
+
+// unguardBlocked undoes GuardBlocked for Unfold: a blocked
+// DequantizeLinear of stored integers in the view's shape, read only by
+// the Reshape back to the weight's shape, reads the integers, the scale
+// and the zero point in the weight's own layout again and makes the
+// Reshape's output itself.
+func unguardBlocked(m *graph.Model) {
+	for _, d := range slices.Clone(m.Graph().Node) {
+		block := graph.IntAttr(d, "block_size", 0)
+		if !isDequantize(d) || block <= 0 || len(d.Input) < 2 || m.IsGraphOutput(d.Output[0]) {
+			continue
+		}
+		x, uses := m.Initializer(d.Input[0]), m.Consumers(d.Output[0])
+		if x == nil || len(uses) != 1 || uses[0].OpType != "Reshape" || uses[0].Input[0] != d.Output[0] {
+			continue
+		}
+		dims, ok := m.ConstInts(uses[0].Input[1])
+		axis := graph.IntAttr(d, "axis", 1)
+		if axis < 0 {
+			axis += int64(len(x.Dims))
+		}
+		if !ok || axis < 1 || len(dims)+1 != len(x.Dims) || slices.Contains(dims, -1) || dims[axis-1]%block != 0 {
+			continue
+		}
+		v := quantize.NewBlockView(dims, int(axis-1), int(block))
+		if !slices.Equal(v.Dims, x.Dims) {
+			continue
+		}
+		sdims := slices.Concat(dims[:axis-1], []int64{dims[axis-1] / block}, dims[axis:])
+		for i, want := range [][]int64{dims, sdims, sdims} {
+			if i < len(d.Input) && d.Input[i] != "" && m.Initializer(d.Input[i]) != nil {
+				m.ReplaceInput(d, i, reshaped(m, d.Input[i], want))
+			}
+		}
+		for _, a := range d.Attribute {
+			if a.Name == "axis" {
+				a.I = axis - 1
+			}
+		}
+		out := uses[0].Output[0]
+		m.RemoveNodes(uses[0])
+		d.Output[0] = out
+		m.Reindex()
+	}
+}

@@ -27,15 +27,18 @@ var ErrUnfold = errors.New("cannot read the exported model back into the QAT for
 //     into its parts, a fused bias back into an Add, uint8 activations
 //     back on the int8 grid) become the qdq form's DequantizeLinear →
 //     MatMul;
-//   - a weight's integers become the float values its DequantizeLinear
-//     computes, quantized in front of the data movement that reads them
-//     (Fold sinks the DequantizeLinear past it again);
+//   - GuardBlocked's view of a blocked int8 weight is undone
+//     (unguardBlocked);
+//   - a weight's integers (int8, or INT4 as Int4 stores them) become the
+//     float values its DequantizeLinear computes, quantized in front of
+//     the data movement that reads them (Fold sinks the DequantizeLinear
+//     past it again), a blocked weight in insert's view of its blocks
+//     (quantize.BlockView);
 //   - every scale s becomes a clip c with max(c, tiny)/qmax = s in
 //     float32, bit for bit, so that Fold computes s again.
 //
-// The formats whose rewrites are not undone here (dynamic, matmulnbits,
-// int4 storage, blocked and transposed-stored weights) are errors wrapping
-// ErrUnfold that name what is missing.
+// The forms not undone here (dynamic, matmulnbits, transposed-stored
+// weights) are errors wrapping ErrUnfold that name what is missing.
 func Unfold(m *graph.Model) (*graph.Model, string, error) {
 	format, ok := m.Metadata(FormatKey)
 	if !ok {
@@ -46,6 +49,7 @@ func Unfold(m *graph.Model) (*graph.Model, string, error) {
 		return nil, "", fmt.Errorf("%w: %v", ErrUnfold, err)
 	}
 	u := &unfolder{m: m.CloneShared(), rec: rec, consts: map[string]string{}}
+	unguardBlocked(u.m)
 	switch format {
 	case "qdq":
 	case "qoperator":
@@ -87,6 +91,12 @@ func (u *unfolder) int8Const(base string, dims []int64, v int8) string {
 			d[i] = v
 		}
 		return graph.Int8Tensor(n, dims, d)
+	})
+}
+
+func (u *unfolder) shapeConst(dims []int64) string {
+	return u.konst(fmt.Sprintf("qatc/shape%v", dims), func(n string) *onnx.TensorProto {
+		return graph.Int64Tensor(n, []int64{int64(len(dims))}, dims)
 	})
 }
 
@@ -394,12 +404,10 @@ func (u *unfolder) weight(r quantize.Quantizer, clips map[string][]float32) erro
 	switch {
 	case ints == nil:
 		return fmt.Errorf("no stored integers %s_quantized read by a DequantizeLinear", r.Tensor)
-	case graph.TensorType(ints) != graph.Int8:
-		return fmt.Errorf("integers %q are stored as %s; only int8 storage is read back", ints.Name, graph.TensorType(ints))
+	case graph.TensorType(ints) != graph.Int8 && graph.TensorType(ints) != graph.Int4:
+		return fmt.Errorf("integers %q are stored as %s; a weight's integers are int8 or int4", ints.Name, graph.TensorType(ints))
 	case strings.Contains(strings.TrimPrefix(ints.Name, r.Tensor), "_transposed"):
 		return fmt.Errorf("integers %q are stored transposed; the layout of %s is not read back", ints.Name, r.Tensor)
-	case r.BlockSize > 0:
-		return fmt.Errorf("per-block weights are not read back")
 	case m.HasName(r.Tensor):
 		return fmt.Errorf("the name %s is taken", r.Tensor)
 	}
@@ -407,7 +415,7 @@ func (u *unfolder) weight(r quantize.Quantizer, clips map[string][]float32) erro
 	// reader.
 	var scale []float32
 	var sdims []int64
-	axis := int64(-1)
+	axis, block := int64(-1), int64(0)
 	zp := ""
 	rank := int64(len(ints.Dims))
 	for _, rd := range readers {
@@ -424,34 +432,34 @@ func (u *unfolder) weight(r quantize.Quantizer, clips map[string][]float32) erro
 			if err != nil || slices.ContainsFunc(zv, func(x int64) bool { return x != 0 }) || graph.TensorType(z) != graph.Int8 {
 				return fmt.Errorf("%s: its zero point is not int8 zeros", graph.NodeName(rd.dq))
 			}
-		} else if input(rd.dq, 2) != "" || graph.IntAttr(rd.dq, "block_size", 0) > 0 {
-			return fmt.Errorf("%s: not the qdq form's DequantizeLinear", graph.NodeName(rd.dq))
+		} else if input(rd.dq, 2) != "" {
+			return fmt.Errorf("%s: its zero point is not a constant", graph.NodeName(rd.dq))
 		}
-		ax := int64(-1)
-		if len(s) > 1 {
+		ax, b := int64(-1), graph.IntAttr(rd.dq, "block_size", 0)
+		if len(s) > 1 || b > 0 {
 			if ax, err = axisOnStored(m, rd, rank); err != nil {
 				return err
 			}
 		}
+		if b > 0 && (len(rd.chain) > 0 || b != int64(r.BlockSize) || r.Axis == nil || int64(*r.Axis) != ax) {
+			return fmt.Errorf("%s: blocks of %d along axis %d, not the quantizer's", graph.NodeName(rd.dq), b, ax)
+		}
 		switch {
 		case scale == nil:
-			scale, sdims, axis = s, st.Dims, ax
-			if len(s) > 1 || input(rd.dq, 2) != "" {
+			scale, sdims, axis, block = s, st.Dims, ax, b
+			if b == 0 && (len(s) > 1 || input(rd.dq, 2) != "") {
 				zp = input(rd.dq, 2)
 			}
-		case !slices.Equal(scale, s) || ax != axis:
+		case !slices.Equal(scale, s) || ax != axis || b != block:
 			return fmt.Errorf("its DequantizeLinear nodes read the integers with different scales")
 		}
-	}
-	if zp == "" {
-		zp = u.int8Const("qatc/zero_int8", sdims, 0)
 	}
 	// The float weight: the values the DequantizeLinear computes.
 	q, err := graph.Int64s(ints)
 	if err != nil {
 		return err
 	}
-	idx, err := ScaleIndex(ints.Dims, len(scale), axis, 0)
+	idx, err := ScaleIndex(ints.Dims, len(scale), axis, block)
 	if err != nil {
 		return err
 	}
@@ -464,28 +472,45 @@ func (u *unfolder) weight(r quantize.Quantizer, clips map[string][]float32) erro
 	if err != nil {
 		return err
 	}
-	var attrs []*onnx.AttributeProto
-	if len(scale) > 1 {
-		attrs = append(attrs, graph.AttrInt("axis", axis))
-	}
 	// The record's node and value names, freed by the reader that had them.
 	for _, rd := range readers {
 		if len(rd.chain) == 0 {
 			m.RemoveNodes(rd.dq)
+			if rd.dq.Output[0] != r.Output {
+				m.ReplaceUses(rd.dq.Output[0], r.Output)
+			}
 		}
 	}
-	qn := m.Op("QuantizeLinear", r.Quantize, []string{r.Tensor, sc, zp}, []string{m.UniqueName(r.Tensor + "/quantized")}, attrs...)
+	x, out := r.Tensor, r.Output
+	var attrs []*onnx.AttributeProto
+	switch {
+	case block > 0:
+		// Insert's view of a blocked weight (quantize.BlockView): the
+		// blocks an axis of their own, the scale [.., n, 1, ..].
+		v := quantize.NewBlockView(ints.Dims, int(axis), int(block))
+		x = m.UniqueName(r.Tensor + "/blocks")
+		m.Op("Reshape", "", []string{r.Tensor, u.shapeConst(v.Dims)}, []string{x})
+		s := m.UniqueName(sc + "/blocks")
+		m.Op("Reshape", "", []string{sc, u.shapeConst(v.ScaleDims)}, []string{s})
+		sc, zp = s, u.int8Const("qatc/zero_int8", v.ScaleDims, 0)
+		out = m.UniqueName(r.Tensor + "/dequantized_blocks")
+		m.Op("Reshape", "", []string{out, u.shapeConst(ints.Dims)}, []string{r.Output})
+		attrs = append(attrs, graph.AttrInt("axis", int64(v.Axis)), graph.AttrInt("block_size", block))
+	case len(scale) > 1:
+		attrs = append(attrs, graph.AttrInt("axis", axis))
+	}
+	if zp == "" {
+		zp = u.int8Const("qatc/zero_int8", sdims, 0)
+	}
+	qn := m.Op("QuantizeLinear", r.Quantize, []string{x, sc, zp}, []string{m.UniqueName(r.Tensor + "/quantized")}, attrs...)
 	ints8 := qn.Output[0]
 	if lo, hi := r.QRange(); lo != -128 || hi != 127 {
 		ints8 = m.UniqueName(r.Tensor + "/clipped")
 		m.Op("Clip", "", []string{qn.Output[0], u.int8Const(fmt.Sprintf("qatc/qmin_%d", lo), nil, int8(lo)), u.int8Const(fmt.Sprintf("qatc/qmax_int_%d", hi), nil, int8(hi))}, []string{ints8})
 	}
-	m.Op("DequantizeLinear", r.Dequantize, []string{ints8, sc, zp}, []string{r.Output}, attrs...)
+	m.Op("DequantizeLinear", r.Dequantize, []string{ints8, sc, zp}, []string{out}, attrs...)
 	for _, rd := range readers {
 		if len(rd.chain) == 0 {
-			if rd.dq.Output[0] != r.Output {
-				m.ReplaceUses(rd.dq.Output[0], r.Output)
-			}
 			continue
 		}
 		first, last := rd.chain[0], rd.chain[len(rd.chain)-1]
