@@ -2,9 +2,13 @@ package fold
 
 import (
 	"fmt"
+	"math"
+	"slices"
+	"strings"
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/onnx"
+	"github.com/qatc/qatc/passes/quantize"
 )
 
 // NBitsOptions configure MatMulNBits.
@@ -417,5 +421,192 @@ func gatherRows(m *graph.Model) {
 				m.Op("Mul", m.UniqueName(out+"/dequantize"), []string{xf, su}, []string{out})
 			}
 		}
+	}
+}
+
+// unNBits undoes MatMulNBits' replace for Unfold: n becomes the qdq
+// form's DequantizeLinear → MatMul on the stored integers of the
+// quantizer r (the weight's own integers when the model keeps them for
+// other readers, as an embedding table's lookups do, else new ones in
+// the product's layout [K, N]), with r's per-tensor, per-column or
+// per-block scale, which the operator's [N, blocks] scales must repeat
+// exactly.
+func unNBits(m *graph.Model, n *onnx.NodeProto, r quantize.Quantizer, zeroPoint func(dims []int64) string) error {
+	w := storedNBits(m, n)
+	if w == nil || w.Scale == nil || input(n, 3) != "" {
+		return fmt.Errorf("not the MatMulNBits that matmulnbits writes (a packed weight, constant scales, no zero points)")
+	}
+	q, err := w.Ints()
+	if err != nil {
+		return err
+	}
+	k, cols := int(w.Dims[0]), int(w.Dims[1])
+	block := int(graph.IntAttr(n, "block_size", 0))
+	nb := (k + block - 1) / block
+	if len(w.Scale) != cols*nb {
+		return fmt.Errorf("weight %q has %d scales, want %d", w.Name, len(w.Scale), cols*nb)
+	}
+	// Find the stored integers the product reads, in either layout.
+	stored, flip := (*onnx.TensorProto)(nil), false
+	for _, t := range m.Graph().Initializer {
+		if ownedBy(t.Name, r.Tensor) && isIntType(graph.TensorType(t)) {
+			stored = t
+		}
+	}
+	if stored != nil {
+		v, err := graph.Int64s(stored)
+		if err != nil {
+			return err
+		}
+		kn := []int64{int64(k), int64(cols)}
+		switch {
+		case slices.Equal(stored.Dims, kn) && slices.Equal(v, q):
+		case slices.Equal(stored.Dims, []int64{int64(cols), int64(k)}):
+			if vt, _ := graph.Transpose(v, stored.Dims, []int64{1, 0}); !slices.Equal(vt, q) {
+				return fmt.Errorf("weight %q holds other integers than %q", w.Name, stored.Name)
+			}
+			flip = true
+		default:
+			return fmt.Errorf("weight %q holds other integers than %q", w.Name, stored.Name)
+		}
+	} else {
+		ints := make([]int8, len(q))
+		for i, x := range q {
+			ints[i] = int8(x)
+		}
+		stored = graph.Int8Tensor(m.UniqueName(r.Tensor+"_quantized"), []int64{int64(k), int64(cols)}, ints)
+		m.AddInitializer(stored)
+	}
+	// The scale in the stored integers' layout: scale(kk, j) of the
+	// product's [K, N] element is sc[at(kk, j)].
+	var sc []float32
+	var sdims []int64
+	var attrs []*onnx.AttributeProto
+	kAxis, nAxis := int64(0), int64(1)
+	if flip {
+		kAxis, nAxis = 1, 0
+	}
+	var at func(kk, j int) int
+	switch {
+	case r.BlockSize > 0:
+		if r.BlockSize != block || k%block != 0 {
+			return fmt.Errorf("weight %q: blocks of %d, not the quantizer's %d", w.Name, block, r.BlockSize)
+		}
+		sc, sdims = make([]float32, cols*nb), []int64{int64(nb), int64(cols)}
+		at = func(kk, j int) int { return kk/block*cols + j }
+		if flip {
+			sdims = []int64{int64(cols), int64(nb)}
+			at = func(kk, j int) int { return j*nb + kk/block }
+		}
+		attrs = append(attrs, graph.AttrInt("axis", kAxis), graph.AttrInt("block_size", int64(block)))
+	case r.Axis != nil:
+		sc, sdims = make([]float32, cols), []int64{int64(cols)}
+		at = func(_, j int) int { return j }
+		attrs = append(attrs, graph.AttrInt("axis", nAxis))
+	default:
+		sc, sdims = make([]float32, 1), []int64{}
+		at = func(int, int) int { return 0 }
+	}
+	for j := range cols {
+		for b := range nb {
+			sc[at(b*block, j)] = w.Scale[j*nb+b]
+		}
+	}
+	for j := range cols {
+		for kk := range k {
+			if s := sc[at(kk, j)]; math.Float32bits(s) != math.Float32bits(w.Scale[j*nb+kk/block]) {
+				return fmt.Errorf("weight %q: its scales are not %s's (one per tensor, column or block of %d)", w.Name, r.Tensor, r.BlockSize)
+			}
+		}
+	}
+	scale := m.AddInitializer(graph.FloatTensor(m.UniqueName(r.Tensor+"_scale"), sdims, sc))
+	ins := []string{stored.Name, scale}
+	if graph.TensorType(stored) == graph.Int8 {
+		ins = append(ins, zeroPoint(sdims))
+	}
+	b := m.UniqueName(r.Tensor + "/dequantized")
+	m.Op("DequantizeLinear", m.UniqueName(r.Tensor+"/dequantize"), ins, []string{b}, attrs...)
+	if flip {
+		t := m.UniqueName(b + "_transposed")
+		m.Op("Transpose", "", []string{b}, []string{t}, graph.AttrInts("perm", 1, 0))
+		b = t
+	}
+	base := strings.TrimSuffix(n.Name, "/MatMulNBits")
+	a, out := n.Input[0], n.Output[0]
+	m.RemoveNodes(n)
+	m.Op("MatMul", m.UniqueName(base), []string{a, b}, []string{out})
+	return nil
+}
+
+// unGatherRows undoes gatherRows for Unfold: a DequantizeLinear of
+// gathered rows (the integers, blocked scales and zero points gathered
+// alike, or a Cast's integers times an Unsqueeze of gathered per-row
+// scales) becomes the table's DequantizeLinear → Gather.
+func unGatherRows(m *graph.Model, zeroPoint func(dims []int64) string) {
+	gathered := func(v string) (*onnx.NodeProto, *onnx.TensorProto) {
+		g := m.Producer(v)
+		if g == nil || g.OpType != "Gather" || len(g.Input) != 2 {
+			return nil, nil
+		}
+		return g, m.Initializer(g.Input[0])
+	}
+	for _, d := range slices.Clone(m.Graph().Node) {
+		var gx *onnx.NodeProto
+		var x *onnx.TensorProto
+		var ins []string
+		var attrs []*onnx.AttributeProto
+		switch {
+		case isDequantize(d) && graph.IntAttr(d, "block_size", 0) > 0:
+			if gx, x = gathered(d.Input[0]); x == nil {
+				continue
+			}
+			g := graph.IntAttr(gx, "axis", 0)
+			for _, v := range d.Input {
+				if v == "" {
+					ins = append(ins, v)
+					continue
+				}
+				gv, t := gathered(v)
+				if t == nil || gv.Input[1] != gx.Input[1] || graph.IntAttr(gv, "axis", 0) != g {
+					ins = nil
+					break
+				}
+				ins = append(ins, gv.Input[0])
+			}
+			axis := graph.IntAttr(d, "axis", 1)
+			if axis < 0 {
+				axis += int64(len(x.Dims))
+			}
+			if ins == nil || g < 0 || g >= int64(len(x.Dims)) || axis == g {
+				continue
+			}
+			attrs = []*onnx.AttributeProto{graph.AttrInt("axis", axis), graph.AttrInt("block_size", graph.IntAttr(d, "block_size", 0))}
+		case d.OpType == "Mul" && len(d.Input) == 2:
+			c, u := m.Producer(d.Input[0]), m.Producer(d.Input[1])
+			if c == nil || u == nil || c.OpType != "Cast" || u.OpType != "Unsqueeze" || len(u.Input) != 2 {
+				continue
+			}
+			var gs *onnx.NodeProto
+			var s *onnx.TensorProto
+			gx, x = gathered(c.Input[0])
+			gs, s = gathered(u.Input[0])
+			last, ok := m.ConstInts(u.Input[1])
+			if x == nil || s == nil || !ok || !slices.Equal(last, []int64{-1}) || len(x.Dims) != 2 || gs.Input[1] != gx.Input[1] ||
+				graph.IntAttr(gx, "axis", 0) != 0 || graph.IntAttr(gs, "axis", 0) != 0 || graph.NumElements(s.Dims) != x.Dims[0] || graph.TensorType(x) != graph.Int8 {
+				continue
+			}
+			ins = []string{x.Name, s.Name, zeroPoint(s.Dims)}
+			attrs = []*onnx.AttributeProto{graph.AttrInt("axis", 0)}
+		default:
+			continue
+		}
+		if !isIntType(graph.TensorType(x)) {
+			continue
+		}
+		out, ids, g := d.Output[0], gx.Input[1], graph.IntAttr(gx, "axis", 0)
+		table := m.UniqueName(x.Name + "/dequantized")
+		m.RemoveNodes(d)
+		m.Op("DequantizeLinear", m.UniqueName(x.Name+"/dequantize"), ins, []string{table}, attrs...)
+		m.Op("Gather", m.UniqueName(out+"/Gather"), []string{table, ids}, []string{out}, graph.AttrInt("axis", g))
 	}
 }

@@ -27,6 +27,11 @@ var ErrUnfold = errors.New("cannot read the exported model back into the QAT for
 //     into its parts, a fused bias back into an Add, uint8 activations
 //     back on the int8 grid) become the qdq form's DequantizeLinear →
 //     MatMul;
+//   - matmulnbits' MatMulNBits nodes become DequantizeLinear → MatMul
+//     on the weight's integers (unpacked by storedNBits) with its
+//     quantizer's per-tensor, per-column or per-block scale (unNBits),
+//     and its gathered table rows a table's DequantizeLinear → Gather
+//     again (unGatherRows);
 //   - GuardBlocked's view of a blocked int8 weight is undone
 //     (unguardBlocked);
 //   - a weight's integers (int8, or INT4 as Int4 stores them) become the
@@ -37,8 +42,7 @@ var ErrUnfold = errors.New("cannot read the exported model back into the QAT for
 //   - every scale s becomes a clip c with max(c, tiny)/qmax = s in
 //     float32, bit for bit, so that Fold computes s again.
 //
-// The forms not undone here (dynamic, matmulnbits, transposed-stored
-// weights) are errors wrapping ErrUnfold that name what is missing.
+// The forms not undone here (dynamic, transposed-stored weights) are errors wrapping ErrUnfold that name what is missing.
 func Unfold(m *graph.Model) (*graph.Model, string, error) {
 	format, ok := m.Metadata(FormatKey)
 	if !ok {
@@ -54,6 +58,8 @@ func Unfold(m *graph.Model) (*graph.Model, string, error) {
 	case "qdq":
 	case "qoperator":
 		err = u.integerToDequantized()
+	case "matmulnbits":
+		err = u.nbitsToDequantized()
 	default:
 		err = fmt.Errorf("the %s format's rewrites are not read back", format)
 	}
@@ -258,6 +264,34 @@ func (u *unfolder) unfuse(n *onnx.NodeProto, parts []FusedPart) error {
 	}
 	m.RemoveNodes(n, split)
 	return nil
+}
+
+// nbitsToDequantized undoes MatMulNBits: embedding lookups dequantize
+// the table again (unGatherRows), and every MatMulNBits becomes the
+// DequantizeLinear → MatMul of its quantizer's integers (unNBits).
+func (u *unfolder) nbitsToDequantized() error {
+	m := u.m
+	zp := func(dims []int64) string { return u.int8Const("qatc/zero_int8", dims, 0) }
+	unGatherRows(m, zp)
+	for _, n := range slices.Clone(m.Graph().Node) {
+		if n.OpType != "MatMulNBits" || n.Domain != msDomain || len(n.Input) < 3 {
+			continue
+		}
+		var r *quantize.Quantizer
+		for i, q := range u.rec.Quantizers {
+			if q.Kind == quantize.KindWeight && ownedAs(n.Input[1], q.Tensor, "_nbits") {
+				r = &u.rec.Quantizers[i]
+			}
+		}
+		if r == nil {
+			return fmt.Errorf("%s: its weight %q is no quantizer's %s_nbits", graph.NodeName(n), n.Input[1], "<tensor>")
+		}
+		if err := unNBits(m, n, *r, zp); err != nil {
+			return fmt.Errorf("%s: %v", graph.NodeName(n), err)
+		}
+	}
+	m.RemoveDead()
+	return m.TopoSort()
 }
 
 // dequantizeActivation returns the DequantizeLinear output of the
@@ -525,8 +559,12 @@ func (u *unfolder) weight(r quantize.Quantizer, clips map[string][]float32) erro
 
 // ownedBy reports whether the stored integers named name are fold's for
 // the tensor: <tensor>_quantized, made unique with a suffix.
-func ownedBy(name, tensor string) bool {
-	rest, ok := strings.CutPrefix(name, tensor+"_quantized")
+func ownedBy(name, tensor string) bool { return ownedAs(name, tensor, "_quantized") }
+
+// ownedAs reports whether name is <tensor><suffix>, made unique with a
+// suffix.
+func ownedAs(name, tensor, suffix string) bool {
+	rest, ok := strings.CutPrefix(name, tensor+suffix)
 	return ok && (rest == "" || rest[0] == '_')
 }
 
