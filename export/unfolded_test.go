@@ -21,13 +21,13 @@ import (
 // TestUnfolded exports QAT models of the tiny testmodel (8-bit; 4-bit
 // weights per block of 32, stored INT4; W4A4; 8-bit weights per block,
 // in GuardBlocked's view; 8-bit per channel) in each integer format and
-// loads the file as qatc translate does. qdq, qoperator and matmulnbits
-// are read back (fold.Unfold): folded again they are the file, integers,
-// scales (from the reconstructed clips, bit for bit) and operators
-// (Refolds), they decode through a cache, and the greedy ids through the
-// cache equal those of re-running the same file on a fixed set of
-// sources. dynamic is not read back: it decodes by re-running, with a
-// note naming why.
+// loads the file as qatc translate does. Every format is read back
+// (fold.Unfold): folded again it is the file, integers, scales (from the
+// reconstructed clips, bit for bit) and operators (Refolds), it decodes
+// through a cache, and the greedy ids through the cache equal those of
+// re-running the same file on a fixed set of sources (dynamic too: its
+// per-batch activation ranges could in principle differ between a step
+// and the whole sequence, but they give the same ids here).
 func TestUnfolded(t *testing.T) {
 	decode.RegisterExported(Unfolded) // as cmd/qatc's main does
 	cfg := testmodels.Tiny()
@@ -81,7 +81,7 @@ func TestUnfolded(t *testing.T) {
 		{"qdq W4A4", "qdq", params(4, 4, quantize.Tensor), "int4 [32 64]", "DequantizeLinear", true, ""},
 		// int8 blocked weights, in GuardBlocked's view [blocks, block, C].
 		{"qdq W8 block 32", "qdq", params(8, 8, quantize.Block), "int8 [1 32 64]", "DequantizeLinear blocks of 32", true, ""},
-		{"dynamic", "dynamic", w8, "int8 [32 64]", "MatMulInteger", false, "the dynamic format's rewrites are not read back"},
+		{"dynamic", "dynamic", w8, "int8 [32 64]", "MatMulInteger", true, ""},
 		{"matmulnbits", "matmulnbits", w8, "uint8 MatMulNBits blocks [64 1 32] of 8-bit values, shown as the K×N weight of the product [32 64]", "MatMulNBits", true, ""},
 		{"matmulnbits W4 block 32", "matmulnbits", params(4, 8, quantize.Block), "uint8 MatMulNBits blocks [64 1 16] of 4-bit values, shown as the K×N weight of the product [32 64]", "MatMulNBits", true, ""},
 		{"matmulnbits W4", "matmulnbits", params(4, 8, quantize.Tensor), "uint8 MatMulNBits blocks [64 1 16] of 4-bit values, shown as the K×N weight of the product [32 64]", "MatMulNBits", true, ""},

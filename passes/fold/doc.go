@@ -19,9 +19,10 @@
 // format (DequantizeLinear, MatMulIntegerToFloat, MatMulInteger,
 // MatMulNBits) with their scales and integers, for inspect and the
 // export's check. Unfold reads the qdq (int8 and INT4, per tensor,
-// channel or block), qoperator and matmulnbits forms back into the QAT
-// form (clips that compute the file's scales bit for bit), so that an
-// exported file's incremental graphs can be built and folded again.
+// channel or block), qoperator, matmulnbits and dynamic forms back into
+// the QAT form (clips that compute the file's scales bit for bit), so
+// that an exported file's incremental graphs can be built and folded
+// again.
 //
 // Every rewrite states what it rounds: Fold's integers and scales are
 // bit-identical to what the QAT graph computes on the fly; QOperator

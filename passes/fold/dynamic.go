@@ -2,6 +2,7 @@ package fold
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/onnx"
@@ -149,4 +150,53 @@ func integerMatMul(m *graph.Model, n *onnx.NodeProto, a, b, azp, bzp string, sca
 	if c != "" {
 		m.Op("Add", m.UniqueName(base+"/bias"), []string{y, c}, []string{out})
 	}
+}
+
+// unIntegerMatMul undoes integerMatMul for Unfold: the weight product
+// MatMulInteger(a_u8, b, a_zp[, b_zp]) ─▶ Cast ─▶ Mul(·, Mul(a_scale,
+// b_scale)) of a DynamicQuantizeLinear(a) becomes the qdq form's
+// MatMul(a, DequantizeLinear(b, b_scale[, b_zp])), b's scale per tensor
+// or per output column.
+func unIntegerMatMul(m *graph.Model, n *onnx.NodeProto, zeroPoint func(dims []int64) string) error {
+	one := func(v, op string) *onnx.NodeProto {
+		c := m.Consumers(v)
+		if len(c) != 1 || c[0].OpType != op || m.IsGraphOutput(v) {
+			return nil
+		}
+		return c[0]
+	}
+	dql := m.Producer(n.Input[0])
+	if dql == nil || dql.OpType != "DynamicQuantizeLinear" || len(dql.Output) != 3 || len(n.Input) < 3 || n.Input[2] != dql.Output[2] || !storedInts(m, n.Input[1]) {
+		return fmt.Errorf("not the DynamicQuantizeLinear → MatMulInteger of a stored weight that dynamic writes")
+	}
+	cast := one(n.Output[0], "Cast")
+	var mul, scale *onnx.NodeProto
+	if cast != nil {
+		mul = one(cast.Output[0], "Mul")
+	}
+	if mul != nil && len(mul.Input) == 2 && mul.Input[0] == cast.Output[0] {
+		scale = m.Producer(mul.Input[1])
+	}
+	if scale == nil || scale.OpType != "Mul" || len(scale.Input) != 2 || scale.Input[0] != dql.Output[1] {
+		return fmt.Errorf("its result is not rescaled by Cast → Mul(·, Mul(the activation's scale, the weight's))")
+	}
+	ws := m.Const(scale.Input[1])
+	rank := intRank(m, n.Input[1])
+	if ws == nil || graph.TensorType(ws) != graph.Float || graph.NumElements(ws.Dims) > 1 && rank < 2 {
+		return fmt.Errorf("weight scale %q is not a constant per tensor or column", scale.Input[1])
+	}
+	zp := input(n, 3)
+	if zp == "" {
+		zp = zeroPoint(ws.Dims)
+	}
+	var attrs []*onnx.AttributeProto
+	if graph.NumElements(ws.Dims) > 1 {
+		attrs = append(attrs, graph.AttrInt("axis", int64(rank-1)))
+	}
+	b, out, base := n.Input[1], mul.Output[0], strings.TrimSuffix(n.Name, "/MatMulInteger")
+	dq := m.UniqueName(b + "/dequantized")
+	m.RemoveNodes(n, cast, mul)
+	m.Op("DequantizeLinear", m.UniqueName(b+"/dequantize"), []string{b, scale.Input[1], zp}, []string{dq}, attrs...)
+	m.Op("MatMul", m.UniqueName(base), []string{dql.Input[0], dq}, []string{out})
+	return nil
 }

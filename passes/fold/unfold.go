@@ -32,6 +32,9 @@ var ErrUnfold = errors.New("cannot read the exported model back into the QAT for
 //     quantizer's per-tensor, per-column or per-block scale (unNBits),
 //     and its gathered table rows a table's DequantizeLinear → Gather
 //     again (unGatherRows);
+//   - dynamic's MatMulInteger products become DequantizeLinear → MatMul
+//     on the float activation (unIntegerMatMul); the activation
+//     quantizers, which dynamic dropped, are dropped from the record;
 //   - GuardBlocked's view of a blocked int8 weight is undone
 //     (unguardBlocked);
 //   - a weight's integers (int8, or INT4 as Int4 stores them) become the
@@ -42,7 +45,7 @@ var ErrUnfold = errors.New("cannot read the exported model back into the QAT for
 //   - every scale s becomes a clip c with max(c, tiny)/qmax = s in
 //     float32, bit for bit, so that Fold computes s again.
 //
-// The forms not undone here (dynamic, transposed-stored weights) are errors wrapping ErrUnfold that name what is missing.
+// The forms not undone here (transposed-stored weights) are errors wrapping ErrUnfold that name what is missing.
 func Unfold(m *graph.Model) (*graph.Model, string, error) {
 	format, ok := m.Metadata(FormatKey)
 	if !ok {
@@ -60,6 +63,8 @@ func Unfold(m *graph.Model) (*graph.Model, string, error) {
 		err = u.integerToDequantized()
 	case "matmulnbits":
 		err = u.nbitsToDequantized()
+	case "dynamic":
+		err = u.integerToDequantizedDynamic()
 	default:
 		err = fmt.Errorf("the %s format's rewrites are not read back", format)
 	}
@@ -77,6 +82,9 @@ type unfolder struct {
 	m      *graph.Model
 	rec    *quantize.Record
 	consts map[string]string
+	// dropActs drops the record's activation quantizers, which the
+	// format removed from the graph.
+	dropActs bool
 }
 
 // konst returns the shared initializer named base holding t's data,
@@ -266,6 +274,27 @@ func (u *unfolder) unfuse(n *onnx.NodeProto, parts []FusedPart) error {
 	return nil
 }
 
+// integerToDequantizedDynamic undoes Dynamic: every MatMulInteger of
+// a stored weight becomes the qdq form's DequantizeLinear → MatMul
+// (unIntegerMatMul). The activation quantizers Dynamic dropped are
+// dropped from the record as well (the activations are quantized per
+// batch, as the file does).
+func (u *unfolder) integerToDequantizedDynamic() error {
+	m := u.m
+	zp := func(dims []int64) string { return u.int8Const("qatc/zero_int8", dims, 0) }
+	for _, n := range slices.Clone(m.Graph().Node) {
+		if n.OpType != "MatMulInteger" {
+			continue
+		}
+		if err := unIntegerMatMul(m, n, zp); err != nil {
+			return fmt.Errorf("%s: %v", graph.NodeName(n), err)
+		}
+	}
+	u.dropActs = true
+	m.RemoveDead()
+	return m.TopoSort()
+}
+
 // nbitsToDequantized undoes MatMulNBits: embedding lookups dequantize
 // the table again (unGatherRows), and every MatMulNBits becomes the
 // DequantizeLinear → MatMul of its quantizer's integers (unNBits).
@@ -362,6 +391,8 @@ func (u *unfolder) qdq() error {
 		switch {
 		case r.Kind == quantize.KindWeight:
 			err = u.weight(r, clips)
+		case u.dropActs:
+			continue
 		case r.Clip != "":
 			err = u.activation(r, clips)
 		}
