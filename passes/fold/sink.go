@@ -1,6 +1,9 @@
 package fold
 
 import (
+	"slices"
+	"strings"
+
 	"github.com/qatc/qatc/graph"
 	"github.com/qatc/qatc/onnx"
 	"github.com/qatc/qatc/passes/quantize"
@@ -203,4 +206,108 @@ func sliceAxes(m *graph.Model, c *onnx.NodeProto, rank int64) ([]int64, bool) {
 		}
 	}
 	return axes, true
+}
+
+// untranspose undoes, for Unfold, the transposed storage of a 2-D weight:
+// sinkPast's (a DequantizeLinear moved past the Transpose that read it)
+// and transposedInts' (Gemm's transB copy). Each DequantizeLinear of the
+// integers <ints>_transposed reads <ints> again, in their own layout.
+// Where nothing else holds <ints>, they are the copy transposed back and
+// a float Transpose after the DequantizeLinear makes its value (either
+// writer folds that into the same file). Where <ints> are kept for other
+// readers (a tied table's lookups), only transposedInts made the copy:
+// the MatMul reading it, and its bias Add, become the Gemm with transB.
+// It returns nothing: what it cannot undo is left, and Unfold names it.
+func untranspose(m *graph.Model) {
+	for _, t := range slices.Clone(m.Graph().Initializer) {
+		i := strings.LastIndex(t.Name, "_transposed")
+		if i < 0 || len(t.Dims) != 2 || (graph.TensorType(t) != graph.Int8 && graph.TensorType(t) != graph.Uint8) {
+			continue
+		}
+		uses := m.Consumers(t.Name)
+		ok := len(uses) > 0 && !m.IsGraphOutput(t.Name)
+		for _, d := range uses {
+			ok = ok && isDequantize(d) && d.Input[0] == t.Name && graph.IntAttr(d, "block_size", 0) == 0 && !slices.Contains(d.Input[1:], t.Name)
+		}
+		if !ok {
+			continue
+		}
+		data, dims := graph.Transpose(t.RawData, t.Dims, []int64{1, 0})
+		plain := t.Name[:i]
+		p := m.Initializer(plain)
+		switch {
+		case p == nil && !m.HasName(plain):
+			m.AddInitializer(&onnx.TensorProto{Name: plain, Dims: dims, DataType: t.DataType, RawData: data})
+		case p == nil || p.DataType != t.DataType || !slices.Equal(p.Dims, dims) || !slices.Equal(p.RawData, data):
+			continue
+		}
+		for _, d := range uses {
+			if graph.NumElements(m.Const(input(d, 1)).GetDims()) > 1 {
+				ax := graph.IntAttr(d, "axis", 1)
+				if ax < 0 {
+					ax += 2
+				}
+				d.Attribute = slices.DeleteFunc(d.Attribute, func(a *onnx.AttributeProto) bool { return a.Name == "axis" })
+				d.Attribute = append(d.Attribute, graph.AttrInt("axis", 1-ax))
+			}
+			out := d.Output[0]
+			d.Output[0] = m.UniqueName(plain + "/dequantized")
+			m.ReplaceInput(d, 0, plain)
+			m.Reindex()
+			if p == nil || !gemmTransB(m, out, d.Output[0], t.Dims[1]) {
+				m.Op("Transpose", m.UniqueName(out+"/Transpose"), []string{d.Output[0]}, []string{out}, graph.AttrInts("perm", 1, 0))
+			}
+		}
+	}
+}
+
+// gemmTransB rewrites the MatMul that reads b (the only reader) as its
+// right operand, and the Add of an n-element constant bias after it,
+// into Gemm(a, bt, bias) with transB; it reports whether it did.
+func gemmTransB(m *graph.Model, b, bt string, n int64) bool {
+	uses := m.Consumers(b)
+	if len(uses) != 1 || uses[0].OpType != "MatMul" || uses[0].Input[1] != b || uses[0].Input[0] == b || m.IsGraphOutput(b) {
+		return false
+	}
+	mm := uses[0]
+	ins, out := []string{mm.Input[0], bt}, mm.Output[0]
+	dead := []*onnx.NodeProto{mm}
+	if adds := m.Consumers(out); len(adds) == 1 && adds[0].OpType == "Add" && !m.IsGraphOutput(out) {
+		add := adds[0]
+		c := add.Input[1]
+		if c == out {
+			c = add.Input[0]
+		}
+		if t := m.Const(c); t != nil && len(t.Dims) == 1 && t.Dims[0] == n && c != out {
+			ins, out = append(ins, c), add.Output[0]
+			dead = append(dead, add)
+		}
+	}
+	m.RemoveNodes(dead...)
+	m.Op("Gemm", mm.Name, ins, []string{out}, graph.AttrInt("transB", 1))
+	return true
+}
+
+// unsliced returns the constant that the scale or zero point v of a
+// DequantizeLinear moved past data movement (chain, from the integers
+// on) holds before sinkPast sliced it alike with a Slice of the channel
+// axis: v itself when it is a constant, else nil.
+func unsliced(m *graph.Model, v string, chain []*onnx.NodeProto) *onnx.TensorProto {
+	if t := m.Const(v); t != nil {
+		return t
+	}
+	s := m.Producer(v)
+	if s == nil || s.OpType != "Slice" || len(s.Input) < 4 {
+		return nil
+	}
+	axes, ok := m.ConstInts(s.Input[3])
+	if !ok || !slices.Equal(axes, []int64{0}) {
+		return nil
+	}
+	for _, c := range chain {
+		if c.OpType == "Slice" && len(c.Input) >= 3 && c.Input[1] == s.Input[1] && c.Input[2] == s.Input[2] && input(c, 4) == input(s, 4) {
+			return m.Const(s.Input[0])
+		}
+	}
+	return nil
 }

@@ -36,16 +36,21 @@ var ErrUnfold = errors.New("cannot read the exported model back into the QAT for
 //     on the float activation (unIntegerMatMul); the activation
 //     quantizers, which dynamic dropped, are dropped from the record;
 //   - GuardBlocked's view of a blocked int8 weight is undone
-//     (unguardBlocked);
+//     (unguardBlocked), and so is a 2-D weight's transposed storage
+//     (untranspose: a float Transpose, or the Gemm with transB whose copy
+//     it was);
 //   - a weight's integers (int8, or INT4 as Int4 stores them) become the
 //     float values its DequantizeLinear computes, quantized in front of
 //     the data movement that reads them (Fold sinks the DequantizeLinear
-//     past it again), a blocked weight in insert's view of its blocks
+//     past it again; per-channel scales it sliced alike are whole again,
+//     see unsliced), a blocked weight in insert's view of its blocks
 //     (quantize.BlockView);
 //   - every scale s becomes a clip c with max(c, tiny)/qmax = s in
 //     float32, bit for bit, so that Fold computes s again.
 //
-// The forms not undone here (transposed-stored weights) are errors wrapping ErrUnfold that name what is missing.
+// A model that is not in one of these forms (not exported by qatc, or
+// edited since) is an error wrapping ErrUnfold that names what does not
+// fit.
 func Unfold(m *graph.Model) (*graph.Model, string, error) {
 	format, ok := m.Metadata(FormatKey)
 	if !ok {
@@ -69,6 +74,7 @@ func Unfold(m *graph.Model) (*graph.Model, string, error) {
 		err = fmt.Errorf("the %s format's rewrites are not read back", format)
 	}
 	if err == nil {
+		untranspose(u.m)
 		err = u.qdq()
 	}
 	if err != nil {
@@ -472,7 +478,7 @@ func (u *unfolder) weight(r quantize.Quantizer, clips map[string][]float32) erro
 	case graph.TensorType(ints) != graph.Int8 && graph.TensorType(ints) != graph.Int4:
 		return fmt.Errorf("integers %q are stored as %s; a weight's integers are int8 or int4", ints.Name, graph.TensorType(ints))
 	case strings.Contains(strings.TrimPrefix(ints.Name, r.Tensor), "_transposed"):
-		return fmt.Errorf("integers %q are stored transposed; the layout of %s is not read back", ints.Name, r.Tensor)
+		return fmt.Errorf("integers %q are stored transposed, and not as the transposed matrix of %s's integers", ints.Name, r.Tensor)
 	case m.HasName(r.Tensor):
 		return fmt.Errorf("the name %s is taken", r.Tensor)
 	}
@@ -484,7 +490,7 @@ func (u *unfolder) weight(r quantize.Quantizer, clips map[string][]float32) erro
 	zp := ""
 	rank := int64(len(ints.Dims))
 	for _, rd := range readers {
-		st := m.Const(rd.dq.Input[1])
+		st := unsliced(m, rd.dq.Input[1], rd.chain)
 		if st == nil {
 			return fmt.Errorf("%s: its scale is not a constant", graph.NodeName(rd.dq))
 		}
@@ -492,7 +498,7 @@ func (u *unfolder) weight(r quantize.Quantizer, clips map[string][]float32) erro
 		if err != nil {
 			return err
 		}
-		if z := m.Const(input(rd.dq, 2)); z != nil {
+		if z := unsliced(m, input(rd.dq, 2), rd.chain); z != nil {
 			zv, err := graph.Int64s(z)
 			if err != nil || slices.ContainsFunc(zv, func(x int64) bool { return x != 0 }) || graph.TensorType(z) != graph.Int8 {
 				return fmt.Errorf("%s: its zero point is not int8 zeros", graph.NodeName(rd.dq))
@@ -512,8 +518,8 @@ func (u *unfolder) weight(r quantize.Quantizer, clips map[string][]float32) erro
 		switch {
 		case scale == nil:
 			scale, sdims, axis, block = s, st.Dims, ax, b
-			if b == 0 && (len(s) > 1 || input(rd.dq, 2) != "") {
-				zp = input(rd.dq, 2)
+			if z := unsliced(m, input(rd.dq, 2), rd.chain); b == 0 && z != nil && (len(s) > 1 || input(rd.dq, 2) != "") {
+				zp = z.Name
 			}
 		case !slices.Equal(scale, s) || ax != axis || b != block:
 			return fmt.Errorf("its DequantizeLinear nodes read the integers with different scales")
