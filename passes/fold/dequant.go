@@ -15,6 +15,12 @@ import (
 // QuantizeLinear → DequantizeLinear pair with a constant scale. This file
 // reads it; the writers beside it emit it.
 
+// dequantize appends the DequantizeLinear name(ins) -> outs: the one place
+// fold's writers (and Unfold, their inverse) emit the op.
+func dequantize(m *graph.Model, name string, ins, outs []string, attrs ...*onnx.AttributeProto) *onnx.NodeProto {
+	return m.Op("DequantizeLinear", name, ins, outs, attrs...)
+}
+
 // isDequantize reports whether n is a DequantizeLinear.
 func isDequantize(n *onnx.NodeProto) bool {
 	return n != nil && n.OpType == "DequantizeLinear" && (n.Domain == "" || n.Domain == "ai.onnx")

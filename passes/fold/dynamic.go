@@ -196,7 +196,7 @@ func unIntegerMatMul(m *graph.Model, n *onnx.NodeProto, zeroPoint func(dims []in
 	b, out, base := n.Input[1], mul.Output[0], strings.TrimSuffix(n.Name, "/MatMulInteger")
 	dq := m.UniqueName(b + "/dequantized")
 	m.RemoveNodes(n, cast, mul)
-	m.Op("DequantizeLinear", m.UniqueName(b+"/dequantize"), []string{b, scale.Input[1], zp}, []string{dq}, attrs...)
+	dequantize(m, m.UniqueName(b+"/dequantize"), []string{b, scale.Input[1], zp}, []string{dq}, attrs...)
 	m.Op("MatMul", m.UniqueName(base), []string{dql.Input[0], dq}, []string{out})
 	return nil
 }

@@ -410,7 +410,7 @@ func gatherRows(m *graph.Model) {
 					ins = append(ins, gather(v, []string{"_quantized", "_scale", "_zero_point"}[i]))
 				}
 				m.RemoveNodes(c)
-				m.Op("DequantizeLinear", m.UniqueName(out+"/dequantize"), ins, []string{out}, graph.AttrInt("axis", a), graph.AttrInt("block_size", block))
+				dequantize(m, m.UniqueName(out+"/dequantize"), ins, []string{out}, graph.AttrInt("axis", a), graph.AttrInt("block_size", block))
 			case rows && g == 0 && axis == 0:
 				xg, sg := gather(d.Input[0], "_quantized"), gather(d.Input[1], "_scale")
 				last := m.AddInitializer(graph.Int64Tensor(m.UniqueName(out+"_last_axis"), []int64{1}, []int64{-1}))
@@ -525,7 +525,7 @@ func unNBits(m *graph.Model, n *onnx.NodeProto, r quantize.Quantizer, zeroPoint 
 		ins = append(ins, zeroPoint(sdims))
 	}
 	b := m.UniqueName(r.Tensor + "/dequantized")
-	m.Op("DequantizeLinear", m.UniqueName(r.Tensor+"/dequantize"), ins, []string{b}, attrs...)
+	dequantize(m, m.UniqueName(r.Tensor+"/dequantize"), ins, []string{b}, attrs...)
 	if flip {
 		t := m.UniqueName(b + "_transposed")
 		m.Op("Transpose", "", []string{b}, []string{t}, graph.AttrInts("perm", 1, 0))
@@ -606,7 +606,7 @@ func unGatherRows(m *graph.Model, zeroPoint func(dims []int64) string) {
 		out, ids, g := d.Output[0], gx.Input[1], graph.IntAttr(gx, "axis", 0)
 		table := m.UniqueName(x.Name + "/dequantized")
 		m.RemoveNodes(d)
-		m.Op("DequantizeLinear", m.UniqueName(x.Name+"/dequantize"), ins, []string{table}, attrs...)
+		dequantize(m, m.UniqueName(x.Name+"/dequantize"), ins, []string{table}, attrs...)
 		m.Op("Gather", m.UniqueName(out+"/Gather"), []string{table, ids}, []string{out}, graph.AttrInt("axis", g))
 	}
 }

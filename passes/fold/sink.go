@@ -173,7 +173,7 @@ func sinkPast(m *graph.Model, d, c *onnx.NodeProto, byInt map[string]*Folded) bo
 		attrs = append(attrs, graph.AttrInt("axis", axis))
 	}
 	m.RemoveNodes(c)
-	m.Op("DequantizeLinear", m.UniqueName(out+"/dequantize"), append([]string{x}, qparams...), []string{out}, attrs...)
+	dequantize(m, m.UniqueName(out+"/dequantize"), append([]string{x}, qparams...), []string{out}, attrs...)
 	return true
 }
 

@@ -195,7 +195,7 @@ func (u *unfolder) integerToDequantized() error {
 				attrs = append(attrs, graph.AttrInt("axis", 1))
 			}
 			b = m.UniqueName(w + "/dequantized")
-			m.Op("DequantizeLinear", m.UniqueName(w+"/dequantize"), []string{w, n.Input[3], zp}, []string{b}, attrs...)
+			dequantize(m, m.UniqueName(w+"/dequantize"), []string{w, n.Input[3], zp}, []string{b}, attrs...)
 		} else if b, err = u.dequantizeActivation(n.Input[1], n.Input[3], input(n, 5)); err != nil {
 			return fmt.Errorf("%s: %v", graph.NodeName(n), err)
 		}
@@ -356,7 +356,7 @@ func (u *unfolder) dequantizeActivation(v, scale, zp string) (string, error) {
 	if zp != "" {
 		ins = append(ins, zp)
 	}
-	m.Op("DequantizeLinear", name, ins, []string{out})
+	dequantize(m, name, ins, []string{out})
 	return out, nil
 }
 
@@ -579,7 +579,7 @@ func (u *unfolder) weight(r quantize.Quantizer, clips map[string][]float32) erro
 		ints8 = m.UniqueName(r.Tensor + "/clipped")
 		m.Op("Clip", "", []string{qn.Output[0], u.int8Const(fmt.Sprintf("qatc/qmin_%d", lo), nil, int8(lo)), u.int8Const(fmt.Sprintf("qatc/qmax_int_%d", hi), nil, int8(hi))}, []string{ints8})
 	}
-	m.Op("DequantizeLinear", r.Dequantize, []string{ints8, sc, zp}, []string{out}, attrs...)
+	dequantize(m, r.Dequantize, []string{ints8, sc, zp}, []string{out}, attrs...)
 	for _, rd := range readers {
 		if len(rd.chain) == 0 {
 			continue
