@@ -71,20 +71,7 @@ func TestUnfolded(t *testing.T) {
 	qatOf := func(model string, p quantize.Params) *graph.Model {
 		key := fmt.Sprintf("%s %+v", model, p)
 		if qats[key] == nil {
-			var qat *graph.Model
-			var err error
-			if model == "" {
-				qat, err = testmodels.Build(testmodels.Tiny())
-			} else {
-				qat, err = graph.Load(fixture.Torch(t, model))
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := quantize.Insert(qat, p); err != nil {
-				t.Fatal(err)
-			}
-			qats[key] = qat
+			qats[key] = qatModel(t, model, p)
 		}
 		return qats[key]
 	}
@@ -210,29 +197,11 @@ func TestUnfolded(t *testing.T) {
 // decodes, by re-running, with a note saying why.
 func TestUnfoldedDamaged(t *testing.T) {
 	decode.RegisterExported(Unfolded)
-	qat, err := testmodels.Build(testmodels.Tiny())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := quantize.Insert(qat, quantize.DefaultParams()); err != nil {
-		t.Fatal(err)
-	}
-	blocked, err := testmodels.Build(testmodels.Tiny())
-	if err != nil {
-		t.Fatal(err)
-	}
+	qat := qatModel(t, "", quantize.DefaultParams())
 	p := quantize.DefaultParams()
 	p.WeightBits, p.Granularity, p.BlockSize = 4, quantize.Block, 32
-	if _, err := quantize.Insert(blocked, p); err != nil {
-		t.Fatal(err)
-	}
-	d256, err := graph.Load(fixture.Torch(t, fixture.D256))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := quantize.Insert(d256, quantize.DefaultParams()); err != nil {
-		t.Fatal(err)
-	}
+	blocked := qatModel(t, "", p)
+	d256 := qatModel(t, fixture.D256, quantize.DefaultParams())
 	for _, tc := range []struct {
 		name   string
 		src    *graph.Model
@@ -305,4 +274,24 @@ func TestUnfoldedDamaged(t *testing.T) {
 		}
 		l.Close()
 	}
+}
+
+// qatModel returns a QAT model with p's quantizers: the tiny testmodel
+// for model "", else the PyTorch fixture of that name.
+func qatModel(t *testing.T, model string, p quantize.Params) *graph.Model {
+	t.Helper()
+	var m *graph.Model
+	var err error
+	if model == "" {
+		m, err = testmodels.Build(testmodels.Tiny())
+	} else {
+		m, err = graph.Load(fixture.Torch(t, model))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := quantize.Insert(m, p); err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

@@ -123,13 +123,7 @@ func projectionStepOf(t *testing.T, m *graph.Model, rec *quantize.Record, x, w s
 // one error.
 func TestVerifyPadding(t *testing.T) {
 	cfg := testmodels.Tiny()
-	qat, err := testmodels.Build(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := quantize.Insert(qat, quantize.DefaultParams()); err != nil {
-		t.Fatal(err)
-	}
+	qat := qatModel(t, "", quantize.DefaultParams())
 	out, _, err := Export(qat, "dynamic", nil)
 	if err != nil {
 		t.Fatal(err)
