@@ -28,8 +28,9 @@ type Loss struct {
 	// is T²·KL(teacher ‖ student), mean over tokens.
 	KDWeight    float64
 	Temperature float64
-	// WeightClipL2 and ActClipL2 add c² times them for every weight and
-	// activation clip range (NeurST: 0.001 and 0.01).
+	// WeightClipL2 and ActClipL2 add mean(c²) times them for every weight
+	// and activation clip tensor (NeurST: 0.001 and 0.01 on its per-tensor
+	// clips; the mean keeps a tensor of block clips at one clip's weight).
 	WeightClipL2, ActClipL2 float64
 	// Hidden, when positive, distils every quantized activation of a QAT
 	// model (the LayerNorm outputs that feed projections, attention

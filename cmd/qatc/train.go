@@ -73,7 +73,7 @@ func finetuneCommand() *cli.Command {
 		Flags: append(trainFlags(),
 			&cli.BoolFlag{Name: "freeze-weights", Usage: "learn the clip ranges only"},
 			&cli.StringFlag{Name: "clip-grad", Value: "neurst", Usage: "clip gradient: neurst or lsq"},
-			&cli.Float64Flag{Name: "weight-clip-l2", Value: 0.001, Usage: "L2 on weight clips (NeurST: 0.001)"},
+			&cli.Float64Flag{Name: "weight-clip-l2", Value: 0.001, Usage: "L2 on weight clips, mean of c² over each tensor's clips (NeurST: 0.001)"},
 			&cli.Float64Flag{Name: "act-clip-l2", Value: 0.01, Usage: "L2 on activation clips (NeurST: 0.01)"},
 			&cli.Float64Flag{Name: "kd-hidden", Usage: "weight of hidden-state distillation: every quantized activation (hidden states, attention probabilities) against the fp32 teacher's, relative squared error (0: off)"},
 		),

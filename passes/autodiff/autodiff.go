@@ -26,8 +26,10 @@ type Loss struct {
 	// logits come in as the graph input "teacher_logits" [batch, tgt_len,
 	// vocab], computed by the caller with the fp32 teacher.
 	Temperature float32
-	// ClipL2 adds coef·Σ clip² to the loss for each named clip parameter
-	// (NeurST: 0.001 for weight clips, 0.01 for activation clips).
+	// ClipL2 adds coef·mean(clip²) to the loss for each named clip parameter
+	// (NeurST: 0.001 for weight clips, 0.01 for activation clips); a
+	// per-tensor clip is NeurST's coef·clip², a tensor of channel or block
+	// clips weighs as much as one.
 	ClipL2 map[string]float32
 	// Hidden lists forward values to distil from the teacher (hidden
 	// states, attention probabilities: TernaryBERT's intermediate

@@ -190,7 +190,12 @@ func hiddenKD(b *builder, logits string, info *Info) ([]string, error) {
 	return terms, nil
 }
 
-// clipL2 returns the terms coef·Σ clip² and adds their gradients.
+// clipL2 returns the terms coef·mean(clip²), one per clip tensor, and adds
+// their gradients 2·coef·clip/n. The mean keeps NeurST's penalty for its
+// per-tensor clips (n = 1) and gives a tensor of n channel or block clips
+// the same weight as one: a sum would make each block's share of the
+// penalty outweigh its tiny share of the data loss, and Adam, which
+// normalises every clip's step, would then shrink all of them.
 func clipL2(b *builder, logits string) ([]string, error) {
 	L := b.opts.Loss
 	var terms []string
@@ -199,9 +204,18 @@ func clipL2(b *builder, logits string) ([]string, error) {
 		if !b.needs(name) {
 			return nil, fmt.Errorf("clip L2: %q is not a trainable parameter of the training graph", name)
 		}
-		sq := b.typed(b.f.Elem(name), 0, "ReduceSum", []string{b.mul(name, name)}, graph.AttrInt("keepdims", 0))
+		ti := b.f.info[name]
+		n, static := int64(1), ti.RankKnown
+		for _, d := range ti.Dims {
+			n *= d.Value
+			static = static && d.Static()
+		}
+		if !static || n == 0 {
+			return nil, fmt.Errorf("clip L2: the shape of clip %q is not static (%v); give the clip tensor fixed dimensions", name, ti)
+		}
+		sq := b.typed(b.f.Elem(name), 0, "ReduceMean", []string{b.mul(name, name)}, graph.AttrInt("keepdims", 0))
 		terms = append(terms, b.mul(castTo(b, sq, logits), b.constOf(logits, coef)))
-		b.accum(name, b.mul(name, b.constOf(name, 2*coef)))
+		b.accum(name, b.mul(name, b.constOf(name, 2*coef/float64(n))))
 	}
 	return terms, nil
 }

@@ -57,6 +57,9 @@ var quantCases = []quantCase{
 		dx: []float32{0, 2, 0, 0}, dclip: []float32{7}},
 	{name: "l2", xShape: []int64{4}, x: []float32{-2, -0.5, 0.3, 1.5}, g: []float32{1, 1, 1, 1}, clip: []float32{1}, l2: 0.01,
 		dx: []float32{0, 1, 1, 0}, dclip: []float32{1 - 128.0/127 + 0.02}},
+	// The penalty is coef·mean(clip²) over a tensor's clips: 2·coef·c/n each.
+	{name: "l2/per-channel", xShape: []int64{2, 3}, x: []float32{2, -0.5, -3, 0.4, 0.6, -0.6}, g: []float32{1, 2, 3, 4, 5, 6}, clip: []float32{1, 0.5}, axis: 0, l2: 0.01,
+		dx: []float32{0, 2, 0, 4, 0, 0}, dclip: []float32{1 - 128.0/127*3 + 0.01, 5 - 128.0/127*6 + 0.005}},
 }
 
 // quantModel builds L = Σ g ⊙ DQ(Q(x, Max(clip, tiny)/qmax)) with x and
