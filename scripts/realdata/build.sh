@@ -9,6 +9,7 @@
 # Needs Debian 12 (bookworm) with apt-get, dpkg-deb, spm_train
 # (package sentencepiece), Go and npm. Environment:
 #   REALDATA_STEPS    training steps (default 1000, as for the committed results)
+#   REALDATA_POLISH   steps of the second stage at a constant 1e-4 (default 300)
 #   REALDATA_THREADS  intra-op threads (default 2)
 #   REALDATA_NICE     niceness of the training run (default 15)
 #   REALDATA_SKIP_TRAIN=1  stop after the corpus and the SentencePiece model
@@ -16,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=${1:-out/realdata}
 steps=${REALDATA_STEPS:-1000}
+polish=${REALDATA_POLISH:-300}
 threads=${REALDATA_THREADS:-2}
 niceness=${REALDATA_NICE:-15}
 data=testmodels/realdata/data
@@ -65,18 +67,28 @@ fi
 # reference tokenizer, which lowbit.sh and eval use with it.
 cp "$data/spm.model" "$c/spm.model"
 
-step "6. the fp32 model: d=256, FFN 1024, 4 heads, 3+3 layers, $steps steps (nice $niceness)"
+step "6. the fp32 model: d=256, FFN 1024, 4 heads, 3+3 layers, $steps + $polish steps (nice $niceness)"
 if [ "${REALDATA_SKIP_TRAIN:-}" = 1 ]; then exit 0; fi
 scripts/install-onnxruntime.sh
 go build -o bin/qatc ./cmd/qatc
 go run ./testmodels/build -preset tiny -vocab 4000 -hidden 256 -ffn 1024 -heads 4 -layers 3 -max-len 256 -o "$work/init.onnx"
 resume=()  # a rerun continues an interrupted training run
 if [ -n "$(ls -A "$work/model.ckpt" 2>/dev/null)" ]; then resume=(--resume); fi
-nice -n "$niceness" bin/qatc train "$work/init.onnx" -o "$work/model.onnx" \
-  --src "$c/train.en" --tgt "$c/train.fr" --valid-src "$c/valid.en" --valid-tgt "$c/valid.fr" \
-  --spm "$c/spm.model" --steps "$steps" --batch-tokens 4096 --max-len 64 \
-  --lr 2e-3 --schedule inverse-sqrt --warmup 200 --grad-clip 1 \
-  --threads "$threads" --valid-every 250 --checkpoint-every 100 --checkpoint-dir "$work/model.ckpt" "${resume[@]}"
+corpus=(--src "$c/train.en" --tgt "$c/train.fr" --valid-src "$c/valid.en" --valid-tgt "$c/valid.fr"
+  --spm "$c/spm.model" --batch-tokens 4096 --max-len 64 --threads "$threads")
+if [ ! -f "$work/model-$steps.onnx" ]; then
+  nice -n "$niceness" bin/qatc train "$work/init.onnx" -o "$work/model-$steps.onnx" "${corpus[@]}" \
+    --steps "$steps" --lr 2e-3 --schedule inverse-sqrt --warmup 200 --grad-clip 1 \
+    --valid-every 250 --checkpoint-every 100 --checkpoint-dir "$work/model.ckpt" "${resume[@]}"
+fi
+# The inverse-sqrt schedule still stands at 1.4e-3 after 1,000 steps; a
+# second stage at a constant 1e-4 takes the validation loss from 1.849 to
+# 1.685 in 300 steps (+5 BLEU), so that the low-bit table quantizes a model
+# close to its best, not one whose losses any further training would hide.
+resume=()
+if [ -n "$(ls -A "$work/polish.ckpt" 2>/dev/null)" ]; then resume=(--resume); fi
+nice -n "$niceness" bin/qatc train "$work/model-$steps.onnx" -o "$work/model.onnx" "${corpus[@]}" \
+  --steps "$polish" --lr 1e-4 --valid-every 100 --checkpoint-every 100 --checkpoint-dir "$work/polish.ckpt" "${resume[@]}"
 
 step "7. greedy BLEU on the committed test split"
 nice -n "$niceness" bin/qatc eval "$work/model.onnx" --src "$data/test.en" --ref "$data/test.fr" \
