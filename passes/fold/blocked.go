@@ -96,14 +96,14 @@ func reshaped(m *graph.Model, name string, dims []int64) string {
 func unguardBlocked(m *graph.Model) {
 	for _, d := range slices.Clone(m.Graph().Node) {
 		block := graph.IntAttr(d, "block_size", 0)
-		if !isDequantize(d) || block <= 0 || len(d.Input) < 2 || m.IsGraphOutput(d.Output[0]) {
+		if !isDequantize(d) || block <= 0 || len(d.Input) < 2 {
 			continue
 		}
-		x, uses := m.Initializer(d.Input[0]), m.Consumers(d.Output[0])
-		if x == nil || len(uses) != 1 || uses[0].OpType != "Reshape" || uses[0].Input[0] != d.Output[0] {
+		x, reshape := m.Initializer(d.Input[0]), soleUse(m, d.Output[0], "Reshape")
+		if x == nil || reshape == nil || reshape.Input[0] != d.Output[0] {
 			continue
 		}
-		dims, ok := m.ConstInts(uses[0].Input[1])
+		dims, ok := m.ConstInts(reshape.Input[1])
 		axis := graph.IntAttr(d, "axis", 1)
 		if axis < 0 {
 			axis += int64(len(x.Dims))
@@ -126,8 +126,8 @@ func unguardBlocked(m *graph.Model) {
 				a.I = axis - 1
 			}
 		}
-		out := uses[0].Output[0]
-		m.RemoveNodes(uses[0])
+		out := reshape.Output[0]
+		m.RemoveNodes(reshape)
 		d.Output[0] = out
 		m.Reindex()
 	}

@@ -21,6 +21,16 @@ func dequantize(m *graph.Model, name string, ins, outs []string, attrs ...*onnx.
 	return m.Op("DequantizeLinear", name, ins, outs, attrs...)
 }
 
+// soleUse returns v's only consumer when it is an op node and v is not
+// also a graph output: the one reader a rewrite may fold v into.
+func soleUse(m *graph.Model, v, op string) *onnx.NodeProto {
+	c := m.Consumers(v)
+	if len(c) != 1 || c[0].OpType != op || m.IsGraphOutput(v) {
+		return nil
+	}
+	return c[0]
+}
+
 // isDequantize reports whether n is a DequantizeLinear.
 func isDequantize(n *onnx.NodeProto) bool {
 	return n != nil && n.OpType == "DequantizeLinear" && (n.Domain == "" || n.Domain == "ai.onnx")

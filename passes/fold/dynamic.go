@@ -158,21 +158,14 @@ func integerMatMul(m *graph.Model, n *onnx.NodeProto, a, b, azp, bzp string, sca
 // MatMul(a, DequantizeLinear(b, b_scale[, b_zp])), b's scale per tensor
 // or per output column.
 func unIntegerMatMul(m *graph.Model, n *onnx.NodeProto, zeroPoint func(dims []int64) string) error {
-	one := func(v, op string) *onnx.NodeProto {
-		c := m.Consumers(v)
-		if len(c) != 1 || c[0].OpType != op || m.IsGraphOutput(v) {
-			return nil
-		}
-		return c[0]
-	}
 	dql := m.Producer(n.Input[0])
 	if dql == nil || dql.OpType != "DynamicQuantizeLinear" || len(dql.Output) != 3 || len(n.Input) < 3 || n.Input[2] != dql.Output[2] || !storedInts(m, n.Input[1]) {
 		return fmt.Errorf("not the DynamicQuantizeLinear → MatMulInteger of a stored weight that dynamic writes")
 	}
-	cast := one(n.Output[0], "Cast")
+	cast := soleUse(m, n.Output[0], "Cast")
 	var mul, scale *onnx.NodeProto
 	if cast != nil {
-		mul = one(cast.Output[0], "Mul")
+		mul = soleUse(m, cast.Output[0], "Mul")
 	}
 	if mul != nil && len(mul.Input) == 2 && mul.Input[0] == cast.Output[0] {
 		scale = m.Producer(mul.Input[1])

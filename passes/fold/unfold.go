@@ -114,6 +114,9 @@ func (u *unfolder) int8Const(base string, dims []int64, v int8) string {
 	})
 }
 
+// zeroInt8 returns the shared int8 zero point of the given shape.
+func (u *unfolder) zeroInt8(dims []int64) string { return u.int8Const("qatc/zero_int8", dims, 0) }
+
 func (u *unfolder) shapeConst(dims []int64) string {
 	return u.konst(fmt.Sprintf("qatc/shape%v", dims), func(n string) *onnx.TensorProto {
 		return graph.Int64Tensor(n, []int64{int64(len(dims))}, dims)
@@ -152,7 +155,7 @@ func (u *unfolder) integerToDequantized() error {
 		if err != nil || len(v) != 1 || v[0] != 128 {
 			continue
 		}
-		z := u.int8Const("qatc/zero_int8", zp.Dims, 0)
+		z := u.zeroInt8(zp.Dims)
 		old := q.Input[2]
 		for _, c := range append(m.Consumers(q.Output[0]), q) {
 			for i, in := range c.Input {
@@ -188,7 +191,7 @@ func (u *unfolder) integerToDequantized() error {
 			}
 			zp := input(n, 5)
 			if zp == "" {
-				zp = u.int8Const("qatc/zero_int8", s.Dims, 0)
+				zp = u.zeroInt8(s.Dims)
 			}
 			var attrs []*onnx.AttributeProto
 			if graph.NumElements(s.Dims) > 1 {
@@ -221,11 +224,10 @@ func (u *unfolder) integerToDequantized() error {
 func (u *unfolder) unfuse(n *onnx.NodeProto, parts []FusedPart) error {
 	m := u.m
 	w := m.Initializer(n.Input[1])
-	uses := m.Consumers(n.Output[0])
-	if w == nil || len(w.Dims) != 2 || len(uses) != 1 || uses[0].OpType != "Split" || len(uses[0].Output) != len(parts) || m.IsGraphOutput(n.Output[0]) {
+	split := soleUse(m, n.Output[0], "Split")
+	if w == nil || len(w.Dims) != 2 || split == nil || len(split.Output) != len(parts) {
 		return fmt.Errorf("fused weight %q: not the MatMulIntegerToFloat → Split that qoperator writes", input(n, 1))
 	}
-	split := uses[0]
 	rows, total := int(w.Dims[0]), int(w.Dims[1])
 	scale, ok := m.ConstFloats(n.Input[3])
 	if !ok || len(scale) != total && len(scale) != 1 {
@@ -261,7 +263,7 @@ func (u *unfolder) unfuse(n *onnx.NodeProto, parts []FusedPart) error {
 		ins := []string{n.Input[0], p.Weight, n.Input[2],
 			m.AddInitializer(graph.FloatTensor(m.UniqueName(split.Output[i]+"_weight_scale"), sdims, s)), input(n, 4), ""}
 		if input(n, 5) != "" {
-			ins[5] = u.int8Const("qatc/zero_int8", nil, 0)
+			ins[5] = u.zeroInt8(nil)
 		}
 		if bias != nil {
 			ins = append(ins, m.AddInitializer(graph.FloatTensor(m.UniqueName(split.Output[i]+"_bias"), []int64{int64(cols)}, bias[lo:lo+cols])))
@@ -287,12 +289,11 @@ func (u *unfolder) unfuse(n *onnx.NodeProto, parts []FusedPart) error {
 // batch, as the file does).
 func (u *unfolder) integerToDequantizedDynamic() error {
 	m := u.m
-	zp := func(dims []int64) string { return u.int8Const("qatc/zero_int8", dims, 0) }
 	for _, n := range slices.Clone(m.Graph().Node) {
 		if n.OpType != "MatMulInteger" {
 			continue
 		}
-		if err := unIntegerMatMul(m, n, zp); err != nil {
+		if err := unIntegerMatMul(m, n, u.zeroInt8); err != nil {
 			return fmt.Errorf("%s: %v", graph.NodeName(n), err)
 		}
 	}
@@ -306,8 +307,7 @@ func (u *unfolder) integerToDequantizedDynamic() error {
 // DequantizeLinear → MatMul of its quantizer's integers (unNBits).
 func (u *unfolder) nbitsToDequantized() error {
 	m := u.m
-	zp := func(dims []int64) string { return u.int8Const("qatc/zero_int8", dims, 0) }
-	unGatherRows(m, zp)
+	unGatherRows(m, u.zeroInt8)
 	for _, n := range slices.Clone(m.Graph().Node) {
 		if n.OpType != "MatMulNBits" || n.Domain != msDomain || len(n.Input) < 3 {
 			continue
@@ -321,7 +321,7 @@ func (u *unfolder) nbitsToDequantized() error {
 		if r == nil {
 			return fmt.Errorf("%s: its weight %q is no quantizer's %s_nbits", graph.NodeName(n), n.Input[1], "<tensor>")
 		}
-		if err := unNBits(m, n, *r, zp); err != nil {
+		if err := unNBits(m, n, *r, u.zeroInt8); err != nil {
 			return fmt.Errorf("%s: %v", graph.NodeName(n), err)
 		}
 	}
@@ -563,7 +563,7 @@ func (u *unfolder) weight(r quantize.Quantizer, clips map[string][]float32) erro
 		m.Op("Reshape", "", []string{r.Tensor, u.shapeConst(v.Dims)}, []string{x})
 		s := m.UniqueName(sc + "/blocks")
 		m.Op("Reshape", "", []string{sc, u.shapeConst(v.ScaleDims)}, []string{s})
-		sc, zp = s, u.int8Const("qatc/zero_int8", v.ScaleDims, 0)
+		sc, zp = s, u.zeroInt8(v.ScaleDims)
 		out = m.UniqueName(r.Tensor + "/dequantized_blocks")
 		m.Op("Reshape", "", []string{out, u.shapeConst(ints.Dims)}, []string{r.Output})
 		attrs = append(attrs, graph.AttrInt("axis", int64(v.Axis)), graph.AttrInt("block_size", block))
@@ -571,7 +571,7 @@ func (u *unfolder) weight(r quantize.Quantizer, clips map[string][]float32) erro
 		attrs = append(attrs, graph.AttrInt("axis", axis))
 	}
 	if zp == "" {
-		zp = u.int8Const("qatc/zero_int8", sdims, 0)
+		zp = u.zeroInt8(sdims)
 	}
 	qn := m.Op("QuantizeLinear", r.Quantize, []string{x, sc, zp}, []string{m.UniqueName(r.Tensor + "/quantized")}, attrs...)
 	ints8 := qn.Output[0]
